@@ -1,1 +1,43 @@
-fn main() {}
+//! `herd-bench`: the command line of herd's fleet simulator and benchmark harness.
+//!
+//! Only parses flags and hands over to the library; everything that measures lives in `herd_bench`.
+//! It must not hold state of its own, so that an interrupt anywhere unwinds through the library's
+//! guards (which stop the server and drop the PostgreSQL database).
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = herd_bench::cli::Args::parse();
+    let settings = match herd_bench::cli::Settings::from_args(args) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("herd-bench: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("herd-bench: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(herd_bench::run_until_interrupted(settings)) {
+        Ok(outcome) if outcome.all_phases_ran() => ExitCode::SUCCESS,
+        Ok(_) => {
+            eprintln!("herd-bench: some phases failed (see the table); results were still written");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("herd-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

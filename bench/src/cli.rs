@@ -1,0 +1,241 @@
+//! Command-line flags and the settings they resolve to.
+//!
+//! `--quick` only changes defaults; a flag given explicitly always wins. This module performs no
+//! I/O beyond locating the workspace for default paths.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::{Parser, ValueEnum};
+
+/// Flags of `herd-bench`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "herd-bench",
+    version,
+    about = "Fleet simulator and benchmark harness for herd: starts a release herd server on a fresh \
+             data directory, provisions simulated devices through the real API and drives HTTP load \
+             from this process."
+)]
+pub struct Args {
+    /// Small fleet, short phases, one run: proves the harness works in under two minutes.
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Use PostgreSQL: an admin URL (e.g. postgres://postgres@127.0.0.1:5432/postgres). A fresh
+    /// database `herd_bench_<random>` is created through it and dropped at the end.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// Distinct devices the heartbeat and metrics phases spread their load over
+    /// [default: 10000, quick: 2000].
+    #[arg(long, value_name = "N")]
+    pub devices: Option<u64>,
+
+    /// Concurrent keep-alive connections of each load phase.
+    #[arg(long, default_value_t = 64, value_name = "C")]
+    pub concurrency: usize,
+
+    /// Seconds per measured load run [default: 10, quick: 4].
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+
+    /// Repetitions of each measurement; rows show their median and min–max [default: 3, quick: 1].
+    #[arg(long, value_name = "N")]
+    pub runs: Option<usize>,
+
+    /// Phases to run, comma separated [default: all].
+    #[arg(long, value_delimiter = ',', value_name = "PHASES")]
+    pub phases: Option<Vec<Phase>>,
+
+    /// Where to write the machine-readable results
+    /// [default: bench/results/latest.json, quick: bench/results/quick.json].
+    #[arg(long, value_name = "PATH")]
+    pub out: Option<PathBuf>,
+
+    /// A herd binary to run instead of building one with `cargo build --release --bin herd`.
+    #[arg(long, value_name = "PATH")]
+    pub herd_bin: Option<PathBuf>,
+
+    /// Keep the server's data directory (and its log) instead of deleting it at the end.
+    #[arg(long)]
+    pub keep_data: bool,
+}
+
+/// One measured area of the server. The harness always runs them in the order listed here, whatever
+/// the order on the command line: the presence sweep comes last because it grows the fleet to a
+/// million devices and takes them all offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Phase {
+    /// `POST /bench/echo` (the HTTP ceiling) and `POST /devices/connect`, interleaved.
+    Heartbeat,
+    /// `POST /devices/auto-register` with fresh identifiers.
+    Registration,
+    /// `POST /devices/metrics`, one sample and batches.
+    Metrics,
+    /// `POST /devices/{id}/certificates` and the Node.js peer.
+    Certificates,
+    /// `GET /devices/stats/overview` on a large tenant.
+    Overview,
+    /// `POST /admin/presence/sweep` over 100k and 1M stale devices.
+    Sweep,
+}
+
+impl Phase {
+    /// Every phase, in execution order.
+    pub const ALL: [Phase; 6] = [
+        Phase::Heartbeat,
+        Phase::Registration,
+        Phase::Metrics,
+        Phase::Certificates,
+        Phase::Overview,
+        Phase::Sweep,
+    ];
+}
+
+/// Everything a run needs to know, with `--quick` defaults applied.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Whether `--quick` was given (recorded in the results).
+    pub quick: bool,
+    /// PostgreSQL admin URL, or `None` for SQLite.
+    pub database_url: Option<String>,
+    /// Distinct devices of the heartbeat and metrics phases.
+    pub n_devices: u64,
+    /// Connections of each load phase.
+    pub concurrency: usize,
+    /// Length of one measured run.
+    pub run_duration: Duration,
+    /// Length of the unmeasured warm-up before a phase's first run.
+    pub warmup: Duration,
+    /// Repetitions of each measurement.
+    pub runs: usize,
+    /// Phases to run, sorted and without duplicates.
+    pub phases: Vec<Phase>,
+    /// Results file.
+    pub out: PathBuf,
+    /// herd binary to run; `None` builds it.
+    pub herd_bin: Option<PathBuf>,
+    /// Keep the data directory afterwards.
+    pub keep_data: bool,
+    /// Devices in the tenant whose stats overview is measured.
+    pub overview_devices: u64,
+    /// Metric samples stored before the stats overview is measured.
+    pub overview_samples: u64,
+    /// Fleet sizes of the presence sweep.
+    pub sweep_sizes: Vec<u64>,
+    /// Samples per request in the batched metrics figure.
+    pub metrics_batch: usize,
+}
+
+impl Settings {
+    /// Applies defaults (full or quick) and checks the flags for consistency.
+    pub fn from_args(args: Args) -> Result<Settings> {
+        let quick = args.quick;
+        let n_devices = args.devices.unwrap_or(if quick { 2_000 } else { 10_000 });
+        let seconds = args.duration.unwrap_or(if quick { 4.0 } else { 10.0 });
+        let runs = args.runs.unwrap_or(if quick { 1 } else { 3 });
+        if n_devices == 0 {
+            bail!("--devices must be at least 1");
+        }
+        if args.concurrency == 0 {
+            bail!("--concurrency must be at least 1");
+        }
+        if !(seconds.is_finite() && seconds > 0.0) {
+            bail!("--duration must be a positive number of seconds");
+        }
+        if runs == 0 {
+            bail!("--runs must be at least 1");
+        }
+        let mut phases = args.phases.unwrap_or_else(|| Phase::ALL.to_vec());
+        phases.sort();
+        phases.dedup();
+
+        let results = workspace_root().join("bench").join("results");
+        let out = args
+            .out
+            .unwrap_or_else(|| results.join(if quick { "quick.json" } else { "latest.json" }));
+        Ok(Settings {
+            quick,
+            database_url: args.database_url,
+            n_devices,
+            concurrency: args.concurrency,
+            run_duration: Duration::from_secs_f64(seconds),
+            warmup: Duration::from_secs_f64((seconds / 5.0).clamp(0.5, 2.0)),
+            runs,
+            phases,
+            out,
+            herd_bin: args.herd_bin,
+            keep_data: args.keep_data,
+            // Quick mode measures the overview and the sweep on the fleet it already has, so the
+            // harness is exercised end to end without the minutes that 100k devices take.
+            overview_devices: if quick {
+                n_devices
+            } else {
+                100_000.max(n_devices)
+            },
+            overview_samples: if quick { 50_000 } else { 10_000_000 },
+            sweep_sizes: if quick {
+                vec![n_devices]
+            } else {
+                vec![100_000, 1_000_000]
+            },
+            metrics_batch: 100,
+        })
+    }
+
+    /// Whether `phase` was asked for.
+    pub fn runs_phase(&self, phase: Phase) -> bool {
+        self.phases.contains(&phase)
+    }
+}
+
+/// The cargo workspace that holds this crate (its parent directory).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(flags: &[&str]) -> Settings {
+        let mut argv = vec!["herd-bench"];
+        argv.extend_from_slice(flags);
+        Settings::from_args(Args::parse_from(argv)).expect("valid flags")
+    }
+
+    #[test]
+    fn quick_changes_defaults_but_explicit_flags_win() {
+        let quick = parse(&["--quick"]);
+        assert_eq!(quick.n_devices, 2_000);
+        assert_eq!(quick.runs, 1);
+        assert!(quick.out.ends_with("bench/results/quick.json"));
+        assert_eq!(quick.sweep_sizes, vec![2_000]);
+
+        let explicit = parse(&["--quick", "--devices", "500", "--runs", "2"]);
+        assert_eq!(explicit.n_devices, 500);
+        assert_eq!(explicit.runs, 2);
+
+        let full = parse(&[]);
+        assert_eq!(full.n_devices, 10_000);
+        assert_eq!(full.runs, 3);
+        assert_eq!(full.sweep_sizes, vec![100_000, 1_000_000]);
+        assert_eq!(full.overview_samples, 10_000_000);
+    }
+
+    #[test]
+    fn phases_run_in_fixed_order() {
+        let settings = parse(&["--phases", "sweep,heartbeat,sweep"]);
+        assert_eq!(settings.phases, vec![Phase::Heartbeat, Phase::Sweep]);
+        assert!(!settings.runs_phase(Phase::Metrics));
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        let args = Args::parse_from(["herd-bench", "--duration", "0"]);
+        assert!(Settings::from_args(args).is_err());
+    }
+}

@@ -1,0 +1,179 @@
+//! Heartbeats against the HTTP ceiling, in the same run and the same load shape.
+//!
+//! The ceiling is `POST /bench/echo` (enabled by `HERD_BENCH_ECHO=true`): it parses and echoes a
+//! small JSON body through herd's full middleware stack, so it is the most this machine's HTTP
+//! path can do. The heartbeat is `POST /devices/connect` as device `job % N` over N distinct
+//! devices. Runs alternate echo / heartbeat so drift in the machine hits both alike, and the
+//! ratio heartbeat/ceiling is computed per run pair.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use bytes::Bytes;
+
+use crate::context::Bench;
+use crate::http::{send_once, Method, Request, StatusCode};
+use crate::phases::{observe, DeviceRequests};
+use crate::probe::is_missing_route;
+use crate::report::{format_count, Aim, Figure, PhaseReport};
+
+/// A heartbeat as a real device sends it; the echo gets the same bytes.
+const HEARTBEAT_BODY: &str = r#"{"ipAddress":"10.0.0.1","appVersion":"1.2.3"}"#;
+
+/// Runs the ceiling and heartbeat phases.
+pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
+    let n_devices = bench.settings.n_devices;
+    let concurrency = bench.settings.concurrency;
+    let addr = bench.addr();
+    let body = Bytes::from_static(HEARTBEAT_BODY.as_bytes());
+
+    let missing_fleet = bench.ensure_fleet(n_devices).await?;
+    let heartbeat_tokens = bench.fleet().map(|fleet| fleet.tokens(n_devices));
+
+    // The echo carries a bearer header of the same length, so both request shapes match byte
+    // for byte; the echo route ignores it.
+    let echo_tokens: Arc<[Arc<str>]> = match &heartbeat_tokens {
+        Some(tokens) if !tokens.is_empty() => Arc::clone(tokens),
+        _ => Arc::from(vec![Arc::<str>::from(
+            "herd_dt_".to_string() + &"x".repeat(40),
+        )]),
+    };
+    let echo = Arc::new(DeviceRequests {
+        path: "/bench/echo",
+        tokens: echo_tokens,
+        body: body.clone(),
+    });
+    let echo_available = probe_echo(bench, &body).await?;
+
+    let heartbeat = match (&missing_fleet, heartbeat_tokens) {
+        (None, Some(tokens)) if !tokens.is_empty() => {
+            let probe = Request::new(Method::POST, "/devices/connect")
+                .bearer(Arc::clone(&tokens[0]))
+                .json_bytes(body.clone());
+            let response = send_once(addr, &probe).await?;
+            if is_missing_route(response.status) {
+                None
+            } else if response.status != StatusCode::OK {
+                bail!(
+                    "POST /devices/connect answered {}: {}",
+                    response.status,
+                    response.excerpt()
+                );
+            } else {
+                Some(Arc::new(DeviceRequests {
+                    path: "/devices/connect",
+                    tokens,
+                    body,
+                }))
+            }
+        }
+        _ => None,
+    };
+
+    let mut ceiling_phase = if echo_available {
+        PhaseReport::new("ceiling")
+    } else {
+        PhaseReport::not_in_build(
+            "ceiling",
+            "POST /bench/echo (enabled by HERD_BENCH_ECHO=true)",
+        )
+    };
+    let mut heartbeat_phase = if heartbeat.is_some() {
+        PhaseReport::new("heartbeat")
+    } else {
+        PhaseReport::not_in_build(
+            "heartbeat",
+            missing_fleet.unwrap_or_else(|| "POST /devices/connect".to_string()),
+        )
+    };
+
+    let label = |what: &str| format!("{what} (c={concurrency})");
+    let mut echo_rate = Figure::new(label("echo throughput"), "req/s");
+    let mut echo_p50 = Figure::new("echo p50", "ms");
+    let mut echo_p99 = Figure::new("echo p99", "ms");
+    let mut beat_rate = Figure::new(
+        format!(
+            "connect throughput (c={concurrency}, {} devices)",
+            format_count(n_devices)
+        ),
+        "req/s",
+    );
+    let mut beat_p50 = Figure::new("connect p50", "ms");
+    let mut beat_p99 = Figure::new("connect p99", "ms").aim(Aim::Below(20.0));
+    let mut ratio = Figure::new("heartbeat / ceiling", "x").aim(Aim::AtLeast(0.5));
+
+    if echo_available {
+        bench
+            .measure(
+                Arc::clone(&echo),
+                &bench.warmup_plan("echo warm-up", concurrency),
+            )
+            .await?;
+    }
+    if let Some(heartbeat) = &heartbeat {
+        bench
+            .measure(
+                Arc::clone(heartbeat),
+                &bench.warmup_plan("heartbeat warm-up", concurrency),
+            )
+            .await?;
+    }
+    let runs = bench.settings.runs;
+    for run in 1..=runs {
+        let mut echo_per_second = None;
+        if echo_available {
+            let plan = bench.timed_plan(format!("echo run {run}/{runs}"), concurrency);
+            let measured = bench.measure(Arc::clone(&echo), &plan).await?;
+            observe(&mut ceiling_phase, &measured);
+            let outcome = &measured.outcome;
+            echo_per_second = Some(outcome.per_second());
+            echo_rate.push(outcome.per_second());
+            echo_p50.push(outcome.latency_ms(0.5));
+            echo_p99.push(outcome.latency_ms(0.99));
+        }
+        if let Some(heartbeat) = &heartbeat {
+            let plan = bench.timed_plan(format!("heartbeat run {run}/{runs}"), concurrency);
+            let measured = bench.measure(Arc::clone(heartbeat), &plan).await?;
+            observe(&mut heartbeat_phase, &measured);
+            let outcome = &measured.outcome;
+            beat_rate.push(outcome.per_second());
+            beat_p50.push(outcome.latency_ms(0.5));
+            beat_p99.push(outcome.latency_ms(0.99));
+            if let Some(ceiling) = echo_per_second.filter(|rate| *rate > 0.0) {
+                ratio.push(outcome.per_second() / ceiling);
+            }
+        }
+    }
+    if echo_available {
+        ceiling_phase.figures = vec![echo_rate, echo_p50, echo_p99];
+        ceiling_phase.notes.push(format!(
+            "POST /bench/echo: parse and echo the heartbeat's {}-byte JSON body; no auth, no database",
+            HEARTBEAT_BODY.len()
+        ));
+    }
+    if heartbeat.is_some() {
+        heartbeat_phase.figures = vec![beat_rate, beat_p50, beat_p99];
+        if echo_available {
+            heartbeat_phase.figures.push(ratio);
+        }
+    }
+    Ok(vec![ceiling_phase, heartbeat_phase])
+}
+
+/// Whether `POST /bench/echo` exists and really echoes.
+async fn probe_echo(bench: &Bench, body: &Bytes) -> Result<bool> {
+    let request = Request::new(Method::POST, "/bench/echo").json_bytes(body.clone());
+    let response = send_once(bench.addr(), &request).await?;
+    if is_missing_route(response.status) {
+        return Ok(false);
+    }
+    let sent: serde_json::Value = serde_json::from_slice(body)?;
+    if response.status != StatusCode::OK || response.json().ok() != Some(sent) {
+        bail!(
+            "POST /bench/echo should answer 200 with the same JSON, got {}: {}",
+            response.status,
+            response.excerpt()
+        );
+    }
+    Ok(true)
+}

@@ -1,0 +1,321 @@
+//! The herd server under test: building the release binary, starting it on a fresh data directory
+//! and a free loopback port, waiting for `/readyz`, sampling its RSS, and stopping it.
+//!
+//! [`HerdServer`] is a guard: dropping it (normal end, error, Ctrl-C, panic unwinding) sends
+//! SIGTERM, waits for a graceful exit and kills the process only if it does not go. A benchmark
+//! must never leave a server running.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rand::distributions::{Alphanumeric, DistString};
+use tokio::task::JoinHandle;
+
+use crate::http::{send_once, Method, Request, StatusCode};
+use crate::machine::proc_field;
+
+/// Builds `target/release/herd` with cargo and returns the path cargo reports for it.
+pub fn build_release_herd(workspace: &Path) -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building herd: cargo build --release --bin herd");
+    let output = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--bin",
+            "herd",
+            "--message-format=json-render-diagnostics",
+        ])
+        .current_dir(workspace)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo build --release --bin herd")?;
+    if !output.status.success() {
+        bail!(
+            "cargo build --release --bin herd failed ({})",
+            output.status
+        );
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| {
+            message["reason"] == "compiler-artifact" && message["target"]["name"] == "herd"
+        })
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| anyhow!("cargo built no `herd` executable"))
+}
+
+/// `herd --version`, or `herd (unknown version)`.
+pub fn herd_version(binary: &Path) -> String {
+    Command::new(binary)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
+        .filter(|version| !version.is_empty())
+        .unwrap_or_else(|| "herd (unknown version)".to_string())
+}
+
+/// How to start the server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// The herd binary.
+    pub binary: PathBuf,
+    /// `HERD_DATABASE_URL`, or `None` for the default SQLite file in the data directory.
+    pub database_url: Option<String>,
+    /// Online devices not seen for this long are stale (`HERD_PRESENCE_THRESHOLD`). Short, so the
+    /// sweep phase does not wait five minutes; the periodic sweep is pushed out of the way.
+    pub presence_threshold: Duration,
+}
+
+/// A running herd server; stopped when dropped.
+pub struct HerdServer {
+    child: Child,
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    bootstrap_token: Arc<str>,
+    keep_data: bool,
+}
+
+impl HerdServer {
+    /// Starts `herd serve` on a fresh data directory and waits until `/readyz` answers 200.
+    pub async fn start(options: &ServerOptions, keep_data: bool) -> Result<HerdServer> {
+        let suffix = Alphanumeric.sample_string(&mut rand::thread_rng(), 10);
+        let data_dir = std::env::temp_dir().join(format!("herd-bench-{suffix}"));
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+        let log_path = data_dir.join("server.log");
+        let log = File::create(&log_path)
+            .with_context(|| format!("creating server log {}", log_path.display()))?;
+        let log_for_stderr = log
+            .try_clone()
+            .context("duplicating the server log handle")?;
+        let addr = free_loopback_port()?;
+        let bootstrap_token: Arc<str> = Alphanumeric
+            .sample_string(&mut rand::thread_rng(), 48)
+            .into();
+
+        let mut command = Command::new(&options.binary);
+        command
+            .arg("serve")
+            .env("HERD_DATA_DIR", &data_dir)
+            .env("HERD_LISTEN", addr.to_string())
+            .env("HERD_BOOTSTRAP_TOKEN", bootstrap_token.as_ref())
+            .env("HERD_BENCH_ECHO", "true")
+            .env("HERD_LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .env(
+                "HERD_PRESENCE_THRESHOLD",
+                format!("{}s", options.presence_threshold.as_secs().max(1)),
+            )
+            .env("HERD_PRESENCE_SWEEP_INTERVAL", "24h")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_for_stderr);
+        match &options.database_url {
+            Some(url) => command.env("HERD_DATABASE_URL", url),
+            None => command.env_remove("HERD_DATABASE_URL"),
+        };
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {} serve", options.binary.display()))?;
+        let mut server = HerdServer {
+            child,
+            addr,
+            data_dir,
+            log_path,
+            bootstrap_token,
+            keep_data,
+        };
+        server.wait_ready(Duration::from_secs(60)).await?;
+        Ok(server)
+    }
+
+    /// Where the server listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The platform-admin (and `default`-tenant admin) token.
+    pub fn admin_token(&self) -> Arc<str> {
+        Arc::clone(&self.bootstrap_token)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The data directory (kept only with `--keep-data`).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The server's current RSS in MiB.
+    pub fn rss_mib(&self) -> Option<f64> {
+        read_status_kib(self.pid(), "VmRSS:").map(kib_to_mib)
+    }
+
+    /// The server's peak RSS over its lifetime (VmHWM) in MiB.
+    pub fn peak_rss_mib(&self) -> Option<f64> {
+        read_status_kib(self.pid(), "VmHWM:").map(kib_to_mib)
+    }
+
+    /// Samples RSS every 100 ms until the returned sampler is finished.
+    pub fn sample_rss(&self) -> RssSampler {
+        RssSampler::start(self.pid())
+    }
+
+    /// The last lines of the server log, for error messages.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log_path)
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        let probe = Request::new(Method::GET, "/readyz");
+        loop {
+            if let Some(status) = self.child.try_wait().context("checking on herd")? {
+                bail!(
+                    "herd exited during startup ({status}); its log ends:\n{}",
+                    self.log_tail()
+                );
+            }
+            if let Ok(response) = send_once(self.addr, &probe).await {
+                if response.status == StatusCode::OK {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "herd did not answer GET /readyz with 200 within {} s; its log ends:\n{}",
+                    timeout.as_secs(),
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after 10 s) and removes the data directory.
+    pub fn stop(mut self) -> Result<()> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Result<()> {
+        if self.child.try_wait().ok().flatten().is_none() {
+            if let Ok(pid) = i32::try_from(self.child.id()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match self.child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    _ => {
+                        eprintln!("herd did not stop within 10 s of SIGTERM; killing it");
+                        let _ = self.child.kill();
+                        let _ = self.child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        if self.keep_data {
+            eprintln!(
+                "kept the server's data directory: {}",
+                self.data_dir.display()
+            );
+            Ok(())
+        } else {
+            // Marked as kept so a second call (the drop after `stop`) does nothing.
+            self.keep_data = true;
+            std::fs::remove_dir_all(&self.data_dir)
+                .with_context(|| format!("removing {}", self.data_dir.display()))
+        }
+    }
+}
+
+impl Drop for HerdServer {
+    fn drop(&mut self) {
+        if let Err(error) = self.terminate() {
+            eprintln!("herd-bench: {error:#}");
+        }
+    }
+}
+
+/// Asks the kernel for a free port on 127.0.0.1. The port is released before herd binds it, which
+/// leaves a tiny window for another process to take it; startup then fails loudly.
+fn free_loopback_port() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
+    listener.local_addr().context("reading the free port")
+}
+
+fn read_status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    proc_field(&status, key)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn kib_to_mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Samples a process's VmRSS every 100 ms and keeps the largest value.
+pub struct RssSampler {
+    peak_kib: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let peak_kib = Arc::new(AtomicU64::new(read_status_kib(pid, "VmRSS:").unwrap_or(0)));
+        let peak = Arc::clone(&peak_kib);
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                ticker.tick().await;
+                if let Some(rss) = read_status_kib(pid, "VmRSS:") {
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                }
+            }
+        });
+        RssSampler { peak_kib, task }
+    }
+
+    /// Stops sampling and returns the peak in MiB (`None` if nothing could be read).
+    pub fn finish(self) -> Option<f64> {
+        self.task.abort();
+        let peak = self.peak_kib.load(Ordering::Relaxed);
+        (peak > 0).then(|| kib_to_mib(peak))
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
