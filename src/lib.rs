@@ -1,0 +1,22 @@
+//! herd: a self-hosted, multi-tenant device provisioning and fleet management server.
+//!
+//! The library holds everything; `main.rs` only parses the command line and calls
+//! [`cli::run`]. Tests start the real server through [`app::App::build`] on port 0.
+//! See ARCHITECTURE.md for the map of modules and the invariants they keep.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod devices;
+pub mod events;
+pub mod health;
+pub mod http;
+pub mod ids;
+pub mod openapi;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry_metrics;
+pub mod tenants;

@@ -1,0 +1,108 @@
+//! Startup (after zero2prod's `startup.rs`): [`App::build`] opens the database, applies
+//! migrations, bootstraps an empty installation and binds the listener; [`App::run_until_stopped`]
+//! serves until the shutdown token is cancelled, then drains requests and stops the jobs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::clock::{to_millis, Clock, SystemClock};
+use crate::config::Settings;
+use crate::shutdown::CancellationToken;
+use crate::store::Db;
+use crate::telemetry_metrics::HttpMetrics;
+use crate::tenants::{self, Bootstrap};
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database. Tenant data is reached through `TenantScope`s made by the auth
+    /// extractors, never by querying this handle with a tenant id from the request.
+    pub db: Db,
+    pub settings: Arc<Settings>,
+    /// The only source of "now" (tests substitute a manual clock).
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<HttpMetrics>,
+}
+
+/// A built, not yet running, server.
+pub struct App {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    state: AppState,
+    shutdown: CancellationToken,
+    bootstrap: Bootstrap,
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("cannot create the data directory {}", settings.data_dir.display()))?;
+        let db = Db::connect(&settings.database_url)
+            .await
+            .with_context(|| format!("cannot open the database {}", redact(&settings.database_url)))?;
+        db.migrate().await.context("cannot apply database migrations")?;
+        let bootstrap =
+            tenants::bootstrap(&db, &settings.data_dir, settings.bootstrap_token.as_deref(), to_millis(clock.now()))
+                .await
+                .context("cannot bootstrap the platform admin")?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let local_addr = listener.local_addr()?;
+        let state = AppState { db, settings: Arc::new(settings), clock, metrics: Arc::new(HttpMetrics::default()) };
+        Ok(App { listener, local_addr, state, shutdown: CancellationToken::new(), bootstrap })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Cancel it to stop the server (the binary cancels it on SIGINT/SIGTERM).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// What the first start did, for the log.
+    pub fn bootstrap(&self) -> &Bootstrap {
+        &self.bootstrap
+    }
+
+    /// Serves until the shutdown token is cancelled; in-flight requests finish first.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let App { listener, state, shutdown, .. } = self;
+        let router = crate::http::router(state.clone());
+        let stop = shutdown.clone();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .context("the HTTP server failed")?;
+        shutdown.cancel();
+        state.db.close().await;
+        Ok(())
+    }
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

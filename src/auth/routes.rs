@@ -1,0 +1,439 @@
+//! Credential routes: login sessions, API tokens, enrollment tokens and users.
+
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::store::{self, EnrollmentTokenRow, NewToken, TokenRow, UserRow};
+use super::tokens::{self, TokenKind};
+use super::{Member, Role};
+use crate::app::AppState;
+use crate::clock::to_millis;
+use crate::http::error::{ApiError, FieldErrors};
+use crate::http::extract::{ApiJson, ApiQuery, IdPath, PageParams, Validate};
+use crate::http::{time, ListResponse};
+use crate::ids::{EnrollmentTokenId, TokenId, UserId};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(create_token, list_tokens))
+        .routes(routes!(revoke_token))
+        .routes(routes!(create_enrollment_token, list_enrollment_tokens))
+        .routes(routes!(revoke_enrollment_token))
+        .routes(routes!(create_user, list_users))
+        .routes(routes!(delete_user))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+impl Validate for LoginRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        let mut errors = FieldErrors::new();
+        errors.text("username", Some(&self.username), 128);
+        if self.password.is_empty() || self.password.len() > 1024 {
+            errors.add("password", "must be between 1 and 1024 bytes");
+        }
+        errors.finish()
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginResponse {
+    /// The session token: send it as `Authorization: Bearer …`.
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+    pub user: UserDto,
+}
+
+/// Log in with a username and password; answers a session token.
+#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = LoginResponse)))]
+async fn login(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    ApiJson(body): ApiJson<LoginRequest>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    let user = store::find_user_by_username(&state.db, &body.username).await?;
+    let stored =
+        user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| tokens::dummy_password_hash().to_string());
+    let password = body.password.clone();
+    let matches = tokio::task::spawn_blocking(move || tokens::verify_password(&password, &stored))
+        .await
+        .map_err(ApiError::internal)?;
+    let user = match user {
+        Some(user) if matches => user,
+        _ => return Err(ApiError::Unauthorized("wrong username or password".into())),
+    };
+    let now = state.clock.now();
+    let expires_at = now + chrono::Duration::from_std(state.settings.session_ttl).map_err(ApiError::internal)?;
+    let secret = tokens::generate(TokenKind::Member);
+    store::create_session(&state.db, &user, &tokens::hash(&secret), to_millis(expires_at), to_millis(now)).await?;
+    Ok(Json(LoginResponse { token: secret, expires_at, user: UserDto::from(user) }))
+}
+
+/// Revoke the credential this request presents (ends a login session).
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", security(("bearer" = [])),
+    responses((status = 204, description = "the credential no longer works")))]
+async fn logout(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    member: Member,
+) -> Result<StatusCode, ApiError> {
+    let scope = member.require(Role::Viewer)?;
+    store::revoke_token(scope, member.token_id, &member.kind, to_millis(state.clock.now())).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeResponse {
+    pub tenant_id: String,
+    pub role: Role,
+    pub platform_admin: bool,
+    /// `api` (API token) or `session` (login).
+    pub credential: String,
+    pub user_id: Option<String>,
+}
+
+/// Who the presented credential belongs to.
+#[utoipa::path(get, path = "/auth/me", tag = "auth", security(("bearer" = [])), responses((status = 200, body = MeResponse)))]
+async fn me(member: Member) -> Json<MeResponse> {
+    Json(MeResponse {
+        tenant_id: member.tenant_id().to_string(),
+        role: member.role,
+        platform_admin: member.platform_admin,
+        credential: member.kind.clone(),
+        user_id: member.user_id.map(|u| u.to_string()),
+    })
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateTokenRequest {
+    pub name: String,
+    pub role: Role,
+    /// When the token stops working; never if absent.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl Validate for CreateTokenRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        let mut errors = FieldErrors::new();
+        errors.text("name", Some(&self.name), 200);
+        errors.finish()
+    }
+}
+
+/// An API token (its secret is shown only once, at creation).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenDto {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<TokenRow> for TokenDto {
+    fn from(row: TokenRow) -> Self {
+        Self {
+            id: row.id,
+            name: row.name,
+            role: Role::parse(&row.role).unwrap_or(Role::Viewer),
+            expires_at: row.expires_at.map(time),
+            revoked_at: row.revoked_at.map(time),
+            last_used_at: row.last_used_at.map(time),
+            created_at: time(row.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedToken {
+    pub token: TokenDto,
+    /// The bearer secret. Store it now: herd keeps only its hash.
+    pub secret: String,
+}
+
+fn future_expiry(state: &AppState, field: &str, at: Option<DateTime<Utc>>) -> Result<Option<i64>, ApiError> {
+    match at {
+        Some(at) if at <= state.clock.now() => Err(ApiError::invalid(field, "must be in the future")),
+        other => Ok(other.map(to_millis)),
+    }
+}
+
+/// Create an API token with a role (admin).
+#[utoipa::path(post, path = "/tokens", tag = "auth", security(("bearer" = [])), request_body = CreateTokenRequest,
+    responses((status = 201, body = CreatedToken)))]
+async fn create_token(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    member: Member,
+    ApiJson(body): ApiJson<CreateTokenRequest>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let scope = member.require(Role::Admin)?;
+    let expires_at = future_expiry(&state, "expiresAt", body.expires_at)?;
+    let secret = tokens::generate(TokenKind::Member);
+    let new = NewToken {
+        kind: "api",
+        name: body.name.trim(),
+        role: body.role,
+        platform_admin: false,
+        user_id: None,
+        expires_at,
+    };
+    let row = store::create_token(scope, &new, &tokens::hash(&secret), to_millis(state.clock.now())).await?;
+    Ok((StatusCode::CREATED, Json(CreatedToken { token: row.into(), secret })))
+}
+
+/// List the tenant's API tokens (admin).
+#[utoipa::path(get, path = "/tokens", tag = "auth", security(("bearer" = [])), params(PageParams),
+    responses((status = 200, body = ListResponse<TokenDto>)))]
+async fn list_tokens(
+    member: Member,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Json<ListResponse<TokenDto>>, ApiError> {
+    let scope = member.require(Role::Admin)?;
+    let page = params.page()?;
+    let rows = store::list_tokens(scope, page.after.as_deref(), page.limit + 1).await?;
+    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id.clone(), TokenDto::from)))
+}
+
+/// Revoke an API token (admin). It answers 401 from the next request on.
+#[utoipa::path(delete, path = "/tokens/{id}", tag = "auth", security(("bearer" = [])),
+    params(("id" = String, Path, description = "token id")), responses((status = 204, description = "revoked")))]
+async fn revoke_token(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    member: Member,
+    IdPath(id): IdPath<TokenId>,
+) -> Result<StatusCode, ApiError> {
+    let scope = member.require(Role::Admin)?;
+    if store::revoke_token(scope, id, "api", to_millis(state.clock.now())).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("token"))
+    }
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateEnrollmentTokenRequest {
+    pub name: Option<String>,
+    /// When the token stops working; never if absent.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// How many registrations it allows; unlimited if absent.
+    pub max_uses: Option<i64>,
+}
+
+impl Validate for CreateEnrollmentTokenRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        let mut errors = FieldErrors::new();
+        errors.text("name", self.name.as_deref(), 200);
+        if let Some(max) = self.max_uses {
+            if !(1..=100_000_000).contains(&max) {
+                errors.add("maxUses", "must be between 1 and 100000000");
+            }
+        }
+        errors.finish()
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollmentTokenDto {
+    pub id: String,
+    pub name: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub max_uses: Option<i64>,
+    pub uses: i64,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<EnrollmentTokenRow> for EnrollmentTokenDto {
+    fn from(row: EnrollmentTokenRow) -> Self {
+        Self {
+            id: row.id,
+            name: row.name,
+            expires_at: row.expires_at.map(time),
+            max_uses: row.max_uses,
+            uses: row.uses,
+            revoked_at: row.revoked_at.map(time),
+            created_at: time(row.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedEnrollmentToken {
+    pub enrollment_token: EnrollmentTokenDto,
+    /// The bearer secret devices use for `POST /devices/auto-register`. Shown once.
+    pub secret: String,
+}
+
+/// Create an enrollment token (admin), optionally expiring or limited in uses.
+#[utoipa::path(post, path = "/enrollment-tokens", tag = "auth", security(("bearer" = [])),
+    request_body = CreateEnrollmentTokenRequest, responses((status = 201, body = CreatedEnrollmentToken)))]
+async fn create_enrollment_token(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    member: Member,
+    ApiJson(body): ApiJson<CreateEnrollmentTokenRequest>,
+) -> Result<(StatusCode, Json<CreatedEnrollmentToken>), ApiError> {
+    let scope = member.require(Role::Admin)?;
+    let expires_at = future_expiry(&state, "expiresAt", body.expires_at)?;
+    let secret = tokens::generate(TokenKind::Enrollment);
+    let name = body.name.as_deref().map(str::trim).unwrap_or("enrollment");
+    let row = store::create_enrollment_token(
+        scope,
+        name,
+        expires_at,
+        body.max_uses,
+        &tokens::hash(&secret),
+        to_millis(state.clock.now()),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(CreatedEnrollmentToken { enrollment_token: row.into(), secret })))
+}
+
+/// List the tenant's enrollment tokens (admin).
+#[utoipa::path(get, path = "/enrollment-tokens", tag = "auth", security(("bearer" = [])), params(PageParams),
+    responses((status = 200, body = ListResponse<EnrollmentTokenDto>)))]
+async fn list_enrollment_tokens(
+    member: Member,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Json<ListResponse<EnrollmentTokenDto>>, ApiError> {
+    let scope = member.require(Role::Admin)?;
+    let page = params.page()?;
+    let rows = store::list_enrollment_tokens(scope, page.after.as_deref(), page.limit + 1).await?;
+    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id.clone(), EnrollmentTokenDto::from)))
+}
+
+/// Revoke an enrollment token (admin). Devices it registered keep working.
+#[utoipa::path(delete, path = "/enrollment-tokens/{id}", tag = "auth", security(("bearer" = [])),
+    params(("id" = String, Path, description = "enrollment token id")), responses((status = 204, description = "revoked")))]
+async fn revoke_enrollment_token(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    member: Member,
+    IdPath(id): IdPath<EnrollmentTokenId>,
+) -> Result<StatusCode, ApiError> {
+    let scope = member.require(Role::Admin)?;
+    if store::revoke_enrollment_token(scope, id, to_millis(state.clock.now())).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("enrollment token"))
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateUserRequest {
+    /// Unique across the platform (an email address works well).
+    pub username: String,
+    /// 8 to 1024 bytes.
+    pub password: String,
+    pub role: Role,
+}
+
+impl Validate for CreateUserRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        let mut errors = FieldErrors::new();
+        errors.text("username", Some(&self.username), 128);
+        if self.username.chars().any(char::is_whitespace) {
+            errors.add("username", "must not contain spaces");
+        }
+        if self.password.len() < 8 || self.password.len() > 1024 {
+            errors.add("password", "must be between 8 and 1024 bytes");
+        }
+        errors.finish()
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserDto {
+    pub id: String,
+    pub tenant_id: String,
+    pub username: String,
+    pub role: Role,
+    pub platform_admin: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<UserRow> for UserDto {
+    fn from(row: UserRow) -> Self {
+        Self {
+            id: row.id,
+            tenant_id: row.tenant_id,
+            username: row.username,
+            role: Role::parse(&row.role).unwrap_or(Role::Viewer),
+            platform_admin: row.platform_admin,
+            created_at: time(row.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedUser {
+    pub user: UserDto,
+}
+
+/// Create a user who logs in with a password (admin).
+#[utoipa::path(post, path = "/users", tag = "auth", security(("bearer" = [])), request_body = CreateUserRequest,
+    responses((status = 201, body = CreatedUser)))]
+async fn create_user(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    member: Member,
+    ApiJson(body): ApiJson<CreateUserRequest>,
+) -> Result<(StatusCode, Json<CreatedUser>), ApiError> {
+    let scope = member.require(Role::Admin)?;
+    let password = body.password.clone();
+    let hash = tokio::task::spawn_blocking(move || tokens::hash_password(&password))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let row =
+        store::create_user(scope, body.username.trim(), &hash, body.role, to_millis(state.clock.now())).await.map_err(
+            |e| if e.is_unique_on("username") { ApiError::Conflict("this username is taken".into()) } else { e.into() },
+        )?;
+    Ok((StatusCode::CREATED, Json(CreatedUser { user: row.into() })))
+}
+
+/// List the tenant's users (admin).
+#[utoipa::path(get, path = "/users", tag = "auth", security(("bearer" = [])), params(PageParams),
+    responses((status = 200, body = ListResponse<UserDto>)))]
+async fn list_users(
+    member: Member,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Json<ListResponse<UserDto>>, ApiError> {
+    let scope = member.require(Role::Admin)?;
+    let page = params.page()?;
+    let rows = store::list_users(scope, page.after.as_deref(), page.limit + 1).await?;
+    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id.clone(), UserDto::from)))
+}
+
+/// Delete a user (admin); their sessions end with them.
+#[utoipa::path(delete, path = "/users/{id}", tag = "auth", security(("bearer" = [])),
+    params(("id" = String, Path, description = "user id")), responses((status = 204, description = "deleted")))]
+async fn delete_user(member: Member, IdPath(id): IdPath<UserId>) -> Result<StatusCode, ApiError> {
+    let scope = member.require(Role::Admin)?;
+    if Some(id) == member.user_id {
+        return Err(ApiError::Conflict("you cannot delete yourself".into()));
+    }
+    if store::delete_user(scope, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("user"))
+    }
+}

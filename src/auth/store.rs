@@ -1,0 +1,363 @@
+//! SQL for credentials: API tokens, login sessions, enrollment tokens and users.
+//!
+//! Lookups by token hash are the one place that reads across tenants on purpose: a token is
+//! how a request's tenant becomes known. Everything else takes a [`TenantScope`].
+
+use sqlx::FromRow;
+
+use super::{Role, TenantScope};
+use crate::ids::{EnrollmentTokenId, TenantId, TokenId, UserId};
+use crate::store::{classify, Db, StoreError, Tx};
+use crate::{with_reader, with_tx, with_writer};
+
+/// A usable member token, as the authenticator needs it.
+#[derive(Debug, FromRow)]
+pub struct MemberTokenRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub kind: String,
+    pub role: String,
+    pub platform_admin: bool,
+    pub user_id: Option<String>,
+    pub last_used_at: Option<i64>,
+}
+
+pub async fn find_member_token(db: &Db, hash: &str, now: i64) -> Result<Option<MemberTokenRow>, StoreError> {
+    const SQL: &str = "SELECT id, tenant_id, kind, role, platform_admin, user_id, last_used_at FROM api_tokens \
+                       WHERE token_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)";
+    with_reader!(db, |pool| sqlx::query_as::<_, MemberTokenRow>(SQL).bind(hash).bind(now).fetch_optional(pool).await)
+        .map_err(classify)
+}
+
+pub async fn touch_member_token(db: &Db, id: &str, now: i64) -> Result<(), StoreError> {
+    const SQL: &str = "UPDATE api_tokens SET last_used_at = $1 WHERE id = $2";
+    with_writer!(db, |pool| sqlx::query(SQL).bind(now).bind(id).execute(pool).await.map(|r| r.rows_affected()))
+        .map_err(classify)?;
+    Ok(())
+}
+
+#[derive(Debug, FromRow)]
+pub struct EnrollmentAuthRow {
+    pub id: String,
+    pub tenant_id: String,
+}
+
+pub async fn find_usable_enrollment_token(
+    db: &Db,
+    hash: &str,
+    now: i64,
+) -> Result<Option<EnrollmentAuthRow>, StoreError> {
+    const SQL: &str = "SELECT id, tenant_id FROM enrollment_tokens WHERE token_hash = $1 AND revoked_at IS NULL \
+                       AND (expires_at IS NULL OR expires_at > $2) AND (max_uses IS NULL OR uses < max_uses)";
+    with_reader!(db, |pool| sqlx::query_as::<_, EnrollmentAuthRow>(SQL).bind(hash).bind(now).fetch_optional(pool).await)
+        .map_err(classify)
+}
+
+/// Counts one use of an enrollment token inside the registration's transaction. False if the
+/// token ran out (or expired, or was revoked) since it was authenticated.
+pub async fn consume_enrollment_use(tx: &mut Tx, id: EnrollmentTokenId, now: i64) -> Result<bool, StoreError> {
+    const SQL: &str = "UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = $1 AND revoked_at IS NULL \
+                       AND (expires_at IS NULL OR expires_at > $2) AND (max_uses IS NULL OR uses < max_uses)";
+    let id = id.to_string();
+    let result =
+        with_tx!(tx, |conn| sqlx::query(SQL).bind(&id).bind(now).execute(&mut *conn).await.map(|r| r.rows_affected()));
+    Ok(result.map_err(classify)? == 1)
+}
+
+/// What a new API token is for.
+pub struct NewToken<'a> {
+    pub kind: &'a str,
+    pub name: &'a str,
+    pub role: Role,
+    pub platform_admin: bool,
+    pub user_id: Option<UserId>,
+    pub expires_at: Option<i64>,
+}
+
+/// Inserts a member token for a tenant. System-level: used by tenant creation (before any
+/// member of the tenant exists) and, through [`create_token`], by tenant admins.
+pub async fn insert_token(
+    tx: &mut Tx,
+    tenant_id: TenantId,
+    token: &NewToken<'_>,
+    hash: &str,
+    now: i64,
+) -> Result<TokenId, StoreError> {
+    const SQL: &str = "INSERT INTO api_tokens (id, tenant_id, kind, name, role, platform_admin, user_id, token_hash, expires_at, created_at) \
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+    let id = TokenId::new();
+    let (id_text, tenant_text, user_text) =
+        (id.to_string(), tenant_id.to_string(), token.user_id.map(|u| u.to_string()));
+    with_tx!(tx, |conn| sqlx::query(SQL)
+        .bind(&id_text)
+        .bind(&tenant_text)
+        .bind(token.kind)
+        .bind(token.name)
+        .bind(token.role.as_str())
+        .bind(token.platform_admin)
+        .bind(&user_text)
+        .bind(hash)
+        .bind(token.expires_at)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map(|r| r.rows_affected()))
+    .map_err(classify)?;
+    Ok(id)
+}
+
+/// An API token as listed (never its secret).
+#[derive(Debug, FromRow)]
+pub struct TokenRow {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+    pub created_at: i64,
+}
+
+const TOKEN_COLUMNS: &str = "id, name, role, expires_at, revoked_at, last_used_at, created_at";
+
+pub async fn create_token(
+    scope: &TenantScope,
+    token: &NewToken<'_>,
+    hash: &str,
+    now: i64,
+) -> Result<TokenRow, StoreError> {
+    let mut tx = scope.db.begin().await?;
+    let id = insert_token(&mut tx, scope.tenant_id, token, hash, now).await?;
+    tx.commit().await?;
+    get_token(scope, id).await?.ok_or_else(|| StoreError::Other(sqlx::Error::RowNotFound))
+}
+
+pub async fn get_token(scope: &TenantScope, id: TokenId) -> Result<Option<TokenRow>, StoreError> {
+    let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE tenant_id = $1 AND id = $2 AND kind = 'api'");
+    let (tenant, id) = (scope.tenant_id.to_string(), id.to_string());
+    with_writer!(&scope.db, |pool| sqlx::query_as::<_, TokenRow>(&sql)
+        .bind(&tenant)
+        .bind(&id)
+        .fetch_optional(pool)
+        .await)
+    .map_err(classify)
+}
+
+pub async fn list_tokens(scope: &TenantScope, after: Option<&str>, limit: u32) -> Result<Vec<TokenRow>, StoreError> {
+    let sql = format!(
+        "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE tenant_id = $1 AND kind = 'api' AND id > $2 ORDER BY id LIMIT $3"
+    );
+    let tenant = scope.tenant_id.to_string();
+    let after = after.unwrap_or("");
+    with_reader!(&scope.db, |pool| sqlx::query_as::<_, TokenRow>(&sql)
+        .bind(&tenant)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await)
+    .map_err(classify)
+}
+
+/// Revokes an API token or session of the tenant. False if there is no such live token.
+pub async fn revoke_token(scope: &TenantScope, id: TokenId, kind: &str, now: i64) -> Result<bool, StoreError> {
+    const SQL: &str =
+        "UPDATE api_tokens SET revoked_at = $1 WHERE tenant_id = $2 AND id = $3 AND kind = $4 AND revoked_at IS NULL";
+    let (tenant, id) = (scope.tenant_id.to_string(), id.to_string());
+    let result = with_writer!(&scope.db, |pool| sqlx::query(SQL)
+        .bind(now)
+        .bind(&tenant)
+        .bind(&id)
+        .bind(kind)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()));
+    Ok(result.map_err(classify)? == 1)
+}
+
+#[derive(Debug, FromRow)]
+pub struct EnrollmentTokenRow {
+    pub id: String,
+    pub name: String,
+    pub expires_at: Option<i64>,
+    pub max_uses: Option<i64>,
+    pub uses: i64,
+    pub revoked_at: Option<i64>,
+    pub created_at: i64,
+}
+
+const ENROLLMENT_COLUMNS: &str = "id, name, expires_at, max_uses, uses, revoked_at, created_at";
+
+pub async fn create_enrollment_token(
+    scope: &TenantScope,
+    name: &str,
+    expires_at: Option<i64>,
+    max_uses: Option<i64>,
+    hash: &str,
+    now: i64,
+) -> Result<EnrollmentTokenRow, StoreError> {
+    const SQL: &str =
+        "INSERT INTO enrollment_tokens (id, tenant_id, name, token_hash, expires_at, max_uses, uses, created_at) \
+                       VALUES ($1, $2, $3, $4, $5, $6, 0, $7)";
+    let id = EnrollmentTokenId::new();
+    let (id_text, tenant) = (id.to_string(), scope.tenant_id.to_string());
+    with_writer!(&scope.db, |pool| sqlx::query(SQL)
+        .bind(&id_text)
+        .bind(&tenant)
+        .bind(name)
+        .bind(hash)
+        .bind(expires_at)
+        .bind(max_uses)
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+    .map_err(classify)?;
+    get_enrollment_token(scope, id).await?.ok_or_else(|| StoreError::Other(sqlx::Error::RowNotFound))
+}
+
+pub async fn get_enrollment_token(
+    scope: &TenantScope,
+    id: EnrollmentTokenId,
+) -> Result<Option<EnrollmentTokenRow>, StoreError> {
+    let sql = format!("SELECT {ENROLLMENT_COLUMNS} FROM enrollment_tokens WHERE tenant_id = $1 AND id = $2");
+    let (tenant, id) = (scope.tenant_id.to_string(), id.to_string());
+    with_writer!(&scope.db, |pool| sqlx::query_as::<_, EnrollmentTokenRow>(&sql)
+        .bind(&tenant)
+        .bind(&id)
+        .fetch_optional(pool)
+        .await)
+    .map_err(classify)
+}
+
+pub async fn list_enrollment_tokens(
+    scope: &TenantScope,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<EnrollmentTokenRow>, StoreError> {
+    let sql = format!(
+        "SELECT {ENROLLMENT_COLUMNS} FROM enrollment_tokens WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+    );
+    let tenant = scope.tenant_id.to_string();
+    let after = after.unwrap_or("");
+    with_reader!(&scope.db, |pool| sqlx::query_as::<_, EnrollmentTokenRow>(&sql)
+        .bind(&tenant)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await)
+    .map_err(classify)
+}
+
+pub async fn revoke_enrollment_token(scope: &TenantScope, id: EnrollmentTokenId, now: i64) -> Result<bool, StoreError> {
+    const SQL: &str =
+        "UPDATE enrollment_tokens SET revoked_at = $1 WHERE tenant_id = $2 AND id = $3 AND revoked_at IS NULL";
+    let (tenant, id) = (scope.tenant_id.to_string(), id.to_string());
+    let result = with_writer!(&scope.db, |pool| sqlx::query(SQL)
+        .bind(now)
+        .bind(&tenant)
+        .bind(&id)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()));
+    Ok(result.map_err(classify)? == 1)
+}
+
+#[derive(Debug, FromRow)]
+pub struct UserRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub username: String,
+    pub password_hash: String,
+    pub role: String,
+    pub platform_admin: bool,
+    pub created_at: i64,
+}
+
+const USER_COLUMNS: &str = "id, tenant_id, username, password_hash, role, platform_admin, created_at";
+
+pub async fn create_user(
+    scope: &TenantScope,
+    username: &str,
+    password_hash: &str,
+    role: Role,
+    now: i64,
+) -> Result<UserRow, StoreError> {
+    const SQL: &str = "INSERT INTO users (id, tenant_id, username, password_hash, role, platform_admin, created_at) \
+                       VALUES ($1, $2, $3, $4, $5, FALSE, $6)";
+    let id = UserId::new();
+    let (id_text, tenant) = (id.to_string(), scope.tenant_id.to_string());
+    with_writer!(&scope.db, |pool| sqlx::query(SQL)
+        .bind(&id_text)
+        .bind(&tenant)
+        .bind(username)
+        .bind(password_hash)
+        .bind(role.as_str())
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+    .map_err(classify)?;
+    get_user(scope, id).await?.ok_or_else(|| StoreError::Other(sqlx::Error::RowNotFound))
+}
+
+pub async fn get_user(scope: &TenantScope, id: UserId) -> Result<Option<UserRow>, StoreError> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2");
+    let (tenant, id) = (scope.tenant_id.to_string(), id.to_string());
+    with_writer!(&scope.db, |pool| sqlx::query_as::<_, UserRow>(&sql)
+        .bind(&tenant)
+        .bind(&id)
+        .fetch_optional(pool)
+        .await)
+    .map_err(classify)
+}
+
+pub async fn list_users(scope: &TenantScope, after: Option<&str>, limit: u32) -> Result<Vec<UserRow>, StoreError> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3");
+    let tenant = scope.tenant_id.to_string();
+    let after = after.unwrap_or("");
+    with_reader!(&scope.db, |pool| sqlx::query_as::<_, UserRow>(&sql)
+        .bind(&tenant)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await)
+    .map_err(classify)
+}
+
+/// Deletes a user; their sessions go with them (foreign key cascade).
+pub async fn delete_user(scope: &TenantScope, id: UserId) -> Result<bool, StoreError> {
+    const SQL: &str = "DELETE FROM users WHERE tenant_id = $1 AND id = $2";
+    let (tenant, id) = (scope.tenant_id.to_string(), id.to_string());
+    let result = with_writer!(&scope.db, |pool| sqlx::query(SQL)
+        .bind(&tenant)
+        .bind(&id)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()));
+    Ok(result.map_err(classify)? == 1)
+}
+
+/// Login looks a user up by name before any tenant is known.
+pub async fn find_user_by_username(db: &Db, username: &str) -> Result<Option<UserRow>, StoreError> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1");
+    with_reader!(db, |pool| sqlx::query_as::<_, UserRow>(&sql).bind(username).fetch_optional(pool).await)
+        .map_err(classify)
+}
+
+/// Opens a login session for a user found by [`find_user_by_username`].
+pub async fn create_session(db: &Db, user: &UserRow, hash: &str, expires_at: i64, now: i64) -> Result<(), StoreError> {
+    let tenant_id: TenantId = user.tenant_id.parse().map_err(|_| StoreError::Other(sqlx::Error::RowNotFound))?;
+    let user_id: UserId = user.id.parse().map_err(|_| StoreError::Other(sqlx::Error::RowNotFound))?;
+    let role = Role::parse(&user.role).unwrap_or(Role::Viewer);
+    let token = NewToken {
+        kind: "session",
+        name: &user.username,
+        role,
+        platform_admin: user.platform_admin,
+        user_id: Some(user_id),
+        expires_at: Some(expires_at),
+    };
+    let mut tx = db.begin().await?;
+    insert_token(&mut tx, tenant_id, &token, hash, now).await?;
+    tx.commit().await
+}

@@ -1,0 +1,180 @@
+//! The command line: `serve` (default), `migrate`, `tenant create|list`, `version`.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::app::{redact, App};
+use crate::clock::{to_millis, Clock, SystemClock};
+use crate::config::{ConfigArgs, LogFormat, Settings};
+use crate::store::Db;
+use crate::tenants::{self, Bootstrap, CreateTenantError};
+
+#[derive(Debug, Parser)]
+#[command(name = "herd", version, about = "Self-hosted, multi-tenant device provisioning and fleet management server")]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and print its first admin token.
+    Create { name: String },
+    /// List tenants.
+    List,
+}
+
+/// Parses the command line and runs it.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Version)) {
+        println!("herd {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let settings = match Settings::load(&cli.config) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("herd: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(settings.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("herd: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve(settings).await,
+            Command::Migrate => migrate(&settings).await,
+            Command::Tenant { command: TenantCommand::Create { name } } => create_tenant(&settings, &name).await,
+            Command::Tenant { command: TenantCommand::List } => list_tenants(&settings).await,
+            Command::Version => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("herd: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: Option<LogFormat>) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let json = match format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Pretty) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let database = redact(&settings.database_url);
+    let app = App::build(settings).await?;
+    match app.bootstrap() {
+        Bootstrap::AlreadyDone => {}
+        Bootstrap::CreatedWithConfiguredToken => {
+            tracing::info!("created tenant `default`; its admin (and platform admin) token is HERD_BOOTSTRAP_TOKEN")
+        }
+        Bootstrap::CreatedWithTokenFile(path) => tracing::info!(
+            path = %path.display(),
+            "created tenant `default`; its admin (and platform admin) token is in this file (mode 0600)"
+        ),
+    }
+    tracing::info!(address = %app.local_addr(), %database, "herd is listening");
+    let token = app.shutdown_token();
+    tokio::spawn(async move {
+        crate::shutdown::os_signal().await;
+        token.cancel();
+    });
+    app.run_until_stopped().await?;
+    tracing::info!("herd stopped");
+    Ok(())
+}
+
+async fn open(settings: &Settings) -> anyhow::Result<Db> {
+    use anyhow::Context;
+    std::fs::create_dir_all(&settings.data_dir)?;
+    let db = Db::connect(&settings.database_url)
+        .await
+        .with_context(|| format!("cannot open the database {}", redact(&settings.database_url)))?;
+    db.migrate().await.context("cannot apply migrations")?;
+    Ok(db)
+}
+
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let db = open(settings).await?;
+    db.close().await;
+    println!("migrations applied to {}", redact(&settings.database_url));
+    Ok(())
+}
+
+async fn create_tenant(settings: &Settings, name: &str) -> anyhow::Result<()> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        anyhow::bail!("a tenant name has 1 to 64 printable characters");
+    }
+    let db = open(settings).await?;
+    let now = to_millis(SystemClock.now());
+    // The platform admin comes with the first tenant; create it first so `default` exists.
+    tenants::bootstrap(&db, &settings.data_dir, settings.bootstrap_token.as_deref(), now).await?;
+    let result = tenants::create(&db, name, None, false, now).await;
+    db.close().await;
+    match result {
+        Ok((tenant, token)) => {
+            eprintln!("created tenant {} ({}); its first admin token:", tenant.name, tenant.id);
+            println!("{token}");
+            Ok(())
+        }
+        Err(CreateTenantError::Duplicate(name)) => anyhow::bail!("a tenant named {name:?} already exists"),
+        Err(CreateTenantError::Store(error)) => Err(error.into()),
+    }
+}
+
+async fn list_tenants(settings: &Settings) -> anyhow::Result<()> {
+    let db = open(settings).await?;
+    let mut after: Option<String> = None;
+    loop {
+        let rows = tenants::list(&db, after.as_deref(), 500).await?;
+        for row in &rows {
+            println!("{}\t{}", row.id, row.name);
+        }
+        match rows.last() {
+            Some(last) if rows.len() == 500 => after = Some(last.id.clone()),
+            _ => break,
+        }
+    }
+    db.close().await;
+    Ok(())
+}

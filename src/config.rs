@@ -1,0 +1,411 @@
+//! Configuration: defaults, then an optional `herd.toml`, then `HERD_*` environment variables,
+//! then command-line flags (each later source wins). The names are DESIGN.md's contract.
+//!
+//! This module only turns text into a validated [`Settings`]; it opens no files other than the
+//! configuration file and touches no database.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+
+/// Every setting, as flags with `HERD_*` environment fallbacks. All optional: what is not given
+/// here comes from `herd.toml` or the default.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigArgs {
+    /// Configuration file (TOML; keys are the flag names with `_` for `-`).
+    #[arg(long, env = "HERD_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data directory (database, CA, keys, initial admin token).
+    #[arg(long, env = "HERD_DATA_DIR", global = true)]
+    pub data_dir: Option<String>,
+    /// Database URL: `sqlite://PATH` or `postgres://…`. Default: `sqlite://<data-dir>/herd.db`.
+    #[arg(long, env = "HERD_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// Address to listen on.
+    #[arg(long, env = "HERD_LISTEN", global = true)]
+    pub listen: Option<String>,
+    /// A device that has not reported for this long is offline (e.g. `5m`).
+    #[arg(long, env = "HERD_PRESENCE_THRESHOLD", global = true)]
+    pub presence_threshold: Option<String>,
+    /// How often the presence sweep runs (e.g. `1m`).
+    #[arg(long, env = "HERD_PRESENCE_SWEEP_INTERVAL", global = true)]
+    pub presence_sweep_interval: Option<String>,
+    /// Device certificate lifetime in days.
+    #[arg(long, env = "HERD_CERT_VALIDITY_DAYS", global = true)]
+    pub cert_validity_days: Option<String>,
+    /// Days before expiry at which `certificate.expiring` is emitted.
+    #[arg(long, env = "HERD_CERT_RENEWAL_WARNING_DAYS", global = true)]
+    pub cert_renewal_warning_days: Option<String>,
+    /// Days before expiry at which server-generated certificates are renewed.
+    #[arg(long, env = "HERD_CERT_AUTO_RENEWAL_DAYS", global = true)]
+    pub cert_auto_renewal_days: Option<String>,
+    /// RSA modulus length of server-generated device keys.
+    #[arg(long, env = "HERD_CERT_KEY_SIZE", global = true)]
+    pub cert_key_size: Option<String>,
+    /// How often the certificate monitor runs (e.g. `1h`).
+    #[arg(long, env = "HERD_CERT_MONITOR_INTERVAL", global = true)]
+    pub cert_monitor_interval: Option<String>,
+    /// Subject organisation (O=) of device certificates.
+    #[arg(long, env = "HERD_CERT_ORGANIZATION", global = true)]
+    pub cert_organization: Option<String>,
+    /// Subject country (C=) of device certificates.
+    #[arg(long, env = "HERD_CERT_COUNTRY", global = true)]
+    pub cert_country: Option<String>,
+    /// Where certificates and keys live: `file` or `database`.
+    #[arg(long, env = "HERD_CERT_STORE", global = true)]
+    pub cert_store: Option<String>,
+    /// Public base URL (CRL distribution point, links).
+    #[arg(long, env = "HERD_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+    /// How long raw metric samples are kept (e.g. `30d`).
+    #[arg(long, env = "HERD_METRICS_RETENTION", global = true)]
+    pub metrics_retention: Option<String>,
+    /// `pretty` or `json`. Default: pretty on a terminal, else json.
+    #[arg(long, env = "HERD_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+    /// The platform admin token to create on first start (otherwise random, written to
+    /// `<data-dir>/initial-admin-token`).
+    #[arg(long, env = "HERD_BOOTSTRAP_TOKEN", global = true, hide_env_values = true)]
+    pub bootstrap_token: Option<String>,
+    /// Key-encryption key for private keys stored in the database (64 hex characters).
+    #[arg(long, env = "HERD_KEY_ENCRYPTION_KEY", global = true, hide_env_values = true)]
+    pub key_encryption_key: Option<String>,
+    /// Longest time a request may take before it is answered 503 (e.g. `30s`).
+    #[arg(long, env = "HERD_REQUEST_TIMEOUT", global = true)]
+    pub request_timeout: Option<String>,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "HERD_BODY_LIMIT", global = true)]
+    pub body_limit: Option<String>,
+    /// How long a login session lasts (e.g. `12h`).
+    #[arg(long, env = "HERD_SESSION_TTL", global = true)]
+    pub session_ttl: Option<String>,
+    /// Serve `POST /bench/echo`, the benchmark harness's HTTP ceiling (`true`/`false`).
+    #[arg(long, env = "HERD_BENCH_ECHO", global = true)]
+    pub bench_echo: Option<String>,
+}
+
+/// Where device certificates and keys are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertStoreKind {
+    File,
+    Database,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The validated configuration of one herd process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    /// Resolved database URL (never empty).
+    pub database_url: String,
+    pub listen: SocketAddr,
+    pub presence_threshold: Duration,
+    pub presence_sweep_interval: Duration,
+    pub cert_validity_days: u32,
+    pub cert_renewal_warning_days: u32,
+    pub cert_auto_renewal_days: u32,
+    pub cert_key_size: u32,
+    pub cert_monitor_interval: Duration,
+    pub cert_organization: String,
+    pub cert_country: String,
+    pub cert_store: CertStoreKind,
+    pub public_url: Option<String>,
+    pub metrics_retention: Duration,
+    pub log_format: Option<LogFormat>,
+    pub bootstrap_token: Option<String>,
+    pub key_encryption_key: Option<String>,
+    pub request_timeout: Duration,
+    pub body_limit: usize,
+    pub session_ttl: Duration,
+    pub bench_echo: bool,
+}
+
+/// A setting that could not be understood; the message names it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    ReadFile { path: PathBuf, source: std::io::Error },
+    #[error("configuration file {path} is not valid TOML: {source}")]
+    ParseFile { path: PathBuf, source: toml::de::Error },
+    #[error("configuration file {path}: unknown setting `{key}`")]
+    UnknownKey { path: PathBuf, key: String },
+    #[error("setting `{name}` = {value:?}: {reason}")]
+    Invalid { name: &'static str, value: String, reason: String },
+}
+
+impl Settings {
+    /// Defaults for a data directory, as the seed and DESIGN.md give them.
+    pub fn defaults_for(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        Self {
+            database_url: default_database_url(&data_dir),
+            data_dir,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            presence_threshold: Duration::from_secs(5 * 60),
+            presence_sweep_interval: Duration::from_secs(60),
+            cert_validity_days: 365,
+            cert_renewal_warning_days: 30,
+            cert_auto_renewal_days: 7,
+            cert_key_size: 2048,
+            cert_monitor_interval: Duration::from_secs(3600),
+            cert_organization: "BTManagement".into(),
+            cert_country: "IL".into(),
+            cert_store: CertStoreKind::File,
+            public_url: None,
+            metrics_retention: Duration::from_secs(30 * 86_400),
+            log_format: None,
+            bootstrap_token: None,
+            key_encryption_key: None,
+            request_timeout: Duration::from_secs(30),
+            body_limit: 1024 * 1024,
+            session_ttl: Duration::from_secs(12 * 3600),
+            bench_echo: false,
+        }
+    }
+
+    /// Merges flags/environment (`args`) over the configuration file over the defaults.
+    pub fn load(args: &ConfigArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None if Path::new("herd.toml").exists() => read_file(Path::new("herd.toml"))?,
+            None => BTreeMap::new(),
+        };
+        let pick =
+            |name: &str, flag: &Option<String>| -> Option<String> { flag.clone().or_else(|| file.get(name).cloned()) };
+
+        let data_dir = PathBuf::from(pick("data_dir", &args.data_dir).unwrap_or_else(|| "./herd-data".into()));
+        let mut settings = Self::defaults_for(&data_dir);
+        if let Some(url) = pick("database_url", &args.database_url) {
+            settings.database_url = parse_database_url(&url)?;
+        }
+        if let Some(v) = pick("listen", &args.listen) {
+            settings.listen = v.parse().map_err(|e: std::net::AddrParseError| invalid("listen", &v, e))?;
+        }
+        if let Some(v) = pick("presence_threshold", &args.presence_threshold) {
+            settings.presence_threshold = parse_duration("presence_threshold", &v)?;
+        }
+        if let Some(v) = pick("presence_sweep_interval", &args.presence_sweep_interval) {
+            settings.presence_sweep_interval = parse_duration("presence_sweep_interval", &v)?;
+        }
+        if let Some(v) = pick("cert_validity_days", &args.cert_validity_days) {
+            settings.cert_validity_days = parse_number("cert_validity_days", &v, 1, 36_500)?;
+        }
+        if let Some(v) = pick("cert_renewal_warning_days", &args.cert_renewal_warning_days) {
+            settings.cert_renewal_warning_days = parse_number("cert_renewal_warning_days", &v, 0, 36_500)?;
+        }
+        if let Some(v) = pick("cert_auto_renewal_days", &args.cert_auto_renewal_days) {
+            settings.cert_auto_renewal_days = parse_number("cert_auto_renewal_days", &v, 0, 36_500)?;
+        }
+        if let Some(v) = pick("cert_key_size", &args.cert_key_size) {
+            let bits = parse_number("cert_key_size", &v, 2048, 4096)?;
+            if ![2048, 3072, 4096].contains(&bits) {
+                return Err(invalid("cert_key_size", &v, "must be 2048, 3072 or 4096"));
+            }
+            settings.cert_key_size = bits;
+        }
+        if let Some(v) = pick("cert_monitor_interval", &args.cert_monitor_interval) {
+            settings.cert_monitor_interval = parse_duration("cert_monitor_interval", &v)?;
+        }
+        if let Some(v) = pick("cert_organization", &args.cert_organization) {
+            settings.cert_organization = non_empty("cert_organization", v)?;
+        }
+        if let Some(v) = pick("cert_country", &args.cert_country) {
+            if v.len() != 2 || !v.chars().all(|c| c.is_ascii_uppercase()) {
+                return Err(invalid("cert_country", &v, "must be a two-letter ISO 3166 code such as IL"));
+            }
+            settings.cert_country = v;
+        }
+        if let Some(v) = pick("cert_store", &args.cert_store) {
+            settings.cert_store = match v.as_str() {
+                "file" => CertStoreKind::File,
+                "database" => CertStoreKind::Database,
+                _ => return Err(invalid("cert_store", &v, "must be `file` or `database`")),
+            };
+        }
+        if let Some(v) = pick("public_url", &args.public_url) {
+            if !(v.starts_with("http://") || v.starts_with("https://")) {
+                return Err(invalid("public_url", &v, "must start with http:// or https://"));
+            }
+            settings.public_url = Some(v.trim_end_matches('/').to_string());
+        }
+        if let Some(v) = pick("metrics_retention", &args.metrics_retention) {
+            settings.metrics_retention = parse_duration("metrics_retention", &v)?;
+        }
+        if let Some(v) = pick("log_format", &args.log_format) {
+            settings.log_format = Some(match v.as_str() {
+                "pretty" => LogFormat::Pretty,
+                "json" => LogFormat::Json,
+                _ => return Err(invalid("log_format", &v, "must be `pretty` or `json`")),
+            });
+        }
+        if let Some(v) = pick("bootstrap_token", &args.bootstrap_token) {
+            if v.len() < 16 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid("bootstrap_token", "<hidden>", "must be at least 16 characters without spaces"));
+            }
+            settings.bootstrap_token = Some(v);
+        }
+        settings.key_encryption_key = pick("key_encryption_key", &args.key_encryption_key);
+        if let Some(v) = pick("request_timeout", &args.request_timeout) {
+            settings.request_timeout = parse_duration("request_timeout", &v)?;
+        }
+        if let Some(v) = pick("body_limit", &args.body_limit) {
+            settings.body_limit = parse_number("body_limit", &v, 1024, 1 << 30)? as usize;
+        }
+        if let Some(v) = pick("session_ttl", &args.session_ttl) {
+            settings.session_ttl = parse_duration("session_ttl", &v)?;
+        }
+        if let Some(v) = pick("bench_echo", &args.bench_echo) {
+            settings.bench_echo = match v.as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                _ => return Err(invalid("bench_echo", &v, "must be true or false")),
+            };
+        }
+        if settings.cert_auto_renewal_days >= settings.cert_validity_days {
+            return Err(invalid(
+                "cert_auto_renewal_days",
+                &settings.cert_auto_renewal_days.to_string(),
+                "must be smaller than cert_validity_days",
+            ));
+        }
+        Ok(settings)
+    }
+
+    /// True when the database is PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://")
+    }
+}
+
+const KNOWN_KEYS: &[&str] = &[
+    "data_dir",
+    "database_url",
+    "listen",
+    "presence_threshold",
+    "presence_sweep_interval",
+    "cert_validity_days",
+    "cert_renewal_warning_days",
+    "cert_auto_renewal_days",
+    "cert_key_size",
+    "cert_monitor_interval",
+    "cert_organization",
+    "cert_country",
+    "cert_store",
+    "public_url",
+    "metrics_retention",
+    "log_format",
+    "bootstrap_token",
+    "key_encryption_key",
+    "request_timeout",
+    "body_limit",
+    "session_ttl",
+    "bench_echo",
+];
+
+fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile { path: path.into(), source })?;
+    let table: toml::Table = text.parse().map_err(|source| ConfigError::ParseFile { path: path.into(), source })?;
+    let mut values = BTreeMap::new();
+    for (key, value) in table {
+        if !KNOWN_KEYS.contains(&key.as_str()) {
+            return Err(ConfigError::UnknownKey { path: path.into(), key });
+        }
+        let text = match value {
+            toml::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        values.insert(key, text);
+    }
+    Ok(values)
+}
+
+fn default_database_url(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("herd.db").display())
+}
+
+fn parse_database_url(url: &str) -> Result<String, ConfigError> {
+    let ok = ["sqlite://", "sqlite:", "postgres://", "postgresql://"].iter().any(|p| url.starts_with(p));
+    if ok {
+        Ok(url.to_string())
+    } else {
+        Err(invalid("database_url", url, "must start with sqlite:// or postgres://"))
+    }
+}
+
+fn parse_duration(name: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    let parsed = humantime::parse_duration(value.trim()).map_err(|e| invalid(name, value, e))?;
+    if parsed.is_zero() {
+        return Err(invalid(name, value, "must be longer than zero"));
+    }
+    Ok(parsed)
+}
+
+fn parse_number(name: &'static str, value: &str, min: u32, max: u32) -> Result<u32, ConfigError> {
+    let n: u32 = value.trim().parse().map_err(|e| invalid(name, value, e))?;
+    if n < min || n > max {
+        return Err(invalid(name, value, format!("must be between {min} and {max}")));
+    }
+    Ok(n)
+}
+
+fn non_empty(name: &'static str, value: String) -> Result<String, ConfigError> {
+    if value.trim().is_empty() {
+        return Err(invalid(name, &value, "must not be empty"));
+    }
+    Ok(value)
+}
+
+fn invalid(name: &'static str, value: &str, reason: impl ToString) -> ConfigError {
+    ConfigError::Invalid { name, value: value.to_string(), reason: reason.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_seed() {
+        let s = Settings::load(&ConfigArgs { data_dir: Some("/tmp/x".into()), ..Default::default() }).unwrap();
+        assert_eq!(s.presence_threshold, Duration::from_secs(300));
+        assert_eq!(s.cert_validity_days, 365);
+        assert_eq!(s.cert_key_size, 2048);
+        assert_eq!(s.database_url, "sqlite:///tmp/x/herd.db");
+        assert!(!s.is_postgres());
+    }
+
+    #[test]
+    fn durations_and_bad_values() {
+        let args = ConfigArgs { presence_threshold: Some("90s".into()), ..Default::default() };
+        assert_eq!(Settings::load(&args).unwrap().presence_threshold, Duration::from_secs(90));
+        let args = ConfigArgs { presence_threshold: Some("soon".into()), ..Default::default() };
+        assert!(Settings::load(&args).unwrap_err().to_string().contains("presence_threshold"));
+        let args = ConfigArgs { cert_key_size: Some("1024".into()), ..Default::default() };
+        assert!(Settings::load(&args).is_err());
+        let args = ConfigArgs { cert_store: Some("s3".into()), ..Default::default() };
+        assert!(Settings::load(&args).is_err());
+    }
+
+    #[test]
+    fn file_is_read_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herd.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\ncert_validity_days = 90\n").unwrap();
+        let args =
+            ConfigArgs { config: Some(path.clone()), listen: Some("127.0.0.1:9001".into()), ..Default::default() };
+        let s = Settings::load(&args).unwrap();
+        assert_eq!(s.listen.port(), 9001);
+        assert_eq!(s.cert_validity_days, 90);
+        std::fs::write(&path, "listne = 1\n").unwrap();
+        let args = ConfigArgs { config: Some(path), ..Default::default() };
+        assert!(matches!(Settings::load(&args), Err(ConfigError::UnknownKey { .. })));
+    }
+}

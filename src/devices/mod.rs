@@ -1,0 +1,12 @@
+//! The device registry (the seed's DevicesService): auto-registration, manual creation,
+//! connection (heartbeat), listing and editing — all tenant-scoped.
+//!
+//! `routes` holds the wire types and handlers; `store` the SQL. Device rows are reached only
+//! through [`store::DeviceStore`], which is built from a [`crate::auth::TenantScope`].
+
+pub mod routes;
+pub mod store;
+
+/// Presence of a device.
+pub const ONLINE: &str = "online";
+pub const OFFLINE: &str = "offline";

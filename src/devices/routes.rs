@@ -1,0 +1,559 @@
+//! Device routes and their wire types (AutoRegisterDto, CreateDeviceDto, ConnectDeviceDto of
+//! the seed, and the device record of DESIGN.md).
+
+use std::net::IpAddr;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::store::{
+    ConnectReport, DeviceFilter, DeviceInfo, DevicePatch, DeviceRow, DeviceStore, Identifiers, RegisterError,
+    Registration,
+};
+use super::{OFFLINE, ONLINE};
+use crate::app::AppState;
+use crate::auth::tokens::{self, TokenKind};
+use crate::auth::{DeviceAuth, Enroller, Member, Role};
+use crate::clock::to_millis;
+use crate::http::error::{ApiError, FieldErrors};
+use crate::http::extract::{ApiJson, ApiQuery, IdPath, OptionalJson, PageParams, Validate};
+use crate::http::{time, ListResponse};
+use crate::ids::DeviceId;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(auto_register))
+        .routes(routes!(create_device, list_devices))
+        .routes(routes!(connect))
+        .routes(routes!(get_self))
+        .routes(routes!(get_device, update_device, delete_device))
+}
+
+const MAX_TEXT: usize = 200;
+const MAX_IDENTIFIER: usize = 128;
+const MAX_TAGS: usize = 32;
+const MAX_TAG: usize = 64;
+
+/// A device record (DESIGN.md).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceDto {
+    pub id: String,
+    pub name: String,
+    pub serial_number: Option<String>,
+    pub mac_address: Option<String>,
+    pub android_id: Option<String>,
+    pub model: Option<String>,
+    pub manufacturer: Option<String>,
+    pub os_version: Option<String>,
+    pub app_version: Option<String>,
+    pub firmware_version: Option<String>,
+    pub ip_address: Option<String>,
+    pub location: Option<String>,
+    pub tags: Vec<String>,
+    /// `online` or `offline`.
+    pub status: String,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<DeviceRow> for DeviceDto {
+    fn from(row: DeviceRow) -> Self {
+        Self {
+            id: row.id,
+            name: row.name,
+            serial_number: row.serial_number,
+            mac_address: row.mac_address,
+            android_id: row.android_id,
+            model: row.model,
+            manufacturer: row.manufacturer,
+            os_version: row.os_version,
+            app_version: row.app_version,
+            firmware_version: row.firmware_version,
+            ip_address: row.ip_address,
+            location: row.location,
+            tags: serde_json::from_str(&row.tags).unwrap_or_default(),
+            status: row.status,
+            last_seen: row.last_seen.map(time),
+            created_at: time(row.created_at),
+            updated_at: time(row.updated_at),
+        }
+    }
+}
+
+/// A device and the secret it authenticates with from now on.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisteredDevice {
+    pub device: DeviceDto,
+    /// The device's bearer token; shown once. Any earlier token of the device stops working.
+    pub device_token: String,
+}
+
+/// AutoRegisterDto: hardware identifiers (at least one) and what the device says about itself.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoRegisterDto {
+    pub serial_number: Option<String>,
+    /// Six bytes in hex, with `:` or `-` separators or none; stored as `aa:bb:cc:dd:ee:ff`.
+    pub mac_address: Option<String>,
+    pub android_id: Option<String>,
+    pub model: Option<String>,
+    pub manufacturer: Option<String>,
+    pub os_version: Option<String>,
+    pub app_version: Option<String>,
+    pub name: Option<String>,
+}
+
+impl Validate for AutoRegisterDto {
+    fn validate(&self) -> Result<(), ApiError> {
+        let mut errors = FieldErrors::new();
+        check_identifiers(
+            &mut errors,
+            self.serial_number.as_deref(),
+            self.mac_address.as_deref(),
+            self.android_id.as_deref(),
+        );
+        if self.serial_number.is_none() && self.mac_address.is_none() && self.android_id.is_none() {
+            for field in ["serialNumber", "macAddress", "androidId"] {
+                errors.add(field, "at least one of serialNumber, macAddress or androidId is required");
+            }
+        }
+        for (field, value) in [
+            ("model", &self.model),
+            ("manufacturer", &self.manufacturer),
+            ("osVersion", &self.os_version),
+            ("appVersion", &self.app_version),
+            ("name", &self.name),
+        ] {
+            errors.text(field, value.as_deref(), MAX_TEXT);
+        }
+        errors.finish()
+    }
+}
+
+/// CreateDeviceDto: an admin registers a device by hand.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateDeviceDto {
+    pub name: String,
+    pub serial_number: Option<String>,
+    pub mac_address: Option<String>,
+    pub android_id: Option<String>,
+    pub model: Option<String>,
+    pub manufacturer: Option<String>,
+    pub location: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl Validate for CreateDeviceDto {
+    fn validate(&self) -> Result<(), ApiError> {
+        let mut errors = FieldErrors::new();
+        errors.text("name", Some(&self.name), MAX_TEXT);
+        check_identifiers(
+            &mut errors,
+            self.serial_number.as_deref(),
+            self.mac_address.as_deref(),
+            self.android_id.as_deref(),
+        );
+        for (field, value) in
+            [("model", &self.model), ("manufacturer", &self.manufacturer), ("location", &self.location)]
+        {
+            errors.text(field, value.as_deref(), MAX_TEXT);
+        }
+        check_tags(&mut errors, &self.tags);
+        errors.finish()
+    }
+}
+
+/// ConnectDeviceDto: what a device reports when it checks in. Every field is optional, and
+/// so is the body.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectDeviceDto {
+    pub ip_address: Option<String>,
+    pub app_version: Option<String>,
+    pub os_version: Option<String>,
+    pub firmware_version: Option<String>,
+}
+
+impl Validate for ConnectDeviceDto {
+    fn validate(&self) -> Result<(), ApiError> {
+        let mut errors = FieldErrors::new();
+        if let Some(ip) = &self.ip_address {
+            if ip.parse::<IpAddr>().is_err() {
+                errors.add("ipAddress", "must be an IPv4 or IPv6 address");
+            }
+        }
+        for (field, value) in [
+            ("appVersion", &self.app_version),
+            ("osVersion", &self.os_version),
+            ("firmwareVersion", &self.firmware_version),
+        ] {
+            errors.text(field, value.as_deref(), MAX_TEXT);
+        }
+        errors.finish()
+    }
+}
+
+/// What `POST /devices/connect` answers.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectResponse {
+    pub device: DeviceDto,
+    pub server_time: DateTime<Utc>,
+}
+
+/// A partial update: absent fields stay, `null` clears an optional field.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateDeviceDto {
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub serial_number: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub mac_address: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub android_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub model: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub manufacturer: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub location: Option<Option<String>>,
+    pub tags: Option<Vec<String>>,
+}
+
+/// Tells a present `null` (`Some(None)`) from an absent field (`None`, via `default`).
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
+}
+
+impl Validate for UpdateDeviceDto {
+    fn validate(&self) -> Result<(), ApiError> {
+        let mut errors = FieldErrors::new();
+        errors.text("name", self.name.as_deref(), MAX_TEXT);
+        check_identifiers(
+            &mut errors,
+            self.serial_number.as_ref().and_then(|v| v.as_deref()),
+            self.mac_address.as_ref().and_then(|v| v.as_deref()),
+            self.android_id.as_ref().and_then(|v| v.as_deref()),
+        );
+        for (field, value) in
+            [("model", &self.model), ("manufacturer", &self.manufacturer), ("location", &self.location)]
+        {
+            errors.text(field, value.as_ref().and_then(|v| v.as_deref()), MAX_TEXT);
+        }
+        if let Some(tags) = &self.tags {
+            check_tags(&mut errors, tags);
+        }
+        errors.finish()
+    }
+}
+
+fn check_identifiers(errors: &mut FieldErrors, serial: Option<&str>, mac: Option<&str>, android_id: Option<&str>) {
+    errors.text("serialNumber", serial, MAX_IDENTIFIER);
+    errors.text("androidId", android_id, MAX_IDENTIFIER);
+    if let Some(mac) = mac {
+        if normalize_mac(mac).is_none() {
+            errors.add("macAddress", "must be six bytes in hex, e.g. aa:bb:cc:dd:ee:ff");
+        }
+    }
+}
+
+fn check_tags(errors: &mut FieldErrors, tags: &[String]) {
+    if tags.len() > MAX_TAGS {
+        errors.add("tags", format!("at most {MAX_TAGS} tags"));
+    }
+    for (i, tag) in tags.iter().enumerate() {
+        errors.text(&format!("tags[{i}]"), Some(tag), MAX_TAG);
+    }
+}
+
+/// `AA-BB-CC-DD-EE-FF`, `aabbccddeeff` and `aa:bb:cc:dd:ee:ff` are one address.
+pub fn normalize_mac(mac: &str) -> Option<String> {
+    let hex: String = mac.trim().chars().filter(|c| *c != ':' && *c != '-').collect();
+    if hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let lower = hex.to_ascii_lowercase();
+    Some(
+        lower.as_bytes().chunks(2).map(|pair| String::from_utf8_lossy(pair).into_owned()).collect::<Vec<_>>().join(":"),
+    )
+}
+
+fn clean(value: &Option<String>) -> Option<String> {
+    value.as_deref().map(|v| v.trim().to_string())
+}
+
+fn clean_tags(tags: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for tag in tags.iter().map(|t| t.trim().to_string()) {
+        if !out.contains(&tag) {
+            out.push(tag);
+        }
+    }
+    out
+}
+
+fn identifier_conflict(error: crate::store::StoreError) -> ApiError {
+    for (needle, field) in
+        [("serial_number", "serialNumber"), ("mac_address", "macAddress"), ("android_id", "androidId")]
+    {
+        if error.is_unique_on(needle) {
+            return ApiError::Conflict(format!("another device in this tenant already has this {field}"));
+        }
+    }
+    error.into()
+}
+
+/// Register a device by its hardware identifiers (enrollment token, or operator and above).
+/// Idempotent per tenant: known identifiers answer 200 with the same device and a fresh token.
+#[utoipa::path(post, path = "/devices/auto-register", tag = "devices", security(("bearer" = [])), request_body = AutoRegisterDto,
+    responses((status = 201, body = RegisteredDevice, description = "a new device"),
+              (status = 200, body = RegisteredDevice, description = "the device these identifiers already belong to")))]
+async fn auto_register(
+    State(state): State<AppState>,
+    enroller: Enroller,
+    ApiJson(body): ApiJson<AutoRegisterDto>,
+) -> Result<(StatusCode, Json<RegisteredDevice>), ApiError> {
+    let ids = Identifiers {
+        serial_number: clean(&body.serial_number),
+        mac_address: body.mac_address.as_deref().and_then(normalize_mac),
+        android_id: clean(&body.android_id),
+    };
+    let info = DeviceInfo {
+        name: clean(&body.name),
+        model: clean(&body.model),
+        manufacturer: clean(&body.manufacturer),
+        os_version: clean(&body.os_version),
+        app_version: clean(&body.app_version),
+        location: None,
+        tags: Vec::new(),
+    };
+    let enrollment = match &enroller {
+        Enroller::Token { token_id, .. } => Some(*token_id),
+        Enroller::Member { .. } => None,
+    };
+    let store = DeviceStore::new(enroller.scope());
+    let secret = tokens::generate(TokenKind::Device);
+    let hash = tokens::hash(&secret);
+    // Two first registrations of one device can race on PostgreSQL; the loser's insert hits
+    // the unique index, and its second attempt finds the winner's row.
+    let mut attempt = 0;
+    let outcome = loop {
+        attempt += 1;
+        match store.auto_register(&ids, &info, &hash, enrollment, to_millis(state.clock.now())).await {
+            Err(RegisterError::Store(error))
+                if attempt == 1 && matches!(error, crate::store::StoreError::Unique(_)) =>
+            {
+                continue
+            }
+            other => break other,
+        }
+    };
+    match outcome {
+        Ok(Registration::Created(row)) => Ok((StatusCode::CREATED, Json(RegisteredDevice { device: row.into(), device_token: secret }))),
+        Ok(Registration::Existing(row)) => Ok((StatusCode::OK, Json(RegisteredDevice { device: row.into(), device_token: secret }))),
+        Err(RegisterError::Ambiguous) => Err(ApiError::Conflict(
+            "these identifiers belong to more than one device in this tenant; register with fewer identifiers or fix the devices".into(),
+        )),
+        Err(RegisterError::EnrollmentExhausted) => Err(ApiError::Unauthorized(RegisterError::EnrollmentExhausted.to_string())),
+        Err(RegisterError::Store(error)) => Err(identifier_conflict(error)),
+    }
+}
+
+/// Create a device by hand (admin). It starts offline with `lastSeen: null`.
+#[utoipa::path(post, path = "/devices", tag = "devices", security(("bearer" = [])), request_body = CreateDeviceDto,
+    responses((status = 201, body = RegisteredDevice)))]
+async fn create_device(
+    State(state): State<AppState>,
+    member: Member,
+    ApiJson(body): ApiJson<CreateDeviceDto>,
+) -> Result<(StatusCode, Json<RegisteredDevice>), ApiError> {
+    let scope = member.require(Role::Admin)?;
+    let ids = Identifiers {
+        serial_number: clean(&body.serial_number),
+        mac_address: body.mac_address.as_deref().and_then(normalize_mac),
+        android_id: clean(&body.android_id),
+    };
+    let info = DeviceInfo {
+        name: None,
+        model: clean(&body.model),
+        manufacturer: clean(&body.manufacturer),
+        os_version: None,
+        app_version: None,
+        location: clean(&body.location),
+        tags: clean_tags(&body.tags),
+    };
+    let secret = tokens::generate(TokenKind::Device);
+    let row = DeviceStore::new(scope)
+        .create(&ids, &info, body.name.trim(), &tokens::hash(&secret), to_millis(state.clock.now()))
+        .await
+        .map_err(identifier_conflict)?;
+    Ok((StatusCode::CREATED, Json(RegisteredDevice { device: row.into(), device_token: secret })))
+}
+
+/// Filters of `GET /devices`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeviceListParams {
+    /// `online` or `offline`.
+    pub status: Option<String>,
+    /// Case-insensitive search in name and serial number.
+    pub q: Option<String>,
+    /// Only devices with this tag.
+    pub tag: Option<String>,
+    /// How many items to return (1–500, default 50).
+    pub limit: Option<u32>,
+    /// The `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// List the tenant's devices, oldest first.
+#[utoipa::path(get, path = "/devices", tag = "devices", security(("bearer" = [])), params(DeviceListParams),
+    responses((status = 200, body = ListResponse<DeviceDto>)))]
+async fn list_devices(
+    member: Member,
+    ApiQuery(params): ApiQuery<DeviceListParams>,
+) -> Result<Json<ListResponse<DeviceDto>>, ApiError> {
+    let scope = member.require(Role::Viewer)?;
+    let page = PageParams { limit: params.limit, cursor: params.cursor.clone() }.page()?;
+    let mut errors = FieldErrors::new();
+    if let Some(status) = &params.status {
+        if status != ONLINE && status != OFFLINE {
+            errors.add("status", "must be online or offline");
+        }
+    }
+    errors.text("q", params.q.as_deref(), MAX_TEXT);
+    errors.text("tag", params.tag.as_deref(), MAX_TAG);
+    errors.finish()?;
+    let filter = DeviceFilter { status: params.status, q: params.q, tag: params.tag };
+    let rows = DeviceStore::new(scope).list(&filter, &page).await?;
+    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id.clone(), DeviceDto::from)))
+}
+
+/// A device checks in (device token): `lastSeen` becomes now and `status` online.
+#[utoipa::path(post, path = "/devices/connect", tag = "devices", security(("bearer" = [])), request_body(content = Option<ConnectDeviceDto>),
+    responses((status = 200, body = ConnectResponse)))]
+async fn connect(
+    State(state): State<AppState>,
+    device: DeviceAuth,
+    OptionalJson(body): OptionalJson<ConnectDeviceDto>,
+) -> Result<Json<ConnectResponse>, ApiError> {
+    let body = body.unwrap_or_default();
+    let report = ConnectReport {
+        ip_address: body.ip_address.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()).map(|ip| ip.to_string()),
+        app_version: clean(&body.app_version),
+        os_version: clean(&body.os_version),
+        firmware_version: clean(&body.firmware_version),
+    };
+    let now = state.clock.now();
+    let row = DeviceStore::new(&device.scope)
+        .connect(device.device_id, &report, to_millis(now))
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("this device no longer exists".into()))?;
+    Ok(Json(ConnectResponse { device: row.into(), server_time: now }))
+}
+
+/// The calling device's own record (device token).
+#[utoipa::path(get, path = "/devices/self", tag = "devices", security(("bearer" = [])), responses((status = 200, body = DeviceDto)))]
+async fn get_self(device: DeviceAuth) -> Result<Json<DeviceDto>, ApiError> {
+    let row = DeviceStore::new(&device.scope)
+        .get(device.device_id)
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("this device no longer exists".into()))?;
+    Ok(Json(row.into()))
+}
+
+/// One device of the tenant.
+#[utoipa::path(get, path = "/devices/{id}", tag = "devices", security(("bearer" = [])),
+    params(("id" = String, Path, description = "device id")), responses((status = 200, body = DeviceDto)))]
+async fn get_device(member: Member, IdPath(id): IdPath<DeviceId>) -> Result<Json<DeviceDto>, ApiError> {
+    let scope = member.require(Role::Viewer)?;
+    let row = DeviceStore::new(scope).get(id).await?.ok_or_else(|| ApiError::not_found("device"))?;
+    Ok(Json(row.into()))
+}
+
+/// Change a device (operator and above).
+#[utoipa::path(patch, path = "/devices/{id}", tag = "devices", security(("bearer" = [])), request_body = UpdateDeviceDto,
+    params(("id" = String, Path, description = "device id")), responses((status = 200, body = DeviceDto)))]
+async fn update_device(
+    State(state): State<AppState>,
+    member: Member,
+    IdPath(id): IdPath<DeviceId>,
+    ApiJson(body): ApiJson<UpdateDeviceDto>,
+) -> Result<Json<DeviceDto>, ApiError> {
+    let scope = member.require(Role::Operator)?;
+    let trim = |field: &Option<Option<String>>| field.as_ref().map(|v| v.as_deref().map(|s| s.trim().to_string()));
+    let patch = DevicePatch {
+        name: body.name.as_deref().map(|s| s.trim().to_string()),
+        serial_number: trim(&body.serial_number),
+        mac_address: body.mac_address.as_ref().map(|v| v.as_deref().and_then(normalize_mac)),
+        android_id: trim(&body.android_id),
+        model: trim(&body.model),
+        manufacturer: trim(&body.manufacturer),
+        location: trim(&body.location),
+        tags: body.tags.as_deref().map(clean_tags),
+    };
+    let row = DeviceStore::new(scope)
+        .update(id, &patch, to_millis(state.clock.now()))
+        .await
+        .map_err(identifier_conflict)?
+        .ok_or_else(|| ApiError::not_found("device"))?;
+    Ok(Json(row.into()))
+}
+
+/// Delete a device (operator and above). Its token stops working at once.
+#[utoipa::path(delete, path = "/devices/{id}", tag = "devices", security(("bearer" = [])),
+    params(("id" = String, Path, description = "device id")), responses((status = 204, description = "deleted")))]
+async fn delete_device(
+    State(state): State<AppState>,
+    member: Member,
+    IdPath(id): IdPath<DeviceId>,
+) -> Result<StatusCode, ApiError> {
+    let scope = member.require(Role::Operator)?;
+    if DeviceStore::new(scope).delete(id, to_millis(state.clock.now())).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("device"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_addresses_normalise() {
+        assert_eq!(normalize_mac("AA-BB-CC-DD-EE-FF").as_deref(), Some("aa:bb:cc:dd:ee:ff"));
+        assert_eq!(normalize_mac("aabbccddeeff").as_deref(), Some("aa:bb:cc:dd:ee:ff"));
+        assert_eq!(normalize_mac("aa:bb:cc:dd:ee"), None);
+        assert_eq!(normalize_mac("zz:bb:cc:dd:ee:ff"), None);
+    }
+
+    #[test]
+    fn auto_register_needs_an_identifier() {
+        let err = AutoRegisterDto::default().validate().unwrap_err();
+        match err {
+            ApiError::Validation(errors) => assert_eq!(errors.len(), 3),
+            other => panic!("{other:?}"),
+        }
+        let ok = AutoRegisterDto { android_id: Some("abc".into()), ..Default::default() };
+        assert!(ok.validate().is_ok());
+    }
+}

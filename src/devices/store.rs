@@ -1,0 +1,490 @@
+//! SQL for devices. Every method of [`DeviceStore`] binds the scope's tenant id; the two free
+//! functions at the bottom are the documented cross-tenant exceptions (token lookup, counts
+//! for `/metrics`).
+
+use sqlx::FromRow;
+
+use super::{OFFLINE, ONLINE};
+use crate::auth::store::consume_enrollment_use;
+use crate::auth::TenantScope;
+use crate::events::{self, Event};
+use crate::http::extract::Page;
+use crate::ids::{DeviceId, EnrollmentTokenId, TenantId};
+use crate::store::{classify, Db, StoreError, Tx};
+use crate::{with_reader, with_tx, with_writer};
+
+/// A device row as stored.
+#[derive(Debug, Clone, FromRow)]
+pub struct DeviceRow {
+    pub id: String,
+    pub name: String,
+    pub serial_number: Option<String>,
+    pub mac_address: Option<String>,
+    pub android_id: Option<String>,
+    pub model: Option<String>,
+    pub manufacturer: Option<String>,
+    pub os_version: Option<String>,
+    pub app_version: Option<String>,
+    pub firmware_version: Option<String>,
+    pub ip_address: Option<String>,
+    pub location: Option<String>,
+    /// JSON array of strings.
+    pub tags: String,
+    pub status: String,
+    pub last_seen: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const COLUMNS: &str =
+    "id, name, serial_number, mac_address, android_id, model, manufacturer, os_version, app_version, \
+                       firmware_version, ip_address, location, tags, status, last_seen, created_at, updated_at";
+
+/// The hardware identifiers a device is known by (at least one is set when registering).
+#[derive(Debug, Clone, Default)]
+pub struct Identifiers {
+    pub serial_number: Option<String>,
+    pub mac_address: Option<String>,
+    pub android_id: Option<String>,
+}
+
+/// Descriptive fields that a registration or an admin sets.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceInfo {
+    pub name: Option<String>,
+    pub model: Option<String>,
+    pub manufacturer: Option<String>,
+    pub os_version: Option<String>,
+    pub app_version: Option<String>,
+    pub location: Option<String>,
+    pub tags: Vec<String>,
+}
+
+/// What a connecting device reports about itself.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectReport {
+    pub ip_address: Option<String>,
+    pub app_version: Option<String>,
+    pub os_version: Option<String>,
+    pub firmware_version: Option<String>,
+}
+
+/// A partial update: `None` leaves a field alone, `Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct DevicePatch {
+    pub name: Option<String>,
+    pub serial_number: Option<Option<String>>,
+    pub mac_address: Option<Option<String>>,
+    pub android_id: Option<Option<String>>,
+    pub model: Option<Option<String>>,
+    pub manufacturer: Option<Option<String>>,
+    pub location: Option<Option<String>>,
+    pub tags: Option<Vec<String>>,
+}
+
+/// List filters.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFilter {
+    pub status: Option<String>,
+    /// Case-insensitive substring of the name or serial number.
+    pub q: Option<String>,
+    pub tag: Option<String>,
+}
+
+/// The outcome of an auto-registration.
+#[derive(Debug)]
+pub enum Registration {
+    Created(DeviceRow),
+    Existing(DeviceRow),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("the identifiers match more than one device")]
+    Ambiguous,
+    #[error("the enrollment token has expired, been revoked or used up")]
+    EnrollmentExhausted,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The tenant's devices.
+pub struct DeviceStore<'s> {
+    scope: &'s TenantScope,
+    tenant: String,
+}
+
+impl<'s> DeviceStore<'s> {
+    pub fn new(scope: &'s TenantScope) -> Self {
+        Self { scope, tenant: scope.tenant_id().to_string() }
+    }
+
+    fn db(&self) -> &Db {
+        self.scope.db()
+    }
+
+    pub async fn get(&self, id: DeviceId) -> Result<Option<DeviceRow>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM devices WHERE tenant_id = $1 AND id = $2");
+        let id = id.to_string();
+        with_writer!(self.db(), |pool| sqlx::query_as::<_, DeviceRow>(&sql)
+            .bind(&self.tenant)
+            .bind(&id)
+            .fetch_optional(pool)
+            .await)
+        .map_err(classify)
+    }
+
+    /// One page of devices in id (creation) order; fetches `page.limit + 1` rows so the caller
+    /// can tell whether there is more.
+    pub async fn list(&self, filter: &DeviceFilter, page: &Page) -> Result<Vec<DeviceRow>, StoreError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM devices d WHERE d.tenant_id = $1");
+        let mut args: Vec<String> = Vec::new();
+        if let Some(status) = &filter.status {
+            args.push(status.clone());
+            sql.push_str(&format!(" AND d.status = ${}", args.len() + 1));
+        }
+        if let Some(q) = &filter.q {
+            let escaped = q.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            args.push(format!("%{escaped}%"));
+            let n = args.len() + 1;
+            sql.push_str(&format!(
+                " AND (LOWER(d.name) LIKE ${n} ESCAPE '\\' OR LOWER(COALESCE(d.serial_number, '')) LIKE ${n} ESCAPE '\\')"
+            ));
+        }
+        if let Some(tag) = &filter.tag {
+            args.push(tag.clone());
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM device_tags t WHERE t.tenant_id = d.tenant_id AND t.device_id = d.id AND t.tag = ${})",
+                args.len() + 1
+            ));
+        }
+        if let Some(after) = &page.after {
+            args.push(after.clone());
+            sql.push_str(&format!(" AND d.id > ${}", args.len() + 1));
+        }
+        sql.push_str(&format!(" ORDER BY d.id LIMIT ${}", args.len() + 2));
+        let limit = i64::from(page.limit) + 1;
+        with_reader!(self.db(), |pool| {
+            let mut query = sqlx::query_as::<_, DeviceRow>(&sql).bind(&self.tenant);
+            for arg in &args {
+                query = query.bind(arg);
+            }
+            query.bind(limit).fetch_all(pool).await
+        })
+        .map_err(classify)
+    }
+
+    /// An admin creates a device (`POST /devices`): offline, never seen.
+    pub async fn create(
+        &self,
+        ids: &Identifiers,
+        info: &DeviceInfo,
+        name: &str,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<DeviceRow, StoreError> {
+        let mut tx = self.db().begin().await?;
+        let id = DeviceId::new();
+        self.insert(&mut tx, id, ids, info, name, token_hash, now).await?;
+        events::record(
+            &mut tx,
+            self.scope.tenant_id(),
+            &Event::DeviceRegistered { device_id: id, name: name.to_string(), via: "admin" },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        self.get(id).await?.ok_or(StoreError::Other(sqlx::Error::RowNotFound))
+    }
+
+    /// Auto-registration (`POST /devices/auto-register`): idempotent on the identifiers within
+    /// the tenant. Consumes one use of the enrollment token in the same transaction.
+    pub async fn auto_register(
+        &self,
+        ids: &Identifiers,
+        info: &DeviceInfo,
+        token_hash: &str,
+        enrollment: Option<EnrollmentTokenId>,
+        now: i64,
+    ) -> Result<Registration, RegisterError> {
+        let mut tx = self.db().begin().await?;
+        if let Some(token) = enrollment {
+            if !consume_enrollment_use(&mut tx, token, now).await? {
+                return Err(RegisterError::EnrollmentExhausted);
+            }
+        }
+        let sql = format!(
+            "SELECT {COLUMNS} FROM devices WHERE tenant_id = $1 AND (serial_number = $2 OR mac_address = $3 OR android_id = $4) LIMIT 3"
+        );
+        let found = with_tx!(&mut tx, |conn| sqlx::query_as::<_, DeviceRow>(&sql)
+            .bind(&self.tenant)
+            .bind(&ids.serial_number)
+            .bind(&ids.mac_address)
+            .bind(&ids.android_id)
+            .fetch_all(&mut *conn)
+            .await)
+        .map_err(classify)?;
+        match found.as_slice() {
+            [] => {
+                let id = DeviceId::new();
+                let name = info
+                    .name
+                    .clone()
+                    .or_else(|| ids.serial_number.clone())
+                    .or_else(|| ids.android_id.clone())
+                    .or_else(|| ids.mac_address.clone())
+                    .unwrap_or_else(|| "device".into());
+                self.insert(&mut tx, id, ids, info, &name, token_hash, now).await?;
+                let event = Event::DeviceRegistered { device_id: id, name, via: "auto-register" };
+                events::record(&mut tx, self.scope.tenant_id(), &event, now).await?;
+                tx.commit().await?;
+                let row = self.get(id).await?.ok_or(StoreError::Other(sqlx::Error::RowNotFound))?;
+                Ok(Registration::Created(row))
+            }
+            [existing] => {
+                const SQL: &str = "UPDATE devices SET serial_number = COALESCE($1, serial_number), mac_address = COALESCE($2, mac_address), \
+                    android_id = COALESCE($3, android_id), model = COALESCE($4, model), manufacturer = COALESCE($5, manufacturer), \
+                    os_version = COALESCE($6, os_version), app_version = COALESCE($7, app_version), name = COALESCE($8, name), \
+                    token_hash = $9, updated_at = $10 WHERE tenant_id = $11 AND id = $12";
+                with_tx!(&mut tx, |conn| sqlx::query(SQL)
+                    .bind(&ids.serial_number)
+                    .bind(&ids.mac_address)
+                    .bind(&ids.android_id)
+                    .bind(&info.model)
+                    .bind(&info.manufacturer)
+                    .bind(&info.os_version)
+                    .bind(&info.app_version)
+                    .bind(&info.name)
+                    .bind(token_hash)
+                    .bind(now)
+                    .bind(&self.tenant)
+                    .bind(&existing.id)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| r.rows_affected()))
+                .map_err(classify)?;
+                let device_id: DeviceId =
+                    existing.id.parse().map_err(|_| StoreError::Other(sqlx::Error::RowNotFound))?;
+                events::record(&mut tx, self.scope.tenant_id(), &Event::DeviceReregistered { device_id }, now).await?;
+                tx.commit().await?;
+                let row = self.get(device_id).await?.ok_or(StoreError::Other(sqlx::Error::RowNotFound))?;
+                Ok(Registration::Existing(row))
+            }
+            _ => Err(RegisterError::Ambiguous),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn insert(
+        &self,
+        tx: &mut Tx,
+        id: DeviceId,
+        ids: &Identifiers,
+        info: &DeviceInfo,
+        name: &str,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        const SQL: &str =
+            "INSERT INTO devices (id, tenant_id, name, serial_number, mac_address, android_id, model, manufacturer, \
+            os_version, app_version, location, tags, status, last_seen, token_hash, created_at, updated_at) \
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, $14, $15, $15)";
+        let id_text = id.to_string();
+        let tags = serde_json::to_string(&info.tags).unwrap_or_else(|_| "[]".into());
+        with_tx!(tx, |conn| sqlx::query(SQL)
+            .bind(&id_text)
+            .bind(&self.tenant)
+            .bind(name)
+            .bind(&ids.serial_number)
+            .bind(&ids.mac_address)
+            .bind(&ids.android_id)
+            .bind(&info.model)
+            .bind(&info.manufacturer)
+            .bind(&info.os_version)
+            .bind(&info.app_version)
+            .bind(&info.location)
+            .bind(&tags)
+            .bind(OFFLINE)
+            .bind(token_hash)
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(classify)?;
+        self.write_tags(tx, &id_text, &info.tags).await
+    }
+
+    async fn write_tags(&self, tx: &mut Tx, device_id: &str, tags: &[String]) -> Result<(), StoreError> {
+        with_tx!(tx, |conn| {
+            sqlx::query("DELETE FROM device_tags WHERE device_id = $1").bind(device_id).execute(&mut *conn).await?;
+            for tag in tags {
+                sqlx::query("INSERT INTO device_tags (device_id, tenant_id, tag) VALUES ($1, $2, $3)")
+                    .bind(device_id)
+                    .bind(&self.tenant)
+                    .bind(tag)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        })
+        .map_err(classify)
+    }
+
+    /// Applies a partial update; `None` if the device does not exist in this tenant.
+    pub async fn update(&self, id: DeviceId, patch: &DevicePatch, now: i64) -> Result<Option<DeviceRow>, StoreError> {
+        let mut sets: Vec<String> = Vec::new();
+        let mut values: Vec<Option<String>> = Vec::new();
+        let mut push = |column: &str, value: Option<String>| {
+            values.push(value);
+            sets.push(format!("{column} = ${}", values.len()));
+        };
+        if let Some(name) = &patch.name {
+            push("name", Some(name.clone()));
+        }
+        for (column, field) in [
+            ("serial_number", &patch.serial_number),
+            ("mac_address", &patch.mac_address),
+            ("android_id", &patch.android_id),
+            ("model", &patch.model),
+            ("manufacturer", &patch.manufacturer),
+            ("location", &patch.location),
+        ] {
+            if let Some(value) = field {
+                push(column, value.clone());
+            }
+        }
+        if let Some(tags) = &patch.tags {
+            push("tags", Some(serde_json::to_string(tags).unwrap_or_else(|_| "[]".into())));
+        }
+        let n = values.len();
+        sets.push(format!("updated_at = ${}", n + 1));
+        let sql = format!("UPDATE devices SET {} WHERE tenant_id = ${} AND id = ${}", sets.join(", "), n + 2, n + 3);
+        let id_text = id.to_string();
+        let mut tx = self.db().begin().await?;
+        let affected = with_tx!(&mut tx, |conn| {
+            let mut query = sqlx::query(&sql);
+            for value in &values {
+                query = query.bind(value);
+            }
+            query.bind(now).bind(&self.tenant).bind(&id_text).execute(&mut *conn).await.map(|r| r.rows_affected())
+        })
+        .map_err(classify)?;
+        if affected == 0 {
+            return Ok(None);
+        }
+        if let Some(tags) = &patch.tags {
+            self.write_tags(&mut tx, &id_text, tags).await?;
+        }
+        tx.commit().await?;
+        self.get(id).await
+    }
+
+    /// Deletes a device; its token stops working with it. False if there was no such device.
+    pub async fn delete(&self, id: DeviceId, now: i64) -> Result<bool, StoreError> {
+        let id_text = id.to_string();
+        let mut tx = self.db().begin().await?;
+        let affected = with_tx!(&mut tx, |conn| sqlx::query("DELETE FROM devices WHERE tenant_id = $1 AND id = $2")
+            .bind(&self.tenant)
+            .bind(&id_text)
+            .execute(&mut *conn)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(classify)?;
+        if affected == 0 {
+            return Ok(false);
+        }
+        events::record(&mut tx, self.scope.tenant_id(), &Event::DeviceDeleted { device_id: id }, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// A device reports in (`POST /devices/connect`): `lastSeen = now`, `status = online`.
+    /// The common case (already online) is one UPDATE; the offline → online transition runs
+    /// in a transaction with its `device.status_changed` event.
+    pub async fn connect(
+        &self,
+        id: DeviceId,
+        report: &ConnectReport,
+        now: i64,
+    ) -> Result<Option<DeviceRow>, StoreError> {
+        let sets = "last_seen = $1, ip_address = COALESCE($2, ip_address), app_version = COALESCE($3, app_version), \
+                    os_version = COALESCE($4, os_version), firmware_version = COALESCE($5, firmware_version)";
+        let id_text = id.to_string();
+        let still_online = format!(
+            "UPDATE devices SET {sets} WHERE tenant_id = $6 AND id = $7 AND status = '{ONLINE}' RETURNING {COLUMNS}"
+        );
+        let row = with_writer!(self.db(), |pool| sqlx::query_as::<_, DeviceRow>(&still_online)
+            .bind(now)
+            .bind(&report.ip_address)
+            .bind(&report.app_version)
+            .bind(&report.os_version)
+            .bind(&report.firmware_version)
+            .bind(&self.tenant)
+            .bind(&id_text)
+            .fetch_optional(pool)
+            .await)
+        .map_err(classify)?;
+        if row.is_some() {
+            return Ok(row);
+        }
+        let coming_online = format!(
+            "UPDATE devices SET {sets}, status = '{ONLINE}', updated_at = $1 WHERE tenant_id = $6 AND id = $7 AND status <> '{ONLINE}' RETURNING {COLUMNS}"
+        );
+        let mut tx = self.db().begin().await?;
+        let row = with_tx!(&mut tx, |conn| sqlx::query_as::<_, DeviceRow>(&coming_online)
+            .bind(now)
+            .bind(&report.ip_address)
+            .bind(&report.app_version)
+            .bind(&report.os_version)
+            .bind(&report.firmware_version)
+            .bind(&self.tenant)
+            .bind(&id_text)
+            .fetch_optional(&mut *conn)
+            .await)
+        .map_err(classify)?;
+        match row {
+            Some(row) => {
+                let event =
+                    Event::DeviceStatusChanged { device_id: id, from: OFFLINE, to: ONLINE, last_seen: Some(now) };
+                events::record(&mut tx, self.scope.tenant_id(), &event, now).await?;
+                tx.commit().await?;
+                Ok(Some(row))
+            }
+            // Another request brought it online between the two statements: one more plain update.
+            None => {
+                drop(tx);
+                let row = with_writer!(self.db(), |pool| sqlx::query_as::<_, DeviceRow>(&still_online)
+                    .bind(now)
+                    .bind(&report.ip_address)
+                    .bind(&report.app_version)
+                    .bind(&report.os_version)
+                    .bind(&report.firmware_version)
+                    .bind(&self.tenant)
+                    .bind(&id_text)
+                    .fetch_optional(pool)
+                    .await)
+                .map_err(classify)?;
+                Ok(row)
+            }
+        }
+    }
+}
+
+/// Cross-tenant by necessity: a device token is how a request's tenant becomes known.
+pub async fn find_by_token_hash(db: &Db, hash: &str) -> Result<Option<(DeviceId, TenantId)>, StoreError> {
+    let row: Option<(String, String)> =
+        with_reader!(db, |pool| sqlx::query_as("SELECT id, tenant_id FROM devices WHERE token_hash = $1")
+            .bind(hash)
+            .fetch_optional(pool)
+            .await)
+        .map_err(classify)?;
+    Ok(row.and_then(|(id, tenant)| Some((id.parse().ok()?, tenant.parse().ok()?))))
+}
+
+/// Devices per status across all tenants, for `GET /metrics`.
+pub async fn count_by_status(db: &Db) -> Result<Vec<(String, i64)>, StoreError> {
+    with_reader!(db, |pool| sqlx::query_as::<_, (String, i64)>("SELECT status, COUNT(*) FROM devices GROUP BY status")
+        .fetch_all(pool)
+        .await)
+    .map_err(classify)
+}

@@ -1,0 +1,37 @@
+//! Liveness and readiness probes; no credential needed.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::http::error::ApiError;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthResponse {
+    /// `ok`.
+    pub status: String,
+}
+
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = HealthResponse)))]
+async fn healthz() -> Json<HealthResponse> {
+    Json(HealthResponse { status: "ok".into() })
+}
+
+/// The database answers.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = HealthResponse)))]
+async fn readyz(State(state): State<AppState>) -> Result<Json<HealthResponse>, ApiError> {
+    if state.db.ping().await {
+        Ok(Json(HealthResponse { status: "ok".into() }))
+    } else {
+        Err(ApiError::Unavailable("the database does not answer".into()))
+    }
+}

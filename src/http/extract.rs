@@ -1,0 +1,247 @@
+//! Request extractors whose failures are [`ApiError`]s (problem+json) instead of axum's
+//! plain-text rejections: JSON bodies, query strings and ids in the path.
+
+use std::str::FromStr;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use base64::Engine as _;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::error::ApiError;
+
+/// A request body that can check itself after it has been parsed.
+pub trait Validate {
+    /// Returns a 422 listing every invalid field, or normalises nothing and answers `Ok`.
+    fn validate(&self) -> Result<(), ApiError>;
+}
+
+/// A JSON body: 415 without a JSON content type, 413 over the body limit, 400 if it is not
+/// JSON, 422 (naming the field) if it is JSON of the wrong shape or fails [`Validate`].
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Validate,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !has_json_content_type(request.headers()) {
+            return Err(ApiError::UnsupportedMediaType("expected Content-Type: application/json".into()));
+        }
+        let bytes = Bytes::from_request(request, state).await.map_err(body_error)?;
+        let value: T = parse_json(&bytes)?;
+        value.validate()?;
+        Ok(ApiJson(value))
+    }
+}
+
+/// An optional JSON body: an empty body (with or without a content type) is `None`.
+#[derive(Debug)]
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<S, T> FromRequest<S> for OptionalJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Validate,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = has_json_content_type(request.headers());
+        let bytes = Bytes::from_request(request, state).await.map_err(body_error)?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(None));
+        }
+        if !json {
+            return Err(ApiError::UnsupportedMediaType("expected Content-Type: application/json".into()));
+        }
+        let value: T = parse_json(&bytes)?;
+        value.validate()?;
+        Ok(OptionalJson(Some(value)))
+    }
+}
+
+fn has_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+        .unwrap_or(false)
+}
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge(0)
+    } else {
+        ApiError::BadRequest(format!("cannot read the request body: {rejection}"))
+    }
+}
+
+/// Parses JSON, telling syntax errors (400) from shape errors (422 with the field's path).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = match serde_path_to_error::deserialize(&mut deserializer) {
+        Ok(value) => value,
+        Err(error) => {
+            let field = error.path().to_string();
+            let inner = error.into_inner();
+            return match inner.classify() {
+                serde_json::error::Category::Data => {
+                    let field = if field == "." { String::new() } else { field };
+                    Err(ApiError::invalid(field, strip_position(&inner.to_string())))
+                }
+                _ => Err(ApiError::BadRequest(format!("the body is not valid JSON: {inner}"))),
+            };
+        }
+    };
+    deserializer.end().map_err(|inner| ApiError::BadRequest(format!("the body is not valid JSON: {inner}")))?;
+    Ok(value)
+}
+
+/// serde_json appends " at line 1 column 7" to messages; the field path already says where.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// A query string; a malformed one is a 422.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer).map(ApiQuery).map_err(|error| {
+            let field = error.path().to_string();
+            ApiError::invalid(if field == "." { "query".into() } else { field }, error.into_inner().to_string())
+        })
+    }
+}
+
+/// One id in the path. Anything that does not parse is a 404: such a resource cannot exist.
+#[derive(Debug)]
+pub struct IdPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for IdPath<T>
+where
+    S: Send + Sync,
+    T: FromStr + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw): axum::extract::Path<String> =
+            axum::extract::Path::from_request_parts(parts, state).await.map_err(|_| ApiError::not_found("resource"))?;
+        raw.parse().map(IdPath).map_err(|_| ApiError::not_found("resource"))
+    }
+}
+
+/// `limit` and `cursor` of every list (DESIGN.md: default 50, at most 500; opaque cursor).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// How many items to return (1–500, default 50).
+    pub limit: Option<u32>,
+    /// The `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A validated page request: `after` is the last id of the previous page.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub limit: u32,
+    pub after: Option<String>,
+}
+
+impl PageParams {
+    pub fn page(&self) -> Result<Page, ApiError> {
+        let limit = self.limit.unwrap_or(50);
+        if !(1..=500).contains(&limit) {
+            return Err(ApiError::invalid("limit", "must be between 1 and 500"));
+        }
+        let after = match &self.cursor {
+            None => None,
+            Some(cursor) => Some(
+                decode_cursor(cursor)
+                    .ok_or_else(|| ApiError::invalid("cursor", "is not a cursor this server issued"))?,
+            ),
+        };
+        Ok(Page { limit, after })
+    }
+}
+
+/// Wraps the last id of a page into an opaque cursor.
+pub fn encode_cursor(last_id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("v1:{last_id}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<String> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let id = text.strip_prefix("v1:")?;
+    uuid::Uuid::parse_str(id).ok()?;
+    Some(id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(dead_code)]
+    struct Sample {
+        serial_number: String,
+        tags: Vec<String>,
+    }
+
+    #[test]
+    fn syntax_errors_are_400_and_shape_errors_name_the_field() {
+        assert!(matches!(parse_json::<Sample>(b"{not json"), Err(ApiError::BadRequest(_))));
+        match parse_json::<Sample>(br#"{"serialNumber": 5, "tags": []}"#) {
+            Err(ApiError::Validation(errors)) => assert_eq!(errors[0].field, "serialNumber"),
+            other => panic!("{other:?}"),
+        }
+        match parse_json::<Sample>(br#"{"serialNumber": "a", "tags": ["x", 3]}"#) {
+            Err(ApiError::Validation(errors)) => assert_eq!(errors[0].field, "tags[1]"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_json::<Sample>(br#"{"serialNumber": "a", "tags": []} trailing"#),
+            Err(ApiError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_forgeries() {
+        let id = uuid::Uuid::now_v7().to_string();
+        let page = PageParams { limit: None, cursor: Some(encode_cursor(&id)) }.page().unwrap();
+        assert_eq!(page.after.as_deref(), Some(id.as_str()));
+        assert_eq!(page.limit, 50);
+        assert!(PageParams { limit: None, cursor: Some("garbage".into()) }.page().is_err());
+        assert!(PageParams { limit: Some(501), cursor: None }.page().is_err());
+        assert!(PageParams { limit: Some(0), cursor: None }.page().is_err());
+    }
+}

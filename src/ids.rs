@@ -1,0 +1,70 @@
+//! Newtype ids, so a device id cannot be passed where a tenant id is expected.
+//!
+//! Ids are UUIDv7 (time-ordered): their text form sorts by creation time, which is what
+//! cursor pagination orders by. They are stored as text on both engines.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            /// A fresh, time-ordered id.
+            pub fn new() -> Self {
+                Self(Uuid::now_v7())
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.as_hyphenated().fmt(f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = uuid::Error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Uuid::parse_str(s).map(Self)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A tenant: the unit of isolation.
+    TenantId
+);
+id_type!(
+    /// A device in a tenant's registry.
+    DeviceId
+);
+id_type!(
+    /// A user who logs in with a password.
+    UserId
+);
+id_type!(
+    /// An API token or login session.
+    TokenId
+);
+id_type!(
+    /// An enrollment token.
+    EnrollmentTokenId
+);
+id_type!(
+    /// An event in the outbox.
+    EventId
+);

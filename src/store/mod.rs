@@ -1,0 +1,220 @@
+//! The database handle and the only place that knows there are two SQL engines.
+//!
+//! [`Db`] is SQLite (embedded default; one writer connection plus a small pool of readers,
+//! WAL) or PostgreSQL (one pool). Feature stores write each query once with `$N`
+//! placeholders, which both engines accept, and run it through [`with_writer!`],
+//! [`with_reader!`] or [`with_tx!`]: the macro expands the same code once per engine, so the
+//! business logic never branches on the dialect. Where the dialects really differ, the
+//! feature store matches on [`Db::engine`] next to the query.
+//!
+//! Portable representation: ids are text (UUIDv7), times are `BIGINT` milliseconds since the
+//! epoch, booleans are `BOOLEAN` (an integer on SQLite), JSON documents are text.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool};
+
+/// Which SQL engine a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A handle to the database. Cheap to clone (pools are reference-counted).
+#[derive(Debug, Clone)]
+pub enum Db {
+    /// SQLite allows one writer at a time; funnelling writes through a single connection
+    /// turns lock contention (`SQLITE_BUSY`) into queueing, and readers never block on WAL.
+    Sqlite {
+        writer: SqlitePool,
+        reader: SqlitePool,
+    },
+    Postgres(PgPool),
+}
+
+/// An open transaction on either engine.
+pub enum Tx {
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    Postgres(sqlx::Transaction<'static, Postgres>),
+}
+
+/// What can go wrong in a store, classified so that callers can answer 409 or 404 precisely.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique constraint failed; the text names the constraint or columns on both engines.
+    #[error("unique constraint violated: {0}")]
+    Unique(String),
+    #[error("database error: {0}")]
+    Other(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// True if a unique constraint whose name or column list contains `needle` failed.
+    pub fn is_unique_on(&self, needle: &str) -> bool {
+        matches!(self, StoreError::Unique(text) if text.contains(needle))
+    }
+}
+
+/// Converts a driver error, recognising unique violations on both engines.
+pub fn classify(error: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db_error) = &error {
+        if db_error.is_unique_violation() {
+            let text = match db_error.constraint() {
+                Some(name) => name.to_string(),
+                None => db_error.message().to_string(),
+            };
+            return StoreError::Unique(text);
+        }
+    }
+    StoreError::Other(error)
+}
+
+/// Runs `$body` with `$conn` bound to a pool that may write.
+#[macro_export]
+macro_rules! with_writer {
+    ($db:expr, |$conn:ident| $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite { writer, .. } => {
+                let $conn = writer;
+                $body
+            }
+            $crate::store::Db::Postgres(pool) => {
+                let $conn = pool;
+                $body
+            }
+        }
+    };
+}
+
+/// Runs `$body` with `$conn` bound to a pool for reads.
+#[macro_export]
+macro_rules! with_reader {
+    ($db:expr, |$conn:ident| $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite { reader, .. } => {
+                let $conn = reader;
+                $body
+            }
+            $crate::store::Db::Postgres(pool) => {
+                let $conn = pool;
+                $body
+            }
+        }
+    };
+}
+
+/// Runs `$body` with `$conn` bound to the connection of an open [`Tx`]; use `&mut *$conn`
+/// as the executor of each query.
+#[macro_export]
+macro_rules! with_tx {
+    ($tx:expr, |$conn:ident| $body:expr) => {
+        match $tx {
+            $crate::store::Tx::Sqlite(tx) => {
+                let $conn: &mut sqlx::SqliteConnection = &mut *tx;
+                $body
+            }
+            $crate::store::Tx::Postgres(tx) => {
+                let $conn: &mut sqlx::PgConnection = &mut *tx;
+                $body
+            }
+        }
+    };
+}
+
+impl Db {
+    /// Opens the database named by `url`, creating an SQLite file (and its directory) if needed.
+    pub async fn connect(url: &str) -> Result<Db, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(24)
+                .min_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await?;
+            return Ok(Db::Postgres(pool));
+        }
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-32768");
+        if let Some(parent) = Path::new(options.get_filename()).parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(|e| StoreError::Other(sqlx::Error::Io(e)))?;
+            }
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.create_if_missing(false))
+            .await?;
+        Ok(Db::Sqlite { writer, reader })
+    }
+
+    pub fn engine(&self) -> Engine {
+        match self {
+            Db::Sqlite { .. } => Engine::Sqlite,
+            Db::Postgres(_) => Engine::Postgres,
+        }
+    }
+
+    /// Applies the engine's migrations (`migrations/sqlite` or `migrations/postgres`).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite { writer, .. } => sqlx::migrate!("./migrations/sqlite").run(writer).await?,
+            Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// True if the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        with_reader!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.is_ok())
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(match self {
+            Db::Sqlite { writer, .. } => Tx::Sqlite(writer.begin().await?),
+            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        })
+    }
+
+    /// Closes every connection (waits for checked-out ones to come back).
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite { writer, reader } => {
+                reader.close().await;
+                writer.close().await;
+            }
+            Db::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(tx) => tx.commit().await?,
+            Tx::Postgres(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,105 @@
+//! `GET /metrics`: Prometheus (OpenMetrics) text about herd itself — request counts and
+//! latencies by route, devices by status. Not to be confused with device telemetry.
+//!
+//! Each [`crate::app::App`] owns its registry (no global recorder), so several apps in one
+//! test process keep separate figures.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::app::AppState;
+use crate::http::error::ApiError;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: String,
+}
+
+/// The process's own metrics.
+pub struct HttpMetrics {
+    /// Guarded by a std `Mutex`: encoding is quick and never awaits.
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    devices: Family<StatusLabels, Gauge>,
+}
+
+impl std::fmt::Debug for HttpMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpMetrics")
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("herd");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let devices = Family::<StatusLabels, Gauge>::default();
+        registry.register("http_requests", "HTTP requests by method, route and status", requests.clone());
+        registry.register("http_request_duration_seconds", "HTTP request latency by method and route", latency.clone());
+        registry.register("devices", "Devices by presence status, all tenants", devices.clone());
+        Self { registry: Mutex::new(registry), requests, latency, devices }
+    }
+}
+
+impl HttpMetrics {
+    pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        self.requests.get_or_create(&RequestLabels { method: method.into(), route: route.into(), status }).inc();
+        self.latency
+            .get_or_create(&RouteLabels { method: method.into(), route: route.into() })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn encode(&self) -> Result<String, std::fmt::Error> {
+        let registry = self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut text = String::new();
+        encode(&mut text, &registry)?;
+        Ok(text)
+    }
+}
+
+pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    utoipa_axum::router::OpenApiRouter::new().routes(utoipa_axum::routes!(serve))
+}
+
+/// Prometheus metrics (OpenMetrics text): requests by route, latency, devices by status.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
+pub async fn serve(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let counts = crate::devices::store::count_by_status(&state.db).await?;
+    for status in [crate::devices::ONLINE, crate::devices::OFFLINE] {
+        let n = counts.iter().find(|(s, _)| s == status).map(|(_, n)| *n).unwrap_or(0);
+        state.metrics.devices.get_or_create(&StatusLabels { status: status.into() }).set(n);
+    }
+    let text = state.metrics.encode().map_err(|e| ApiError::internal(anyhow::anyhow!("cannot encode metrics: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
+}

@@ -1,0 +1,221 @@
+//! Tenants: the platform admin creates them; each starts with one admin API token. Also the
+//! first-start bootstrap of the `default` tenant and the platform admin credential.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::FromRow;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::auth::store::{insert_token, NewToken};
+use crate::auth::tokens::{self, TokenKind};
+use crate::auth::{PlatformAdmin, Role};
+use crate::clock::to_millis;
+use crate::http::error::{ApiError, FieldErrors};
+use crate::http::extract::{ApiJson, ApiQuery, PageParams, Validate};
+use crate::http::{time, ListResponse};
+use crate::ids::TenantId;
+use crate::store::{classify, Db, StoreError};
+use crate::{with_reader, with_tx};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(create_tenant, list_tenants))
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct TenantRow {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantDto {
+    pub id: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<TenantRow> for TenantDto {
+    fn from(row: TenantRow) -> Self {
+        Self { id: row.id, name: row.name, created_at: time(row.created_at) }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateTenantRequest {
+    /// Unique; 1–64 characters.
+    pub name: String,
+}
+
+impl Validate for CreateTenantRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        let mut errors = FieldErrors::new();
+        errors.text("name", Some(&self.name), 64);
+        errors.finish()
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedTenant {
+    pub tenant: TenantDto,
+    /// The tenant's first admin API token. Shown once.
+    pub admin_token: String,
+}
+
+/// Why a tenant could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateTenantError {
+    #[error("a tenant named {0:?} already exists")]
+    Duplicate(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Creates a tenant with an admin API token and returns the token's secret. `platform_admin`
+/// marks the token as the platform admin's too (only the bootstrap does that).
+pub async fn create(
+    db: &Db,
+    name: &str,
+    token: Option<String>,
+    platform_admin: bool,
+    now: i64,
+) -> Result<(TenantRow, String), CreateTenantError> {
+    let id = TenantId::new();
+    let secret = token.unwrap_or_else(|| tokens::generate(TokenKind::Member));
+    let mut tx = db.begin().await?;
+    let id_text = id.to_string();
+    with_tx!(&mut tx, |conn| sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
+        .bind(&id_text)
+        .bind(name)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map(|r| r.rows_affected()))
+    .map_err(|e| match classify(e) {
+        StoreError::Unique(_) => CreateTenantError::Duplicate(name.to_string()),
+        other => CreateTenantError::Store(other),
+    })?;
+    let new = NewToken {
+        kind: "api",
+        name: if platform_admin { "bootstrap" } else { "initial admin" },
+        role: Role::Admin,
+        platform_admin,
+        user_id: None,
+        expires_at: None,
+    };
+    insert_token(&mut tx, id, &new, &tokens::hash(&secret), now).await?;
+    tx.commit().await?;
+    Ok((TenantRow { id: id_text, name: name.to_string(), created_at: now }, secret))
+}
+
+/// Lists tenants (platform level).
+pub async fn list(db: &Db, after: Option<&str>, limit: u32) -> Result<Vec<TenantRow>, StoreError> {
+    let after = after.unwrap_or("");
+    with_reader!(db, |pool| sqlx::query_as::<_, TenantRow>(
+        "SELECT id, name, created_at FROM tenants WHERE id > $1 ORDER BY id LIMIT $2"
+    )
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await)
+    .map_err(classify)
+}
+
+/// What the first start did.
+#[derive(Debug)]
+pub enum Bootstrap {
+    /// The database already had tenants.
+    AlreadyDone,
+    /// Created `default` with the operator's `HERD_BOOTSTRAP_TOKEN`.
+    CreatedWithConfiguredToken,
+    /// Created `default` with a random token, written to this file.
+    CreatedWithTokenFile(PathBuf),
+}
+
+/// On an empty database, creates the platform admin and the `default` tenant (DESIGN.md
+/// "Principals"). Safe when several instances start at once: the tenant name is unique.
+pub async fn bootstrap(
+    db: &Db,
+    data_dir: &Path,
+    configured_token: Option<&str>,
+    now: i64,
+) -> anyhow::Result<Bootstrap> {
+    let (count,): (i64,) =
+        crate::with_reader!(db, |pool| sqlx::query_as("SELECT COUNT(*) FROM tenants").fetch_one(pool).await)?;
+    if count > 0 {
+        return Ok(Bootstrap::AlreadyDone);
+    }
+    match create(db, "default", configured_token.map(str::to_string), true, now).await {
+        Ok((_, secret)) => match configured_token {
+            Some(_) => Ok(Bootstrap::CreatedWithConfiguredToken),
+            None => {
+                let path = data_dir.join("initial-admin-token");
+                write_secret_file(&path, &secret)?;
+                Ok(Bootstrap::CreatedWithTokenFile(path))
+            }
+        },
+        Err(CreateTenantError::Duplicate(_)) => Ok(Bootstrap::AlreadyDone),
+        Err(CreateTenantError::Store(error)) => Err(error.into()),
+    }
+}
+
+/// Writes a secret readable only by its owner (0600), atomically.
+pub fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.write_all(secret.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Create a tenant (platform admin). Answers its first admin token.
+#[utoipa::path(post, path = "/tenants", tag = "tenants", security(("bearer" = [])), request_body = CreateTenantRequest,
+    responses((status = 201, body = CreatedTenant)))]
+async fn create_tenant(
+    State(state): State<AppState>,
+    _admin: PlatformAdmin,
+    ApiJson(body): ApiJson<CreateTenantRequest>,
+) -> Result<(StatusCode, Json<CreatedTenant>), ApiError> {
+    let (row, secret) =
+        create(&state.db, body.name.trim(), None, false, to_millis(state.clock.now())).await.map_err(|e| match e {
+            CreateTenantError::Duplicate(_) => ApiError::Conflict(e.to_string()),
+            CreateTenantError::Store(error) => error.into(),
+        })?;
+    Ok((StatusCode::CREATED, Json(CreatedTenant { tenant: row.into(), admin_token: secret })))
+}
+
+/// List tenants (platform admin).
+#[utoipa::path(get, path = "/tenants", tag = "tenants", security(("bearer" = [])), params(PageParams),
+    responses((status = 200, body = ListResponse<TenantDto>)))]
+async fn list_tenants(
+    State(state): State<AppState>,
+    _admin: PlatformAdmin,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Json<ListResponse<TenantDto>>, ApiError> {
+    let page = params.page()?;
+    let rows = list(&state.db, page.after.as_deref(), page.limit + 1).await?;
+    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id.clone(), TenantDto::from)))
+}
