@@ -11,22 +11,19 @@ use std::fmt;
 use std::str::FromStr;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, IsCa, Issuer,
-    KeyIdMethod, KeyPair, KeyUsagePurpose, PublicKeyData, RsaKeySize, SerialNumber,
-    PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, IsCa, Issuer, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, PublicKeyData, RsaKeySize, SerialNumber, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256,
 };
 use rustls_pki_types::CertificateDer;
 use x509_parser::extensions::ParsedExtension;
 
 use crate::crl::revoked_params;
-use crate::info::{der_from_pem_or_der, describe, parse_der};
+use crate::info::{der_from_pem_or_der, describe, parse_der, pem_encode};
 use crate::keys::{key_kind, key_pair_from_pem};
 use crate::leaf::{leaf_params, random_serial, subject_name};
 use crate::public_key::{self, KeyKind};
 use crate::time_conv::{add_days, from_unix};
-use crate::{
-    CertificateInfo, Crl, IssuedCertificate, LeafKey, LeafRequest, PkiError, RevokedEntry,
-};
+use crate::{CertificateInfo, Crl, IssuedCertificate, LeafKey, LeafRequest, PkiError, RevokedEntry};
 
 /// The key algorithm of a newly generated CA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -75,19 +72,14 @@ impl FromStr for CaKeyAlgorithm {
     type Err = PkiError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        [
-            CaKeyAlgorithm::EcdsaP256,
-            CaKeyAlgorithm::Rsa2048,
-            CaKeyAlgorithm::Rsa3072,
-            CaKeyAlgorithm::Rsa4096,
-        ]
-        .into_iter()
-        .find(|algorithm| algorithm.as_str().eq_ignore_ascii_case(text.trim()))
-        .ok_or_else(|| {
-            PkiError::Unsupported(format!(
-                "CA key algorithm {text:?}; expected ecdsa-p256, rsa-2048, rsa-3072 or rsa-4096"
-            ))
-        })
+        [CaKeyAlgorithm::EcdsaP256, CaKeyAlgorithm::Rsa2048, CaKeyAlgorithm::Rsa3072, CaKeyAlgorithm::Rsa4096]
+            .into_iter()
+            .find(|algorithm| algorithm.as_str().eq_ignore_ascii_case(text.trim()))
+            .ok_or_else(|| {
+                PkiError::Unsupported(format!(
+                    "CA key algorithm {text:?}; expected ecdsa-p256, rsa-2048, rsa-3072 or rsa-4096"
+                ))
+            })
     }
 }
 
@@ -129,18 +121,14 @@ impl CertificateAuthority {
         let not_after = add_days(now, config.validity_days, "CA validity_days")?;
         let key = config.key_algorithm.generate_key()?;
         let mut params = CertificateParams::default();
-        params.distinguished_name =
-            subject_name(&config.common_name, &config.organization, &config.country)?;
+        params.distinguished_name = subject_name(&config.common_name, &config.organization, &config.country)?;
         params.not_before = from_unix(now, "now")?;
         params.not_after = from_unix(not_after, "now + CA validity_days")?;
         params.serial_number = Some(random_serial()?);
         // pathLenConstraint 0: herd's CA signs device certificates only, never another CA.
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         // RFC 5280 lets a self-signed CA omit authorityKeyIdentifier; including it (equal to
         // the subjectKeyIdentifier) costs 30 bytes and helps path builders that look for it.
         params.use_authority_key_identifier_extension = true;
@@ -174,17 +162,11 @@ impl CertificateAuthority {
             .map_err(|error| PkiError::Certificate(format!("basicConstraints: {error}")))?
             .is_some_and(|constraints| constraints.value.ca);
         if !is_ca {
-            return Err(PkiError::NotCa(
-                "basicConstraints is missing or does not say cA=TRUE".to_string(),
-            ));
+            return Err(PkiError::NotCa("basicConstraints is missing or does not say cA=TRUE".to_string()));
         }
-        let key_usage = certificate
-            .key_usage()
-            .map_err(|error| PkiError::Certificate(format!("keyUsage: {error}")))?;
+        let key_usage = certificate.key_usage().map_err(|error| PkiError::Certificate(format!("keyUsage: {error}")))?;
         if key_usage.is_some_and(|usage| !usage.value.key_cert_sign()) {
-            return Err(PkiError::NotCa(
-                "keyUsage does not allow keyCertSign".to_string(),
-            ));
+            return Err(PkiError::NotCa("keyUsage does not allow keyCertSign".to_string()));
         }
 
         let key = key_pair_from_pem(key_pem)?;
@@ -202,17 +184,9 @@ impl CertificateAuthority {
             // method 1), so leaves and CRLs still carry a consistent authorityKeyIdentifier.
             .unwrap_or_else(|| CertificateParams::default().key_identifier(&key));
         let info = describe(&certificate, &certificate_der);
-        let issuer =
-            Issuer::from_ca_cert_der(&CertificateDer::from(certificate_der.as_slice()), key)?;
-        let certificate_pem = pem::encode(&pem::Pem::new("CERTIFICATE", certificate_der.clone()));
-        Ok(CertificateAuthority {
-            issuer,
-            certificate_der,
-            certificate_pem,
-            info,
-            key_identifier,
-            key_kind,
-        })
+        let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(certificate_der.as_slice()), key)?;
+        let certificate_pem = pem_encode("CERTIFICATE", &certificate_der);
+        Ok(CertificateAuthority { issuer, certificate_der, certificate_pem, info, key_identifier, key_kind })
     }
 
     /// The CA certificate, PEM (what `GET /ca/certificate` serves and `ca-cert.pem` holds).
@@ -244,11 +218,7 @@ impl CertificateAuthority {
     ///
     /// The leaf's validity is taken as given, even if it outlasts the CA certificate; the server
     /// chooses `not_before` and `validity_days`.
-    pub fn issue(
-        &self,
-        request: &LeafRequest,
-        key: LeafKey<'_>,
-    ) -> Result<IssuedCertificate, PkiError> {
+    pub fn issue(&self, request: &LeafRequest, key: LeafKey<'_>) -> Result<IssuedCertificate, PkiError> {
         let params = leaf_params(request, key.kind())?;
         let certificate = match key {
             LeafKey::Generated(pair) => params.signed_by(&pair.key, &self.issuer)?,
@@ -256,11 +226,7 @@ impl CertificateAuthority {
         };
         let der = certificate.der().to_vec();
         let info = describe(&parse_der(&der)?, &der);
-        Ok(IssuedCertificate {
-            pem: certificate.pem(),
-            der,
-            info,
-        })
+        Ok(IssuedCertificate { pem: certificate.pem(), der, info })
     }
 
     /// Signs a CRL listing `revoked`, numbered `crl_number` (which the server must increase with
@@ -273,9 +239,7 @@ impl CertificateAuthority {
         next_update: i64,
     ) -> Result<Crl, PkiError> {
         if next_update <= this_update {
-            return Err(PkiError::InvalidRequest(
-                "a CRL's next_update must be later than its this_update".to_string(),
-            ));
+            return Err(PkiError::InvalidRequest("a CRL's next_update must be later than its this_update".to_string()));
         }
         let params = CertificateRevocationListParams {
             this_update: from_unix(this_update, "this_update")?,
@@ -285,16 +249,14 @@ impl CertificateAuthority {
             revoked_certs: revoked_params(revoked)?,
             key_identifier_method: KeyIdMethod::PreSpecified(self.key_identifier.clone()),
         };
-        let crl = params
-            .signed_by(&self.issuer)
-            .map_err(|error| match error {
-                rcgen::Error::IssuerNotCrlSigner => PkiError::NotCa(
-                    "the CA certificate's keyUsage does not include cRLSign".to_string(),
-                ),
-                other => PkiError::from(other),
-            })?;
+        let crl = params.signed_by(&self.issuer).map_err(|error| match error {
+            rcgen::Error::IssuerNotCrlSigner => {
+                PkiError::NotCa("the CA certificate's keyUsage does not include cRLSign".to_string())
+            }
+            other => PkiError::from(other),
+        })?;
         let der = crl.der().to_vec();
-        let pem = pem::encode(&pem::Pem::new("X509 CRL", der.clone()));
+        let pem = pem_encode("X509 CRL", &der);
         Ok(Crl { der, pem })
     }
 

@@ -183,10 +183,7 @@ mod tests {
         for reason in RevocationReason::ALL {
             assert_eq!(reason.as_str().parse::<RevocationReason>(), Ok(reason));
         }
-        assert_eq!(
-            "caCompromise".parse::<RevocationReason>(),
-            Ok(RevocationReason::CaCompromise)
-        );
+        assert_eq!("caCompromise".parse::<RevocationReason>(), Ok(RevocationReason::CaCompromise));
         assert_eq!(RevocationReason::RemoveFromCrl.code(), 8);
         assert!("stolen".parse::<RevocationReason>().is_err());
     }

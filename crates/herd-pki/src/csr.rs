@@ -54,20 +54,12 @@ pub struct VerifiedCsr {
 impl VerifiedCsr {
     /// Parses a PEM CSR ("CERTIFICATE REQUEST" or "NEW CERTIFICATE REQUEST") and verifies it.
     pub fn from_pem(pem: &str) -> Result<Self, CsrError> {
-        let blocks =
-            pem::parse_many(pem).map_err(|error| CsrError::Malformed(error.to_string()))?;
+        let blocks = pem::parse_many(pem).map_err(|error| CsrError::Malformed(error.to_string()))?;
         let block = blocks
             .iter()
-            .find(|block| {
-                matches!(
-                    block.tag(),
-                    "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST"
-                )
-            })
+            .find(|block| matches!(block.tag(), "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST"))
             .ok_or_else(|| {
-                CsrError::Malformed(
-                    "expected a PEM block \"-----BEGIN CERTIFICATE REQUEST-----\"".to_string(),
-                )
+                CsrError::Malformed("expected a PEM block \"-----BEGIN CERTIFICATE REQUEST-----\"".to_string())
             })?;
         Self::from_der(block.contents())
     }
@@ -77,17 +69,14 @@ impl VerifiedCsr {
         let (rest, csr) = X509CertificationRequest::from_der(der)
             .map_err(|error| CsrError::Malformed(format!("not a PKCS#10 request ({error})")))?;
         if !rest.is_empty() {
-            return Err(CsrError::Malformed(
-                "unexpected data after the request".to_string(),
-            ));
+            return Err(CsrError::Malformed("unexpected data after the request".to_string()));
         }
         let info = &csr.certification_request_info;
-        let kind =
-            public_key::classify(&info.subject_pki).map_err(|rejection| match rejection {
-                KeyRejection::Weak(message) => CsrError::WeakKey(message),
-                KeyRejection::Unsupported(message) => CsrError::UnsupportedKey(message),
-                KeyRejection::Malformed(message) => CsrError::Malformed(message),
-            })?;
+        let kind = public_key::classify(&info.subject_pki).map_err(|rejection| match rejection {
+            KeyRejection::Weak(message) => CsrError::WeakKey(message),
+            KeyRejection::Unsupported(message) => CsrError::UnsupportedKey(message),
+            KeyRejection::Malformed(message) => CsrError::Malformed(message),
+        })?;
         public_key::verify(
             kind,
             &info.subject_pki,
@@ -97,19 +86,11 @@ impl VerifiedCsr {
         )
         .map_err(|failure| match failure {
             SignatureFailure::Invalid => CsrError::BadSignature,
-            SignatureFailure::UnsupportedAlgorithm(message) => {
-                CsrError::UnsupportedSignatureAlgorithm(message)
-            }
+            SignatureFailure::UnsupportedAlgorithm(message) => CsrError::UnsupportedSignatureAlgorithm(message),
         })?;
-        let public_key =
-            rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw).map_err(|error| {
-                CsrError::UnsupportedKey(format!("unusual public key encoding ({error})"))
-            })?;
-        Ok(VerifiedCsr {
-            public_key,
-            kind,
-            requested_subject: format_name(&info.subject),
-        })
+        let public_key = rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
+            .map_err(|error| CsrError::UnsupportedKey(format!("unusual public key encoding ({error})")))?;
+        Ok(VerifiedCsr { public_key, kind, requested_subject: format_name(&info.subject) })
     }
 
     /// A short description of the key, such as "RSA 2048-bit" or "ECDSA P-384".

@@ -20,10 +20,7 @@ pub(crate) fn decode(text: &str) -> Option<Vec<u8>> {
     if digits.is_empty() || digits.len() % 2 != 0 {
         return None;
     }
-    digits
-        .chunks(2)
-        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
-        .collect()
+    digits.chunks(2).map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?)).collect()
 }
 
 fn nibble(digit: u8) -> Option<u8> {

@@ -52,14 +52,19 @@ pub(crate) fn der_from_pem_or_der(input: &[u8]) -> Result<Vec<u8>, PkiError> {
         .ok_or_else(|| PkiError::Pem("no CERTIFICATE block found".to_string()))
 }
 
+/// PEM-encodes `der` under `tag` with LF line endings (the `pem` crate defaults to CRLF), the
+/// same form rcgen produces for certificates.
+pub(crate) fn pem_encode(tag: &str, der: &[u8]) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(tag, der.to_vec()), config)
+}
+
 /// Parses DER into x509-parser's view, refusing trailing bytes.
 pub(crate) fn parse_der(der: &[u8]) -> Result<X509Certificate<'_>, PkiError> {
-    let (rest, certificate) = x509_parser::parse_x509_certificate(der)
-        .map_err(|error| PkiError::Certificate(error.to_string()))?;
+    let (rest, certificate) =
+        x509_parser::parse_x509_certificate(der).map_err(|error| PkiError::Certificate(error.to_string()))?;
     if !rest.is_empty() {
-        return Err(PkiError::Certificate(
-            "unexpected data after the certificate".to_string(),
-        ));
+        return Err(PkiError::Certificate("unexpected data after the certificate".to_string()));
     }
     Ok(certificate)
 }

@@ -8,9 +8,7 @@
 use std::fmt;
 
 use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::signature::{
-    EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING,
-};
+use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING};
 use rcgen::{KeyPair, PublicKeyData, RsaKeySize, PKCS_RSA_SHA256};
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
@@ -34,17 +32,11 @@ pub fn generate_rsa_key(bits: u32) -> Result<DeviceKeyPair, PkiError> {
         2048 => RsaKeySize::_2048,
         3072 => RsaKeySize::_3072,
         4096 => RsaKeySize::_4096,
-        other => {
-            return Err(PkiError::Unsupported(format!(
-                "RSA key size {other}; choose 2048, 3072 or 4096 bits"
-            )))
-        }
+        other => return Err(PkiError::Unsupported(format!("RSA key size {other}; choose 2048, 3072 or 4096 bits"))),
     };
     let key = KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, size)
         .map_err(|error| PkiError::Crypto(format!("RSA key generation failed: {error}")))?;
-    let kind = KeyKind::Rsa {
-        bits: bits as usize,
-    };
+    let kind = KeyKind::Rsa { bits: bits as usize };
     Ok(DeviceKeyPair { key, kind })
 }
 
@@ -76,10 +68,7 @@ impl DeviceKeyPair {
 
 impl fmt::Debug for DeviceKeyPair {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter
-            .debug_struct("DeviceKeyPair")
-            .field("kind", &self.kind)
-            .finish_non_exhaustive()
+        formatter.debug_struct("DeviceKeyPair").field("kind", &self.kind).finish_non_exhaustive()
     }
 }
 
@@ -97,27 +86,17 @@ pub(crate) fn key_pair_from_pem(pem: &str) -> Result<KeyPair, PkiError> {
     let pkcs8: Zeroizing<Vec<u8>> = match tag.as_str() {
         "PRIVATE KEY" => der,
         "RSA PRIVATE KEY" => {
-            let rsa = aws_lc_rs::rsa::KeyPair::from_der(&der).map_err(|error| {
-                PkiError::PrivateKey(format!("PKCS#1 RSA key rejected: {error}"))
-            })?;
-            let encoded = rsa
-                .as_der()
-                .map_err(|_| PkiError::PrivateKey("could not re-encode RSA key".to_string()))?;
+            let rsa = aws_lc_rs::rsa::KeyPair::from_der(&der)
+                .map_err(|error| PkiError::PrivateKey(format!("PKCS#1 RSA key rejected: {error}")))?;
+            let encoded = rsa.as_der().map_err(|_| PkiError::PrivateKey("could not re-encode RSA key".to_string()))?;
             Zeroizing::new(encoded.as_ref().to_vec())
         }
         "EC PRIVATE KEY" => {
             let ec = EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_ASN1_SIGNING, &der)
-                .or_else(|_| {
-                    EcdsaKeyPair::from_private_key_der(&ECDSA_P384_SHA384_ASN1_SIGNING, &der)
-                })
-                .map_err(|_| {
-                    PkiError::PrivateKey(
-                        "SEC1 EC key is malformed or not on P-256/P-384".to_string(),
-                    )
-                })?;
-            let encoded = ec
-                .to_pkcs8v1()
-                .map_err(|_| PkiError::PrivateKey("could not re-encode EC key".to_string()))?;
+                .or_else(|_| EcdsaKeyPair::from_private_key_der(&ECDSA_P384_SHA384_ASN1_SIGNING, &der))
+                .map_err(|_| PkiError::PrivateKey("SEC1 EC key is malformed or not on P-256/P-384".to_string()))?;
+            let encoded =
+                ec.to_pkcs8v1().map_err(|_| PkiError::PrivateKey("could not re-encode EC key".to_string()))?;
             Zeroizing::new(encoded.as_ref().to_vec())
         }
         "ENCRYPTED PRIVATE KEY" => {
@@ -125,17 +104,10 @@ pub(crate) fn key_pair_from_pem(pem: &str) -> Result<KeyPair, PkiError> {
                 "encrypted private keys are not supported; decrypt the key first".to_string(),
             ))
         }
-        other => {
-            return Err(PkiError::PrivateKey(format!(
-                "unsupported PEM block \"{other}\""
-            )))
-        }
+        other => return Err(PkiError::PrivateKey(format!("unsupported PEM block \"{other}\""))),
     };
-    KeyPair::try_from(pkcs8.as_slice()).map_err(|error| {
-        PkiError::PrivateKey(format!(
-            "key is malformed or of an unsupported kind: {error}"
-        ))
-    })
+    KeyPair::try_from(pkcs8.as_slice())
+        .map_err(|error| PkiError::PrivateKey(format!("key is malformed or of an unsupported kind: {error}")))
 }
 
 /// Applies the key policy to a loaded key pair.
@@ -144,8 +116,8 @@ pub(crate) fn key_kind(key: &KeyPair) -> Result<KeyKind, PkiError> {
     let (_, spki) = SubjectPublicKeyInfo::from_der(&spki_der)
         .map_err(|error| PkiError::PrivateKey(format!("public key does not encode: {error}")))?;
     public_key::classify(&spki).map_err(|rejection| match rejection {
-        KeyRejection::Weak(message)
-        | KeyRejection::Unsupported(message)
-        | KeyRejection::Malformed(message) => PkiError::Unsupported(message),
+        KeyRejection::Weak(message) | KeyRejection::Unsupported(message) | KeyRejection::Malformed(message) => {
+            PkiError::Unsupported(message)
+        }
     })
 }

@@ -8,8 +8,8 @@
 
 use rcgen::string::PrintableString;
 use rcgen::{
-    CertificateParams, CrlDistributionPoint, DistinguishedName, DnType, DnValue,
-    ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SerialNumber,
+    CertificateParams, CrlDistributionPoint, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa,
+    KeyUsagePurpose, SerialNumber,
 };
 
 use crate::public_key::KeyKind;
@@ -69,17 +69,10 @@ pub struct IssuedCertificate {
 }
 
 /// Builds the rcgen parameters for a leaf with a key of kind `kind`.
-pub(crate) fn leaf_params(
-    request: &LeafRequest,
-    kind: KeyKind,
-) -> Result<CertificateParams, PkiError> {
+pub(crate) fn leaf_params(request: &LeafRequest, kind: KeyKind) -> Result<CertificateParams, PkiError> {
     let not_after = add_days(request.not_before, request.validity_days, "validity_days")?;
     let mut params = CertificateParams::default();
-    params.distinguished_name = subject_name(
-        &request.common_name,
-        &request.organization,
-        &request.country,
-    )?;
+    params.distinguished_name = subject_name(&request.common_name, &request.organization, &request.country)?;
     params.not_before = from_unix(request.not_before, "not_before")?;
     params.not_after = from_unix(not_after, "not_before + validity_days")?;
     params.serial_number = Some(random_serial()?);
@@ -94,9 +87,7 @@ pub(crate) fn leaf_params(
     params.use_authority_key_identifier_extension = true;
     if let Some(url) = &request.crl_distribution_url {
         validate_crl_url(url)?;
-        params.crl_distribution_points = vec![CrlDistributionPoint {
-            uris: vec![url.clone()],
-        }];
+        params.crl_distribution_points = vec![CrlDistributionPoint { uris: vec![url.clone()] }];
     }
     Ok(params)
 }
@@ -109,9 +100,7 @@ pub(crate) fn subject_name(
 ) -> Result<DistinguishedName, PkiError> {
     validate_text("common_name", common_name)?;
     if common_name.is_empty() {
-        return Err(PkiError::InvalidRequest(
-            "common_name must not be empty".to_string(),
-        ));
+        return Err(PkiError::InvalidRequest("common_name must not be empty".to_string()));
     }
     validate_text("organization", organization)?;
     let mut name = DistinguishedName::new();
@@ -126,15 +115,9 @@ pub(crate) fn subject_name(
         name.push(DnType::CountryName, DnValue::PrintableString(code));
     }
     if !organization.is_empty() {
-        name.push(
-            DnType::OrganizationName,
-            DnValue::Utf8String(organization.to_string()),
-        );
+        name.push(DnType::OrganizationName, DnValue::Utf8String(organization.to_string()));
     }
-    name.push(
-        DnType::CommonName,
-        DnValue::Utf8String(common_name.to_string()),
-    );
+    name.push(DnType::CommonName, DnValue::Utf8String(common_name.to_string()));
     Ok(name)
 }
 
@@ -150,14 +133,10 @@ pub(crate) fn random_serial() -> Result<SerialNumber, PkiError> {
 
 fn validate_text(field: &str, value: &str) -> Result<(), PkiError> {
     if value.chars().count() > MAX_NAME_CHARS {
-        return Err(PkiError::InvalidRequest(format!(
-            "{field} is longer than {MAX_NAME_CHARS} characters"
-        )));
+        return Err(PkiError::InvalidRequest(format!("{field} is longer than {MAX_NAME_CHARS} characters")));
     }
     if value.chars().any(char::is_control) {
-        return Err(PkiError::InvalidRequest(format!(
-            "{field} must not contain control characters"
-        )));
+        return Err(PkiError::InvalidRequest(format!("{field} must not contain control characters")));
     }
     Ok(())
 }

@@ -8,9 +8,9 @@
 
 use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use x509_parser::oid_registry::{
-    Oid, OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
-    OID_PKCS1_SHA256WITHRSA, OID_PKCS1_SHA384WITHRSA, OID_PKCS1_SHA512WITHRSA,
-    OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384, OID_SIG_ED25519, OID_SIG_ED448,
+    Oid, OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION, OID_PKCS1_SHA256WITHRSA,
+    OID_PKCS1_SHA384WITHRSA, OID_PKCS1_SHA512WITHRSA, OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384,
+    OID_SIG_ED25519, OID_SIG_ED448,
 };
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
@@ -63,9 +63,7 @@ pub(crate) fn classify(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyKind, KeyRe
     let algorithm = &spki.algorithm.algorithm;
     if *algorithm == OID_PKCS1_RSAENCRYPTION {
         let Ok(PublicKey::RSA(rsa)) = spki.parsed() else {
-            return Err(KeyRejection::Malformed(
-                "the RSA public key does not parse".to_string(),
-            ));
+            return Err(KeyRejection::Malformed("the RSA public key does not parse".to_string()));
         };
         let bits = significant_bits(rsa.modulus);
         if bits < MIN_RSA_BITS {
@@ -81,11 +79,7 @@ pub(crate) fn classify(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyKind, KeyRe
         return Ok(KeyKind::Rsa { bits });
     }
     if *algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
-        let curve = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|parameters| parameters.as_oid().ok());
+        let curve = spki.algorithm.parameters.as_ref().and_then(|parameters| parameters.as_oid().ok());
         return match curve {
             Some(curve) if curve == OID_EC_P256 => Ok(KeyKind::EcdsaP256),
             Some(curve) if curve == OID_NIST_EC_P384 => Ok(KeyKind::EcdsaP384),
@@ -93,9 +87,9 @@ pub(crate) fn classify(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyKind, KeyRe
                 "elliptic curve {} is not supported; use P-256 or P-384",
                 curve_name(&curve)
             ))),
-            None => Err(KeyRejection::Unsupported(
-                "elliptic-curve keys must name their curve (P-256 or P-384)".to_string(),
-            )),
+            None => {
+                Err(KeyRejection::Unsupported("elliptic-curve keys must name their curve (P-256 or P-384)".to_string()))
+            }
         };
     }
     Err(KeyRejection::Unsupported(format!(
@@ -134,27 +128,13 @@ fn verification_algorithm(
 ) -> Result<&'static dyn VerificationAlgorithm, SignatureFailure> {
     let oid = signature_algorithm;
     let algorithm: Option<&'static dyn VerificationAlgorithm> = match kind {
-        KeyKind::Rsa { .. } if *oid == OID_PKCS1_SHA256WITHRSA => {
-            Some(&signature::RSA_PKCS1_2048_8192_SHA256)
-        }
-        KeyKind::Rsa { .. } if *oid == OID_PKCS1_SHA384WITHRSA => {
-            Some(&signature::RSA_PKCS1_2048_8192_SHA384)
-        }
-        KeyKind::Rsa { .. } if *oid == OID_PKCS1_SHA512WITHRSA => {
-            Some(&signature::RSA_PKCS1_2048_8192_SHA512)
-        }
-        KeyKind::EcdsaP256 if *oid == OID_SIG_ECDSA_WITH_SHA256 => {
-            Some(&signature::ECDSA_P256_SHA256_ASN1)
-        }
-        KeyKind::EcdsaP256 if *oid == OID_SIG_ECDSA_WITH_SHA384 => {
-            Some(&signature::ECDSA_P256_SHA384_ASN1)
-        }
-        KeyKind::EcdsaP384 if *oid == OID_SIG_ECDSA_WITH_SHA256 => {
-            Some(&signature::ECDSA_P384_SHA256_ASN1)
-        }
-        KeyKind::EcdsaP384 if *oid == OID_SIG_ECDSA_WITH_SHA384 => {
-            Some(&signature::ECDSA_P384_SHA384_ASN1)
-        }
+        KeyKind::Rsa { .. } if *oid == OID_PKCS1_SHA256WITHRSA => Some(&signature::RSA_PKCS1_2048_8192_SHA256),
+        KeyKind::Rsa { .. } if *oid == OID_PKCS1_SHA384WITHRSA => Some(&signature::RSA_PKCS1_2048_8192_SHA384),
+        KeyKind::Rsa { .. } if *oid == OID_PKCS1_SHA512WITHRSA => Some(&signature::RSA_PKCS1_2048_8192_SHA512),
+        KeyKind::EcdsaP256 if *oid == OID_SIG_ECDSA_WITH_SHA256 => Some(&signature::ECDSA_P256_SHA256_ASN1),
+        KeyKind::EcdsaP256 if *oid == OID_SIG_ECDSA_WITH_SHA384 => Some(&signature::ECDSA_P256_SHA384_ASN1),
+        KeyKind::EcdsaP384 if *oid == OID_SIG_ECDSA_WITH_SHA256 => Some(&signature::ECDSA_P384_SHA256_ASN1),
+        KeyKind::EcdsaP384 if *oid == OID_SIG_ECDSA_WITH_SHA384 => Some(&signature::ECDSA_P384_SHA384_ASN1),
         _ => None,
     };
     algorithm.ok_or_else(|| {

@@ -25,12 +25,8 @@ pub fn seal(kek: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, Pki
     let mut sealed = Vec::with_capacity(plaintext.len() + OVERHEAD);
     sealed.extend_from_slice(&nonce);
     let mut in_out = plaintext.to_vec();
-    key.seal_in_place_append_tag(
-        Nonce::assume_unique_for_key(nonce),
-        Aad::from(aad),
-        &mut in_out,
-    )
-    .map_err(|_| PkiError::Crypto("AES-256-GCM sealing failed".to_string()))?;
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut in_out)
+        .map_err(|_| PkiError::Crypto("AES-256-GCM sealing failed".to_string()))?;
     sealed.extend_from_slice(&in_out);
     Ok(sealed)
 }
@@ -46,10 +42,7 @@ pub fn open(kek: &[u8; 32], sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, PkiErr
     let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| PkiError::Unseal)?;
     let key = key(kek)?;
     let mut in_out = ciphertext.to_vec();
-    let plaintext_len = key
-        .open_in_place(nonce, Aad::from(aad), &mut in_out)
-        .map_err(|_| PkiError::Unseal)?
-        .len();
+    let plaintext_len = key.open_in_place(nonce, Aad::from(aad), &mut in_out).map_err(|_| PkiError::Unseal)?.len();
     in_out.truncate(plaintext_len);
     Ok(in_out)
 }
@@ -70,14 +63,8 @@ mod tests {
     fn round_trip() {
         let sealed = seal(&KEK, b"private key bytes", b"cert-1").unwrap();
         assert_eq!(sealed.len(), b"private key bytes".len() + OVERHEAD);
-        assert_eq!(
-            open(&KEK, &sealed, b"cert-1").unwrap(),
-            b"private key bytes"
-        );
-        assert_eq!(
-            open(&KEK, &seal(&KEK, b"", b"").unwrap(), b"").unwrap(),
-            b""
-        );
+        assert_eq!(open(&KEK, &sealed, b"cert-1").unwrap(), b"private key bytes");
+        assert_eq!(open(&KEK, &seal(&KEK, b"", b"").unwrap(), b"").unwrap(), b"");
     }
 
     #[test]
@@ -98,21 +85,9 @@ mod tests {
                 "flipping byte {index} went unnoticed"
             );
         }
-        assert!(matches!(
-            open(&[8u8; 32], &sealed, b"cert-1"),
-            Err(PkiError::Unseal)
-        ));
-        assert!(matches!(
-            open(&KEK, &sealed, b"cert-2"),
-            Err(PkiError::Unseal)
-        ));
-        assert!(matches!(
-            open(&KEK, &sealed[..sealed.len() - 1], b"cert-1"),
-            Err(PkiError::Unseal)
-        ));
-        assert!(matches!(
-            open(&KEK, &sealed[..OVERHEAD - 1], b"cert-1"),
-            Err(PkiError::Unseal)
-        ));
+        assert!(matches!(open(&[8u8; 32], &sealed, b"cert-1"), Err(PkiError::Unseal)));
+        assert!(matches!(open(&KEK, &sealed, b"cert-2"), Err(PkiError::Unseal)));
+        assert!(matches!(open(&KEK, &sealed[..sealed.len() - 1], b"cert-1"), Err(PkiError::Unseal)));
+        assert!(matches!(open(&KEK, &sealed[..OVERHEAD - 1], b"cert-1"), Err(PkiError::Unseal)));
     }
 }

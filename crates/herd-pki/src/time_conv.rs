@@ -23,9 +23,7 @@ pub(crate) fn from_unix(seconds: i64, what: &str) -> Result<OffsetDateTime, PkiE
 /// Returns `start + days`, in unix seconds, or an error when that overflows.
 pub(crate) fn add_days(start: i64, days: u32, what: &str) -> Result<i64, PkiError> {
     if days == 0 {
-        return Err(PkiError::InvalidRequest(format!(
-            "{what} must be at least one day"
-        )));
+        return Err(PkiError::InvalidRequest(format!("{what} must be at least one day")));
     }
     i64::from(days)
         .checked_mul(SECONDS_PER_DAY)
