@@ -20,7 +20,7 @@ use x509_parser::extensions::ParsedExtension;
 use crate::crl::revoked_params;
 use crate::info::{der_from_pem_or_der, describe, parse_der, pem_encode};
 use crate::keys::{key_kind, key_pair_from_pem};
-use crate::leaf::{leaf_params, random_serial, subject_name};
+use crate::leaf::{key_identifier, leaf_params, random_serial, subject_name};
 use crate::public_key::{self, KeyKind};
 use crate::time_conv::{add_days, from_unix};
 use crate::{CertificateInfo, Crl, IssuedCertificate, LeafKey, LeafRequest, PkiError, RevokedEntry};
@@ -132,7 +132,7 @@ impl CertificateAuthority {
         // RFC 5280 lets a self-signed CA omit authorityKeyIdentifier; including it (equal to
         // the subjectKeyIdentifier) costs 30 bytes and helps path builders that look for it.
         params.use_authority_key_identifier_extension = true;
-        let key_identifier = params.key_identifier(&key);
+        let key_identifier = key_identifier(&key);
         params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier.clone());
         let certificate = params.self_signed(&key)?;
         let certificate_der = certificate.der().to_vec();
@@ -180,9 +180,9 @@ impl CertificateAuthority {
                 ParsedExtension::SubjectKeyIdentifier(identifier) => Some(identifier.0.to_vec()),
                 _ => None,
             })
-            // A CA without subjectKeyIdentifier: derive one the way rcgen would (RFC 7093
-            // method 1), so leaves and CRLs still carry a consistent authorityKeyIdentifier.
-            .unwrap_or_else(|| CertificateParams::default().key_identifier(&key));
+            // A CA without subjectKeyIdentifier: derive one (RFC 7093 method 1), so leaves and
+            // CRLs still carry a consistent authorityKeyIdentifier.
+            .unwrap_or_else(|| key_identifier(&key));
         let info = describe(&certificate, &certificate_der);
         let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(certificate_der.as_slice()), key)?;
         let certificate_pem = pem_encode("CERTIFICATE", &certificate_der);
@@ -219,10 +219,13 @@ impl CertificateAuthority {
     /// The leaf's validity is taken as given, even if it outlasts the CA certificate; the server
     /// chooses `not_before` and `validity_days`.
     pub fn issue(&self, request: &LeafRequest, key: LeafKey<'_>) -> Result<IssuedCertificate, PkiError> {
-        let params = leaf_params(request, key.kind())?;
         let certificate = match key {
-            LeafKey::Generated(pair) => params.signed_by(&pair.key, &self.issuer)?,
-            LeafKey::Csr(csr) => params.signed_by(&csr.public_key, &self.issuer)?,
+            LeafKey::Generated(pair) => {
+                leaf_params(request, pair.kind, &pair.key)?.signed_by(&pair.key, &self.issuer)?
+            }
+            LeafKey::Csr(csr) => {
+                leaf_params(request, csr.kind, &csr.public_key)?.signed_by(&csr.public_key, &self.issuer)?
+            }
         };
         let der = certificate.der().to_vec();
         let info = describe(&parse_der(&der)?, &der);

@@ -9,7 +9,7 @@
 use rcgen::string::PrintableString;
 use rcgen::{
     CertificateParams, CrlDistributionPoint, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa,
-    KeyUsagePurpose, SerialNumber,
+    KeyIdMethod, KeyUsagePurpose, PublicKeyData, SerialNumber,
 };
 
 use crate::public_key::KeyKind;
@@ -48,15 +48,6 @@ pub enum LeafKey<'a> {
     Csr(&'a VerifiedCsr),
 }
 
-impl LeafKey<'_> {
-    pub(crate) fn kind(&self) -> KeyKind {
-        match self {
-            LeafKey::Generated(pair) => pair.kind,
-            LeafKey::Csr(csr) => csr.kind,
-        }
-    }
-}
-
 /// A freshly signed leaf certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuedCertificate {
@@ -68,8 +59,12 @@ pub struct IssuedCertificate {
     pub info: CertificateInfo,
 }
 
-/// Builds the rcgen parameters for a leaf with a key of kind `kind`.
-pub(crate) fn leaf_params(request: &LeafRequest, kind: KeyKind) -> Result<CertificateParams, PkiError> {
+/// Builds the rcgen parameters for a leaf certifying `public_key`, of kind `kind`.
+pub(crate) fn leaf_params(
+    request: &LeafRequest,
+    kind: KeyKind,
+    public_key: &impl PublicKeyData,
+) -> Result<CertificateParams, PkiError> {
     let not_after = add_days(request.not_before, request.validity_days, "validity_days")?;
     let mut params = CertificateParams::default();
     params.distinguished_name = subject_name(&request.common_name, &request.organization, &request.country)?;
@@ -85,6 +80,7 @@ pub(crate) fn leaf_params(request: &LeafRequest, kind: KeyKind) -> Result<Certif
     }
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
+    params.key_identifier_method = KeyIdMethod::PreSpecified(key_identifier(public_key));
     if let Some(url) = &request.crl_distribution_url {
         validate_crl_url(url)?;
         params.crl_distribution_points = vec![CrlDistributionPoint { uris: vec![url.clone()] }];
@@ -119,6 +115,15 @@ pub(crate) fn subject_name(
     }
     name.push(DnType::CommonName, DnValue::Utf8String(common_name.to_string()));
     Ok(name)
+}
+
+/// The subjectKeyIdentifier of `public_key` by RFC 7093 method 1: the leftmost 160 bits of the
+/// SHA-256 hash of the subjectPublicKey BIT STRING's value. (rcgen's own `KeyIdMethod::Sha256`
+/// hashes the whole SubjectPublicKeyInfo, which no RFC names; pkilint flags it as an unknown
+/// method.)
+pub(crate) fn key_identifier(public_key: &impl PublicKeyData) -> Vec<u8> {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, public_key.der_bytes());
+    digest.as_ref()[..20].to_vec()
 }
 
 /// A random serial of [`SERIAL_BYTES`] bytes: top bit cleared so it is positive, next bit set so

@@ -153,7 +153,10 @@ fn leaf_fields_match_the_request_and_profile() {
                     _ => {}
                 }
             }
-            assert!(ski.is_some_and(|ski| !ski.is_empty()), "{context}: no SKI");
+            // RFC 7093 method 1: leftmost 160 bits of SHA-256 over the subjectPublicKey bits.
+            let digest =
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &leaf.public_key().subject_public_key.data);
+            assert_eq!(ski.as_deref(), Some(&digest.as_ref()[..20]), "{context}: SKI");
             assert_eq!(aki.as_deref(), Some(ca_ski.as_slice()), "{context}: AKI != CA SKI");
             assert_eq!(crl_urls, ["http://herd.example.test/ca/crl"], "{context}");
         }
