@@ -99,9 +99,18 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             let field = error.path().to_string();
             let inner = error.into_inner();
             return match inner.classify() {
-                serde_json::error::Category::Data => {
-                    let field = if field == "." { String::new() } else { field };
-                    Err(ApiError::invalid(field, strip_position(&inner.to_string())))
+                // A shape error can surface before a syntax error later in the text; only
+                // well-formed JSON earns a 422.
+                serde_json::error::Category::Data if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() => {
+                    let parent = if field == "." { String::new() } else { field };
+                    let message = strip_position(&inner.to_string());
+                    // serde reports a missing field at its parent; name the field itself.
+                    let field = match message.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`')) {
+                        Some(name) if parent.is_empty() => name.to_string(),
+                        Some(name) => format!("{parent}.{name}"),
+                        None => parent,
+                    };
+                    Err(ApiError::invalid(field, message))
                 }
                 _ => Err(ApiError::BadRequest(format!("the body is not valid JSON: {inner}"))),
             };

@@ -1,0 +1,168 @@
+//! Credentials: API tokens and roles, users and sessions, enrollment tokens.
+
+use chrono::Duration;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{engine_tests, error_fields, expect_json, expect_problem, ClockExt, ADMIN_TOKEN};
+
+engine_tests! {
+    async fn roles_gate_what_a_token_may_do(app) {
+        let viewer = app.api_token(ADMIN_TOKEN, "viewer").await;
+        let operator = app.api_token(ADMIN_TOKEN, "operator").await;
+        expect_json(app.get("/devices", &viewer).await, StatusCode::OK).await;
+        expect_problem(app.post("/devices", &viewer, json!({ "name": "x" })).await, StatusCode::FORBIDDEN).await;
+        expect_problem(app.post("/devices", &operator, json!({ "name": "x" })).await, StatusCode::FORBIDDEN).await;
+        expect_problem(app.post("/tokens", &operator, json!({ "name": "x", "role": "admin" })).await, StatusCode::FORBIDDEN).await;
+        expect_problem(app.get("/tokens", &viewer).await, StatusCode::FORBIDDEN).await;
+        // Operators may auto-register devices themselves.
+        let (device, _) = app.register(&operator, json!({ "serialNumber": "OP-1" })).await;
+        expect_problem(app.delete(&format!("/devices/{}", device["id"].as_str().unwrap()), &viewer).await, StatusCode::FORBIDDEN).await;
+        let response = app.delete(&format!("/devices/{}", device["id"].as_str().unwrap()), &operator).await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    }
+
+    async fn tokens_are_listed_without_secrets_and_revocation_is_immediate(app) {
+        let response = app.post("/tokens", ADMIN_TOKEN, json!({ "name": "ci", "role": "viewer" })).await;
+        let created = expect_json(response, StatusCode::CREATED).await;
+        let secret = created["secret"].as_str().unwrap().to_string();
+        let id = created["token"]["id"].as_str().unwrap().to_string();
+        let list = expect_json(app.get("/tokens", ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert!(!list.to_string().contains(&secret), "a secret leaked into the list");
+        assert!(list["items"].as_array().unwrap().iter().any(|t| t["id"] == id.as_str()));
+        expect_json(app.get("/devices", &secret).await, StatusCode::OK).await;
+        assert_eq!(app.delete(&format!("/tokens/{id}"), ADMIN_TOKEN).await.status(), StatusCode::NO_CONTENT);
+        expect_problem(app.get("/devices", &secret).await, StatusCode::UNAUTHORIZED).await;
+        expect_problem(app.delete(&format!("/tokens/{id}"), ADMIN_TOKEN).await, StatusCode::NOT_FOUND).await;
+    }
+
+    async fn expired_tokens_stop_working(app) {
+        let expires = app.clock.now_plus(Duration::hours(1));
+        let response = app.post("/tokens", ADMIN_TOKEN, json!({ "name": "short", "role": "viewer", "expiresAt": expires })).await;
+        let secret = expect_json(response, StatusCode::CREATED).await["secret"].as_str().unwrap().to_string();
+        expect_json(app.get("/devices", &secret).await, StatusCode::OK).await;
+        app.clock.advance(Duration::hours(2));
+        expect_problem(app.get("/devices", &secret).await, StatusCode::UNAUTHORIZED).await;
+        let past = app.clock.now_plus(Duration::hours(-1));
+        let problem = expect_problem(
+            app.post("/tokens", ADMIN_TOKEN, json!({ "name": "past", "role": "viewer", "expiresAt": past })).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ).await;
+        assert_eq!(error_fields(&problem), vec!["expiresAt"]);
+        let problem = expect_problem(
+            app.post("/tokens", ADMIN_TOKEN, json!({ "name": "x", "role": "root" })).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ).await;
+        assert_eq!(error_fields(&problem), vec!["role"]);
+    }
+
+    async fn users_log_in_and_out(app) {
+        let response = app.post("/users", ADMIN_TOKEN, json!({ "username": "ops@example.com", "password": "a long password", "role": "operator" })).await;
+        let user = expect_json(response, StatusCode::CREATED).await;
+        assert!(!user.to_string().contains("a long password"));
+        expect_problem(
+            app.post("/users", ADMIN_TOKEN, json!({ "username": "ops@example.com", "password": "another password", "role": "viewer" })).await,
+            StatusCode::CONFLICT,
+        ).await;
+        let problem = expect_problem(
+            app.post("/users", ADMIN_TOKEN, json!({ "username": "short pw", "password": "short", "role": "viewer" })).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ).await;
+        assert_eq!(error_fields(&problem), vec!["username", "password"]);
+
+        let bad = app.request(reqwest::Method::POST, "/auth/login", None, Some(json!({ "username": "ops@example.com", "password": "wrong" }))).await;
+        expect_problem(bad, StatusCode::UNAUTHORIZED).await;
+        let nobody = app.request(reqwest::Method::POST, "/auth/login", None, Some(json!({ "username": "nobody", "password": "wrong" }))).await;
+        expect_problem(nobody, StatusCode::UNAUTHORIZED).await;
+        let ok = app.request(reqwest::Method::POST, "/auth/login", None, Some(json!({ "username": "ops@example.com", "password": "a long password" }))).await;
+        let session = expect_json(ok, StatusCode::OK).await;
+        let token = session["token"].as_str().unwrap().to_string();
+        let me = expect_json(app.get("/auth/me", &token).await, StatusCode::OK).await;
+        assert_eq!(me["credential"], "session");
+        assert_eq!(me["role"], "operator");
+        assert_eq!(me["userId"], user["user"]["id"]);
+
+        // Sessions expire with the configured lifetime.
+        app.clock.advance(Duration::hours(13));
+        expect_problem(app.get("/auth/me", &token).await, StatusCode::UNAUTHORIZED).await;
+        app.clock.advance(Duration::hours(-13));
+
+        let response = app.request(reqwest::Method::POST, "/auth/logout", Some(&token), None).await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        expect_problem(app.get("/auth/me", &token).await, StatusCode::UNAUTHORIZED).await;
+    }
+
+    async fn deleting_a_user_ends_their_sessions(app) {
+        let response = app.post("/users", ADMIN_TOKEN, json!({ "username": "temp", "password": "password123", "role": "viewer" })).await;
+        let id = expect_json(response, StatusCode::CREATED).await["user"]["id"].as_str().unwrap().to_string();
+        let ok = app.request(reqwest::Method::POST, "/auth/login", None, Some(json!({ "username": "temp", "password": "password123" }))).await;
+        let token = expect_json(ok, StatusCode::OK).await["token"].as_str().unwrap().to_string();
+        let users = expect_json(app.get("/users", ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert!(!users.to_string().contains("argon2"), "password hashes must not be served");
+        assert_eq!(app.delete(&format!("/users/{id}"), ADMIN_TOKEN).await.status(), StatusCode::NO_CONTENT);
+        expect_problem(app.get("/auth/me", &token).await, StatusCode::UNAUTHORIZED).await;
+    }
+
+    async fn enrollment_tokens_honour_use_limits_expiry_and_revocation(app) {
+        let limited = app.enrollment_token(ADMIN_TOKEN, json!({ "name": "two", "maxUses": 2 })).await;
+        app.register(&limited, json!({ "serialNumber": "E-1" })).await;
+        app.register(&limited, json!({ "serialNumber": "E-2" })).await;
+        expect_problem(app.post("/devices/auto-register", &limited, json!({ "serialNumber": "E-3" })).await, StatusCode::UNAUTHORIZED).await;
+        let list = expect_json(app.get("/enrollment-tokens", ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(list["items"][0]["uses"], 2);
+
+        // A rejected body does not use up a registration.
+        let one = app.enrollment_token(ADMIN_TOKEN, json!({ "maxUses": 1 })).await;
+        expect_problem(app.post("/devices/auto-register", &one, json!({})).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+        app.register(&one, json!({ "serialNumber": "E-4" })).await;
+
+        let expires = app.clock.now_plus(Duration::minutes(10));
+        let expiring = app.enrollment_token(ADMIN_TOKEN, json!({ "expiresAt": expires })).await;
+        app.register(&expiring, json!({ "serialNumber": "E-5" })).await;
+        app.clock.advance(Duration::minutes(11));
+        expect_problem(app.post("/devices/auto-register", &expiring, json!({ "serialNumber": "E-6" })).await, StatusCode::UNAUTHORIZED).await;
+
+        let response = app.post("/enrollment-tokens", ADMIN_TOKEN, json!({})).await;
+        let created = expect_json(response, StatusCode::CREATED).await;
+        let secret = created["secret"].as_str().unwrap();
+        let id = created["enrollmentToken"]["id"].as_str().unwrap();
+        assert_eq!(app.delete(&format!("/enrollment-tokens/{id}"), ADMIN_TOKEN).await.status(), StatusCode::NO_CONTENT);
+        expect_problem(app.post("/devices/auto-register", secret, json!({ "serialNumber": "E-7" })).await, StatusCode::UNAUTHORIZED).await;
+
+        // An enrollment token is good for registering and nothing else.
+        let fresh = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
+        expect_problem(app.get("/devices", &fresh).await, StatusCode::FORBIDDEN).await;
+        expect_problem(app.post("/enrollment-tokens", ADMIN_TOKEN, json!({ "maxUses": 0 })).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    }
+
+    async fn credentials_of_another_tenant_are_invisible(app) {
+        let (_, other_admin) = app.create_tenant("other").await;
+        let token = expect_json(app.post("/tokens", ADMIN_TOKEN, json!({ "name": "t", "role": "viewer" })).await, StatusCode::CREATED).await;
+        let token_id = token["token"]["id"].as_str().unwrap();
+        let enrollment = expect_json(app.post("/enrollment-tokens", ADMIN_TOKEN, json!({})).await, StatusCode::CREATED).await;
+        let enrollment_id = enrollment["enrollmentToken"]["id"].as_str().unwrap();
+        let user = expect_json(app.post("/users", ADMIN_TOKEN, json!({ "username": "u1", "password": "password123", "role": "viewer" })).await, StatusCode::CREATED).await;
+        let user_id = user["user"]["id"].as_str().unwrap();
+
+        expect_problem(app.delete(&format!("/tokens/{token_id}"), &other_admin).await, StatusCode::NOT_FOUND).await;
+        expect_problem(app.delete(&format!("/enrollment-tokens/{enrollment_id}"), &other_admin).await, StatusCode::NOT_FOUND).await;
+        expect_problem(app.delete(&format!("/users/{user_id}"), &other_admin).await, StatusCode::NOT_FOUND).await;
+        for path in ["/tokens", "/enrollment-tokens", "/users"] {
+            let list = expect_json(app.get(path, &other_admin).await, StatusCode::OK).await;
+            let text = list.to_string();
+            assert!(!text.contains(token_id) && !text.contains(enrollment_id) && !text.contains(user_id), "{path} leaked: {text}");
+        }
+        // Still alive for their owner.
+        expect_json(app.get("/devices", token["secret"].as_str().unwrap()).await, StatusCode::OK).await;
+    }
+
+    async fn malformed_credentials_are_401(app) {
+        for header in ["Basic abc", "Bearer", "Bearer    ", "nonsense", "Bearer herd_dt_unknown", "Bearer herd_et_unknown", "Bearer herd_at_unknown"] {
+            let response = app.client.get(app.url("/devices")).header("authorization", header).send().await.unwrap();
+            expect_problem(response, StatusCode::UNAUTHORIZED).await;
+        }
+        let long = format!("Bearer {}", "a".repeat(5000));
+        let response = app.client.get(app.url("/devices")).header("authorization", long).send().await.unwrap();
+        expect_problem(response, StatusCode::UNAUTHORIZED).await;
+    }
+}

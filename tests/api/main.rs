@@ -1,0 +1,10 @@
+//! herd's one integration test binary (matklad's "Delete Cargo Integration Tests"): every
+//! module here runs against the real server on a real port, once on SQLite and once on
+//! PostgreSQL when `HERD_TEST_DATABASE_URL` is set (see `helpers::engine_tests!`).
+
+mod helpers;
+
+mod auth;
+mod devices;
+mod edge;
+mod tenants;
