@@ -82,13 +82,18 @@ impl App {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let App { listener, state, shutdown, .. } = self;
         let router = crate::http::router(state.clone());
+        let jobs = crate::jobs::spawn_all(&state, &shutdown);
         let stop = shutdown.clone();
-        axum::serve(listener, router)
+        let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
-            .context("the HTTP server failed")?;
+            .context("the HTTP server failed");
         shutdown.cancel();
+        for job in jobs {
+            let _ = job.await;
+        }
         state.db.close().await;
+        served?;
         Ok(())
     }
 }

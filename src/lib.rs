@@ -15,6 +15,7 @@ pub mod events;
 pub mod health;
 pub mod http;
 pub mod ids;
+pub mod jobs;
 pub mod openapi;
 pub mod shutdown;
 pub mod store;

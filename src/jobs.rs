@@ -1,0 +1,47 @@
+//! Background jobs. Each job is a loop around one public step function (zero2prod's
+//! `try_execute_task`): tests call the step directly with a chosen `now`; the loop here only
+//! schedules it and stops when the shutdown token is cancelled.
+//!
+//! Every job acts as [`crate::auth::System`]: no request is behind it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::app::AppState;
+use crate::shutdown::CancellationToken;
+
+/// Starts every background job of the server. Add a job by adding one `run_every` line.
+pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
+    let jobs: Vec<JoinHandle<()>> = Vec::new();
+    let _ = (state, shutdown);
+    jobs
+}
+
+/// Runs `step` every `interval` until `shutdown` is cancelled. A failing step is logged and
+/// retried at the next tick; it never ends the loop.
+pub fn run_every<F, Fut>(name: &'static str, interval: Duration, shutdown: CancellationToken, mut step: F) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            let result = tokio::select! {
+                () = shutdown.cancelled() => break,
+                result = step() => result,
+            };
+            if let Err(error) = result {
+                tracing::error!(job = name, error = format!("{error:#}"), "background job step failed");
+            }
+        }
+        tracing::debug!(job = name, "background job stopped");
+    })
+}
