@@ -8,4 +8,5 @@ mod csr;
 mod issuance;
 mod keys;
 mod openssl_cli;
+mod pkilint;
 mod support;
