@@ -84,14 +84,8 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in execution order.
-    pub const ALL: [Phase; 6] = [
-        Phase::Heartbeat,
-        Phase::Registration,
-        Phase::Metrics,
-        Phase::Certificates,
-        Phase::Overview,
-        Phase::Sweep,
-    ];
+    pub const ALL: [Phase; 6] =
+        [Phase::Heartbeat, Phase::Registration, Phase::Metrics, Phase::Certificates, Phase::Overview, Phase::Sweep];
 }
 
 /// Everything a run needs to know, with `--quick` defaults applied.
@@ -153,9 +147,7 @@ impl Settings {
         phases.dedup();
 
         let results = workspace_root().join("bench").join("results");
-        let out = args
-            .out
-            .unwrap_or_else(|| results.join(if quick { "quick.json" } else { "latest.json" }));
+        let out = args.out.unwrap_or_else(|| results.join(if quick { "quick.json" } else { "latest.json" }));
         Ok(Settings {
             quick,
             database_url: args.database_url,
@@ -170,17 +162,9 @@ impl Settings {
             keep_data: args.keep_data,
             // Quick mode measures the overview and the sweep on the fleet it already has, so the
             // harness is exercised end to end without the minutes that 100k devices take.
-            overview_devices: if quick {
-                n_devices
-            } else {
-                100_000.max(n_devices)
-            },
+            overview_devices: if quick { n_devices } else { 100_000.max(n_devices) },
             overview_samples: if quick { 50_000 } else { 10_000_000 },
-            sweep_sizes: if quick {
-                vec![n_devices]
-            } else {
-                vec![100_000, 1_000_000]
-            },
+            sweep_sizes: if quick { vec![n_devices] } else { vec![100_000, 1_000_000] },
             metrics_batch: 100,
         })
     }

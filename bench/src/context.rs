@@ -37,12 +37,7 @@ pub struct Measured {
 impl Bench {
     /// A run on `server` with no fleet yet.
     pub fn new(settings: Settings, server: HerdServer) -> Bench {
-        Bench {
-            settings,
-            server,
-            fleet: None,
-            samples_stored: 0,
-        }
+        Bench { settings, server, fleet: None, samples_stored: 0 }
     }
 
     /// The server's address.
@@ -70,10 +65,7 @@ impl Bench {
         match &mut self.fleet {
             Some(Ok(fleet)) => {
                 if (fleet.devices().len() as u64) < n {
-                    eprintln!(
-                        "growing the fleet from {} to {n} devices",
-                        fleet.devices().len()
-                    );
+                    eprintln!("growing the fleet from {} to {n} devices", fleet.devices().len());
                     fleet.grow_to(addr, n, concurrency).await?;
                 }
                 Ok(None)
@@ -94,34 +86,19 @@ impl Bench {
     }
 
     /// Runs `workload` as `plan` says while sampling the server's RSS.
-    pub async fn measure<W: Workload>(
-        &self,
-        workload: Arc<W>,
-        plan: &LoadPlan,
-    ) -> Result<Measured> {
+    pub async fn measure<W: Workload>(&self, workload: Arc<W>, plan: &LoadPlan) -> Result<Measured> {
         let sampler = self.server.sample_rss();
         let outcome = run_load(self.addr(), workload, plan).await?;
-        Ok(Measured {
-            outcome,
-            rss_peak_mib: sampler.finish(),
-        })
+        Ok(Measured { outcome, rss_peak_mib: sampler.finish() })
     }
 
     /// A time-bounded plan at `concurrency`.
     pub fn timed_plan(&self, label: impl Into<String>, concurrency: usize) -> LoadPlan {
-        LoadPlan {
-            label: label.into(),
-            concurrency,
-            stop: Stop::After(self.settings.run_duration),
-        }
+        LoadPlan { label: label.into(), concurrency, stop: Stop::After(self.settings.run_duration) }
     }
 
     /// The unmeasured warm-up plan at `concurrency`.
     pub fn warmup_plan(&self, label: impl Into<String>, concurrency: usize) -> LoadPlan {
-        LoadPlan {
-            label: label.into(),
-            concurrency,
-            stop: Stop::After(self.settings.warmup),
-        }
+        LoadPlan { label: label.into(), concurrency, stop: Stop::After(self.settings.warmup) }
     }
 }

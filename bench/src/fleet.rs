@@ -45,26 +45,15 @@ impl Fleet {
             return Ok(Probe::Missing("POST /enrollment-tokens".to_string()));
         }
         if response.status != StatusCode::CREATED {
-            bail!(
-                "POST /enrollment-tokens answered {}: {}",
-                response.status,
-                response.excerpt()
-            );
+            bail!("POST /enrollment-tokens answered {}: {}", response.status, response.excerpt());
         }
         let secret = response.json()?["secret"]
             .as_str()
-            .ok_or_else(|| {
-                anyhow!(
-                    "POST /enrollment-tokens: no `secret` in {}",
-                    response.excerpt()
-                )
-            })?
+            .ok_or_else(|| anyhow!("POST /enrollment-tokens: no `secret` in {}", response.excerpt()))?
             .into();
         let mut fleet = Fleet {
             enrollment_secret: secret,
-            tag: Alphanumeric
-                .sample_string(&mut rand::thread_rng(), 6)
-                .to_uppercase(),
+            tag: Alphanumeric.sample_string(&mut rand::thread_rng(), 6).to_uppercase(),
             next_serial: 0,
             devices: Vec::new(),
         };
@@ -74,9 +63,7 @@ impl Fleet {
         if is_missing_route(first.status) {
             return Ok(Probe::Missing("POST /devices/auto-register".to_string()));
         }
-        registration
-            .accept(0, &first)
-            .map_err(|error| anyhow!("POST /devices/auto-register: {error}"))?;
+        registration.accept(0, &first).map_err(|error| anyhow!("POST /devices/auto-register: {error}"))?;
         fleet.absorb(registration, 1);
         Ok(Probe::Available(fleet))
     }
@@ -100,11 +87,8 @@ impl Fleet {
         let mut attempts = 0;
         while (self.devices.len() as u64) < n {
             let missing = n - self.devices.len() as u64;
-            let plan = LoadPlan {
-                label: format!("registering {missing} devices"),
-                concurrency,
-                stop: Stop::Jobs(missing),
-            };
+            let plan =
+                LoadPlan { label: format!("registering {missing} devices"), concurrency, stop: Stop::Jobs(missing) };
             let outcome = self.register(addr, &plan).await?;
             attempts += 1;
             if outcome.completed == 0 || attempts > 5 {
@@ -122,8 +106,8 @@ impl Fleet {
     pub async fn register(&mut self, addr: SocketAddr, plan: &LoadPlan) -> Result<LoadOutcome> {
         let registration = Arc::new(self.registration(self.next_serial));
         let outcome = run_load(addr, Arc::clone(&registration), plan).await?;
-        let registration = Arc::try_unwrap(registration)
-            .map_err(|_| anyhow!("registration workload still shared after the run"))?;
+        let registration =
+            Arc::try_unwrap(registration).map_err(|_| anyhow!("registration workload still shared after the run"))?;
         self.absorb(registration, outcome.issued);
         Ok(outcome)
     }
@@ -139,10 +123,7 @@ impl Fleet {
 
     fn absorb(&mut self, registration: Registration, issued: u64) {
         self.next_serial = registration.first_serial + issued;
-        let registered = registration
-            .registered
-            .into_inner()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let registered = registration.registered.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
         self.devices.extend(registered);
     }
 }
@@ -178,17 +159,10 @@ impl Workload for Registration {
 
     fn accept(&self, _job: u64, response: &Response) -> Result<(), String> {
         if response.status != StatusCode::CREATED {
-            return Err(format!(
-                "expected 201, got {}: {}",
-                response.status,
-                response.excerpt()
-            ));
+            return Err(format!("expected 201, got {}: {}", response.status, response.excerpt()));
         }
         let device = parse_registration(response).map_err(|error| format!("{error:#}"))?;
-        self.registered
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(device);
+        self.registered.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(device);
         Ok(())
     }
 }
@@ -200,11 +174,6 @@ fn parse_registration(response: &Response) -> Result<Device> {
         serde_json::Value::Number(id) => id.to_string(),
         _ => bail!("no device.id in {}", response.excerpt()),
     };
-    let token = body["deviceToken"]
-        .as_str()
-        .with_context(|| format!("no deviceToken in {}", response.excerpt()))?;
-    Ok(Device {
-        id: id.into(),
-        token: token.into(),
-    })
+    let token = body["deviceToken"].as_str().with_context(|| format!("no deviceToken in {}", response.excerpt()))?;
+    Ok(Device { id: id.into(), token: token.into() })
 }

@@ -33,12 +33,7 @@ pub struct Request {
 impl Request {
     /// A request without credential or body.
     pub fn new(method: Method, path: impl Into<String>) -> Request {
-        Request {
-            method,
-            path: path.into(),
-            bearer: None,
-            body: None,
-        }
+        Request { method, path: path.into(), bearer: None, body: None }
     }
 
     /// Adds a bearer token.
@@ -59,10 +54,8 @@ impl Request {
     }
 
     fn to_hyper(&self, host: &HeaderValue) -> Result<hyper::Request<Full<Bytes>>> {
-        let mut builder = hyper::Request::builder()
-            .method(self.method.clone())
-            .uri(self.path.as_str())
-            .header(HOST, host.clone());
+        let mut builder =
+            hyper::Request::builder().method(self.method.clone()).uri(self.path.as_str()).header(HOST, host.clone());
         if let Some(token) = &self.bearer {
             builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -73,9 +66,7 @@ impl Request {
             }
             None => Bytes::new(),
         };
-        builder
-            .body(Full::new(body))
-            .with_context(|| format!("building request {} {}", self.method, self.path))
+        builder.body(Full::new(body)).with_context(|| format!("building request {} {}", self.method, self.path))
     }
 }
 
@@ -91,8 +82,7 @@ pub struct Response {
 impl Response {
     /// The body parsed as JSON.
     pub fn json(&self) -> Result<serde_json::Value> {
-        serde_json::from_slice(&self.body)
-            .with_context(|| format!("response body is not JSON: {}", self.excerpt()))
+        serde_json::from_slice(&self.body).with_context(|| format!("response body is not JSON: {}", self.excerpt()))
     }
 
     /// The start of the body, for error messages.
@@ -117,26 +107,15 @@ impl Connection {
     /// A connection to `addr`; the TCP connection is opened by the first request.
     pub fn new(addr: SocketAddr) -> Result<Connection> {
         let host = HeaderValue::from_str(&addr.to_string()).context("socket address as Host")?;
-        Ok(Connection {
-            addr,
-            host,
-            sender: None,
-        })
+        Ok(Connection { addr, host, sender: None })
     }
 
     /// Sends `request` and reads the whole response.
     pub async fn send(&mut self, request: &Request) -> Result<Response> {
-        if self
-            .sender
-            .as_ref()
-            .map_or(true, |sender| sender.is_closed())
-        {
+        if self.sender.as_ref().map_or(true, |sender| sender.is_closed()) {
             self.sender = Some(open(self.addr).await?);
         }
-        let sender = self
-            .sender
-            .as_mut()
-            .ok_or_else(|| anyhow!("connection to {} not open", self.addr))?;
+        let sender = self.sender.as_mut().ok_or_else(|| anyhow!("connection to {} not open", self.addr))?;
         let hyper_request = request.to_hyper(&self.host)?;
         let result = async {
             sender.ready().await?;
@@ -155,9 +134,7 @@ impl Connection {
 }
 
 async fn open(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
+    let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
     stream.set_nodelay(true).context("setting TCP_NODELAY")?;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

@@ -48,14 +48,13 @@ pub async fn run_until_interrupted(settings: Settings) -> Result<Report> {
 }
 
 async fn interrupted() -> &'static str {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(terminate) => terminate,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return "Ctrl-C";
-            }
-        };
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(terminate) => terminate,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "Ctrl-C";
+        }
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => "Ctrl-C",
         _ = terminate.recv() => "SIGTERM",
@@ -71,7 +70,7 @@ pub async fn run(settings: Settings) -> Result<Report> {
     let commit = machine::commit(&workspace);
 
     let binary = match &settings.herd_bin {
-        Some(path) => path.clone(),
+        Some(path) => std::fs::canonicalize(path).with_context(|| format!("--herd-bin {}", path.display()))?,
         None => {
             let workspace = workspace.clone();
             tokio::task::spawn_blocking(move || server::build_release_herd(&workspace))
@@ -116,10 +115,7 @@ pub async fn run(settings: Settings) -> Result<Report> {
             Err(error) => {
                 eprintln!("phase {phase:?} failed: {error:#}");
                 eprintln!("server log ends:\n{}", bench.server.log_tail());
-                phases.push(PhaseReport::failed(
-                    format!("{phase:?}").to_lowercase(),
-                    &error,
-                ));
+                phases.push(PhaseReport::failed(format!("{phase:?}").to_lowercase(), &error));
             }
         }
     }
@@ -133,11 +129,7 @@ pub async fn run(settings: Settings) -> Result<Report> {
         commit,
         machine,
         herd_version,
-        database: if settings.database_url.is_some() {
-            "postgresql".to_string()
-        } else {
-            "sqlite".to_string()
-        },
+        database: if settings.database_url.is_some() { "postgresql".to_string() } else { "sqlite".to_string() },
         mode: if settings.quick { "quick" } else { "full" }.to_string(),
         settings: ReportSettings {
             devices: settings.n_devices,
@@ -151,10 +143,6 @@ pub async fn run(settings: Settings) -> Result<Report> {
     };
     println!("{}", report.table());
     report.write_json(&settings.out)?;
-    eprintln!(
-        "results written to {} ({:.0} s in all)",
-        settings.out.display(),
-        report.wall_seconds
-    );
+    eprintln!("results written to {} ({:.0} s in all)", settings.out.display(), report.wall_seconds);
     Ok(report)
 }

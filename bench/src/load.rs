@@ -95,11 +95,7 @@ impl LoadOutcome {
 }
 
 /// Runs `workload` against `addr` as `plan` says, printing progress on stderr each second.
-pub async fn run_load<W: Workload>(
-    addr: SocketAddr,
-    workload: Arc<W>,
-    plan: &LoadPlan,
-) -> Result<LoadOutcome> {
+pub async fn run_load<W: Workload>(addr: SocketAddr, workload: Arc<W>, plan: &LoadPlan) -> Result<LoadOutcome> {
     if plan.concurrency == 0 {
         bail!("load with zero workers");
     }
@@ -133,9 +129,7 @@ pub async fn run_load<W: Workload>(
         let tally = joined.context("load worker panicked")??;
         completed += tally.completed;
         outcome_failed += tally.failed;
-        latency_us
-            .add(&tally.latency_us)
-            .context("merging latency histograms")?;
+        latency_us.add(&tally.latency_us).context("merging latency histograms")?;
         if first_error.is_none() {
             first_error = tally.first_error;
         }
@@ -180,18 +174,10 @@ struct Tally {
 impl<W: Workload> Worker<W> {
     async fn run(self) -> Result<Tally> {
         let mut connection = Connection::new(self.addr)?;
-        let mut tally = Tally {
-            completed: 0,
-            failed: 0,
-            latency_us: new_histogram()?,
-            first_error: None,
-        };
+        let mut tally = Tally { completed: 0, failed: 0, latency_us: new_histogram()?, first_error: None };
         let mut consecutive_failures = 0;
         loop {
-            if self
-                .deadline
-                .is_some_and(|deadline| Instant::now() >= deadline)
-            {
+            if self.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 break;
             }
             let job = self.next_job.fetch_add(1, Ordering::Relaxed);

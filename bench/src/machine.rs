@@ -24,13 +24,7 @@ impl MachineInfo {
         let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
         let memory_mib = std::fs::read_to_string("/proc/meminfo")
             .ok()
-            .and_then(|text| {
-                proc_field(&text, "MemTotal:")?
-                    .split_whitespace()
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
+            .and_then(|text| proc_field(&text, "MemTotal:")?.split_whitespace().next()?.parse::<u64>().ok())
             .map_or(0, |kib| kib / 1024);
         let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
@@ -41,19 +35,13 @@ impl MachineInfo {
                     .map(|(_, model)| model.trim().to_string())
             })
             .unwrap_or_else(|| "unknown".to_string());
-        MachineInfo {
-            nproc,
-            memory_mib,
-            cpu_model,
-        }
+        MachineInfo { nproc, memory_mib, cpu_model }
     }
 }
 
 /// The value after `key` on the line that starts with it (`/proc/*/status` and `/proc/meminfo`).
 pub fn proc_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(key))
-        .map(str::trim)
+    text.lines().find_map(|line| line.strip_prefix(key)).map(str::trim)
 }
 
 /// `git rev-parse --short HEAD` in `workspace`, with `-dirty` when tracked files changed.
@@ -69,8 +57,8 @@ pub fn commit(workspace: &Path) -> String {
     };
     match git(&["rev-parse", "--short", "HEAD"]) {
         Some(hash) => {
-            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|status| !status.is_empty());
+            let dirty =
+                git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|status| !status.is_empty());
             if dirty {
                 format!("{hash}-dirty")
             } else {

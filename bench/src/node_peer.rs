@@ -39,13 +39,7 @@ pub fn install(directory: &Path) -> Result<()> {
     }
     eprintln!("installing the Node peer's dependencies: npm install (node-forge)");
     let status = Command::new("npm")
-        .args([
-            "install",
-            "--no-audit",
-            "--no-fund",
-            "--no-package-lock",
-            "--silent",
-        ])
+        .args(["install", "--no-audit", "--no-fund", "--no-package-lock", "--silent"])
         .current_dir(directory)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -67,11 +61,7 @@ pub fn run(directory: &Path, duration: Duration) -> Result<PeerRun> {
         .output()
         .context("running node issue-cert.js")?;
     if !output.status.success() {
-        bail!(
-            "node issue-cert.js failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        bail!("node issue-cert.js failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout.lines().last().unwrap_or_default();

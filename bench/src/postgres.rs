@@ -19,19 +19,12 @@ pub struct FreshDatabase {
 impl FreshDatabase {
     /// Creates the database through `admin_url` (any database the role can connect to).
     pub fn create(admin_url: &str) -> Result<FreshDatabase> {
-        let suffix = Alphanumeric
-            .sample_string(&mut rand::thread_rng(), 12)
-            .to_lowercase();
+        let suffix = Alphanumeric.sample_string(&mut rand::thread_rng(), 12).to_lowercase();
         let name = format!("herd_bench_{suffix}");
         let url = with_database(admin_url, &name)?;
-        psql(admin_url, &format!("CREATE DATABASE {name}"))
-            .with_context(|| format!("creating database {name}"))?;
+        psql(admin_url, &format!("CREATE DATABASE {name}")).with_context(|| format!("creating database {name}"))?;
         eprintln!("created PostgreSQL database {name}");
-        Ok(FreshDatabase {
-            admin_url: admin_url.to_string(),
-            name,
-            url,
-        })
+        Ok(FreshDatabase { admin_url: admin_url.to_string(), name, url })
     }
 
     /// The URL herd connects to.
@@ -72,9 +65,7 @@ fn with_database(url: &str, database: &str) -> Result<String> {
         bail!("--database-url is not a URL: {url}");
     };
     let authority_start = scheme_end + 3;
-    let authority_end = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |slash| authority_start + slash);
+    let authority_end = base[authority_start..].find('/').map_or(base.len(), |slash| authority_start + slash);
     let mut out = format!("{}/{database}", &base[..authority_end]);
     if let Some(query) = query {
         out.push('?');
@@ -97,10 +88,7 @@ mod tests {
             with_database("postgresql://u:p@host/db?sslmode=disable", "b").ok(),
             Some("postgresql://u:p@host/b?sslmode=disable".to_string())
         );
-        assert_eq!(
-            with_database("postgres://host:5432", "b").ok(),
-            Some("postgres://host:5432/b".to_string())
-        );
+        assert_eq!(with_database("postgres://host:5432", "b").ok(), Some("postgres://host:5432/b".to_string()));
         assert!(with_database("not a url", "b").is_err());
     }
 }

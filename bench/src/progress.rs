@@ -35,11 +35,7 @@ impl Progress {
                     }
                     Stop::Jobs(jobs) => format!("of {}, {elapsed:.0} s", format_count(jobs)),
                 };
-                eprintln!(
-                    "  [{label}] {} done ({along}), {}/s",
-                    format_count(now_done),
-                    format_count(rate)
-                );
+                eprintln!("  [{label}] {} done ({along}), {}/s", format_count(now_done), format_count(rate));
             }
         });
         Progress { task }

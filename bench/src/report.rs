@@ -126,16 +126,8 @@ impl Summary {
         sorted.sort_by(f64::total_cmp);
         let n = sorted.len();
         let (first, last) = (sorted.first()?, sorted.last()?);
-        let median = if n % 2 == 1 {
-            sorted[n / 2]
-        } else {
-            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-        };
-        Some(Summary {
-            median,
-            min: *first,
-            max: *last,
-        })
+        let median = if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 };
+        Some(Summary { median, min: *first, max: *last })
     }
 }
 
@@ -262,13 +254,11 @@ impl Report {
     /// Writes the JSON file atomically (temporary file, then rename).
     pub fn write_json(&self, path: &Path) -> Result<()> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
         let json = serde_json::to_string_pretty(self).context("serializing results")?;
         let temporary = path.with_extension("json.tmp");
-        std::fs::write(&temporary, json + "\n")
-            .with_context(|| format!("writing {}", temporary.display()))?;
+        std::fs::write(&temporary, json + "\n").with_context(|| format!("writing {}", temporary.display()))?;
         std::fs::rename(&temporary, path)
             .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
     }
@@ -300,10 +290,7 @@ impl Report {
         let header = ["phase", "figure", "median", "min–max", "aim", "server RSS"];
         let mut rows: Vec<[String; 6]> = Vec::new();
         for phase in &self.phases {
-            let rss = phase
-                .rss_peak_mib
-                .map(|mib| format!("{mib:.0} MiB"))
-                .unwrap_or_else(|| "–".to_string());
+            let rss = phase.rss_peak_mib.map(|mib| format!("{mib:.0} MiB")).unwrap_or_else(|| "–".to_string());
             if !phase.available {
                 rows.push([
                     phase.name.clone(),
@@ -329,16 +316,11 @@ impl Report {
                 continue;
             }
             for (index, figure) in phase.figures.iter().enumerate() {
-                let median = figure
-                    .median
-                    .map(|v| format_value(v, &figure.unit))
-                    .unwrap_or_else(|| "n/a".to_string());
+                let median = figure.median.map(|v| format_value(v, &figure.unit)).unwrap_or_else(|| "n/a".to_string());
                 let range = match (figure.min, figure.max, figure.runs.len()) {
-                    (Some(min), Some(max), n) if n > 1 => format!(
-                        "{}–{}",
-                        format_number(min, &figure.unit),
-                        format_number(max, &figure.unit)
-                    ),
+                    (Some(min), Some(max), n) if n > 1 => {
+                        format!("{}–{}", format_number(min, &figure.unit), format_number(max, &figure.unit))
+                    }
                     _ => String::new(),
                 };
                 let aim = match (&figure.aim, figure.aim_met) {
@@ -348,20 +330,12 @@ impl Report {
                     (None, _) => String::new(),
                 };
                 rows.push([
-                    if index == 0 {
-                        phase.name.clone()
-                    } else {
-                        String::new()
-                    },
+                    if index == 0 { phase.name.clone() } else { String::new() },
                     figure.name.clone(),
                     median,
                     range,
                     aim,
-                    if index == 0 {
-                        rss.clone()
-                    } else {
-                        String::new()
-                    },
+                    if index == 0 { rss.clone() } else { String::new() },
                 ]);
             }
         }
@@ -372,12 +346,7 @@ impl Report {
                     let _ = writeln!(out, "- {}: n/a, needs {reason}", phase.name);
                 }
             } else if phase.failed {
-                let _ = writeln!(
-                    out,
-                    "- {}: FAILED: {}",
-                    phase.name,
-                    phase.reason.as_deref().unwrap_or("")
-                );
+                let _ = writeln!(out, "- {}: FAILED: {}", phase.name, phase.reason.as_deref().unwrap_or(""));
             }
             if phase.request_errors > 0 {
                 let _ = writeln!(
@@ -393,10 +362,7 @@ impl Report {
             }
         }
         if let Some(peak) = self.server_peak_rss_mib {
-            let _ = writeln!(
-                out,
-                "- server peak RSS over the whole run (VmHWM): {peak:.0} MiB"
-            );
+            let _ = writeln!(out, "- server peak RSS over the whole run (VmHWM): {peak:.0} MiB");
         }
         out
     }
@@ -487,9 +453,7 @@ mod tests {
         assert_eq!(latency.median, Some(15.0));
         assert_eq!(latency.aim_met, Some(true));
         assert_eq!(latency.aim.as_deref(), Some("< 20.0 ms"));
-        let rate = Figure::new("rate", "req/s")
-            .aim(Aim::AtLeast(2_000.0))
-            .with_runs([1_500.0]);
+        let rate = Figure::new("rate", "req/s").aim(Aim::AtLeast(2_000.0)).with_runs([1_500.0]);
         assert_eq!(rate.aim_met, Some(false));
     }
 
@@ -508,38 +472,21 @@ mod tests {
             schema: 1,
             date: "2025-01-01T00:00:00Z".into(),
             commit: "abc1234".into(),
-            machine: MachineInfo {
-                nproc: 2,
-                memory_mib: 1024,
-                cpu_model: "test cpu".into(),
-            },
+            machine: MachineInfo { nproc: 2, memory_mib: 1024, cpu_model: "test cpu".into() },
             herd_version: "herd 0.1.0".into(),
             database: "sqlite".into(),
             mode: "quick".into(),
-            settings: ReportSettings {
-                devices: 10,
-                concurrency: 2,
-                run_seconds: 1.0,
-                runs: 1,
-            },
-            phases: vec![
-                PhaseReport::not_in_build("sweep", "POST /admin/presence/sweep"),
-                {
-                    let mut phase = PhaseReport::new("heartbeat");
-                    phase
-                        .figures
-                        .push(Figure::new("rate", "req/s").with_runs([100.0, 200.0]));
-                    phase
-                },
-            ],
+            settings: ReportSettings { devices: 10, concurrency: 2, run_seconds: 1.0, runs: 1 },
+            phases: vec![PhaseReport::not_in_build("sweep", "POST /admin/presence/sweep"), {
+                let mut phase = PhaseReport::new("heartbeat");
+                phase.figures.push(Figure::new("rate", "req/s").with_runs([100.0, 200.0]));
+                phase
+            }],
             server_peak_rss_mib: Some(42.0),
             wall_seconds: 1.0,
         };
         let table = report.table();
-        assert!(
-            table.contains("| sweep     | n/a (not in this build)"),
-            "{table}"
-        );
+        assert!(table.contains("| sweep     | n/a (not in this build)"), "{table}");
         assert!(table.contains("150 req/s"), "{table}");
         let json = serde_json::to_value(&report).expect("serializes");
         assert_eq!(json["phases"][0]["available"], false);

@@ -27,29 +27,18 @@ pub fn build_release_herd(workspace: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("building herd: cargo build --release --bin herd");
     let output = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--bin",
-            "herd",
-            "--message-format=json-render-diagnostics",
-        ])
+        .args(["build", "--release", "--bin", "herd", "--message-format=json-render-diagnostics"])
         .current_dir(workspace)
         .stderr(Stdio::inherit())
         .output()
         .context("running cargo build --release --bin herd")?;
     if !output.status.success() {
-        bail!(
-            "cargo build --release --bin herd failed ({})",
-            output.status
-        );
+        bail!("cargo build --release --bin herd failed ({})", output.status);
     }
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|message| {
-            message["reason"] == "compiler-artifact" && message["target"]["name"] == "herd"
-        })
+        .filter(|message| message["reason"] == "compiler-artifact" && message["target"]["name"] == "herd")
         .find_map(|message| message["executable"].as_str().map(PathBuf::from))
         .ok_or_else(|| anyhow!("cargo built no `herd` executable"))
 }
@@ -87,6 +76,8 @@ pub struct HerdServer {
     log_path: PathBuf,
     bootstrap_token: Arc<str>,
     keep_data: bool,
+    /// Set once the process is gone and the data directory handled, so drop after `stop` is a no-op.
+    stopped: bool,
 }
 
 impl HerdServer {
@@ -97,15 +88,10 @@ impl HerdServer {
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
         let log_path = data_dir.join("server.log");
-        let log = File::create(&log_path)
-            .with_context(|| format!("creating server log {}", log_path.display()))?;
-        let log_for_stderr = log
-            .try_clone()
-            .context("duplicating the server log handle")?;
+        let log = File::create(&log_path).with_context(|| format!("creating server log {}", log_path.display()))?;
+        let log_for_stderr = log.try_clone().context("duplicating the server log handle")?;
         let addr = free_loopback_port()?;
-        let bootstrap_token: Arc<str> = Alphanumeric
-            .sample_string(&mut rand::thread_rng(), 48)
-            .into();
+        let bootstrap_token: Arc<str> = Alphanumeric.sample_string(&mut rand::thread_rng(), 48).into();
 
         let mut command = Command::new(&options.binary);
         command
@@ -116,11 +102,13 @@ impl HerdServer {
             .env("HERD_BENCH_ECHO", "true")
             .env("HERD_LOG_FORMAT", "json")
             .env("RUST_LOG", "warn")
-            .env(
-                "HERD_PRESENCE_THRESHOLD",
-                format!("{}s", options.presence_threshold.as_secs().max(1)),
-            )
+            .env("HERD_PRESENCE_THRESHOLD", format!("{}s", options.presence_threshold.as_secs().max(1)))
             .env("HERD_PRESENCE_SWEEP_INTERVAL", "24h")
+            // A sweep of a million devices is one long request; measure it instead of cutting
+            // it off at the default 30 s.
+            .env("HERD_REQUEST_TIMEOUT", "300s")
+            // herd reads ./herd.toml when present; run it where there is none.
+            .current_dir(&data_dir)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_for_stderr);
@@ -128,17 +116,8 @@ impl HerdServer {
             Some(url) => command.env("HERD_DATABASE_URL", url),
             None => command.env_remove("HERD_DATABASE_URL"),
         };
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {} serve", options.binary.display()))?;
-        let mut server = HerdServer {
-            child,
-            addr,
-            data_dir,
-            log_path,
-            bootstrap_token,
-            keep_data,
-        };
+        let child = command.spawn().with_context(|| format!("starting {} serve", options.binary.display()))?;
+        let mut server = HerdServer { child, addr, data_dir, log_path, bootstrap_token, keep_data, stopped: false };
         server.wait_ready(Duration::from_secs(60)).await?;
         Ok(server)
     }
@@ -188,10 +167,7 @@ impl HerdServer {
         let probe = Request::new(Method::GET, "/readyz");
         loop {
             if let Some(status) = self.child.try_wait().context("checking on herd")? {
-                bail!(
-                    "herd exited during startup ({status}); its log ends:\n{}",
-                    self.log_tail()
-                );
+                bail!("herd exited during startup ({status}); its log ends:\n{}", self.log_tail());
             }
             if let Ok(response) = send_once(self.addr, &probe).await {
                 if response.status == StatusCode::OK {
@@ -215,6 +191,10 @@ impl HerdServer {
     }
 
     fn terminate(&mut self) -> Result<()> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
         if self.child.try_wait().ok().flatten().is_none() {
             if let Ok(pid) = i32::try_from(self.child.id()) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
@@ -236,16 +216,10 @@ impl HerdServer {
             }
         }
         if self.keep_data {
-            eprintln!(
-                "kept the server's data directory: {}",
-                self.data_dir.display()
-            );
+            eprintln!("kept the server's data directory: {}", self.data_dir.display());
             Ok(())
         } else {
-            // Marked as kept so a second call (the drop after `stop`) does nothing.
-            self.keep_data = true;
-            std::fs::remove_dir_all(&self.data_dir)
-                .with_context(|| format!("removing {}", self.data_dir.display()))
+            std::fs::remove_dir_all(&self.data_dir).with_context(|| format!("removing {}", self.data_dir.display()))
         }
     }
 }
@@ -267,11 +241,7 @@ fn free_loopback_port() -> Result<SocketAddr> {
 
 fn read_status_kib(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    proc_field(&status, key)?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    proc_field(&status, key)?.split_whitespace().next()?.parse().ok()
 }
 
 fn kib_to_mib(kib: u64) -> f64 {

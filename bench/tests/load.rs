@@ -44,8 +44,7 @@ async fn serve(mut stream: TcpStream) {
             .lines()
             .find_map(|line| {
                 let (name, value) = line.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse().ok())?
+                name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
             })
             .unwrap_or(0);
         while buffer.len() < header_end + 4 + length {
@@ -62,22 +61,16 @@ async fn serve(mut stream: TcpStream) {
         } else {
             ("404 Not Found", b"{\"title\":\"Not Found\"}".to_vec())
         };
-        let response = format!(
-            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            body.len()
-        );
-        if stream.write_all(response.as_bytes()).await.is_err()
-            || stream.write_all(&body).await.is_err()
-        {
+        let response =
+            format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+        if stream.write_all(response.as_bytes()).await.is_err() || stream.write_all(&body).await.is_err() {
             return;
         }
     }
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
+    haystack.windows(needle.len()).position(|window| window == needle)
 }
 
 struct Echo {
@@ -105,14 +98,8 @@ impl Workload for Echo {
 #[tokio::test]
 async fn a_job_bounded_run_does_every_job_on_one_connection_per_worker() {
     let (addr, connections) = spawn_echo_server().await;
-    let plan = LoadPlan {
-        label: "test".into(),
-        concurrency: 4,
-        stop: Stop::Jobs(500),
-    };
-    let outcome = run_load(addr, Arc::new(Echo { path: "/echo" }), &plan)
-        .await
-        .expect("load runs");
+    let plan = LoadPlan { label: "test".into(), concurrency: 4, stop: Stop::Jobs(500) };
+    let outcome = run_load(addr, Arc::new(Echo { path: "/echo" }), &plan).await.expect("load runs");
     assert_eq!(outcome.completed, 500, "{:?}", outcome.first_error);
     assert_eq!(outcome.failed, 0);
     assert_eq!(outcome.issued, 500);
@@ -124,14 +111,8 @@ async fn a_job_bounded_run_does_every_job_on_one_connection_per_worker() {
 #[tokio::test]
 async fn a_timed_run_stops_at_its_deadline() {
     let (addr, _) = spawn_echo_server().await;
-    let plan = LoadPlan {
-        label: "test".into(),
-        concurrency: 2,
-        stop: Stop::After(Duration::from_millis(300)),
-    };
-    let outcome = run_load(addr, Arc::new(Echo { path: "/echo" }), &plan)
-        .await
-        .expect("load runs");
+    let plan = LoadPlan { label: "test".into(), concurrency: 2, stop: Stop::After(Duration::from_millis(300)) };
+    let outcome = run_load(addr, Arc::new(Echo { path: "/echo" }), &plan).await.expect("load runs");
     assert!(outcome.completed > 10);
     assert!(outcome.elapsed < Duration::from_secs(2));
     assert!(outcome.per_second() > 0.0);
@@ -140,25 +121,14 @@ async fn a_timed_run_stops_at_its_deadline() {
 #[tokio::test]
 async fn rejected_responses_are_failures_not_measurements() {
     let (addr, _) = spawn_echo_server().await;
-    let plan = LoadPlan {
-        label: "test".into(),
-        concurrency: 2,
-        stop: Stop::Jobs(20),
-    };
-    let outcome = run_load(addr, Arc::new(Echo { path: "/missing" }), &plan)
-        .await
-        .expect("load runs");
+    let plan = LoadPlan { label: "test".into(), concurrency: 2, stop: Stop::Jobs(20) };
+    let outcome = run_load(addr, Arc::new(Echo { path: "/missing" }), &plan).await.expect("load runs");
     assert_eq!(outcome.completed, 0);
     assert_eq!(outcome.failed, 20);
     assert_eq!(outcome.latency_us.len(), 0);
-    assert!(outcome
-        .first_error
-        .as_deref()
-        .is_some_and(|error| error.starts_with("404")));
+    assert!(outcome.first_error.as_deref().is_some_and(|error| error.starts_with("404")));
 
-    let probe = send_once(addr, &Request::new(Method::GET, "/missing"))
-        .await
-        .expect("request");
+    let probe = send_once(addr, &Request::new(Method::GET, "/missing")).await.expect("request");
     assert!(herd_bench::probe::is_missing_route(probe.status));
     assert_eq!(probe.status, StatusCode::NOT_FOUND);
 }

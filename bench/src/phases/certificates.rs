@@ -37,17 +37,13 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
         (Some(route), _) => Some(route),
         (None, None) => Some("a registered device".to_string()),
         (None, Some(device_id)) => {
-            let request = Request::new(Method::POST, format!("/devices/{device_id}/certificates"))
-                .bearer(bench.admin_token());
+            let request =
+                Request::new(Method::POST, format!("/devices/{device_id}/certificates")).bearer(bench.admin_token());
             let response = send_once(bench.addr(), &request).await?;
             if is_missing_route(response.status) {
                 Some("POST /devices/{id}/certificates".to_string())
             } else if response.status != StatusCode::CREATED {
-                bail!(
-                    "POST /devices/{{id}}/certificates answered {}: {}",
-                    response.status,
-                    response.excerpt()
-                );
+                bail!("POST /devices/{{id}}/certificates answered {}: {}", response.status, response.excerpt());
             } else {
                 None
             }
@@ -73,11 +69,7 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
     };
 
     let csrs = if herd_missing.is_none() {
-        Some(
-            tokio::task::spawn_blocking(make_csrs)
-                .await
-                .context("CSR task")??,
-        )
+        Some(tokio::task::spawn_blocking(make_csrs).await.context("CSR task")??)
     } else {
         None
     };
@@ -95,24 +87,17 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
     let concurrency = bench.settings.concurrency;
 
     let mut keygen_c1 = Figure::new("server-generated RSA-2048 key, c=1 (one core)", "certs/s");
-    let mut keygen_c1_p50 =
-        Figure::new("server-generated key p50 (c=1)", "ms").aim(Aim::Below(5.0));
+    let mut keygen_c1_p50 = Figure::new("server-generated key p50 (c=1)", "ms").aim(Aim::Below(5.0));
     let mut keygen_c2 = Figure::new("server-generated RSA-2048 key, c=2", "certs/s");
     let mut csr_c1 = Figure::new("CSR signing, c=1 (one core)", "certs/s");
     let mut csr_c1_p50 = Figure::new("CSR signing p50 (c=1)", "ms");
-    let mut csr_cn =
-        Figure::new(format!("CSR signing, c={concurrency}"), "certs/s").aim(Aim::AtLeast(3_000.0));
+    let mut csr_cn = Figure::new(format!("CSR signing, c={concurrency}"), "certs/s").aim(Aim::AtLeast(3_000.0));
     let mut ratio = Figure::new("herd / seed stack, per core", "x").aim(Aim::AtLeast(2.0));
     let mut peer_rate = Figure::new("Node crypto + node-forge, one core", "certs/s");
     let mut peer_p50 = Figure::new("Node crypto + node-forge p50", "ms");
 
     if herd_missing.is_none() {
-        bench
-            .measure(
-                Arc::clone(&generated),
-                &bench.warmup_plan("certificate warm-up", 1),
-            )
-            .await?;
+        bench.measure(Arc::clone(&generated), &bench.warmup_plan("certificate warm-up", 1)).await?;
     }
     let runs = bench.settings.runs;
     for run in 1..=runs {
@@ -157,22 +142,14 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
             csr_c1.push(measured.outcome.per_second());
             csr_c1_p50.push(measured.outcome.latency_ms(0.5));
 
-            let plan =
-                bench.timed_plan(format!("CSR c={concurrency} run {run}/{runs}"), concurrency);
+            let plan = bench.timed_plan(format!("CSR c={concurrency} run {run}/{runs}"), concurrency);
             let measured = bench.measure(Arc::clone(&signed), &plan).await?;
             observe(&mut herd_phase, &measured);
             csr_cn.push(measured.outcome.per_second());
         }
     }
     if herd_missing.is_none() {
-        herd_phase.figures = vec![
-            keygen_c1,
-            keygen_c1_p50,
-            keygen_c2,
-            csr_c1,
-            csr_c1_p50,
-            csr_cn,
-        ];
+        herd_phase.figures = vec![keygen_c1, keygen_c1_p50, keygen_c2, csr_c1, csr_c1_p50, csr_cn];
         if peer_ready.is_ok() {
             herd_phase.figures.push(ratio);
         }
@@ -201,8 +178,8 @@ impl Workload for IssueCertificate {
     fn request(&self, job: u64) -> Request {
         let index = self.next_device.fetch_add(1, Ordering::Relaxed);
         let device = pick(&self.device_ids, index).map_or("missing", |id| id.as_ref());
-        let request = Request::new(Method::POST, format!("/devices/{device}/certificates"))
-            .bearer(Arc::clone(&self.admin_token));
+        let request =
+            Request::new(Method::POST, format!("/devices/{device}/certificates")).bearer(Arc::clone(&self.admin_token));
         match self.csrs.as_deref().and_then(|csrs| pick(csrs, job)) {
             Some(body) => request.json_bytes(body.clone()),
             None => request,
@@ -213,11 +190,7 @@ impl Workload for IssueCertificate {
         if response.status == StatusCode::CREATED {
             Ok(())
         } else {
-            Err(format!(
-                "expected 201, got {}: {}",
-                response.status,
-                response.excerpt()
-            ))
+            Err(format!("expected 201, got {}: {}", response.status, response.excerpt()))
         }
     }
 }
@@ -238,14 +211,9 @@ fn make_csrs() -> Result<Arc<[Bytes]>> {
 
 fn openssl_csr(key_path: &Path, index: usize) -> Result<String> {
     let output = Command::new("openssl")
-        .args([
-            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-sha256", "-keyout",
-        ])
+        .args(["req", "-new", "-newkey", "rsa:2048", "-nodes", "-sha256", "-keyout"])
         .arg(key_path)
-        .args([
-            "-subj",
-            &format!("/CN=herd-bench-{index}/O=BTManagement/C=IL"),
-        ])
+        .args(["-subj", &format!("/CN=herd-bench-{index}/O=BTManagement/C=IL")])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()

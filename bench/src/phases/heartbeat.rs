@@ -34,37 +34,22 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
     // for byte; the echo route ignores it.
     let echo_tokens: Arc<[Arc<str>]> = match &heartbeat_tokens {
         Some(tokens) if !tokens.is_empty() => Arc::clone(tokens),
-        _ => Arc::from(vec![Arc::<str>::from(
-            "herd_dt_".to_string() + &"x".repeat(40),
-        )]),
+        _ => Arc::from(vec![Arc::<str>::from("herd_dt_".to_string() + &"x".repeat(40))]),
     };
-    let echo = Arc::new(DeviceRequests {
-        path: "/bench/echo",
-        tokens: echo_tokens,
-        body: body.clone(),
-    });
+    let echo = Arc::new(DeviceRequests { path: "/bench/echo", tokens: echo_tokens, body: body.clone() });
     let echo_available = probe_echo(bench, &body).await?;
 
     let heartbeat = match (&missing_fleet, heartbeat_tokens) {
         (None, Some(tokens)) if !tokens.is_empty() => {
-            let probe = Request::new(Method::POST, "/devices/connect")
-                .bearer(Arc::clone(&tokens[0]))
-                .json_bytes(body.clone());
+            let probe =
+                Request::new(Method::POST, "/devices/connect").bearer(Arc::clone(&tokens[0])).json_bytes(body.clone());
             let response = send_once(addr, &probe).await?;
             if is_missing_route(response.status) {
                 None
             } else if response.status != StatusCode::OK {
-                bail!(
-                    "POST /devices/connect answered {}: {}",
-                    response.status,
-                    response.excerpt()
-                );
+                bail!("POST /devices/connect answered {}: {}", response.status, response.excerpt());
             } else {
-                Some(Arc::new(DeviceRequests {
-                    path: "/devices/connect",
-                    tokens,
-                    body,
-                }))
+                Some(Arc::new(DeviceRequests { path: "/devices/connect", tokens, body }))
             }
         }
         _ => None,
@@ -73,50 +58,29 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
     let mut ceiling_phase = if echo_available {
         PhaseReport::new("ceiling")
     } else {
-        PhaseReport::not_in_build(
-            "ceiling",
-            "POST /bench/echo (enabled by HERD_BENCH_ECHO=true)",
-        )
+        PhaseReport::not_in_build("ceiling", "POST /bench/echo (enabled by HERD_BENCH_ECHO=true)")
     };
     let mut heartbeat_phase = if heartbeat.is_some() {
         PhaseReport::new("heartbeat")
     } else {
-        PhaseReport::not_in_build(
-            "heartbeat",
-            missing_fleet.unwrap_or_else(|| "POST /devices/connect".to_string()),
-        )
+        PhaseReport::not_in_build("heartbeat", missing_fleet.unwrap_or_else(|| "POST /devices/connect".to_string()))
     };
 
     let label = |what: &str| format!("{what} (c={concurrency})");
     let mut echo_rate = Figure::new(label("echo throughput"), "req/s");
     let mut echo_p50 = Figure::new("echo p50", "ms");
     let mut echo_p99 = Figure::new("echo p99", "ms");
-    let mut beat_rate = Figure::new(
-        format!(
-            "connect throughput (c={concurrency}, {} devices)",
-            format_count(n_devices)
-        ),
-        "req/s",
-    );
+    let mut beat_rate =
+        Figure::new(format!("connect throughput (c={concurrency}, {} devices)", format_count(n_devices)), "req/s");
     let mut beat_p50 = Figure::new("connect p50", "ms");
     let mut beat_p99 = Figure::new("connect p99", "ms").aim(Aim::Below(20.0));
     let mut ratio = Figure::new("heartbeat / ceiling", "x").aim(Aim::AtLeast(0.5));
 
     if echo_available {
-        bench
-            .measure(
-                Arc::clone(&echo),
-                &bench.warmup_plan("echo warm-up", concurrency),
-            )
-            .await?;
+        bench.measure(Arc::clone(&echo), &bench.warmup_plan("echo warm-up", concurrency)).await?;
     }
     if let Some(heartbeat) = &heartbeat {
-        bench
-            .measure(
-                Arc::clone(heartbeat),
-                &bench.warmup_plan("heartbeat warm-up", concurrency),
-            )
-            .await?;
+        bench.measure(Arc::clone(heartbeat), &bench.warmup_plan("heartbeat warm-up", concurrency)).await?;
     }
     let runs = bench.settings.runs;
     for run in 1..=runs {
@@ -169,11 +133,7 @@ async fn probe_echo(bench: &Bench, body: &Bytes) -> Result<bool> {
     }
     let sent: serde_json::Value = serde_json::from_slice(body)?;
     if response.status != StatusCode::OK || response.json().ok() != Some(sent) {
-        bail!(
-            "POST /bench/echo should answer 200 with the same JSON, got {}: {}",
-            response.status,
-            response.excerpt()
-        );
+        bail!("POST /bench/echo should answer 200 with the same JSON, got {}: {}", response.status, response.excerpt());
     }
     Ok(true)
 }

@@ -27,10 +27,7 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
     if let Some(route) = bench.ensure_fleet(n_devices).await? {
         return Ok(vec![PhaseReport::not_in_build("metrics", route)]);
     }
-    let tokens = bench
-        .fleet()
-        .map(|fleet| fleet.tokens(n_devices))
-        .unwrap_or_else(|| Arc::from(Vec::new()));
+    let tokens = bench.fleet().map(|fleet| fleet.tokens(n_devices)).unwrap_or_else(|| Arc::from(Vec::new()));
     if !available(bench, &tokens).await? {
         return Ok(vec![PhaseReport::not_in_build("metrics", ROUTE)]);
     }
@@ -45,21 +42,12 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
     let batched = Arc::new(MetricsBatches::new(tokens, batch, 0));
 
     let mut phase = PhaseReport::new("metrics");
-    let mut single_rate = Figure::new(
-        format!("one sample per request (c={concurrency})"),
-        "samples/s",
-    );
+    let mut single_rate = Figure::new(format!("one sample per request (c={concurrency})"), "samples/s");
     let mut batched_rate =
-        Figure::new(format!("batches of {batch} (c={concurrency})"), "samples/s")
-            .aim(Aim::AtLeast(50_000.0));
+        Figure::new(format!("batches of {batch} (c={concurrency})"), "samples/s").aim(Aim::AtLeast(50_000.0));
     let mut batched_p99 = Figure::new(format!("batch of {batch} p99"), "ms");
 
-    bench
-        .measure(
-            Arc::clone(&single),
-            &bench.warmup_plan("metrics warm-up", concurrency),
-        )
-        .await?;
+    bench.measure(Arc::clone(&single), &bench.warmup_plan("metrics warm-up", concurrency)).await?;
     for run in 1..=runs {
         let plan = bench.timed_plan(format!("single samples run {run}/{runs}"), concurrency);
         let measured = bench.measure(Arc::clone(&single), &plan).await?;
@@ -138,20 +126,15 @@ pub struct MetricsBatches {
 impl MetricsBatches {
     /// Batches of `batch` samples across `tokens`, timestamps starting `offset_ms` back.
     pub fn new(tokens: Arc<[Arc<str>]>, batch: usize, offset_ms: u64) -> MetricsBatches {
-        MetricsBatches {
-            tokens,
-            batch,
-            offset_ms,
-            started: Utc::now(),
-        }
+        MetricsBatches { tokens, batch, offset_ms, started: Utc::now() }
     }
 
     fn body(&self, job: u64) -> Bytes {
         let samples: Vec<serde_json::Value> = (0..self.batch as u64)
             .map(|k| {
                 let sequence = self.offset_ms + job * self.batch as u64 + k;
-                let recorded_at = self.started
-                    - chrono::Duration::milliseconds(i64::try_from(sequence).unwrap_or(i64::MAX));
+                let recorded_at =
+                    self.started - chrono::Duration::milliseconds(i64::try_from(sequence).unwrap_or(i64::MAX));
                 json!({
                     "cpu": (sequence * 37 % 1000) as f64 / 10.0,
                     "ram": (sequence * 11 % 100) as f64,

@@ -49,10 +49,7 @@ pub fn pick<T>(items: &[T], job: u64) -> Option<&T> {
 /// Folds a measured run's RSS and failures into `phase`.
 pub fn observe(phase: &mut PhaseReport, measured: &Measured) {
     phase.observe_rss(measured.rss_peak_mib);
-    phase.observe_errors(
-        measured.outcome.failed,
-        measured.outcome.first_error.as_ref(),
-    );
+    phase.observe_errors(measured.outcome.failed, measured.outcome.first_error.as_ref());
 }
 
 #[cfg(test)]

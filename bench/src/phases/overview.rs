@@ -31,20 +31,14 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
         return Ok(vec![PhaseReport::not_in_build("overview", route)]);
     }
     let mut phase = PhaseReport::new("overview");
-    let tokens = bench
-        .fleet()
-        .map(|fleet| fleet.tokens(n_devices))
-        .unwrap_or_else(|| Arc::from(Vec::new()));
+    let tokens = bench.fleet().map(|fleet| fleet.tokens(n_devices)).unwrap_or_else(|| Arc::from(Vec::new()));
     let target_samples = bench.settings.overview_samples;
     if bench.samples_stored < target_samples {
         if metrics::available(bench, &tokens).await? {
             let missing = target_samples - bench.samples_stored;
             metrics::store_samples(bench, tokens, missing).await?;
         } else {
-            phase.notes.push(format!(
-                "no metric samples stored: {} is not in this build",
-                metrics::ROUTE
-            ));
+            phase.notes.push(format!("no metric samples stored: {} is not in this build", metrics::ROUTE));
         }
     }
     let fleet_size = bench.fleet().map_or(0, |fleet| fleet.devices().len());
@@ -54,28 +48,18 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
         format_count(bench.samples_stored)
     ));
 
-    let workload = Arc::new(Overview {
-        admin_token: bench.admin_token(),
-    });
+    let workload = Arc::new(Overview { admin_token: bench.admin_token() });
     let mut p50 = Figure::new("overview p50 (c=1)", "ms").aim(Aim::Below(20.0));
     let mut p99 = Figure::new("overview p99 (c=1)", "ms").aim(Aim::Below(20.0));
     let mut rate = Figure::new("overview throughput (c=1)", "req/s");
-    let rss_name = format!(
-        "server RSS with {} devices",
-        format_count(fleet_size as u64)
-    );
+    let rss_name = format!("server RSS with {} devices", format_count(fleet_size as u64));
     let mut rss = if fleet_size >= 100_000 {
         Figure::new(rss_name, "MiB").aim(Aim::Below(150.0))
     } else {
         Figure::new(rss_name, "MiB")
     };
 
-    bench
-        .measure(
-            Arc::clone(&workload),
-            &bench.warmup_plan("overview warm-up", 1),
-        )
-        .await?;
+    bench.measure(Arc::clone(&workload), &bench.warmup_plan("overview warm-up", 1)).await?;
     let runs = bench.settings.runs;
     for run in 1..=runs {
         let plan = bench.timed_plan(format!("overview run {run}/{runs}"), 1);

@@ -45,16 +45,10 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
         if let Some(route) = bench.ensure_fleet(size).await? {
             return Ok(vec![PhaseReport::not_in_build("sweep", route)]);
         }
-        let tokens = bench
-            .fleet()
-            .map(|fleet| fleet.tokens(size))
-            .unwrap_or_else(|| Arc::from(Vec::new()));
+        let tokens = bench.fleet().map(|fleet| fleet.tokens(size)).unwrap_or_else(|| Arc::from(Vec::new()));
         let name = format!("mark {} stale devices offline", format_count(size));
-        let mut seconds = if size >= 1_000_000 {
-            Figure::new(name, "s").aim(Aim::Below(10.0))
-        } else {
-            Figure::new(name, "s")
-        };
+        let mut seconds =
+            if size >= 1_000_000 { Figure::new(name, "s").aim(Aim::Below(10.0)) } else { Figure::new(name, "s") };
         for run in 1..=runs {
             wait_out_threshold().await;
             let cleared = sweep(bench).await?;
@@ -66,10 +60,7 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
                 body: Bytes::from_static(b"{}"),
             });
             let plan = LoadPlan {
-                label: format!(
-                    "bringing {} devices online (run {run}/{runs})",
-                    format_count(size)
-                ),
+                label: format!("bringing {} devices online (run {run}/{runs})", format_count(size)),
                 concurrency: bench.settings.concurrency,
                 stop: Stop::Jobs(size),
             };
@@ -100,9 +91,7 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
 }
 
 async fn sweep(bench: &Bench) -> Result<Response> {
-    let request = Request::new(Method::POST, "/admin/presence/sweep")
-        .bearer(bench.admin_token())
-        .json(&json!({}));
+    let request = Request::new(Method::POST, "/admin/presence/sweep").bearer(bench.admin_token()).json(&json!({}));
     send_once(bench.addr(), &request).await
 }
 
@@ -113,7 +102,5 @@ async fn wait_out_threshold() {
 /// The count in the sweep's answer, under whichever of the plausible names the server uses.
 fn marked_offline(response: &Response) -> Option<u64> {
     let body = response.json().ok()?;
-    ["markedOffline", "marked", "count", "devices", "swept"]
-        .iter()
-        .find_map(|key| body.get(key)?.as_u64())
+    ["markedOffline", "marked", "count", "devices", "swept"].iter().find_map(|key| body.get(key)?.as_u64())
 }
