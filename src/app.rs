@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::clock::{to_millis, Clock, SystemClock};
 use crate::config::Settings;
+use crate::presence::HeartbeatBuffer;
 use crate::shutdown::CancellationToken;
 use crate::store::Db;
 use crate::telemetry_metrics::HttpMetrics;
@@ -25,6 +26,10 @@ pub struct AppState {
     /// The only source of "now" (tests substitute a manual clock).
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<HttpMetrics>,
+    /// `lastSeen` advances waiting to be written (see `presence` for the durability contract).
+    pub heartbeats: Arc<HeartbeatBuffer>,
+    /// Cancelled at shutdown; long-lived responses (event streams) end with it.
+    pub shutdown: CancellationToken,
 }
 
 /// A built, not yet running, server.
@@ -56,8 +61,16 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let local_addr = listener.local_addr()?;
-        let state = AppState { db, settings: Arc::new(settings), clock, metrics: Arc::new(HttpMetrics::default()) };
-        Ok(App { listener, local_addr, state, shutdown: CancellationToken::new(), bootstrap })
+        let shutdown = CancellationToken::new();
+        let state = AppState {
+            db,
+            settings: Arc::new(settings),
+            clock,
+            metrics: Arc::new(HttpMetrics::default()),
+            heartbeats: Arc::new(HeartbeatBuffer::default()),
+            shutdown: shutdown.clone(),
+        };
+        Ok(App { listener, local_addr, state, shutdown, bootstrap })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -91,6 +104,10 @@ impl App {
         shutdown.cancel();
         for job in jobs {
             let _ = job.await;
+        }
+        // The last heartbeats of this process are written before the pool closes.
+        if let Err(error) = state.heartbeats.flush(&state.db).await {
+            tracing::error!(%error, "cannot write buffered heartbeats at shutdown");
         }
         state.db.close().await;
         served?;

@@ -82,6 +82,15 @@ pub struct ConfigArgs {
     /// How long a login session lasts (e.g. `12h`).
     #[arg(long, env = "HERD_SESSION_TTL", global = true)]
     pub session_ttl: Option<String>,
+    /// How often buffered heartbeats (`lastSeen` of online devices) are written (e.g. `1s`).
+    #[arg(long, env = "HERD_HEARTBEAT_FLUSH_INTERVAL", global = true)]
+    pub heartbeat_flush_interval: Option<String>,
+    /// How long events are kept for `GET /events` and resumption (e.g. `7d`).
+    #[arg(long, env = "HERD_EVENT_RETENTION", global = true)]
+    pub event_retention: Option<String>,
+    /// Allow webhook URLs on loopback and private networks (`true`/`false`).
+    #[arg(long, env = "HERD_WEBHOOK_ALLOW_PRIVATE", global = true)]
+    pub webhook_allow_private: Option<String>,
     /// Serve `POST /bench/echo`, the benchmark harness's HTTP ceiling (`true`/`false`).
     #[arg(long, env = "HERD_BENCH_ECHO", global = true)]
     pub bench_echo: Option<String>,
@@ -127,6 +136,9 @@ pub struct Settings {
     pub body_limit: usize,
     pub session_ttl: Duration,
     pub bench_echo: bool,
+    pub heartbeat_flush_interval: Duration,
+    pub event_retention: Duration,
+    pub webhook_allow_private: bool,
 }
 
 /// A setting that could not be understood; the message names it.
@@ -169,6 +181,9 @@ impl Settings {
             body_limit: 1024 * 1024,
             session_ttl: Duration::from_secs(12 * 3600),
             bench_echo: false,
+            heartbeat_flush_interval: Duration::from_secs(1),
+            event_retention: Duration::from_secs(7 * 86_400),
+            webhook_allow_private: false,
         }
     }
 
@@ -264,11 +279,16 @@ impl Settings {
             settings.session_ttl = parse_duration("session_ttl", &v)?;
         }
         if let Some(v) = pick("bench_echo", &args.bench_echo) {
-            settings.bench_echo = match v.as_str() {
-                "true" | "1" | "yes" => true,
-                "false" | "0" | "no" => false,
-                _ => return Err(invalid("bench_echo", &v, "must be true or false")),
-            };
+            settings.bench_echo = parse_bool("bench_echo", &v)?;
+        }
+        if let Some(v) = pick("heartbeat_flush_interval", &args.heartbeat_flush_interval) {
+            settings.heartbeat_flush_interval = parse_duration("heartbeat_flush_interval", &v)?;
+        }
+        if let Some(v) = pick("event_retention", &args.event_retention) {
+            settings.event_retention = parse_duration("event_retention", &v)?;
+        }
+        if let Some(v) = pick("webhook_allow_private", &args.webhook_allow_private) {
+            settings.webhook_allow_private = parse_bool("webhook_allow_private", &v)?;
         }
         if settings.cert_auto_renewal_days >= settings.cert_validity_days {
             return Err(invalid(
@@ -309,6 +329,9 @@ const KNOWN_KEYS: &[&str] = &[
     "body_limit",
     "session_ttl",
     "bench_echo",
+    "heartbeat_flush_interval",
+    "event_retention",
+    "webhook_allow_private",
 ];
 
 fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
@@ -347,6 +370,14 @@ fn parse_duration(name: &'static str, value: &str) -> Result<Duration, ConfigErr
         return Err(invalid(name, value, "must be longer than zero"));
     }
     Ok(parsed)
+}
+
+fn parse_bool(name: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(invalid(name, value, "must be true or false")),
+    }
 }
 
 fn parse_number(name: &'static str, value: &str, min: u32, max: u32) -> Result<u32, ConfigError> {

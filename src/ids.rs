@@ -68,3 +68,11 @@ id_type!(
     /// An event in the outbox.
     EventId
 );
+id_type!(
+    /// A monitoring rule.
+    RuleId
+);
+id_type!(
+    /// An alert raised by a monitoring rule.
+    AlertId
+);

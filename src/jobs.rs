@@ -21,7 +21,12 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHand
 
 /// Runs `step` every `interval` until `shutdown` is cancelled. A failing step is logged and
 /// retried at the next tick; it never ends the loop.
-pub fn run_every<F, Fut>(name: &'static str, interval: Duration, shutdown: CancellationToken, mut step: F) -> JoinHandle<()>
+pub fn run_every<F, Fut>(
+    name: &'static str,
+    interval: Duration,
+    shutdown: CancellationToken,
+    mut step: F,
+) -> JoinHandle<()>
 where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,

@@ -17,6 +17,7 @@ pub mod http;
 pub mod ids;
 pub mod jobs;
 pub mod openapi;
+pub mod presence;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry_metrics;

@@ -35,6 +35,27 @@ pub enum Event {
     DeviceDeleted {
         device_id: DeviceId,
     },
+    /// A monitoring rule was breached and a new alert opened (`monitoring`).
+    AlertOpened {
+        alert_id: crate::ids::AlertId,
+        device_id: DeviceId,
+        rule_id: crate::ids::RuleId,
+        metric: String,
+        severity: String,
+        value: f64,
+        threshold: f64,
+    },
+    /// An alert was resolved: back within the threshold, or its rule was disabled or deleted.
+    AlertResolved {
+        alert_id: crate::ids::AlertId,
+        device_id: DeviceId,
+        metric: String,
+        severity: String,
+        /// The value that brought it back within the threshold, if a sample did.
+        value: Option<f64>,
+        /// `recovered`, `rule_disabled` or `rule_deleted`.
+        reason: &'static str,
+    },
 }
 
 impl Event {
@@ -45,6 +66,8 @@ impl Event {
             Event::DeviceReregistered { .. } => "device.reregistered",
             Event::DeviceStatusChanged { .. } => "device.status_changed",
             Event::DeviceDeleted { .. } => "device.deleted",
+            Event::AlertOpened { .. } => "alert.opened",
+            Event::AlertResolved { .. } => "alert.resolved",
         }
     }
 
@@ -59,8 +82,40 @@ impl Event {
                 "deviceId": device_id, "from": from, "to": to, "lastSeen": last_seen.map(from_millis),
             }),
             Event::DeviceDeleted { device_id } => json!({ "deviceId": device_id }),
+            Event::AlertOpened { alert_id, device_id, rule_id, metric, severity, value, threshold } => json!({
+                "alertId": alert_id, "deviceId": device_id, "ruleId": rule_id, "metric": metric,
+                "severity": severity, "value": value, "threshold": threshold,
+            }),
+            Event::AlertResolved { alert_id, device_id, metric, severity, value, reason } => json!({
+                "alertId": alert_id, "deviceId": device_id, "metric": metric, "severity": severity,
+                "value": value, "reason": reason,
+            }),
         }
     }
+}
+
+/// Writes many events in one statement per chunk (the sweep's batches).
+pub async fn record_many(tx: &mut Tx, events: &[(TenantId, Event)], now: i64) -> Result<(), StoreError> {
+    // Five parameters a row keeps a chunk well under SQLite's 32,766-parameter limit.
+    for chunk in events.chunks(1000) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| format!("(${}, ${}, ${}, ${}, ${})", 5 * i + 1, 5 * i + 2, 5 * i + 3, 5 * i + 4, 5 * i + 5))
+            .collect();
+        let sql = format!("INSERT INTO events (id, tenant_id, type, occurred_at, data) VALUES {}", rows.join(", "));
+        let texts: Vec<(String, String, String)> = chunk
+            .iter()
+            .map(|(tenant, event)| (EventId::new().to_string(), tenant.to_string(), event.data().to_string()))
+            .collect();
+        with_tx!(tx, |conn| {
+            let mut query = sqlx::query(&sql);
+            for ((id, tenant, data), (_, event)) in texts.iter().zip(chunk) {
+                query = query.bind(id).bind(tenant).bind(event.type_name()).bind(now).bind(data);
+            }
+            query.execute(&mut *conn).await.map(|r| r.rows_affected())
+        })
+        .map_err(classify)?;
+    }
+    Ok(())
 }
 
 /// Writes `event` to the outbox inside `tx`.
