@@ -16,6 +16,9 @@ pub struct MachineInfo {
     pub memory_mib: u64,
     /// `model name` from `/proc/cpuinfo`.
     pub cpu_model: String,
+    /// The 1, 5 and 15 minute load averages when the run started (`/proc/loadavg`): anything else
+    /// busy on the machine (a build, say) skews the figures, and this shows it.
+    pub load_average: String,
 }
 
 impl MachineInfo {
@@ -35,7 +38,11 @@ impl MachineInfo {
                     .map(|(_, model)| model.trim().to_string())
             })
             .unwrap_or_else(|| "unknown".to_string());
-        MachineInfo { nproc, memory_mib, cpu_model }
+        let load_average = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|| "unknown".to_string());
+        MachineInfo { nproc, memory_mib, cpu_model, load_average }
     }
 }
 

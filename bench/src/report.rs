@@ -281,11 +281,12 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{} devices · concurrency {} · {} s per run · {} run(s) · median (min–max)\n",
+            "{} devices · concurrency {} · {} s per run · {} run(s) · median (min–max) · load average at start {}\n",
             format_count(self.settings.devices),
             self.settings.concurrency,
             self.settings.run_seconds,
-            self.settings.runs
+            self.settings.runs,
+            machine.load_average
         );
         let header = ["phase", "figure", "median", "min–max", "aim", "server RSS"];
         let mut rows: Vec<[String; 6]> = Vec::new();
@@ -404,7 +405,9 @@ pub fn format_value(value: f64, unit: &str) -> String {
 pub fn format_number(value: f64, unit: &str) -> String {
     match unit {
         "ms" | "s" | "x" => {
-            if value.abs() >= 100.0 {
+            if value.abs() < 1.0 && unit == "s" {
+                format!("{value:.3}")
+            } else if value.abs() >= 100.0 {
                 format!("{value:.0}")
             } else if value.abs() >= 10.0 {
                 format!("{value:.1}")
@@ -472,7 +475,12 @@ mod tests {
             schema: 1,
             date: "2025-01-01T00:00:00Z".into(),
             commit: "abc1234".into(),
-            machine: MachineInfo { nproc: 2, memory_mib: 1024, cpu_model: "test cpu".into() },
+            machine: MachineInfo {
+                nproc: 2,
+                memory_mib: 1024,
+                cpu_model: "test cpu".into(),
+                load_average: "0.00 0.00 0.00".into(),
+            },
             herd_version: "herd 0.1.0".into(),
             database: "sqlite".into(),
             mode: "quick".into(),
