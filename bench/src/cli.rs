@@ -58,6 +58,11 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub herd_bin: Option<PathBuf>,
 
+    /// The commit to record with the results, when the herd binary was built elsewhere
+    /// [default: `git rev-parse --short HEAD` of this workspace, `-dirty` if tracked files changed].
+    #[arg(long, value_name = "REV")]
+    pub commit: Option<String>,
+
     /// Keep the server's data directory (and its log) instead of deleting it at the end.
     #[arg(long)]
     pub keep_data: bool,
@@ -111,6 +116,8 @@ pub struct Settings {
     pub out: PathBuf,
     /// herd binary to run; `None` builds it.
     pub herd_bin: Option<PathBuf>,
+    /// Commit to record instead of the workspace's.
+    pub commit: Option<String>,
     /// Keep the data directory afterwards.
     pub keep_data: bool,
     /// Devices in the tenant whose stats overview is measured.
@@ -159,6 +166,7 @@ impl Settings {
             phases,
             out,
             herd_bin: args.herd_bin,
+            commit: args.commit,
             keep_data: args.keep_data,
             // Quick mode measures the overview and the sweep on the fleet it already has, so the
             // harness is exercised end to end without the minutes that 100k devices take.

@@ -67,7 +67,7 @@ pub async fn run(settings: Settings) -> Result<Report> {
     let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let workspace = cli::workspace_root();
     let machine = MachineInfo::collect();
-    let commit = machine::commit(&workspace);
+    let commit = settings.commit.clone().unwrap_or_else(|| machine::commit(&workspace));
 
     let binary = match &settings.herd_bin {
         Some(path) => std::fs::canonicalize(path).with_context(|| format!("--herd-bin {}", path.display()))?,

@@ -21,6 +21,7 @@ fn settings(out: PathBuf) -> Settings {
         phases: Phase::ALL.to_vec(),
         out,
         herd_bin: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fake-herd/herd.js")),
+        commit: None,
         keep_data: false,
         overview_devices: 60,
         overview_samples: 1_000,
