@@ -49,6 +49,11 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', value_name = "PHASES")]
     pub phases: Option<Vec<Phase>>,
 
+    /// Fleet sizes of the presence sweep, comma separated
+    /// [default: 100000,1000000; quick: the --devices count].
+    #[arg(long, value_delimiter = ',', value_name = "SIZES")]
+    pub sweep_sizes: Option<Vec<u64>>,
+
     /// Where to write the machine-readable results
     /// [default: bench/results/latest.json, quick: bench/results/quick.json].
     #[arg(long, value_name = "PATH")]
@@ -149,6 +154,9 @@ impl Settings {
         if runs == 0 {
             bail!("--runs must be at least 1");
         }
+        if args.sweep_sizes.as_ref().is_some_and(|sizes| sizes.contains(&0)) {
+            bail!("--sweep-sizes must be positive");
+        }
         let mut phases = args.phases.unwrap_or_else(|| Phase::ALL.to_vec());
         phases.sort();
         phases.dedup();
@@ -172,7 +180,13 @@ impl Settings {
             // harness is exercised end to end without the minutes that 100k devices take.
             overview_devices: if quick { n_devices } else { 100_000.max(n_devices) },
             overview_samples: if quick { 50_000 } else { 10_000_000 },
-            sweep_sizes: if quick { vec![n_devices] } else { vec![100_000, 1_000_000] },
+            sweep_sizes: args.sweep_sizes.unwrap_or_else(|| {
+                if quick {
+                    vec![n_devices]
+                } else {
+                    vec![100_000, 1_000_000]
+                }
+            }),
             metrics_batch: 100,
         })
     }
