@@ -3,8 +3,9 @@
 //! The ceiling is `POST /bench/echo` (enabled by `HERD_BENCH_ECHO=true`): it parses and echoes a
 //! small JSON body through herd's full middleware stack, so it is the most this machine's HTTP
 //! path can do. The heartbeat is `POST /devices/connect` as device `job % N` over N distinct
-//! devices. Runs alternate echo / heartbeat so drift in the machine hits both alike, and the
-//! ratio heartbeat/ceiling is computed per run pair.
+//! devices, after a warm-up that has connected each of them once. Runs alternate echo /
+//! heartbeat so drift in the machine hits both alike, and the ratio heartbeat/ceiling is computed
+//! per run pair.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use bytes::Bytes;
 
 use crate::context::Bench;
 use crate::http::{send_once, Method, Request, StatusCode};
+use crate::load::{LoadPlan, Stop};
 use crate::phases::{observe, DeviceRequests};
 use crate::probe::is_missing_route;
 use crate::report::{format_count, Aim, Figure, PhaseReport};
@@ -80,7 +82,16 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
         bench.measure(Arc::clone(&echo), &bench.warmup_plan("echo warm-up", concurrency)).await?;
     }
     if let Some(heartbeat) = &heartbeat {
-        bench.measure(Arc::clone(heartbeat), &bench.warmup_plan("heartbeat warm-up", concurrency)).await?;
+        // The warm-up connects every device once, so the measured runs see the steady state of a
+        // fleet that is online (a device's first connect is a status change with an event; later
+        // ones only advance lastSeen).
+        let n_heartbeat_devices = heartbeat.tokens.len() as u64;
+        let plan = LoadPlan {
+            label: "heartbeat warm-up: every device once".to_string(),
+            concurrency,
+            stop: Stop::Jobs(n_heartbeat_devices),
+        };
+        bench.measure(Arc::clone(heartbeat), &plan).await?;
     }
     let runs = bench.settings.runs;
     for run in 1..=runs {
