@@ -14,7 +14,17 @@ use crate::shutdown::CancellationToken;
 
 /// Starts every background job of the server. Add a job by adding one `run_every` line.
 pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
-    let jobs: Vec<JoinHandle<()>> = Vec::new();
+    let mut jobs: Vec<JoinHandle<()>> = Vec::new();
+    let (db, clock, retention) = (state.db.clone(), state.clock.clone(), state.settings.metrics_retention);
+    jobs.push(run_every("metrics-retention", crate::telemetry::RETENTION_INTERVAL, shutdown.clone(), move || {
+        let (db, now) = (db.clone(), crate::clock::to_millis(clock.now()));
+        async move { crate::telemetry::purge_expired(&db, now, retention).await.map(drop).map_err(Into::into) }
+    }));
+    let (db, clock) = (state.db.clone(), state.clock.clone());
+    jobs.push(run_every("offline-rules", state.settings.presence_sweep_interval, shutdown.clone(), move || {
+        let (db, now) = (db.clone(), crate::clock::to_millis(clock.now()));
+        async move { crate::monitoring::evaluate_offline(&db, now).await.map(drop).map_err(Into::into) }
+    }));
     let _ = (state, shutdown);
     jobs
 }

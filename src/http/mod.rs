@@ -59,6 +59,10 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::auth::routes::router())
         .merge(crate::devices::routes::router())
         .merge(crate::telemetry_metrics::router())
+        .merge(crate::telemetry::router())
+        .merge(crate::monitoring::router())
+        .merge(crate::settings::router())
+        .merge(crate::configurations::router())
         .split_for_parts();
     let document = Arc::new(crate::openapi::finish(document));
 

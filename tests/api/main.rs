@@ -7,4 +7,7 @@ mod helpers;
 mod auth;
 mod devices;
 mod edge;
+mod monitoring;
+mod settings;
+mod telemetry;
 mod tenants;

@@ -1,0 +1,91 @@
+//! `GET /devices/stats/overview`: the seed's getStatsOverview(), exactly as DESIGN.md shapes it.
+//!
+//! It must stay fast for a tenant of 100,000 devices with months of metrics and alerts, so it
+//! reads no samples: device counts come from the `(tenant_id, status)` index of `devices`, the
+//! alerts of the last 24 hours and the newest ones from the `(tenant_id, created_at)` index of
+//! `alerts` (the seed derived its alerts from DeviceMetrics on every call; here evaluation at
+//! ingest has already turned samples into alerts). The three queries run concurrently.
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::store::{AlertRow, MonitoringStore};
+use crate::app::AppState;
+use crate::auth::{Member, Role};
+use crate::clock::to_millis;
+use crate::http::error::ApiError;
+use crate::http::time;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(stats_overview))
+}
+
+/// The tenant at a glance.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsOverview {
+    /// Every device of the tenant.
+    pub total: i64,
+    /// Devices online (reported within the presence threshold).
+    pub active: i64,
+    pub offline: i64,
+    /// Alerts opened in the last 24 hours (open or since resolved).
+    pub alerts_last_24h: i64,
+    /// The newest alerts (at most 10), newest first.
+    pub recent_alerts: Vec<RecentAlert>,
+}
+
+/// One alert of the overview.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecentAlert {
+    pub id: String,
+    pub device_id: String,
+    pub device_name: String,
+    /// `cpu`, `ram`, `storage`, `temperature` or `offline`.
+    pub metric: String,
+    /// The value that opened the alert.
+    pub value: f64,
+    pub threshold: f64,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    /// `open` or `resolved`.
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<AlertRow> for RecentAlert {
+    fn from(row: AlertRow) -> Self {
+        Self {
+            id: row.id,
+            device_id: row.device_id,
+            device_name: row.device_name,
+            metric: row.metric,
+            value: row.value,
+            threshold: row.threshold,
+            severity: row.severity,
+            status: row.status,
+            created_at: time(row.created_at),
+        }
+    }
+}
+
+/// Device counts by presence, alerts of the last 24 hours and the newest alerts.
+#[utoipa::path(get, path = "/devices/stats/overview", tag = "monitoring", security(("bearer" = [])),
+    responses((status = 200, body = StatsOverview)))]
+async fn stats_overview(State(state): State<AppState>, member: Member) -> Result<Json<StatsOverview>, ApiError> {
+    let scope = member.require(Role::Viewer)?;
+    let overview = MonitoringStore::new(scope).overview(to_millis(state.clock.now())).await?;
+    Ok(Json(StatsOverview {
+        total: overview.total,
+        active: overview.online,
+        offline: overview.offline,
+        alerts_last_24h: overview.alerts_last_24h,
+        recent_alerts: overview.recent.into_iter().map(RecentAlert::from).collect(),
+    }))
+}

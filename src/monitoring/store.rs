@@ -1,0 +1,745 @@
+//! SQL for monitoring rules and alerts. Every method of [`MonitoringStore`] binds the scope's
+//! tenant id. The free functions at the bottom are the documented cross-tenant exceptions of the
+//! offline sweep (enabled offline rules of every tenant; resolving offline alerts of devices
+//! that are online again), which act as the system principal.
+//!
+//! Two queries read the `devices` and `device_tags` tables of the `devices` module (the offline
+//! candidates and the overview's counts and names): read-only, tenant-bound, and kept here so
+//! that the sweep's query sits next to the index it relies on.
+
+use sqlx::FromRow;
+
+use super::{Episode, Metric, OpenAlert, Operator, Rule, Severity, DEFAULT_RULES};
+use crate::auth::TenantScope;
+use crate::events::{self, Event};
+use crate::http::extract::Page;
+use crate::ids::{AlertId, DeviceId, RuleId, TenantId};
+use crate::store::{classify, Db, StoreError, Tx};
+use crate::{with_reader, with_tx, with_writer};
+
+/// A rule row as stored.
+#[derive(Debug, Clone, FromRow)]
+pub struct RuleRow {
+    pub id: String,
+    pub name: String,
+    pub metric: String,
+    pub operator: String,
+    pub threshold: f64,
+    pub severity: String,
+    pub enabled: bool,
+    /// JSON array of device ids, or NULL for every device.
+    pub device_ids: Option<String>,
+    /// JSON array of tags, or NULL for every device.
+    pub tags: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const RULE_COLUMNS: &str =
+    "id, name, metric, operator, threshold, severity, enabled, device_ids, tags, created_at, updated_at";
+
+impl RuleRow {
+    /// The domain rule; `None` for a row this version cannot read (never written by herd).
+    pub fn to_rule(&self) -> Option<Rule> {
+        Some(Rule {
+            id: self.id.parse().ok()?,
+            name: self.name.clone(),
+            metric: Metric::parse(&self.metric)?,
+            operator: Operator::parse(&self.operator)?,
+            threshold: self.threshold,
+            severity: Severity::parse(&self.severity)?,
+            enabled: self.enabled,
+            device_ids: match &self.device_ids {
+                Some(text) => Some(serde_json::from_str(text).ok()?),
+                None => None,
+            },
+            tags: match &self.tags {
+                Some(text) => Some(serde_json::from_str(text).ok()?),
+                None => None,
+            },
+        })
+    }
+}
+
+/// The fields of a rule that a client sets (create, or the merged result of a patch).
+#[derive(Debug, Clone)]
+pub struct RuleSpec {
+    pub name: String,
+    pub metric: Metric,
+    pub operator: Operator,
+    pub threshold: f64,
+    pub severity: Severity,
+    pub enabled: bool,
+    pub device_ids: Option<Vec<DeviceId>>,
+    pub tags: Option<Vec<String>>,
+}
+
+impl RuleSpec {
+    fn json_lists(&self) -> (Option<String>, Option<String>) {
+        let ids = self.device_ids.as_ref().map(|ids| serde_json::to_string(ids).unwrap_or_else(|_| "[]".into()));
+        let tags = self.tags.as_ref().map(|tags| serde_json::to_string(tags).unwrap_or_else(|_| "[]".into()));
+        (ids, tags)
+    }
+}
+
+/// An alert row as stored, with its device's name.
+#[derive(Debug, Clone, FromRow)]
+pub struct AlertRow {
+    pub id: String,
+    pub device_id: String,
+    pub device_name: String,
+    pub rule_id: Option<String>,
+    pub rule_name: String,
+    pub metric: String,
+    pub operator: String,
+    pub threshold: f64,
+    pub severity: String,
+    pub status: String,
+    pub value: f64,
+    pub last_value: f64,
+    pub breach_count: i64,
+    pub breached_at: i64,
+    pub last_breach_at: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub resolved_at: Option<i64>,
+    pub acknowledged_at: Option<i64>,
+    pub acknowledged_by: Option<String>,
+}
+
+const ALERT_COLUMNS: &str = "a.id, a.device_id, d.name AS device_name, a.rule_id, a.rule_name, a.metric, a.operator, \
+    a.threshold, a.severity, a.status, a.value, a.last_value, a.breach_count, a.breached_at, a.last_breach_at, \
+    a.created_at, a.updated_at, a.resolved_at, a.acknowledged_at, a.acknowledged_by";
+
+/// Alert status values.
+pub const OPEN: &str = "open";
+pub const RESOLVED: &str = "resolved";
+
+/// Filters of `GET /alerts`.
+#[derive(Debug, Clone, Default)]
+pub struct AlertFilter {
+    pub status: Option<String>,
+    pub severity: Option<String>,
+    pub device_id: Option<DeviceId>,
+    /// Only alerts opened at or after this time (ms).
+    pub since: Option<i64>,
+}
+
+/// The overview's figures (`GET /devices/stats/overview`).
+#[derive(Debug, Clone, Default)]
+pub struct Overview {
+    pub total: i64,
+    pub online: i64,
+    pub offline: i64,
+    pub alerts_last_24h: i64,
+    pub recent: Vec<AlertRow>,
+}
+
+/// How many alerts the overview lists.
+pub const RECENT_ALERTS: i64 = 10;
+
+/// Alerts opened within this window count in `alertsLast24h`.
+const DAY_MS: i64 = 86_400_000;
+
+/// How many offline candidates one sweep transaction handles.
+const OFFLINE_CHUNK: usize = 500;
+
+/// The tenant's rules and alerts.
+pub struct MonitoringStore<'s> {
+    scope: &'s TenantScope,
+    tenant: String,
+}
+
+impl<'s> MonitoringStore<'s> {
+    pub fn new(scope: &'s TenantScope) -> Self {
+        Self { scope, tenant: scope.tenant_id().to_string() }
+    }
+
+    fn db(&self) -> &Db {
+        self.scope.db()
+    }
+
+    /// Creates the default rules the first time a tenant's rules are needed. Idempotent and safe
+    /// under concurrency: the `monitoring_defaults` row is the guard (a second inserter waits on
+    /// the primary key, then inserts nothing), and a deleted default stays deleted.
+    pub async fn ensure_defaults(&self, now: i64) -> Result<(), StoreError> {
+        let seeded: Option<i64> = with_reader!(self.db(), |pool| sqlx::query_scalar::<_, i64>(
+            "SELECT seeded_at FROM monitoring_defaults WHERE tenant_id = $1"
+        )
+        .bind(&self.tenant)
+        .fetch_optional(pool)
+        .await)
+        .map_err(classify)?;
+        if seeded.is_some() {
+            return Ok(());
+        }
+        let mut tx = self.db().begin().await?;
+        let claimed = with_tx!(&mut tx, |conn| sqlx::query(
+            "INSERT INTO monitoring_defaults (tenant_id, seeded_at) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+        )
+        .bind(&self.tenant)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(classify)?;
+        if claimed == 1 {
+            for (name, metric, operator, threshold, severity) in DEFAULT_RULES {
+                let spec = RuleSpec {
+                    name: (*name).to_string(),
+                    metric: *metric,
+                    operator: *operator,
+                    threshold: *threshold,
+                    severity: *severity,
+                    enabled: true,
+                    device_ids: None,
+                    tags: None,
+                };
+                self.insert_rule(&mut tx, RuleId::new(), &spec, now).await?;
+            }
+        }
+        tx.commit().await
+    }
+
+    /// Every rule of the tenant (enabled or not), for evaluation.
+    pub async fn all_rules(&self) -> Result<Vec<Rule>, StoreError> {
+        let sql = format!("SELECT {RULE_COLUMNS} FROM monitoring_rules WHERE tenant_id = $1 ORDER BY id");
+        let rows =
+            with_reader!(self.db(), |pool| sqlx::query_as::<_, RuleRow>(&sql).bind(&self.tenant).fetch_all(pool).await)
+                .map_err(classify)?;
+        Ok(rows.iter().filter_map(RuleRow::to_rule).collect())
+    }
+
+    /// One page of rules in creation order (`page.limit + 1` rows).
+    pub async fn list_rules(&self, page: &Page) -> Result<Vec<RuleRow>, StoreError> {
+        let sql = format!(
+            "SELECT {RULE_COLUMNS} FROM monitoring_rules WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+        );
+        let after = page.after.clone().unwrap_or_default();
+        with_reader!(self.db(), |pool| sqlx::query_as::<_, RuleRow>(&sql)
+            .bind(&self.tenant)
+            .bind(&after)
+            .bind(i64::from(page.limit) + 1)
+            .fetch_all(pool)
+            .await)
+        .map_err(classify)
+    }
+
+    pub async fn get_rule(&self, id: RuleId) -> Result<Option<RuleRow>, StoreError> {
+        let sql = format!("SELECT {RULE_COLUMNS} FROM monitoring_rules WHERE tenant_id = $1 AND id = $2");
+        let id = id.to_string();
+        with_writer!(self.db(), |pool| sqlx::query_as::<_, RuleRow>(&sql)
+            .bind(&self.tenant)
+            .bind(&id)
+            .fetch_optional(pool)
+            .await)
+        .map_err(classify)
+    }
+
+    pub async fn create_rule(&self, spec: &RuleSpec, now: i64) -> Result<RuleRow, StoreError> {
+        // Seed first, so that a tenant's first own rule does not suppress its defaults.
+        self.ensure_defaults(now).await?;
+        let id = RuleId::new();
+        let mut tx = self.db().begin().await?;
+        self.insert_rule(&mut tx, id, spec, now).await?;
+        tx.commit().await?;
+        super::invalidate_rules(self.scope.tenant_id());
+        self.get_rule(id).await?.ok_or(StoreError::Other(sqlx::Error::RowNotFound))
+    }
+
+    async fn insert_rule(&self, tx: &mut Tx, id: RuleId, spec: &RuleSpec, now: i64) -> Result<(), StoreError> {
+        const SQL: &str = "INSERT INTO monitoring_rules (id, tenant_id, name, metric, operator, threshold, severity, \
+            enabled, device_ids, tags, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)";
+        let (ids, tags) = spec.json_lists();
+        let id = id.to_string();
+        with_tx!(tx, |conn| sqlx::query(SQL)
+            .bind(&id)
+            .bind(&self.tenant)
+            .bind(&spec.name)
+            .bind(spec.metric.as_str())
+            .bind(spec.operator.as_str())
+            .bind(spec.threshold)
+            .bind(spec.severity.as_str())
+            .bind(spec.enabled)
+            .bind(&ids)
+            .bind(&tags)
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    /// Replaces a rule's fields. Disabling it, or changing what it measures, resolves its open
+    /// alerts (with `alert.resolved` events) in the same transaction. `None` if there is no such
+    /// rule in this tenant.
+    pub async fn update_rule(&self, id: RuleId, spec: &RuleSpec, now: i64) -> Result<Option<RuleRow>, StoreError> {
+        let Some(before) = self.get_rule(id).await? else { return Ok(None) };
+        const SQL: &str = "UPDATE monitoring_rules SET name = $1, metric = $2, operator = $3, threshold = $4, \
+            severity = $5, enabled = $6, device_ids = $7, tags = $8, updated_at = $9 WHERE tenant_id = $10 AND id = $11";
+        let (ids, tags) = spec.json_lists();
+        let id_text = id.to_string();
+        let mut tx = self.db().begin().await?;
+        let affected = with_tx!(&mut tx, |conn| sqlx::query(SQL)
+            .bind(&spec.name)
+            .bind(spec.metric.as_str())
+            .bind(spec.operator.as_str())
+            .bind(spec.threshold)
+            .bind(spec.severity.as_str())
+            .bind(spec.enabled)
+            .bind(&ids)
+            .bind(&tags)
+            .bind(now)
+            .bind(&self.tenant)
+            .bind(&id_text)
+            .execute(&mut *conn)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(classify)?;
+        if affected == 0 {
+            return Ok(None);
+        }
+        if !spec.enabled && before.enabled {
+            self.resolve_alerts_of_rule(&mut tx, &id_text, "rule_disabled", now).await?;
+        } else if spec.metric.as_str() != before.metric {
+            self.resolve_alerts_of_rule(&mut tx, &id_text, "rule_changed", now).await?;
+        }
+        tx.commit().await?;
+        super::invalidate_rules(self.scope.tenant_id());
+        self.get_rule(id).await
+    }
+
+    /// Deletes a rule after resolving its open alerts; its alerts stay in the history. False if
+    /// there is no such rule in this tenant.
+    pub async fn delete_rule(&self, id: RuleId, now: i64) -> Result<bool, StoreError> {
+        let id_text = id.to_string();
+        let mut tx = self.db().begin().await?;
+        self.resolve_alerts_of_rule(&mut tx, &id_text, "rule_deleted", now).await?;
+        let affected =
+            with_tx!(&mut tx, |conn| sqlx::query("DELETE FROM monitoring_rules WHERE tenant_id = $1 AND id = $2")
+                .bind(&self.tenant)
+                .bind(&id_text)
+                .execute(&mut *conn)
+                .await
+                .map(|r| r.rows_affected()))
+            .map_err(classify)?;
+        if affected == 0 {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        super::invalidate_rules(self.scope.tenant_id());
+        Ok(true)
+    }
+
+    async fn resolve_alerts_of_rule(
+        &self,
+        tx: &mut Tx,
+        rule_id: &str,
+        reason: &'static str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        const SQL: &str = "UPDATE alerts SET status = 'resolved', resolved_at = $1, updated_at = $1 \
+            WHERE tenant_id = $2 AND rule_id = $3 AND status = 'open' RETURNING id, device_id, metric, severity";
+        let rows: Vec<(String, String, String, String)> = with_tx!(tx, |conn| sqlx::query_as(SQL)
+            .bind(now)
+            .bind(&self.tenant)
+            .bind(rule_id)
+            .fetch_all(&mut *conn)
+            .await)
+        .map_err(classify)?;
+        for (alert_id, device_id, metric, severity) in rows {
+            let event = Event::AlertResolved {
+                alert_id: parse(&alert_id)?,
+                device_id: parse(&device_id)?,
+                metric,
+                severity,
+                value: None,
+                reason,
+            };
+            events::record(tx, self.scope.tenant_id(), &event, now).await?;
+        }
+        Ok(())
+    }
+
+    /// The device's open alerts (the ingest path reads them before evaluating fresh samples).
+    pub async fn open_alerts_of_device(&self, device_id: DeviceId) -> Result<Vec<OpenAlert>, StoreError> {
+        const SQL: &str =
+            "SELECT id, rule_id FROM alerts WHERE tenant_id = $1 AND device_id = $2 AND status = 'open' AND rule_id IS NOT NULL";
+        let device = device_id.to_string();
+        let rows: Vec<(String, String)> =
+            with_reader!(self.db(), |pool| sqlx::query_as(SQL).bind(&self.tenant).bind(&device).fetch_all(pool).await)
+                .map_err(classify)?;
+        rows.iter().map(|(id, rule_id)| Ok(OpenAlert { id: parse(id)?, rule_id: parse(rule_id)? })).collect()
+    }
+
+    /// Writes what [`super::evaluate`] decided for one (device, rule), inside the caller's
+    /// transaction (the one that stores the samples), with `alert.opened` / `alert.resolved`
+    /// events. Opening an alert that another request has just opened fails with
+    /// [`StoreError::Unique`] on the open-alert index; the caller retries with fresh state.
+    pub async fn apply_episodes(
+        &self,
+        tx: &mut Tx,
+        device_id: DeviceId,
+        rule: &Rule,
+        episodes: &[Episode],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let device = device_id.to_string();
+        for episode in episodes {
+            let alert_id = match episode.existing {
+                Some(alert_id) => {
+                    if let Some((value, at)) = episode.last {
+                        const SQL: &str = "UPDATE alerts SET last_value = $1, last_breach_at = $2, \
+                            breach_count = breach_count + $3, updated_at = $4 WHERE tenant_id = $5 AND id = $6 AND status = 'open'";
+                        let id = alert_id.to_string();
+                        with_tx!(&mut *tx, |conn| sqlx::query(SQL)
+                            .bind(value)
+                            .bind(at)
+                            .bind(episode.breaches)
+                            .bind(now)
+                            .bind(&self.tenant)
+                            .bind(&id)
+                            .execute(&mut *conn)
+                            .await
+                            .map(|r| r.rows_affected()))
+                        .map_err(classify)?;
+                    }
+                    alert_id
+                }
+                None => {
+                    let (Some((first_value, first_at)), Some((last_value, last_at))) = (episode.first, episode.last)
+                    else {
+                        continue;
+                    };
+                    let alert_id = AlertId::new();
+                    let opened = NewAlert {
+                        id: alert_id,
+                        device_id: &device,
+                        rule,
+                        value: first_value,
+                        last_value,
+                        breach_count: episode.breaches,
+                        breached_at: first_at,
+                        last_breach_at: last_at,
+                    };
+                    if !self.insert_alert(tx, &opened, now, false).await? {
+                        return Err(StoreError::Unique("alerts_open_uq".into()));
+                    }
+                    let event = Event::AlertOpened {
+                        alert_id,
+                        device_id,
+                        rule_id: rule.id,
+                        metric: rule.metric.as_str().to_string(),
+                        severity: rule.severity.as_str().to_string(),
+                        value: first_value,
+                        threshold: rule.threshold,
+                    };
+                    events::record(tx, self.scope.tenant_id(), &event, now).await?;
+                    alert_id
+                }
+            };
+            if let Some((value, _)) = episode.resolved_by {
+                const SQL: &str = "UPDATE alerts SET status = 'resolved', resolved_at = $1, updated_at = $1 \
+                    WHERE tenant_id = $2 AND id = $3 AND status = 'open'";
+                let id = alert_id.to_string();
+                let affected = with_tx!(&mut *tx, |conn| sqlx::query(SQL)
+                    .bind(now)
+                    .bind(&self.tenant)
+                    .bind(&id)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| r.rows_affected()))
+                .map_err(classify)?;
+                if affected == 1 {
+                    let event = Event::AlertResolved {
+                        alert_id,
+                        device_id,
+                        metric: rule.metric.as_str().to_string(),
+                        severity: rule.severity.as_str().to_string(),
+                        value: Some(value),
+                        reason: "recovered",
+                    };
+                    events::record(tx, self.scope.tenant_id(), &event, now).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts an open alert. With `skip_duplicate`, an already open (device, rule) alert makes
+    /// it insert nothing and answer false; without, the unique violation is returned.
+    async fn insert_alert(
+        &self,
+        tx: &mut Tx,
+        alert: &NewAlert<'_>,
+        now: i64,
+        skip_duplicate: bool,
+    ) -> Result<bool, StoreError> {
+        let sql = format!(
+            "INSERT INTO alerts (id, tenant_id, device_id, rule_id, rule_name, metric, operator, threshold, severity, \
+             status, value, last_value, breach_count, breached_at, last_breach_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'open', $10, $11, $12, $13, $14, $15, $15){}",
+            if skip_duplicate { " ON CONFLICT DO NOTHING" } else { "" }
+        );
+        let (id, rule_id) = (alert.id.to_string(), alert.rule.id.to_string());
+        let inserted = with_tx!(tx, |conn| sqlx::query(&sql)
+            .bind(&id)
+            .bind(&self.tenant)
+            .bind(alert.device_id)
+            .bind(&rule_id)
+            .bind(&alert.rule.name)
+            .bind(alert.rule.metric.as_str())
+            .bind(alert.rule.operator.as_str())
+            .bind(alert.rule.threshold)
+            .bind(alert.rule.severity.as_str())
+            .bind(alert.value)
+            .bind(alert.last_value)
+            .bind(alert.breach_count)
+            .bind(alert.breached_at)
+            .bind(alert.last_breach_at)
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(classify)?;
+        Ok(inserted == 1)
+    }
+
+    /// One page of alerts, newest first (`page.limit + 1` rows).
+    pub async fn list_alerts(&self, filter: &AlertFilter, page: &Page) -> Result<Vec<AlertRow>, StoreError> {
+        let mut sql =
+            format!("SELECT {ALERT_COLUMNS} FROM alerts a JOIN devices d ON d.id = a.device_id WHERE a.tenant_id = $1");
+        let mut texts: Vec<String> = Vec::new();
+        for (column, value) in [
+            ("a.status", filter.status.clone()),
+            ("a.severity", filter.severity.clone()),
+            ("a.device_id", filter.device_id.map(|id| id.to_string())),
+            ("a.id", page.after.clone()),
+        ] {
+            if let Some(value) = value {
+                texts.push(value);
+                let op = if column == "a.id" { "<" } else { "=" };
+                sql.push_str(&format!(" AND {column} {op} ${}", texts.len() + 1));
+            }
+        }
+        let n = texts.len();
+        sql.push_str(&format!(" AND a.created_at >= ${} ORDER BY a.id DESC LIMIT ${}", n + 2, n + 3));
+        let since = filter.since.unwrap_or(i64::MIN);
+        let limit = i64::from(page.limit) + 1;
+        with_reader!(self.db(), |pool| {
+            let mut query = sqlx::query_as::<_, AlertRow>(&sql).bind(&self.tenant);
+            for text in &texts {
+                query = query.bind(text);
+            }
+            query.bind(since).bind(limit).fetch_all(pool).await
+        })
+        .map_err(classify)
+    }
+
+    pub async fn get_alert(&self, id: AlertId) -> Result<Option<AlertRow>, StoreError> {
+        let sql =
+            format!("SELECT {ALERT_COLUMNS} FROM alerts a JOIN devices d ON d.id = a.device_id WHERE a.tenant_id = $1 AND a.id = $2");
+        let id = id.to_string();
+        with_writer!(self.db(), |pool| sqlx::query_as::<_, AlertRow>(&sql)
+            .bind(&self.tenant)
+            .bind(&id)
+            .fetch_optional(pool)
+            .await)
+        .map_err(classify)
+    }
+
+    /// Marks an alert acknowledged by `by` (the first acknowledgement is kept). `None` if there
+    /// is no such alert in this tenant.
+    pub async fn acknowledge(&self, id: AlertId, by: &str, now: i64) -> Result<Option<AlertRow>, StoreError> {
+        const SQL: &str = "UPDATE alerts SET acknowledged_at = $1, acknowledged_by = $2, updated_at = $1 \
+            WHERE tenant_id = $3 AND id = $4 AND acknowledged_at IS NULL";
+        let id_text = id.to_string();
+        with_writer!(self.db(), |pool| sqlx::query(SQL)
+            .bind(now)
+            .bind(by)
+            .bind(&self.tenant)
+            .bind(&id_text)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(classify)?;
+        self.get_alert(id).await
+    }
+
+    /// The overview's figures: device counts from the `(tenant_id, status)` index, alerts of the
+    /// last 24 hours and the newest ones from the `(tenant_id, created_at)` index. Never reads
+    /// `metric_samples`.
+    pub async fn overview(&self, now: i64) -> Result<Overview, StoreError> {
+        let counts = async {
+            with_reader!(self.db(), |pool| sqlx::query_as::<_, (String, i64)>(
+                "SELECT status, COUNT(*) FROM devices WHERE tenant_id = $1 GROUP BY status"
+            )
+            .bind(&self.tenant)
+            .fetch_all(pool)
+            .await)
+        };
+        let alerts_last_24h = async {
+            with_reader!(self.db(), |pool| sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM alerts WHERE tenant_id = $1 AND created_at > $2"
+            )
+            .bind(&self.tenant)
+            .bind(now - DAY_MS)
+            .fetch_one(pool)
+            .await)
+        };
+        let recent_sql = format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts a JOIN devices d ON d.id = a.device_id WHERE a.tenant_id = $1 \
+             ORDER BY a.created_at DESC, a.id DESC LIMIT $2"
+        );
+        let recent = async {
+            with_reader!(self.db(), |pool| sqlx::query_as::<_, AlertRow>(&recent_sql)
+                .bind(&self.tenant)
+                .bind(RECENT_ALERTS)
+                .fetch_all(pool)
+                .await)
+        };
+        let (counts, alerts_last_24h, recent) =
+            futures::try_join!(counts, alerts_last_24h, recent).map_err(classify)?;
+        let mut overview = Overview { alerts_last_24h, recent, ..Overview::default() };
+        for (status, n) in counts {
+            overview.total += n;
+            match status.as_str() {
+                crate::devices::ONLINE => overview.online += n,
+                crate::devices::OFFLINE => overview.offline += n,
+                _ => {}
+            }
+        }
+        Ok(overview)
+    }
+
+    /// Opens an alert for every device of this tenant that is offline past `rule`'s threshold
+    /// (minutes) and has none open for it; answers how many opened.
+    pub async fn open_offline_alerts(&self, rule: &Rule, now: i64) -> Result<u64, StoreError> {
+        let cutoff = now - (rule.threshold * 60_000.0) as i64;
+        let comparison = if rule.operator == Operator::Gte { "<=" } else { "<" };
+        let mut sql = format!(
+            "SELECT d.id, COALESCE(d.last_seen, d.created_at) FROM devices d \
+             WHERE d.tenant_id = $1 AND d.status = 'offline' AND COALESCE(d.last_seen, d.created_at) {comparison} $2 \
+             AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.device_id = d.id AND a.rule_id = $3 AND a.status = 'open')"
+        );
+        let mut scope_values: Vec<String> = Vec::new();
+        let placeholders = |values: &[String], start: usize| -> String {
+            (0..values.len()).map(|i| format!("${}", start + i)).collect::<Vec<_>>().join(", ")
+        };
+        if let Some(ids) = &rule.device_ids {
+            scope_values = ids.iter().map(|id| id.to_string()).collect();
+            sql.push_str(&format!(" AND d.id IN ({})", placeholders(&scope_values, 4)));
+        } else if let Some(tags) = &rule.tags {
+            scope_values = tags.clone();
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM device_tags t WHERE t.device_id = d.id AND t.tag IN ({}))",
+                placeholders(&scope_values, 4)
+            ));
+        }
+        if scope_values.is_empty() && (rule.device_ids.is_some() || rule.tags.is_some()) {
+            return Ok(0);
+        }
+        sql.push_str(&format!(" ORDER BY d.id LIMIT {OFFLINE_CHUNK}"));
+        let rule_id = rule.id.to_string();
+        let mut opened = 0;
+        loop {
+            let candidates: Vec<(String, i64)> = with_reader!(self.db(), |pool| {
+                let mut query = sqlx::query_as(&sql).bind(&self.tenant).bind(cutoff).bind(&rule_id);
+                for value in &scope_values {
+                    query = query.bind(value);
+                }
+                query.fetch_all(pool).await
+            })
+            .map_err(classify)?;
+            let mut tx = self.db().begin().await?;
+            for (device, since) in &candidates {
+                let minutes = ((now - since) as f64 / 60_000.0 * 10.0).round() / 10.0;
+                let alert = NewAlert {
+                    id: AlertId::new(),
+                    device_id: device,
+                    rule,
+                    value: minutes,
+                    last_value: minutes,
+                    breach_count: 1,
+                    breached_at: now,
+                    last_breach_at: now,
+                };
+                if self.insert_alert(&mut tx, &alert, now, true).await? {
+                    let event = Event::AlertOpened {
+                        alert_id: alert.id,
+                        device_id: parse(device)?,
+                        rule_id: rule.id,
+                        metric: Metric::Offline.as_str().to_string(),
+                        severity: rule.severity.as_str().to_string(),
+                        value: minutes,
+                        threshold: rule.threshold,
+                    };
+                    events::record(&mut tx, self.scope.tenant_id(), &event, now).await?;
+                    opened += 1;
+                }
+            }
+            tx.commit().await?;
+            if candidates.len() < OFFLINE_CHUNK {
+                return Ok(opened);
+            }
+        }
+    }
+}
+
+/// An alert about to be opened.
+struct NewAlert<'a> {
+    id: AlertId,
+    device_id: &'a str,
+    rule: &'a Rule,
+    value: f64,
+    last_value: f64,
+    breach_count: i64,
+    breached_at: i64,
+    last_breach_at: i64,
+}
+
+fn parse<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
+    text.parse().map_err(|_| StoreError::Other(sqlx::Error::Decode(format!("stored id {text:?} is not a UUID").into())))
+}
+
+/// Cross-tenant (the offline sweep, as the system principal): every enabled `offline` rule.
+pub async fn enabled_offline_rules(db: &Db) -> Result<Vec<(TenantId, Rule)>, StoreError> {
+    let sql = format!(
+        "SELECT tenant_id, {RULE_COLUMNS} FROM monitoring_rules WHERE metric = 'offline' AND enabled = $1 ORDER BY id"
+    );
+    #[derive(FromRow)]
+    struct Row {
+        tenant_id: String,
+        #[sqlx(flatten)]
+        rule: RuleRow,
+    }
+    let rows =
+        with_reader!(db, |pool| sqlx::query_as::<_, Row>(&sql).bind(true).fetch_all(pool).await).map_err(classify)?;
+    Ok(rows.into_iter().filter_map(|row| Some((row.tenant_id.parse().ok()?, row.rule.to_rule()?))).collect())
+}
+
+/// Cross-tenant (the offline sweep, as the system principal): resolves every open `offline`
+/// alert whose device is online again, with one `alert.resolved` event each. A conditional
+/// `UPDATE … RETURNING`, so concurrent sweeps resolve (and announce) each alert once.
+pub async fn resolve_offline_alerts_of_online_devices(db: &Db, now: i64) -> Result<u64, StoreError> {
+    const SQL: &str = "UPDATE alerts SET status = 'resolved', resolved_at = $1, updated_at = $1 \
+        WHERE metric = 'offline' AND status = 'open' AND device_id IN (SELECT id FROM devices WHERE status = 'online') \
+        RETURNING id, tenant_id, device_id, severity";
+    let mut tx = db.begin().await?;
+    let rows: Vec<(String, String, String, String)> =
+        with_tx!(&mut tx, |conn| sqlx::query_as(SQL).bind(now).fetch_all(&mut *conn).await).map_err(classify)?;
+    for (alert_id, tenant_id, device_id, severity) in &rows {
+        let event = Event::AlertResolved {
+            alert_id: parse(alert_id)?,
+            device_id: parse(device_id)?,
+            metric: Metric::Offline.as_str().to_string(),
+            severity: severity.clone(),
+            value: None,
+            reason: "recovered",
+        };
+        events::record(&mut tx, parse(tenant_id)?, &event, now).await?;
+    }
+    tx.commit().await?;
+    Ok(rows.len() as u64)
+}

@@ -1,0 +1,123 @@
+//! SQL for device settings. Every method of [`SettingsStore`] binds the scope's tenant id.
+//! Location and tags are not here: they are the device record's own columns, read and written
+//! through [`crate::devices::store::DeviceStore`].
+
+use sqlx::FromRow;
+
+use crate::auth::TenantScope;
+use crate::ids::DeviceId;
+use crate::store::{classify, Db, StoreError};
+use crate::{with_tx, with_writer};
+
+/// A settings row as stored.
+#[derive(Debug, Clone, FromRow)]
+pub struct SettingsRow {
+    pub display_name: Option<String>,
+    pub timezone: Option<String>,
+    pub notes: Option<String>,
+    pub version: i64,
+    pub updated_at: i64,
+}
+
+/// The settings fields this table holds.
+#[derive(Debug, Clone, Default)]
+pub struct SettingsFields {
+    pub display_name: Option<String>,
+    pub timezone: Option<String>,
+    pub notes: Option<String>,
+}
+
+/// Why settings could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The client's `version` is not the current one (which is given).
+    #[error("the settings have changed: the current version is {0}")]
+    VersionConflict(i64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The tenant's device settings.
+pub struct SettingsStore<'s> {
+    scope: &'s TenantScope,
+    tenant: String,
+}
+
+impl<'s> SettingsStore<'s> {
+    pub fn new(scope: &'s TenantScope) -> Self {
+        Self { scope, tenant: scope.tenant_id().to_string() }
+    }
+
+    fn db(&self) -> &Db {
+        self.scope.db()
+    }
+
+    /// The device's settings row (`None` until they are first written).
+    pub async fn get(&self, device_id: DeviceId) -> Result<Option<SettingsRow>, StoreError> {
+        const SQL: &str = "SELECT display_name, timezone, notes, version, updated_at FROM device_settings \
+            WHERE tenant_id = $1 AND device_id = $2";
+        let device = device_id.to_string();
+        with_writer!(self.db(), |pool| sqlx::query_as::<_, SettingsRow>(SQL)
+            .bind(&self.tenant)
+            .bind(&device)
+            .fetch_optional(pool)
+            .await)
+        .map_err(classify)
+    }
+
+    /// Replaces the settings, bumping the version. With `expected`, only if the current version
+    /// (0 before the first write) is that one; a concurrent writer that got there first also
+    /// makes this a [`SettingsError::VersionConflict`]. The caller has checked that the device
+    /// is in this tenant.
+    pub async fn put(
+        &self,
+        device_id: DeviceId,
+        expected: Option<i64>,
+        fields: &SettingsFields,
+        now: i64,
+    ) -> Result<SettingsRow, SettingsError> {
+        let device = device_id.to_string();
+        let current = self.get(device_id).await?.map_or(0, |row| row.version);
+        if expected.is_some_and(|expected| expected != current) {
+            return Err(SettingsError::VersionConflict(current));
+        }
+        let mut tx = self.db().begin().await?;
+        let written = if current == 0 {
+            const SQL: &str = "INSERT INTO device_settings (device_id, tenant_id, display_name, timezone, notes, \
+                version, updated_at) VALUES ($1, $2, $3, $4, $5, 1, $6) ON CONFLICT DO NOTHING";
+            with_tx!(&mut tx, |conn| sqlx::query(SQL)
+                .bind(&device)
+                .bind(&self.tenant)
+                .bind(&fields.display_name)
+                .bind(&fields.timezone)
+                .bind(&fields.notes)
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map(|r| r.rows_affected()))
+        } else {
+            const SQL: &str = "UPDATE device_settings SET display_name = $1, timezone = $2, notes = $3, \
+                version = version + 1, updated_at = $4 WHERE tenant_id = $5 AND device_id = $6 AND version = $7";
+            with_tx!(&mut tx, |conn| sqlx::query(SQL)
+                .bind(&fields.display_name)
+                .bind(&fields.timezone)
+                .bind(&fields.notes)
+                .bind(now)
+                .bind(&self.tenant)
+                .bind(&device)
+                .bind(current)
+                .execute(&mut *conn)
+                .await
+                .map(|r| r.rows_affected()))
+        }
+        .map_err(classify)?;
+        if written == 0 {
+            // Give the connection back first: on SQLite it is the only writer, and `get` uses it.
+            drop(tx);
+            let now_current = self.get(device_id).await?.map_or(0, |row| row.version);
+            return Err(SettingsError::VersionConflict(now_current));
+        }
+        tx.commit().await?;
+        self.get(device_id).await?.ok_or(SettingsError::Store(StoreError::Other(sqlx::Error::RowNotFound)))
+    }
+}
