@@ -28,6 +28,8 @@ pub struct AppState {
     pub metrics: Arc<HttpMetrics>,
     /// `lastSeen` advances waiting to be written (see `presence` for the durability contract).
     pub heartbeats: Arc<HeartbeatBuffer>,
+    /// The CA, issuance, lifecycle and CRL (one per process; see `certificates`).
+    pub certificates: Arc<crate::certificates::CertificateService>,
     /// Cancelled at shutdown; long-lived responses (event streams) end with it.
     pub shutdown: CancellationToken,
 }
@@ -57,6 +59,9 @@ impl App {
             tenants::bootstrap(&db, &settings.data_dir, settings.bootstrap_token.as_deref(), to_millis(clock.now()))
                 .await
                 .context("cannot bootstrap the platform admin")?;
+        let certificates = crate::certificates::CertificateService::start(&db, &settings, to_millis(clock.now()))
+            .await
+            .context("cannot start the certificate authority")?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -68,6 +73,7 @@ impl App {
             clock,
             metrics: Arc::new(HttpMetrics::default()),
             heartbeats: Arc::new(HeartbeatBuffer::default()),
+            certificates: Arc::new(certificates),
             shutdown: shutdown.clone(),
         };
         Ok(App { listener, local_addr, state, shutdown, bootstrap })

@@ -32,8 +32,32 @@ enum Command {
         #[command(subcommand)]
         command: TenantCommand,
     },
+    /// Manage herd's certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Manage device certificates.
+    Certificates {
+        #[command(subcommand)]
+        command: CertificatesCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Generate the CA in <data-dir>/certificates (if there is none yet) and show it.
+    Init,
+    /// Print the CA's subject, fingerprint and validity.
+    Show,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertificatesCommand {
+    /// Move private keys into the key store named by HERD_CERT_STORE (file or database).
+    MigrateStore,
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,6 +96,9 @@ pub fn run() -> ExitCode {
             Command::Migrate => migrate(&settings).await,
             Command::Tenant { command: TenantCommand::Create { name } } => create_tenant(&settings, &name).await,
             Command::Tenant { command: TenantCommand::List } => list_tenants(&settings).await,
+            Command::Ca { command: CaCommand::Init } => ca_init(&settings).await,
+            Command::Ca { command: CaCommand::Show } => ca_show(&settings),
+            Command::Certificates { command: CertificatesCommand::MigrateStore } => migrate_store(&settings).await,
             Command::Version => Ok(()),
         }
     });
@@ -176,5 +203,53 @@ async fn list_tenants(settings: &Settings) -> anyhow::Result<()> {
         }
     }
     db.close().await;
+    Ok(())
+}
+
+async fn ca_init(settings: &Settings) -> anyhow::Result<()> {
+    let db = open(settings).await?;
+    let (key_path, cert_path) = crate::certificates::authority::paths(&settings.data_dir);
+    let existed = key_path.exists() && cert_path.exists();
+    let result = crate::certificates::authority::open(&db, settings, to_millis(SystemClock.now())).await;
+    db.close().await;
+    let ca = result?;
+    if existed {
+        eprintln!("the CA already exists in {}; it was not changed", cert_path.display());
+    } else {
+        eprintln!("generated a CA: {} and {} (mode 0600)", cert_path.display(), key_path.display());
+    }
+    print!("{}", crate::certificates::authority::describe(&ca));
+    Ok(())
+}
+
+fn ca_show(settings: &Settings) -> anyhow::Result<()> {
+    let (key_path, cert_path) = crate::certificates::authority::paths(&settings.data_dir);
+    if !cert_path.exists() {
+        anyhow::bail!("there is no CA in {} yet; run `herd ca init` or start the server", cert_path.display());
+    }
+    let ca = crate::certificates::authority::load(&key_path, &cert_path)?;
+    print!("{}", crate::certificates::authority::describe(&ca));
+    Ok(())
+}
+
+async fn migrate_store(settings: &Settings) -> anyhow::Result<()> {
+    let db = open(settings).await?;
+    let result = async {
+        let service =
+            crate::certificates::CertificateService::start(&db, settings, to_millis(SystemClock.now())).await?;
+        service.migrate_store().await
+    }
+    .await;
+    db.close().await;
+    let outcome = result?;
+    println!(
+        "moved {} private keys into the {} store; {} left where they are (still readable there)",
+        outcome.moved,
+        match settings.cert_store {
+            crate::config::CertStoreKind::File => "file",
+            crate::config::CertStoreKind::Database => "database",
+        },
+        outcome.skipped
+    );
     Ok(())
 }

@@ -60,6 +60,12 @@ pub struct ConfigArgs {
     /// Public base URL (CRL distribution point, links).
     #[arg(long, env = "HERD_PUBLIC_URL", global = true)]
     pub public_url: Option<String>,
+    /// Key algorithm of a newly generated CA: `ecdsa-p256` (default), `rsa-2048`, `rsa-3072`, `rsa-4096`.
+    #[arg(long, env = "HERD_CA_KEY_ALGORITHM", global = true)]
+    pub ca_key_algorithm: Option<String>,
+    /// How many server-generated RSA device keys are kept ready (0 generates each on demand).
+    #[arg(long, env = "HERD_CERT_KEY_POOL_SIZE", global = true)]
+    pub cert_key_pool_size: Option<String>,
     /// How long raw metric samples are kept (e.g. `30d`).
     #[arg(long, env = "HERD_METRICS_RETENTION", global = true)]
     pub metrics_retention: Option<String>,
@@ -128,6 +134,10 @@ pub struct Settings {
     pub cert_country: String,
     pub cert_store: CertStoreKind,
     pub public_url: Option<String>,
+    /// Key algorithm of a CA generated on first start (an existing CA is loaded as it is).
+    pub ca_key_algorithm: herd_pki::CaKeyAlgorithm,
+    /// Pre-generated RSA device keys kept ready by a background thread (0: none).
+    pub cert_key_pool_size: usize,
     pub metrics_retention: Duration,
     pub log_format: Option<LogFormat>,
     pub bootstrap_token: Option<String>,
@@ -173,6 +183,8 @@ impl Settings {
             cert_country: "IL".into(),
             cert_store: CertStoreKind::File,
             public_url: None,
+            ca_key_algorithm: herd_pki::CaKeyAlgorithm::default(),
+            cert_key_pool_size: 4,
             metrics_retention: Duration::from_secs(30 * 86_400),
             log_format: None,
             bootstrap_token: None,
@@ -252,6 +264,12 @@ impl Settings {
             }
             settings.public_url = Some(v.trim_end_matches('/').to_string());
         }
+        if let Some(v) = pick("ca_key_algorithm", &args.ca_key_algorithm) {
+            settings.ca_key_algorithm = v.parse().map_err(|e| invalid("ca_key_algorithm", &v, e))?;
+        }
+        if let Some(v) = pick("cert_key_pool_size", &args.cert_key_pool_size) {
+            settings.cert_key_pool_size = parse_number("cert_key_pool_size", &v, 0, 1024)? as usize;
+        }
         if let Some(v) = pick("metrics_retention", &args.metrics_retention) {
             settings.metrics_retention = parse_duration("metrics_retention", &v)?;
         }
@@ -321,6 +339,8 @@ const KNOWN_KEYS: &[&str] = &[
     "cert_country",
     "cert_store",
     "public_url",
+    "ca_key_algorithm",
+    "cert_key_pool_size",
     "metrics_retention",
     "log_format",
     "bootstrap_token",

@@ -76,3 +76,7 @@ id_type!(
     /// An alert raised by a monitoring rule.
     AlertId
 );
+id_type!(
+    /// A device certificate record.
+    CertificateId
+);

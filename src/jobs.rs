@@ -15,6 +15,7 @@ use crate::shutdown::CancellationToken;
 /// Starts every background job of the server. Add a job by adding one `run_every` line.
 pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
     let mut jobs: Vec<JoinHandle<()>> = Vec::new();
+    jobs.push(crate::certificates::monitor::spawn(state, shutdown));
     let (db, clock, retention) = (state.db.clone(), state.clock.clone(), state.settings.metrics_retention);
     jobs.push(run_every("metrics-retention", crate::telemetry::RETENTION_INTERVAL, shutdown.clone(), move || {
         let (db, now) = (db.clone(), crate::clock::to_millis(clock.now()));

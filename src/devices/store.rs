@@ -394,6 +394,8 @@ impl<'s> DeviceStore<'s> {
             return Ok(false);
         }
         events::record(&mut tx, self.scope.tenant_id(), &Event::DeviceDeleted { device_id: id }, now).await?;
+        // Its certificates die with it: revoked (cessationOfOperation) in the same transaction.
+        crate::certificates::revoke_for_deleted_device(&mut tx, self.scope.tenant_id(), id, now).await?;
         tx.commit().await?;
         Ok(true)
     }

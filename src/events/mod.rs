@@ -35,6 +35,39 @@ pub enum Event {
     DeviceDeleted {
         device_id: DeviceId,
     },
+    /// A device certificate was issued (`keySource` `server` or `csr`).
+    CertificateIssued {
+        certificate_id: crate::ids::CertificateId,
+        device_id: DeviceId,
+        serial_number: String,
+        not_after: i64,
+        key_source: &'static str,
+    },
+    /// A certificate entered the renewal-warning window (once per certificate).
+    CertificateExpiring {
+        certificate_id: crate::ids::CertificateId,
+        device_id: DeviceId,
+        not_after: i64,
+        days_left: i64,
+    },
+    /// A certificate was succeeded by `replaced_by_id` (auto-renewal, admin or device renewal).
+    CertificateRenewed {
+        certificate_id: crate::ids::CertificateId,
+        replaced_by_id: crate::ids::CertificateId,
+        device_id: DeviceId,
+    },
+    /// A certificate passed its `notAfter`.
+    CertificateExpired {
+        certificate_id: crate::ids::CertificateId,
+        device_id: DeviceId,
+        not_after: i64,
+    },
+    /// A certificate was revoked (RFC 5280 reason name).
+    CertificateRevoked {
+        certificate_id: crate::ids::CertificateId,
+        device_id: DeviceId,
+        reason: &'static str,
+    },
     /// A monitoring rule was breached and a new alert opened (`monitoring`).
     AlertOpened {
         alert_id: crate::ids::AlertId,
@@ -66,6 +99,11 @@ impl Event {
             Event::DeviceReregistered { .. } => "device.reregistered",
             Event::DeviceStatusChanged { .. } => "device.status_changed",
             Event::DeviceDeleted { .. } => "device.deleted",
+            Event::CertificateIssued { .. } => "certificate.issued",
+            Event::CertificateExpiring { .. } => "certificate.expiring",
+            Event::CertificateRenewed { .. } => "certificate.renewed",
+            Event::CertificateExpired { .. } => "certificate.expired",
+            Event::CertificateRevoked { .. } => "certificate.revoked",
             Event::AlertOpened { .. } => "alert.opened",
             Event::AlertResolved { .. } => "alert.resolved",
         }
@@ -82,6 +120,23 @@ impl Event {
                 "deviceId": device_id, "from": from, "to": to, "lastSeen": last_seen.map(from_millis),
             }),
             Event::DeviceDeleted { device_id } => json!({ "deviceId": device_id }),
+            Event::CertificateIssued { certificate_id, device_id, serial_number, not_after, key_source } => json!({
+                "certificateId": certificate_id, "deviceId": device_id, "serialNumber": serial_number,
+                "notAfter": from_millis(*not_after), "keySource": key_source,
+            }),
+            Event::CertificateExpiring { certificate_id, device_id, not_after, days_left } => json!({
+                "certificateId": certificate_id, "deviceId": device_id, "notAfter": from_millis(*not_after),
+                "daysLeft": days_left,
+            }),
+            Event::CertificateRenewed { certificate_id, replaced_by_id, device_id } => json!({
+                "certificateId": certificate_id, "replacedById": replaced_by_id, "deviceId": device_id,
+            }),
+            Event::CertificateExpired { certificate_id, device_id, not_after } => json!({
+                "certificateId": certificate_id, "deviceId": device_id, "notAfter": from_millis(*not_after),
+            }),
+            Event::CertificateRevoked { certificate_id, device_id, reason } => json!({
+                "certificateId": certificate_id, "deviceId": device_id, "reason": reason,
+            }),
             Event::AlertOpened { alert_id, device_id, rule_id, metric, severity, value, threshold } => json!({
                 "alertId": alert_id, "deviceId": device_id, "ruleId": rule_id, "metric": metric,
                 "severity": severity, "value": value, "threshold": threshold,

@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::tenants::router())
         .merge(crate::auth::routes::router())
         .merge(crate::devices::routes::router())
+        .merge(crate::certificates::routes::router())
         .merge(crate::telemetry_metrics::router())
         .merge(crate::telemetry::router())
         .merge(crate::monitoring::router())

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod auth;
+mod certificates;
 mod devices;
 mod edge;
 mod monitoring;

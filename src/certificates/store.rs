@@ -1,0 +1,519 @@
+//! SQL for certificates, the CRL state and the CA pin.
+//!
+//! [`CertificateStore`] is bound to a [`TenantScope`] and binds its tenant id into every query:
+//! the records are global in the seed, but herd keeps the tenant on each row so that a record of
+//! another tenant cannot be read even by mistake. The free functions are the writes that run
+//! inside a caller's transaction, and the global sweeps of the monitor (system principal).
+//! Where the engines differ (`FOR UPDATE SKIP LOCKED`), the query is chosen next to it.
+
+use sqlx::FromRow;
+
+use super::{ACTIVE, EXPIRED, PENDING, REVOKED};
+use crate::auth::TenantScope;
+use crate::http::extract::Page;
+use crate::ids::{CertificateId, DeviceId, TenantId};
+use crate::store::{classify, Db, Engine, StoreError, Tx};
+use crate::{with_reader, with_tx, with_writer};
+
+/// A certificate record as stored (DESIGN.md's fields plus the tenant).
+#[derive(Debug, Clone, FromRow)]
+pub struct CertificateRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub device_id: String,
+    /// Lowercase hex, without leading zero bytes.
+    pub serial_number: String,
+    /// Lowercase hex SHA-256 of the DER.
+    pub fingerprint: String,
+    pub subject: String,
+    pub issuer: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub status: String,
+    pub revoked_at: Option<i64>,
+    pub revocation_reason: Option<String>,
+    pub key_source: String,
+    pub replaced_by_id: Option<String>,
+    pub created_at: i64,
+}
+
+const COLUMNS: &str = "id, tenant_id, device_id, serial_number, fingerprint, subject, issuer, not_before, not_after, \
+                       status, revoked_at, revocation_reason, key_source, replaced_by_id, created_at";
+
+/// The certificate PEM and where its private key is.
+#[derive(Debug, Clone, FromRow)]
+pub struct CertificateMaterial {
+    pub certificate_pem: String,
+    /// `file`, `database`, or `None` (a CSR certificate: herd never had the key).
+    pub key_storage: Option<String>,
+    pub private_key_sealed: Option<String>,
+    pub private_key_digest: Option<String>,
+}
+
+/// Where a new record's private key is (filled in by the vault).
+#[derive(Debug, Clone, Default)]
+pub struct KeyColumns {
+    pub key_storage: Option<&'static str>,
+    pub private_key_sealed: Option<String>,
+    pub private_key_digest: Option<String>,
+}
+
+/// A record to insert.
+pub struct NewCertificate<'a> {
+    pub record: &'a CertificateRow,
+    pub certificate_pem: &'a str,
+    pub key: &'a KeyColumns,
+}
+
+/// Filters of `GET /certificates`.
+#[derive(Debug, Clone, Default)]
+pub struct CertificateFilter {
+    pub status: Option<String>,
+    /// Only certificates whose `notAfter` is in `(now, before]`.
+    pub expiring: Option<(i64, i64)>,
+    pub device_id: Option<DeviceId>,
+}
+
+/// The CRL as last published.
+#[derive(Debug, Clone, FromRow)]
+pub struct CrlState {
+    pub crl_number: i64,
+    pub this_update: Option<i64>,
+    pub next_update: Option<i64>,
+    pub der_base64: Option<String>,
+    pub stale: bool,
+}
+
+/// The caller's tenant's certificate records.
+pub struct CertificateStore<'s> {
+    scope: &'s TenantScope,
+    tenant: String,
+}
+
+impl<'s> CertificateStore<'s> {
+    pub fn new(scope: &'s TenantScope) -> Self {
+        Self { scope, tenant: scope.tenant_id().to_string() }
+    }
+
+    fn db(&self) -> &Db {
+        self.scope.db()
+    }
+
+    pub async fn get(&self, id: CertificateId) -> Result<Option<CertificateRow>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM certificates WHERE tenant_id = $1 AND id = $2");
+        let id = id.to_string();
+        // The writer: a record read right after it was written (renew, revoke) must be there.
+        with_writer!(self.db(), |pool| sqlx::query_as::<_, CertificateRow>(&sql)
+            .bind(&self.tenant)
+            .bind(&id)
+            .fetch_optional(pool)
+            .await)
+        .map_err(classify)
+    }
+
+    pub async fn by_fingerprint(&self, fingerprint: &str) -> Result<Option<CertificateRow>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM certificates WHERE tenant_id = $1 AND fingerprint = $2");
+        with_reader!(self.db(), |pool| sqlx::query_as::<_, CertificateRow>(&sql)
+            .bind(&self.tenant)
+            .bind(fingerprint)
+            .fetch_optional(pool)
+            .await)
+        .map_err(classify)
+    }
+
+    /// The device's current certificate: the newest one that is neither revoked, expired nor
+    /// replaced.
+    pub async fn current_for_device(&self, device_id: DeviceId) -> Result<Option<CertificateRow>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM certificates WHERE tenant_id = $1 AND device_id = $2 \
+             AND status IN ('{PENDING}', '{ACTIVE}') AND replaced_by_id IS NULL ORDER BY id DESC LIMIT 1"
+        );
+        let device = device_id.to_string();
+        with_writer!(self.db(), |pool| sqlx::query_as::<_, CertificateRow>(&sql)
+            .bind(&self.tenant)
+            .bind(&device)
+            .fetch_optional(pool)
+            .await)
+        .map_err(classify)
+    }
+
+    pub async fn material(&self, id: CertificateId) -> Result<Option<CertificateMaterial>, StoreError> {
+        let id = id.to_string();
+        with_writer!(self.db(), |pool| sqlx::query_as::<_, CertificateMaterial>(
+            "SELECT certificate_pem, key_storage, private_key_sealed, private_key_digest FROM certificates \
+             WHERE tenant_id = $1 AND id = $2"
+        )
+        .bind(&self.tenant)
+        .bind(&id)
+        .fetch_optional(pool)
+        .await)
+        .map_err(classify)
+    }
+
+    /// A device's certificates, oldest first, `page.limit + 1` rows.
+    pub async fn list_for_device(&self, device_id: DeviceId, page: &Page) -> Result<Vec<CertificateRow>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM certificates WHERE tenant_id = $1 AND device_id = $2 AND ($3 IS NULL OR id > $3) \
+             ORDER BY id LIMIT $4"
+        );
+        let device = device_id.to_string();
+        let limit = i64::from(page.limit) + 1;
+        with_reader!(self.db(), |pool| sqlx::query_as::<_, CertificateRow>(&sql)
+            .bind(&self.tenant)
+            .bind(&device)
+            .bind(&page.after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await)
+        .map_err(classify)
+    }
+
+    /// The tenant's certificates in the order they expire (then by id), `page.limit + 1` rows.
+    /// The cursor is the last id; the page continues after that row's `(notAfter, id)`.
+    pub async fn list(&self, filter: &CertificateFilter, page: &Page) -> Result<Vec<CertificateRow>, StoreError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM certificates c WHERE c.tenant_id = $1");
+        let mut texts: Vec<String> = Vec::new();
+        let mut numbers: Vec<i64> = Vec::new();
+        // Text parameters are $2.. then numbers; placeholders are numbered as they are bound.
+        if let Some(status) = &filter.status {
+            texts.push(status.clone());
+            sql.push_str(&format!(" AND c.status = ${}", texts.len() + 1));
+        }
+        if let Some(device) = filter.device_id {
+            texts.push(device.to_string());
+            sql.push_str(&format!(" AND c.device_id = ${}", texts.len() + 1));
+        }
+        if let Some(after) = &page.after {
+            texts.push(after.clone());
+            let n = texts.len() + 1;
+            sql.push_str(&format!(
+                " AND (c.not_after, c.id) > (SELECT p.not_after, p.id FROM certificates p WHERE p.tenant_id = $1 AND p.id = ${n})"
+            ));
+        }
+        let base = texts.len() + 1;
+        if let Some((now, before)) = filter.expiring {
+            numbers.push(now);
+            numbers.push(before);
+            sql.push_str(&format!(" AND c.not_after > ${} AND c.not_after <= ${}", base + 1, base + 2));
+        }
+        numbers.push(i64::from(page.limit) + 1);
+        sql.push_str(&format!(" ORDER BY c.not_after, c.id LIMIT ${}", base + numbers.len()));
+        with_reader!(self.db(), |pool| {
+            let mut query = sqlx::query_as::<_, CertificateRow>(&sql).bind(&self.tenant);
+            for text in &texts {
+                query = query.bind(text);
+            }
+            for number in &numbers {
+                query = query.bind(*number);
+            }
+            query.fetch_all(pool).await
+        })
+        .map_err(classify)
+    }
+}
+
+/// Inserts a record. A duplicate serial or fingerprint (a 2^-126 event) is a unique violation.
+pub async fn insert(tx: &mut Tx, new: &NewCertificate<'_>) -> Result<(), StoreError> {
+    const SQL: &str =
+        "INSERT INTO certificates (id, tenant_id, device_id, serial_number, fingerprint, subject, issuer, \
+        not_before, not_after, status, key_source, certificate_pem, key_storage, private_key_sealed, \
+        private_key_digest, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+    let r = new.record;
+    with_tx!(tx, |conn| sqlx::query(SQL)
+        .bind(&r.id)
+        .bind(&r.tenant_id)
+        .bind(&r.device_id)
+        .bind(&r.serial_number)
+        .bind(&r.fingerprint)
+        .bind(&r.subject)
+        .bind(&r.issuer)
+        .bind(r.not_before)
+        .bind(r.not_after)
+        .bind(&r.status)
+        .bind(&r.key_source)
+        .bind(new.certificate_pem)
+        .bind(new.key.key_storage)
+        .bind(&new.key.private_key_sealed)
+        .bind(&new.key.private_key_digest)
+        .bind(r.created_at)
+        .execute(&mut *conn)
+        .await
+        .map(|r| r.rows_affected()))
+    .map_err(classify)?;
+    Ok(())
+}
+
+/// Marks `old` as replaced by `new`, only if it is not revoked and not already replaced: the
+/// one statement that makes every renewal happen once, whichever instance or request races.
+pub async fn mark_replaced(
+    tx: &mut Tx,
+    tenant_id: TenantId,
+    old: CertificateId,
+    new: CertificateId,
+) -> Result<bool, StoreError> {
+    let sql = format!(
+        "UPDATE certificates SET replaced_by_id = $1 WHERE tenant_id = $2 AND id = $3 \
+         AND replaced_by_id IS NULL AND status <> '{REVOKED}'"
+    );
+    let (new, tenant, old) = (new.to_string(), tenant_id.to_string(), old.to_string());
+    let affected = with_tx!(tx, |conn| sqlx::query(&sql)
+        .bind(&new)
+        .bind(&tenant)
+        .bind(&old)
+        .execute(&mut *conn)
+        .await
+        .map(|r| r.rows_affected()))
+    .map_err(classify)?;
+    Ok(affected == 1)
+}
+
+/// Revokes one record unless it is revoked already; answers the revoked record.
+pub async fn revoke(
+    tx: &mut Tx,
+    tenant_id: TenantId,
+    id: CertificateId,
+    reason: &str,
+    now: i64,
+) -> Result<Option<CertificateRow>, StoreError> {
+    let sql = format!(
+        "UPDATE certificates SET status = '{REVOKED}', revoked_at = $1, revocation_reason = $2 \
+         WHERE tenant_id = $3 AND id = $4 AND status <> '{REVOKED}' RETURNING {COLUMNS}"
+    );
+    let (tenant, id) = (tenant_id.to_string(), id.to_string());
+    with_tx!(tx, |conn| sqlx::query_as::<_, CertificateRow>(&sql)
+        .bind(now)
+        .bind(reason)
+        .bind(&tenant)
+        .bind(&id)
+        .fetch_optional(&mut *conn)
+        .await)
+    .map_err(classify)
+}
+
+/// Revokes a device's pending and active certificates; answers their ids.
+pub async fn revoke_device(
+    tx: &mut Tx,
+    tenant_id: TenantId,
+    device_id: DeviceId,
+    reason: &str,
+    now: i64,
+) -> Result<Vec<CertificateId>, StoreError> {
+    let sql = format!(
+        "UPDATE certificates SET status = '{REVOKED}', revoked_at = $1, revocation_reason = $2 \
+         WHERE tenant_id = $3 AND device_id = $4 AND status IN ('{PENDING}', '{ACTIVE}') RETURNING id"
+    );
+    let (tenant, device) = (tenant_id.to_string(), device_id.to_string());
+    let ids: Vec<(String,)> = with_tx!(tx, |conn| sqlx::query_as(&sql)
+        .bind(now)
+        .bind(reason)
+        .bind(&tenant)
+        .bind(&device)
+        .fetch_all(&mut *conn)
+        .await)
+    .map_err(classify)?;
+    Ok(ids.into_iter().filter_map(|(id,)| id.parse().ok()).collect())
+}
+
+/// A record the monitor moved, with what its event needs.
+#[derive(Debug, Clone, FromRow)]
+pub struct Transition {
+    pub id: String,
+    pub tenant_id: String,
+    pub device_id: String,
+    pub not_after: i64,
+}
+
+/// Monitor: `pending → active` for certificates whose `notBefore` has come. No event.
+pub async fn activate_due(db: &Db, now: i64) -> Result<u64, StoreError> {
+    let sql = format!("UPDATE certificates SET status = '{ACTIVE}' WHERE status = '{PENDING}' AND not_before <= $1 AND not_after > $1");
+    with_writer!(db, |pool| sqlx::query(&sql).bind(now).execute(pool).await.map(|r| r.rows_affected()))
+        .map_err(classify)
+}
+
+/// Monitor: moves up to `limit` certificates past `notAfter` to `expired` inside `tx`. The
+/// status condition is re-checked by the UPDATE itself, so two instances never expire (and
+/// announce) the same certificate twice.
+pub async fn expire_due(tx: &mut Tx, now: i64, limit: i64) -> Result<Vec<Transition>, StoreError> {
+    let sql = format!(
+        "UPDATE certificates SET status = '{EXPIRED}' WHERE id IN (SELECT id FROM certificates \
+         WHERE status IN ('{PENDING}', '{ACTIVE}') AND not_after <= $1 ORDER BY not_after LIMIT $2) \
+         AND status IN ('{PENDING}', '{ACTIVE}') RETURNING id, tenant_id, device_id, not_after"
+    );
+    with_tx!(tx, |conn| sqlx::query_as::<_, Transition>(&sql).bind(now).bind(limit).fetch_all(&mut *conn).await)
+        .map_err(classify)
+}
+
+/// Monitor: claims up to `limit` active certificates that entered the warning window and
+/// were not warned about; `warned_at` is set by the same conditional UPDATE (once each).
+pub async fn warn_due(tx: &mut Tx, now: i64, warn_before: i64, limit: i64) -> Result<Vec<Transition>, StoreError> {
+    let sql = format!(
+        "UPDATE certificates SET warned_at = $1 WHERE id IN (SELECT id FROM certificates \
+         WHERE status = '{ACTIVE}' AND warned_at IS NULL AND not_after > $1 AND not_after <= $2 ORDER BY not_after LIMIT $3) \
+         AND warned_at IS NULL RETURNING id, tenant_id, device_id, not_after"
+    );
+    with_tx!(tx, |conn| sqlx::query_as::<_, Transition>(&sql)
+        .bind(now)
+        .bind(warn_before)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await)
+    .map_err(classify)
+}
+
+/// Monitor: claims up to `limit` server-key certificates due for auto-renewal. The claim only
+/// spreads work between instances (a claim older than `reclaim_before` is taken again, in case
+/// its instance died); `mark_replaced` is what makes each renewal happen once.
+pub async fn claim_renewals(
+    db: &Db,
+    now: i64,
+    renew_before: i64,
+    reclaim_before: i64,
+    limit: i64,
+) -> Result<Vec<Transition>, StoreError> {
+    let due = format!(
+        "status = '{ACTIVE}' AND key_source = 'server' AND replaced_by_id IS NULL AND not_after > $1 \
+         AND not_after <= $2 AND (renewal_claimed_at IS NULL OR renewal_claimed_at < $3)"
+    );
+    let sql = match db.engine() {
+        Engine::Sqlite => format!(
+            "UPDATE certificates SET renewal_claimed_at = $1 WHERE id IN \
+             (SELECT id FROM certificates WHERE {due} ORDER BY not_after LIMIT $4) \
+             RETURNING id, tenant_id, device_id, not_after"
+        ),
+        Engine::Postgres => format!(
+            "UPDATE certificates AS c SET renewal_claimed_at = $1 FROM \
+             (SELECT id FROM certificates WHERE {due} ORDER BY not_after LIMIT $4 FOR UPDATE SKIP LOCKED) AS s \
+             WHERE c.id = s.id RETURNING c.id, c.tenant_id, c.device_id, c.not_after"
+        ),
+    };
+    with_writer!(db, |pool| sqlx::query_as::<_, Transition>(&sql)
+        .bind(now)
+        .bind(renew_before)
+        .bind(reclaim_before)
+        .bind(limit)
+        .fetch_all(pool)
+        .await)
+    .map_err(classify)
+}
+
+/// Serial, revocation time and reason of every revoked certificate that has not expired
+/// (an expired certificate may leave the CRL: RFC 5280 §3.3).
+pub async fn revoked_entries(tx: &mut Tx, now: i64) -> Result<Vec<(String, i64, Option<String>)>, StoreError> {
+    let sql = format!(
+        "SELECT serial_number, revoked_at, revocation_reason FROM certificates \
+         WHERE status = '{REVOKED}' AND revoked_at IS NOT NULL AND not_after > $1 ORDER BY revoked_at, id"
+    );
+    with_tx!(tx, |conn| sqlx::query_as::<_, (String, i64, Option<String>)>(&sql).bind(now).fetch_all(&mut *conn).await)
+        .map_err(classify)
+}
+
+/// The CRL as last published.
+pub async fn crl_state(db: &Db) -> Result<CrlState, StoreError> {
+    with_writer!(db, |pool| sqlx::query_as::<_, CrlState>(
+        "SELECT crl_number, this_update, next_update, der_base64, stale FROM certificate_crl WHERE id = 1"
+    )
+    .fetch_one(pool)
+    .await)
+    .map_err(classify)
+}
+
+/// Takes the next `cRLNumber` inside `tx` and clears `stale`. On PostgreSQL the UPDATE locks
+/// the row until `tx` ends, so CRLs are signed one at a time and a concurrent revocation's
+/// `mark_crl_stale` lands after this CRL (and causes the next one).
+pub async fn next_crl_number(tx: &mut Tx) -> Result<i64, StoreError> {
+    with_tx!(tx, |conn| sqlx::query_scalar::<_, i64>(
+        "UPDATE certificate_crl SET crl_number = crl_number + 1, stale = FALSE WHERE id = 1 RETURNING crl_number"
+    )
+    .fetch_one(&mut *conn)
+    .await)
+    .map_err(classify)
+}
+
+/// Stores a signed CRL.
+pub async fn save_crl(tx: &mut Tx, this_update: i64, next_update: i64, der_base64: &str) -> Result<(), StoreError> {
+    with_tx!(tx, |conn| sqlx::query(
+        "UPDATE certificate_crl SET this_update = $1, next_update = $2, der_base64 = $3 WHERE id = 1"
+    )
+    .bind(this_update)
+    .bind(next_update)
+    .bind(der_base64)
+    .execute(&mut *conn)
+    .await
+    .map(|r| r.rows_affected()))
+    .map_err(classify)?;
+    Ok(())
+}
+
+/// Marks the CRL out of date (in the transaction of a revocation).
+pub async fn mark_crl_stale(tx: &mut Tx) -> Result<(), StoreError> {
+    with_tx!(tx, |conn| sqlx::query("UPDATE certificate_crl SET stale = TRUE WHERE id = 1")
+        .execute(&mut *conn)
+        .await
+        .map(|r| r.rows_affected()))
+    .map_err(classify)?;
+    Ok(())
+}
+
+/// The fingerprint of the CA this database was pinned to, if any.
+pub async fn pinned_ca(db: &Db) -> Result<Option<String>, StoreError> {
+    with_writer!(db, |pool| sqlx::query_scalar::<_, String>(
+        "SELECT fingerprint FROM certificate_authority WHERE id = 1"
+    )
+    .fetch_optional(pool)
+    .await)
+    .map_err(classify)
+}
+
+/// Pins the database to a CA unless it is pinned already (the first instance wins).
+pub async fn pin_ca(db: &Db, fingerprint: &str, certificate_pem: &str, now: i64) -> Result<(), StoreError> {
+    with_writer!(db, |pool| sqlx::query(
+        "INSERT INTO certificate_authority (id, fingerprint, certificate_pem, created_at) VALUES (1, $1, $2, $3) \
+         ON CONFLICT (id) DO NOTHING"
+    )
+    .bind(fingerprint)
+    .bind(certificate_pem)
+    .bind(now)
+    .execute(pool)
+    .await
+    .map(|r| r.rows_affected()))
+    .map_err(classify)?;
+    Ok(())
+}
+
+/// Key-store migration: every record whose key is in `from`, oldest first.
+pub async fn keys_stored_in(db: &Db, from: &str) -> Result<Vec<(String, String, String, bool)>, StoreError> {
+    // (id, device_id, status, is current) — "current" = not replaced and not revoked/expired.
+    let sql = format!(
+        "SELECT id, device_id, status, (replaced_by_id IS NULL AND status IN ('{PENDING}', '{ACTIVE}')) \
+         FROM certificates WHERE key_storage = $1 ORDER BY id"
+    );
+    with_reader!(db, |pool| sqlx::query_as::<_, (String, String, String, bool)>(&sql).bind(from).fetch_all(pool).await)
+        .map_err(classify)
+}
+
+/// The material of one record, for the key-store migration (system principal).
+pub async fn material_of(db: &Db, id: &str) -> Result<Option<CertificateMaterial>, StoreError> {
+    with_reader!(db, |pool| sqlx::query_as::<_, CertificateMaterial>(
+        "SELECT certificate_pem, key_storage, private_key_sealed, private_key_digest FROM certificates WHERE id = $1"
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await)
+    .map_err(classify)
+}
+
+/// Records that a key moved to another store.
+pub async fn set_key_columns(db: &Db, id: &str, key: &KeyColumns) -> Result<(), StoreError> {
+    with_writer!(db, |pool| sqlx::query(
+        "UPDATE certificates SET key_storage = $1, private_key_sealed = $2, private_key_digest = $3 WHERE id = $4"
+    )
+    .bind(key.key_storage)
+    .bind(&key.private_key_sealed)
+    .bind(&key.private_key_digest)
+    .bind(id)
+    .execute(pool)
+    .await
+    .map(|r| r.rows_affected()))
+    .map_err(classify)?;
+    Ok(())
+}
