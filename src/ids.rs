@@ -80,3 +80,11 @@ id_type!(
     /// A device certificate record.
     CertificateId
 );
+id_type!(
+    /// A webhook subscription.
+    WebhookId
+);
+id_type!(
+    /// One delivery of one event to one webhook.
+    DeliveryId
+);

@@ -26,7 +26,33 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHand
         let (db, now) = (db.clone(), crate::clock::to_millis(clock.now()));
         async move { crate::monitoring::evaluate_offline(&db, now).await.map(drop).map_err(Into::into) }
     }));
-    let _ = (state, shutdown);
+    let presence = state.clone();
+    jobs.push(run_every("presence-sweep", state.settings.presence_sweep_interval, shutdown.clone(), move || {
+        let state = presence.clone();
+        async move { crate::presence::run_sweep(&state).await.map(drop).map_err(Into::into) }
+    }));
+    let (db, heartbeats) = (state.db.clone(), state.heartbeats.clone());
+    jobs.push(run_every("heartbeat-flush", state.settings.heartbeat_flush_interval, shutdown.clone(), move || {
+        let (db, heartbeats) = (db.clone(), heartbeats.clone());
+        async move { heartbeats.flush(&db).await.map(drop).map_err(Into::into) }
+    }));
+    let (db, clock, retention) = (state.db.clone(), state.clock.clone(), state.settings.event_retention);
+    jobs.push(run_every("event-retention", Duration::from_secs(3600), shutdown.clone(), move || {
+        let db = db.clone();
+        let before = crate::clock::to_millis(clock.now()) - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        async move { crate::events::store::purge(&db, before).await.map(drop).map_err(Into::into) }
+    }));
+    let webhooks = state.clone();
+    let client = crate::webhooks::delivery::client();
+    jobs.push(run_every("webhooks", Duration::from_secs(1), shutdown.clone(), move || {
+        let (state, client) = (webhooks.clone(), client.clone());
+        async move {
+            let now = crate::clock::to_millis(state.clock.now());
+            crate::webhooks::delivery::fan_out(&state.db, now).await?;
+            crate::webhooks::delivery::deliver_due(&state.db, &client, &state.metrics, now).await?;
+            Ok(())
+        }
+    }));
     jobs
 }
 

@@ -27,3 +27,4 @@ pub mod store;
 pub mod telemetry;
 pub mod telemetry_metrics;
 pub mod tenants;
+pub mod webhooks;

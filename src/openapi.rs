@@ -18,6 +18,8 @@ use crate::http::error::{FieldError, Problem};
         (name = "auth", description = "Users, sessions, API and enrollment tokens"),
         (name = "tenants", description = "Tenants (platform admin)"),
         (name = "health", description = "Probes and metrics"),
+        (name = "presence", description = "Online/offline status"),
+        (name = "events", description = "The event history, stream and webhooks"),
     )
 )]
 struct BaseDoc;

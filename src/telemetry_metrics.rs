@@ -46,6 +46,11 @@ pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     devices: Family<StatusLabels, Gauge>,
+    sweep_duration: Histogram,
+    marked_offline: Counter,
+    heartbeats_buffered: Gauge,
+    webhook_failures: Counter,
+    event_backlog: Gauge,
 }
 
 impl std::fmt::Debug for HttpMetrics {
@@ -67,7 +72,27 @@ impl Default for HttpMetrics {
         registry.register("http_requests", "HTTP requests by method, route and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency by method and route", latency.clone());
         registry.register("devices", "Devices by presence status, all tenants", devices.clone());
-        Self { registry: Mutex::new(registry), requests, latency, devices }
+        let sweep_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let marked_offline = Counter::default();
+        let heartbeats_buffered = Gauge::default();
+        let webhook_failures = Counter::default();
+        let event_backlog = Gauge::default();
+        registry.register("presence_sweep_duration_seconds", "Duration of presence sweeps", sweep_duration.clone());
+        registry.register("presence_marked_offline", "Devices marked offline by the sweep", marked_offline.clone());
+        registry.register("heartbeats_buffered", "Heartbeats waiting to be written", heartbeats_buffered.clone());
+        registry.register("webhook_delivery_failures", "Failed webhook delivery attempts", webhook_failures.clone());
+        registry.register("event_backlog", "Webhook deliveries not yet delivered", event_backlog.clone());
+        Self {
+            registry: Mutex::new(registry),
+            requests,
+            latency,
+            devices,
+            sweep_duration,
+            marked_offline,
+            heartbeats_buffered,
+            webhook_failures,
+            event_backlog,
+        }
     }
 }
 
@@ -77,6 +102,15 @@ impl HttpMetrics {
         self.latency
             .get_or_create(&RouteLabels { method: method.into(), route: route.into() })
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_sweep(&self, marked_offline: usize, elapsed: Duration) {
+        self.sweep_duration.observe(elapsed.as_secs_f64());
+        self.marked_offline.inc_by(marked_offline as u64);
+    }
+
+    pub fn observe_webhook_failure(&self) {
+        self.webhook_failures.inc();
     }
 
     fn encode(&self) -> Result<String, std::fmt::Error> {
@@ -100,6 +134,8 @@ pub async fn serve(State(state): State<AppState>) -> Result<Response, ApiError> 
         let n = counts.iter().find(|(s, _)| s == status).map(|(_, n)| *n).unwrap_or(0);
         state.metrics.devices.get_or_create(&StatusLabels { status: status.into() }).set(n);
     }
+    state.metrics.heartbeats_buffered.set(state.heartbeats.len() as i64);
+    state.metrics.event_backlog.set(crate::webhooks::store::backlog(&state.db).await?);
     let text = state.metrics.encode().map_err(|e| ApiError::internal(anyhow::anyhow!("cannot encode metrics: {e}")))?;
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
 }

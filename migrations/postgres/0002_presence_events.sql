@@ -44,8 +44,3 @@ CREATE INDEX webhook_deliveries_webhook_idx ON webhook_deliveries (tenant_id, we
 CREATE INDEX events_tenant_type_seq_idx ON events (tenant_id, type, seq);
 CREATE INDEX events_occurred_idx ON events (occurred_at);
 
--- Sequence numbers are handed out before commit, so on PostgreSQL a reader that only asked
--- for `seq > cursor` could pass over an event whose transaction commits late. Readers only
--- see events of transactions older than every transaction still running (the xid8 below
--- against pg_snapshot_xmin), which makes `seq` order safe to resume from.
-ALTER TABLE events ADD COLUMN tx_id xid8 NOT NULL DEFAULT pg_current_xact_id();

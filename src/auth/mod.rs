@@ -131,6 +131,8 @@ pub struct PlatformAdmin(pub Member);
 pub struct DeviceAuth {
     pub scope: TenantScope,
     pub device_id: DeviceId,
+    /// The device's row as read while authenticating (the heartbeat answers from it).
+    pub device: devices::store::DeviceRow,
 }
 
 /// Who may auto-register a device: an enrollment token or a member with at least `operator`.
@@ -203,8 +205,9 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
             Ok(Principal::Enrollment(TenantScope::new(db.clone(), parse_id(&row.tenant_id)?), parse_id(&row.id)?))
         }
         TokenKind::Device => {
-            let (device_id, tenant_id) = devices::store::find_by_token_hash(db, &hash).await?.ok_or_else(rejected)?;
-            Ok(Principal::Device(DeviceAuth { scope: TenantScope::new(db.clone(), tenant_id), device_id }))
+            let owner = devices::store::find_by_token_hash(db, &hash).await?.ok_or_else(rejected)?;
+            let scope = TenantScope::new(db.clone(), parse_id(&owner.tenant_id)?);
+            Ok(Principal::Device(DeviceAuth { scope, device_id: parse_id(&owner.device.id)?, device: owner.device }))
         }
     }
 }

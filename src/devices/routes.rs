@@ -428,6 +428,7 @@ pub struct DeviceListParams {
 #[utoipa::path(get, path = "/devices", tag = "devices", security(("bearer" = [])), params(DeviceListParams),
     responses((status = 200, body = ListResponse<DeviceDto>)))]
 async fn list_devices(
+    State(state): State<AppState>,
     member: Member,
     ApiQuery(params): ApiQuery<DeviceListParams>,
 ) -> Result<Json<ListResponse<DeviceDto>>, ApiError> {
@@ -444,7 +445,19 @@ async fn list_devices(
     errors.finish()?;
     let filter = DeviceFilter { status: params.status, q: params.q, tag: params.tag };
     let rows = DeviceStore::new(scope).list(&filter, &page).await?;
-    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id.clone(), DeviceDto::from)))
+    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id.clone(), |row| overlay(&state, row).into())))
+}
+
+/// Shows a buffered heartbeat's `lastSeen` (not yet written) on a row read from the database.
+fn overlay(state: &AppState, mut row: DeviceRow) -> DeviceRow {
+    if let Ok(id) = row.id.parse::<DeviceId>() {
+        if let Some(at) = state.heartbeats.pending_last_seen(&id) {
+            if row.status == ONLINE && row.last_seen.is_none_or(|seen| seen < at) {
+                row.last_seen = Some(at);
+            }
+        }
+    }
+    row
 }
 
 /// A device checks in (device token): `lastSeen` becomes now and `status` online.
@@ -463,8 +476,25 @@ async fn connect(
         firmware_version: clean(&body.firmware_version),
     };
     let now = state.clock.now();
+    let millis = to_millis(now);
+    let known = &device.device;
+    let same = |reported: &Option<String>, stored: &Option<String>| reported.is_none() || reported == stored;
+    let nothing_new = known.status == ONLINE
+        && same(&report.ip_address, &known.ip_address)
+        && same(&report.app_version, &known.app_version)
+        && same(&report.os_version, &known.os_version)
+        && same(&report.firmware_version, &known.firmware_version);
+    if nothing_new {
+        // The hot path: an online device that only says "still here". Its lastSeen is
+        // buffered and written in batches (see `presence` for what a crash can lose).
+        let tenant = device.scope.tenant_id();
+        state.heartbeats.record(device.device_id, tenant, millis);
+        let mut row = device.device;
+        row.last_seen = Some(row.last_seen.map_or(millis, |seen| seen.max(millis)));
+        return Ok(Json(ConnectResponse { device: row.into(), server_time: now }));
+    }
     let row = DeviceStore::new(&device.scope)
-        .connect(device.device_id, &report, to_millis(now))
+        .connect(device.device_id, &report, millis)
         .await?
         .ok_or_else(|| ApiError::Unauthorized("this device no longer exists".into()))?;
     Ok(Json(ConnectResponse { device: row.into(), server_time: now }))
@@ -472,21 +502,25 @@ async fn connect(
 
 /// The calling device's own record (device token).
 #[utoipa::path(get, path = "/devices/self", tag = "devices", security(("bearer" = [])), responses((status = 200, body = DeviceDto)))]
-async fn get_self(device: DeviceAuth) -> Result<Json<DeviceDto>, ApiError> {
+async fn get_self(State(state): State<AppState>, device: DeviceAuth) -> Result<Json<DeviceDto>, ApiError> {
     let row = DeviceStore::new(&device.scope)
         .get(device.device_id)
         .await?
         .ok_or_else(|| ApiError::Unauthorized("this device no longer exists".into()))?;
-    Ok(Json(row.into()))
+    Ok(Json(overlay(&state, row).into()))
 }
 
 /// One device of the tenant.
 #[utoipa::path(get, path = "/devices/{id}", tag = "devices", security(("bearer" = [])),
     params(("id" = String, Path, description = "device id")), responses((status = 200, body = DeviceDto)))]
-async fn get_device(member: Member, IdPath(id): IdPath<DeviceId>) -> Result<Json<DeviceDto>, ApiError> {
+async fn get_device(
+    State(state): State<AppState>,
+    member: Member,
+    IdPath(id): IdPath<DeviceId>,
+) -> Result<Json<DeviceDto>, ApiError> {
     let scope = member.require(Role::Viewer)?;
     let row = DeviceStore::new(scope).get(id).await?.ok_or_else(|| ApiError::not_found("device"))?;
-    Ok(Json(row.into()))
+    Ok(Json(overlay(&state, row).into()))
 }
 
 /// Change a device (operator and above).

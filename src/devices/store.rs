@@ -9,7 +9,7 @@ use crate::auth::store::consume_enrollment_use;
 use crate::auth::TenantScope;
 use crate::events::{self, Event};
 use crate::http::extract::Page;
-use crate::ids::{DeviceId, EnrollmentTokenId, TenantId};
+use crate::ids::{DeviceId, EnrollmentTokenId};
 use crate::store::{classify, Db, StoreError, Tx};
 use crate::{with_reader, with_tx, with_writer};
 
@@ -472,15 +472,20 @@ impl<'s> DeviceStore<'s> {
     }
 }
 
-/// Cross-tenant by necessity: a device token is how a request's tenant becomes known.
-pub async fn find_by_token_hash(db: &Db, hash: &str) -> Result<Option<(DeviceId, TenantId)>, StoreError> {
-    let row: Option<(String, String)> =
-        with_reader!(db, |pool| sqlx::query_as("SELECT id, tenant_id FROM devices WHERE token_hash = $1")
-            .bind(hash)
-            .fetch_optional(pool)
-            .await)
-        .map_err(classify)?;
-    Ok(row.and_then(|(id, tenant)| Some((id.parse().ok()?, tenant.parse().ok()?))))
+/// A device found by its token, with its tenant.
+#[derive(Debug, FromRow)]
+pub struct TokenOwner {
+    pub tenant_id: String,
+    #[sqlx(flatten)]
+    pub device: DeviceRow,
+}
+
+/// Cross-tenant by necessity: a device token is how a request's tenant becomes known. Returns
+/// the whole row, so that a heartbeat needs no second read.
+pub async fn find_by_token_hash(db: &Db, hash: &str) -> Result<Option<TokenOwner>, StoreError> {
+    let sql = format!("SELECT tenant_id, {COLUMNS} FROM devices WHERE token_hash = $1");
+    with_reader!(db, |pool| sqlx::query_as::<_, TokenOwner>(&sql).bind(hash).fetch_optional(pool).await)
+        .map_err(classify)
 }
 
 /// Devices per status across all tenants, for `GET /metrics`.

@@ -5,6 +5,9 @@
 //! the `events` table inside the caller's transaction: a committed change always has its
 //! event, a rolled-back one never does.
 
+pub mod routes;
+pub mod store;
+
 use serde_json::{json, Value};
 
 use crate::clock::from_millis;
@@ -68,6 +71,12 @@ pub enum Event {
         device_id: DeviceId,
         reason: &'static str,
     },
+    /// A webhook kept failing and was switched off.
+    WebhookDisabled {
+        webhook_id: String,
+        url: String,
+        reason: String,
+    },
     /// A monitoring rule was breached and a new alert opened (`monitoring`).
     AlertOpened {
         alert_id: crate::ids::AlertId,
@@ -91,6 +100,22 @@ pub enum Event {
     },
 }
 
+/// Every event type herd emits or will emit; webhook subscriptions are checked against it.
+pub const KNOWN_TYPES: &[&str] = &[
+    "device.registered",
+    "device.reregistered",
+    "device.status_changed",
+    "device.deleted",
+    "certificate.issued",
+    "certificate.expiring",
+    "certificate.renewed",
+    "certificate.expired",
+    "certificate.revoked",
+    "alert.opened",
+    "alert.resolved",
+    "webhook.disabled",
+];
+
 impl Event {
     /// The `type` of the event on the wire.
     pub fn type_name(&self) -> &'static str {
@@ -104,6 +129,7 @@ impl Event {
             Event::CertificateRenewed { .. } => "certificate.renewed",
             Event::CertificateExpired { .. } => "certificate.expired",
             Event::CertificateRevoked { .. } => "certificate.revoked",
+            Event::WebhookDisabled { .. } => "webhook.disabled",
             Event::AlertOpened { .. } => "alert.opened",
             Event::AlertResolved { .. } => "alert.resolved",
         }
@@ -137,6 +163,9 @@ impl Event {
             Event::CertificateRevoked { certificate_id, device_id, reason } => json!({
                 "certificateId": certificate_id, "deviceId": device_id, "reason": reason,
             }),
+            Event::WebhookDisabled { webhook_id, url, reason } => {
+                json!({ "webhookId": webhook_id, "url": url, "reason": reason })
+            }
             Event::AlertOpened { alert_id, device_id, rule_id, metric, severity, value, threshold } => json!({
                 "alertId": alert_id, "deviceId": device_id, "ruleId": rule_id, "metric": metric,
                 "severity": severity, "value": value, "threshold": threshold,
@@ -149,8 +178,33 @@ impl Event {
     }
 }
 
+/// The advisory lock that orders event writers on PostgreSQL ("herdevts").
+const EVENT_ORDER_LOCK: i64 = 0x6865_7264_6576_7473;
+
+/// Makes `seq` order commit order. A sequence hands out numbers before commit, so without
+/// this a reader asking for `seq > N` could pass over an event whose transaction commits
+/// late. On PostgreSQL every transaction that writes events takes one transaction-scoped
+/// advisory lock right before its first event and keeps it until it commits, so event
+/// writers commit one at a time, in `seq` order. (SQLite has a single writer already.) The
+/// lock is taken last in each transaction, so it is held only for the event inserts and the
+/// commit.
+async fn order_events(tx: &mut Tx) -> Result<(), StoreError> {
+    if let Tx::Postgres(tx) = tx {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(EVENT_ORDER_LOCK)
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+    }
+    Ok(())
+}
+
 /// Writes many events in one statement per chunk (the sweep's batches).
 pub async fn record_many(tx: &mut Tx, events: &[(TenantId, Event)], now: i64) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    order_events(tx).await?;
     // Five parameters a row keeps a chunk well under SQLite's 32,766-parameter limit.
     for chunk in events.chunks(1000) {
         let rows: Vec<String> = (0..chunk.len())
@@ -176,6 +230,7 @@ pub async fn record_many(tx: &mut Tx, events: &[(TenantId, Event)], now: i64) ->
 /// Writes `event` to the outbox inside `tx`.
 pub async fn record(tx: &mut Tx, tenant_id: TenantId, event: &Event, now: i64) -> Result<EventId, StoreError> {
     const SQL: &str = "INSERT INTO events (id, tenant_id, type, occurred_at, data) VALUES ($1, $2, $3, $4, $5)";
+    order_events(tx).await?;
     let id = EventId::new();
     let (id_text, tenant, data) = (id.to_string(), tenant_id.to_string(), event.data().to_string());
     with_tx!(tx, |conn| sqlx::query(SQL)

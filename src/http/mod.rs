@@ -64,6 +64,9 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::monitoring::router())
         .merge(crate::settings::router())
         .merge(crate::configurations::router())
+        .merge(crate::presence::routes::router())
+        .merge(crate::events::routes::router())
+        .merge(crate::webhooks::routes::router())
         .split_for_parts();
     let document = Arc::new(crate::openapi::finish(document));
 

@@ -50,6 +50,12 @@ impl HeartbeatBuffer {
         }
     }
 
+    /// The buffered `lastSeen` of a device, if newer than what is stored: reads overlay it so
+    /// that this instance never shows a device older than its last heartbeat.
+    pub fn pending_last_seen(&self, device: &DeviceId) -> Option<i64> {
+        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(device).map(|(_, at)| *at)
+    }
+
     /// How many devices wait to be written.
     pub fn len(&self) -> usize {
         self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
@@ -206,3 +212,22 @@ pub async fn sweep(db: &Db, threshold: Duration, now: i64) -> Result<SweepOutcom
     outcome.duration = started.elapsed();
     Ok(outcome)
 }
+
+/// One scheduled sweep as the server runs it: write this instance's buffered heartbeats, then
+/// sweep with the configured threshold at the clock's `now`, and record the figures.
+pub async fn run_sweep(state: &crate::app::AppState) -> Result<SweepOutcome, StoreError> {
+    state.heartbeats.flush(&state.db).await?;
+    let now = crate::clock::to_millis(state.clock.now());
+    let outcome = sweep(&state.db, state.settings.presence_threshold, now).await?;
+    state.metrics.observe_sweep(outcome.marked_offline, outcome.duration);
+    if outcome.marked_offline > 0 {
+        tracing::info!(
+            marked_offline = outcome.marked_offline,
+            duration_ms = outcome.duration.as_millis() as u64,
+            "presence sweep"
+        );
+    }
+    Ok(outcome)
+}
+
+pub mod routes;

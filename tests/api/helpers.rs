@@ -82,6 +82,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub clock: Arc<ManualClock>,
     pub settings: Settings,
+    /// The running app's state, for calling job steps (sweeps, deliveries) directly.
+    pub state: herd::app::AppState,
     /// Keeps the data directory alive for the test's lifetime.
     _data_dir: Arc<tempfile::TempDir>,
     shutdown: CancellationToken,
@@ -145,6 +147,7 @@ async fn start(
     let app = App::build_with_clock(settings.clone(), clock.clone()).await.expect("the app builds");
     let address = app.local_addr();
     let shutdown = app.shutdown_token();
+    let state = app.state().clone();
     let server = tokio::spawn(app.run_until_stopped());
     TestApp {
         engine,
@@ -152,6 +155,7 @@ async fn start(
         client: reqwest::Client::new(),
         clock,
         settings,
+        state,
         _data_dir: data_dir,
         shutdown,
         server: Some(server),
@@ -257,6 +261,14 @@ impl TestApp {
     pub async fn api_token(&self, admin: &str, role: &str) -> String {
         let response = self.post("/tokens", admin, json!({ "name": format!("{role} token"), "role": role })).await;
         expect_json(response, StatusCode::CREATED).await["secret"].as_str().expect("secret").to_string()
+    }
+
+    /// Another herd instance on the same database and clock (several instances behind a load
+    /// balancer). The first instance keeps ownership of the test database.
+    pub async fn second_instance(&self) -> TestApp {
+        let mut settings = self.settings.clone();
+        settings.listen = "127.0.0.1:0".parse().expect("address");
+        start(self.engine, settings, self.clock.clone(), self._data_dir.clone(), None).await
     }
 
     /// Stops the server gracefully and starts a new one on the same data directory and database.

@@ -1,0 +1,200 @@
+//! `GET /events` (history) and `GET /events/stream` (Server-Sent Events), tenant-scoped.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::Json;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::store::{self, EventRow};
+use crate::app::AppState;
+use crate::auth::{Member, Role, TenantScope};
+use crate::http::error::ApiError;
+use crate::http::extract::ApiQuery;
+use crate::http::{time, ListResponse};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_events)).routes(routes!(stream_events))
+}
+
+/// How often an idle stream looks for new events.
+const STREAM_POLL: Duration = Duration::from_millis(500);
+
+/// An event as served (DESIGN.md: `{id, type, tenantId, occurredAt, data}`, plus its `seq`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventDto {
+    pub id: String,
+    /// Position in the tenant's history; the SSE `id` and what `Last-Event-ID` resumes from.
+    pub seq: i64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub tenant_id: String,
+    pub occurred_at: DateTime<Utc>,
+    pub data: Value,
+}
+
+impl From<EventRow> for EventDto {
+    fn from(row: EventRow) -> Self {
+        Self {
+            id: row.id,
+            seq: row.seq,
+            event_type: row.event_type,
+            tenant_id: row.tenant_id,
+            occurred_at: time(row.occurred_at),
+            data: serde_json::from_str(&row.data).unwrap_or(Value::Null),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventListParams {
+    /// Only these types (comma-separated), e.g. `device.status_changed`.
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// How many items to return (1–500, default 50).
+    pub limit: Option<u32>,
+    /// The `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+fn parse_types(text: Option<&str>) -> Result<Vec<String>, ApiError> {
+    let Some(text) = text else { return Ok(Vec::new()) };
+    let mut types = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if !super::KNOWN_TYPES.contains(&part) {
+            return Err(ApiError::invalid("type", format!("unknown event type {part:?}")));
+        }
+        types.push(part.to_string());
+    }
+    Ok(types)
+}
+
+fn encode_cursor(seq: i64) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("e1:{seq}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<i64> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    String::from_utf8(bytes).ok()?.strip_prefix("e1:")?.parse().ok().filter(|seq: &i64| *seq >= 0)
+}
+
+/// The tenant's event history, oldest first (kept for `HERD_EVENT_RETENTION`).
+#[utoipa::path(get, path = "/events", tag = "events", security(("bearer" = [])), params(EventListParams),
+    responses((status = 200, body = ListResponse<EventDto>)))]
+async fn list_events(
+    member: Member,
+    ApiQuery(params): ApiQuery<EventListParams>,
+) -> Result<Json<ListResponse<EventDto>>, ApiError> {
+    let scope = member.require(Role::Viewer)?;
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 500"));
+    }
+    let after = match &params.cursor {
+        Some(cursor) => {
+            decode_cursor(cursor).ok_or_else(|| ApiError::invalid("cursor", "is not a cursor this server issued"))?
+        }
+        None => 0,
+    };
+    let types = parse_types(params.event_type.as_deref())?;
+    let mut rows = store::list(scope, after, &types, limit + 1).await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_cursor = if more { rows.last().map(|r| encode_cursor(r.seq)) } else { None };
+    Ok(Json(ListResponse { items: rows.into_iter().map(EventDto::from).collect(), next_cursor }))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamParams {
+    /// Only these types (comma-separated).
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// Start after this `seq` (what `Last-Event-ID` does for a reconnecting client).
+    pub after: Option<i64>,
+}
+
+/// Live events as Server-Sent Events. Each has `id: <seq>`; reconnect with `Last-Event-ID` to
+/// resume without gaps. Without it the stream starts with the next event. Comments keep idle
+/// connections alive.
+#[utoipa::path(get, path = "/events/stream", tag = "events", security(("bearer" = [])), params(StreamParams),
+    responses((status = 200, content_type = "text/event-stream", body = String)))]
+async fn stream_events(
+    State(state): State<AppState>,
+    member: Member,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<StreamParams>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let scope = member.require(Role::Viewer)?.clone();
+    let types = parse_types(params.event_type.as_deref())?;
+    let last_event_id = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .filter(|seq| *seq >= 0)
+                .ok_or_else(|| ApiError::invalid("Last-Event-ID", "must be the seq of an event"))?,
+        ),
+        None => None,
+    };
+    let start = match last_event_id.or(params.after) {
+        Some(seq) if seq >= 0 => seq,
+        Some(_) => return Err(ApiError::invalid("after", "must not be negative")),
+        None => store::latest_seq(scope.db(), &scope.tenant_id().to_string()).await?,
+    };
+    let stream = EventStream { scope, types, cursor: start, buffer: VecDeque::new(), state };
+    let events = futures::stream::unfold(stream, |mut stream| async move {
+        let event = stream.next().await?;
+        Some((Ok(event), stream))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive")))
+}
+
+struct EventStream {
+    scope: TenantScope,
+    types: Vec<String>,
+    cursor: i64,
+    buffer: VecDeque<EventRow>,
+    state: AppState,
+}
+
+impl EventStream {
+    /// The next event, waiting for one if needed; `None` ends the stream (server shutdown).
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(row) = self.buffer.pop_front() {
+                self.cursor = row.seq;
+                let seq = row.seq;
+                let event_type = row.event_type.clone();
+                let data = serde_json::to_string(&EventDto::from(row)).unwrap_or_default();
+                return Some(SseEvent::default().id(seq.to_string()).event(event_type).data(data));
+            }
+            match store::list(&self.scope, self.cursor, &self.types, 100).await {
+                Ok(rows) if !rows.is_empty() => {
+                    self.buffer.extend(rows);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "event stream cannot read events; retrying"),
+            }
+            tokio::select! {
+                () = self.state.shutdown.cancelled() => return None,
+                () = tokio::time::sleep(STREAM_POLL) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! SQL for reading the outbox. Events become visible in `seq` order (see [`super::record`]:
+//! writers of events are serialised until they commit), so "everything after seq N" is a
+//! safe place to resume from on both engines.
+
+use sqlx::FromRow;
+
+use crate::auth::TenantScope;
+use crate::store::{classify, Db, StoreError};
+use crate::{with_reader, with_writer};
+
+/// An event as stored.
+#[derive(Debug, Clone, FromRow)]
+pub struct EventRow {
+    pub seq: i64,
+    pub id: String,
+    pub tenant_id: String,
+    #[sqlx(rename = "type")]
+    pub event_type: String,
+    pub occurred_at: i64,
+    pub data: String,
+}
+
+/// Events of one tenant after `after` (a `seq`), optionally only of some types, oldest first.
+pub async fn list_after(
+    db: &Db,
+    tenant: &str,
+    after: i64,
+    types: &[String],
+    limit: u32,
+) -> Result<Vec<EventRow>, StoreError> {
+    let mut sql =
+        format!("SELECT seq, id, tenant_id, type, occurred_at, data FROM events WHERE tenant_id = $1 AND seq > $2");
+    if !types.is_empty() {
+        let placeholders: Vec<String> = (0..types.len()).map(|i| format!("${}", i + 3)).collect();
+        sql.push_str(&format!(" AND type IN ({})", placeholders.join(", ")));
+    }
+    sql.push_str(&format!(" ORDER BY seq LIMIT ${}", types.len() + 3));
+    with_reader!(db, |pool| {
+        let mut query = sqlx::query_as::<_, EventRow>(&sql).bind(tenant).bind(after);
+        for event_type in types {
+            query = query.bind(event_type);
+        }
+        query.bind(i64::from(limit)).fetch_all(pool).await
+    })
+    .map_err(classify)
+}
+
+/// The tenant's events after `after`, through its scope.
+pub async fn list(scope: &TenantScope, after: i64, types: &[String], limit: u32) -> Result<Vec<EventRow>, StoreError> {
+    list_after(scope.db(), &scope.tenant_id().to_string(), after, types, limit).await
+}
+
+/// The newest `seq` of a tenant (0 if none): where a stream without `Last-Event-ID` starts.
+pub async fn latest_seq(db: &Db, tenant: &str) -> Result<i64, StoreError> {
+    let (seq,): (Option<i64>,) =
+        with_reader!(db, |pool| sqlx::query_as("SELECT MAX(seq) FROM events WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(pool)
+            .await)
+        .map_err(classify)?;
+    Ok(seq.unwrap_or(0))
+}
+
+/// One event by `seq` (webhook delivery).
+pub async fn get(db: &Db, seq: i64) -> Result<Option<EventRow>, StoreError> {
+    with_reader!(db, |pool| sqlx::query_as::<_, EventRow>(
+        "SELECT seq, id, tenant_id, type, occurred_at, data FROM events WHERE seq = $1"
+    )
+    .bind(seq)
+    .fetch_optional(pool)
+    .await)
+    .map_err(classify)
+}
+
+/// Deletes events that occurred before `before`; answers how many.
+pub async fn purge(db: &Db, before: i64) -> Result<u64, StoreError> {
+    with_writer!(db, |pool| sqlx::query("DELETE FROM events WHERE occurred_at < $1")
+        .bind(before)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+    .map_err(classify)
+}

@@ -1,0 +1,146 @@
+//! Presence: the sweep's boundaries, exactly-once events with two instances, buffered
+//! heartbeats, and the admin trigger.
+
+use chrono::Duration;
+use herd::clock::to_millis;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{engine_tests, expect_json, expect_problem, ClockExt, TestApp, ADMIN_TOKEN};
+
+/// Registers `n` devices and connects each once; answers (device id, token) pairs.
+async fn online_devices(app: &TestApp, n: usize, prefix: &str) -> Vec<(String, String)> {
+    let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
+    let mut devices = Vec::new();
+    for i in 0..n {
+        let (device, token) = app.register(&enroll, json!({ "serialNumber": format!("{prefix}-{i}") })).await;
+        expect_json(app.post("/devices/connect", &token, json!({})).await, StatusCode::OK).await;
+        devices.push((device["id"].as_str().unwrap().to_string(), token));
+    }
+    devices
+}
+
+async fn status_events(app: &TestApp, token: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut path = "/events?type=device.status_changed&limit=500".to_string();
+    loop {
+        let page = expect_json(app.get(&path, token).await, StatusCode::OK).await;
+        events.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["nextCursor"].as_str() {
+            Some(cursor) => path = format!("/events?type=device.status_changed&limit=500&cursor={cursor}"),
+            None => return events,
+        }
+    }
+}
+
+async fn status_of(app: &TestApp, id: &str) -> String {
+    let device = expect_json(app.get(&format!("/devices/{id}"), ADMIN_TOKEN).await, StatusCode::OK).await;
+    device["status"].as_str().unwrap().to_string()
+}
+
+engine_tests! {
+    async fn the_sweep_honours_the_threshold_exactly(app) {
+        let devices = online_devices(&app, 3, "B").await;
+        // Device 0 reports again a minute later (through the heartbeat buffer).
+        app.clock.advance(Duration::minutes(1));
+        expect_json(app.post("/devices/connect", &devices[0].1, json!({})).await, StatusCode::OK).await;
+        // Exactly at the threshold nobody is offline: lastSeen == now - 5m is not older than it.
+        app.clock.advance(Duration::minutes(4));
+        assert_eq!(herd::presence::run_sweep(&app.state).await.unwrap().marked_offline, 0);
+        // One millisecond past it, the two silent devices go offline; device 0 stays.
+        app.clock.advance(Duration::milliseconds(1));
+        assert_eq!(herd::presence::run_sweep(&app.state).await.unwrap().marked_offline, 2);
+        assert_eq!(status_of(&app, &devices[0].0).await, "online");
+        assert_eq!(status_of(&app, &devices[1].0).await, "offline");
+        assert_eq!(status_of(&app, &devices[2].0).await, "offline");
+        // A second sweep finds nothing more, and each change was announced once.
+        assert_eq!(herd::presence::run_sweep(&app.state).await.unwrap().marked_offline, 0);
+        let offline: Vec<Value> = status_events(&app, ADMIN_TOKEN).await.into_iter().filter(|e| e["data"]["to"] == "offline").collect();
+        assert_eq!(offline.len(), 2);
+        for event in &offline {
+            assert_eq!(event["data"]["from"], "online");
+            assert!(event["data"]["lastSeen"].is_string());
+        }
+    }
+
+    async fn a_swept_device_that_reconnects_comes_back_online_with_an_event(app) {
+        let devices = online_devices(&app, 1, "R").await;
+        app.clock.advance(Duration::minutes(6));
+        assert_eq!(herd::presence::run_sweep(&app.state).await.unwrap().marked_offline, 1);
+        let body = expect_json(app.post("/devices/connect", &devices[0].1, json!({})).await, StatusCode::OK).await;
+        assert_eq!(body["device"]["status"], "online");
+        let events = status_events(&app, ADMIN_TOKEN).await;
+        let transitions: Vec<(String, String)> = events
+            .iter()
+            .map(|e| (e["data"]["from"].as_str().unwrap().to_string(), e["data"]["to"].as_str().unwrap().to_string()))
+            .collect();
+        assert_eq!(transitions, vec![
+            ("offline".to_string(), "online".to_string()),
+            ("online".to_string(), "offline".to_string()),
+            ("offline".to_string(), "online".to_string()),
+        ]);
+    }
+
+    async fn a_buffered_heartbeat_racing_the_sweep_revives_the_device(app) {
+        let devices = online_devices(&app, 1, "H").await;
+        // The device was silent for ten minutes, then its heartbeat lands in the buffer …
+        app.clock.advance(Duration::minutes(10));
+        expect_json(app.post("/devices/connect", &devices[0].1, json!({})).await, StatusCode::OK).await;
+        assert_eq!(app.state.heartbeats.len(), 1);
+        // … while another instance (which cannot see this buffer) sweeps it offline.
+        let now = to_millis(app.clock.now_plus(Duration::zero()));
+        let swept = herd::presence::sweep(&app.state.db, app.settings.presence_threshold, now).await.unwrap();
+        assert_eq!(swept.marked_offline, 1);
+        // The flush then finds it offline and brings it back, announcing it.
+        let flushed = app.state.heartbeats.flush(&app.state.db).await.unwrap();
+        assert_eq!(flushed.revived, 1);
+        assert_eq!(status_of(&app, &devices[0].0).await, "online");
+        let events = status_events(&app, ADMIN_TOKEN).await;
+        assert_eq!(events.last().unwrap()["data"]["to"], "online");
+        assert_eq!(events.len(), 3, "online, offline, online again");
+    }
+
+    async fn buffered_heartbeats_reach_the_database(app) {
+        let devices = online_devices(&app, 2, "F").await;
+        app.clock.advance(Duration::seconds(30));
+        for (_, token) in &devices {
+            expect_json(app.post("/devices/connect", token, json!({})).await, StatusCode::OK).await;
+        }
+        let outcome = app.state.heartbeats.flush(&app.state.db).await.unwrap();
+        assert_eq!(outcome.written, 2);
+        assert!(app.state.heartbeats.is_empty());
+        // A second instance reads the database, not the first one's buffer.
+        let other = app.second_instance().await;
+        let device = expect_json(other.get(&format!("/devices/{}", devices[1].0), ADMIN_TOKEN).await, StatusCode::OK).await;
+        let last_seen: chrono::DateTime<chrono::Utc> = serde_json::from_value(device["lastSeen"].clone()).unwrap();
+        assert_eq!(last_seen, app.clock.now_plus(Duration::zero()));
+    }
+
+    async fn two_instances_announce_each_change_exactly_once(app) {
+        let devices = online_devices(&app, 120, "X").await;
+        let other = app.second_instance().await;
+        app.clock.advance(Duration::minutes(6));
+        let now = to_millis(app.clock.now_plus(Duration::zero()));
+        let threshold = app.settings.presence_threshold;
+        let (a, b) = tokio::join!(
+            herd::presence::sweep(&app.state.db, threshold, now),
+            herd::presence::sweep(&other.state.db, threshold, now),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.marked_offline + b.marked_offline, devices.len());
+        let offline = status_events(&app, ADMIN_TOKEN).await.into_iter().filter(|e| e["data"]["to"] == "offline").count();
+        assert_eq!(offline, devices.len());
+    }
+
+    async fn admins_can_run_the_sweep_now(app) {
+        online_devices(&app, 2, "S").await;
+        app.clock.advance(Duration::minutes(10));
+        let (_, tenant_admin) = app.create_tenant("other").await;
+        expect_problem(app.post("/admin/presence/sweep", &tenant_admin, json!({})).await, StatusCode::FORBIDDEN).await;
+        let body = expect_json(app.post("/admin/presence/sweep", ADMIN_TOKEN, json!({})).await, StatusCode::OK).await;
+        assert_eq!(body["markedOffline"], 2);
+        let metrics = app.request(reqwest::Method::GET, "/metrics", None, None).await.text().await.unwrap();
+        assert!(metrics.contains("herd_presence_marked_offline_total 2"), "{metrics}");
+        assert!(metrics.contains("herd_presence_sweep_duration_seconds_count"), "{metrics}");
+    }
+}

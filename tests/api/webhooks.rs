@@ -1,0 +1,203 @@
+//! Webhooks: signed deliveries to a receiver this test runs, retries with backoff, recorded
+//! deliveries, disabling a hook that keeps failing, URL checks and tenant isolation.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration as StdDuration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode as AxumStatus};
+use chrono::Duration;
+use hmac::{Hmac, Mac};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::helpers::{
+    engine_tests, error_fields, expect_json, expect_problem, spawn_app_with, Engine, SpawnOptions, TestApp, ADMIN_TOKEN,
+};
+
+/// A local receiver that fails its first `fail_first` requests (500) and records all.
+struct Receiver {
+    url: String,
+    seen: Arc<Mutex<Vec<(HeaderMap, Bytes)>>>,
+}
+
+async fn receiver(fail_first: usize) -> Receiver {
+    let seen: Arc<Mutex<Vec<(HeaderMap, Bytes)>>> = Arc::default();
+    let count = Arc::new(AtomicUsize::new(0));
+    let (seen2, count2) = (seen.clone(), count.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let (seen, count) = (seen2.clone(), count2.clone());
+            async move {
+                seen.lock().unwrap().push((headers, body));
+                if count.fetch_add(1, Ordering::SeqCst) < fail_first {
+                    AxumStatus::INTERNAL_SERVER_ERROR
+                } else {
+                    AxumStatus::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Receiver { url: format!("http://{address}/hook"), seen }
+}
+
+async fn spawn(engine: Engine) -> TestApp {
+    spawn_app_with(engine, SpawnOptions { adjust: Box::new(|s| s.webhook_allow_private = true), ..Default::default() })
+        .await
+}
+
+fn verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    headers.get("x-herd-signature").and_then(|v| v.to_str().ok()) == Some(expected.as_str())
+}
+
+/// Polls the webhook's deliveries (advancing the clock past backoffs) until `done` holds.
+async fn wait_for(app: &TestApp, webhook: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(20);
+    loop {
+        let page = expect_json(
+            app.get(&format!("/webhooks/{webhook}/deliveries?limit=500"), ADMIN_TOKEN).await,
+            StatusCode::OK,
+        )
+        .await;
+        let items = page["items"].as_array().unwrap().clone();
+        if done(&items) {
+            return items;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "deliveries never got there: {items:?}");
+        app.clock.advance(Duration::minutes(2));
+        tokio::time::sleep(StdDuration::from_millis(300)).await;
+    }
+}
+
+macro_rules! webhook_tests {
+    ($($name:ident($engine:expr)),*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            if $engine == Engine::Postgres && !crate::helpers::postgres_configured() {
+                return;
+            }
+            let app = spawn($engine).await;
+            retried_deliveries_are_signed_and_recorded(&app).await;
+            a_hook_that_keeps_failing_is_disabled(&app).await;
+        }
+    )*};
+}
+
+webhook_tests!(deliveries_on_sqlite(Engine::Sqlite), deliveries_on_postgres(Engine::Postgres));
+
+async fn retried_deliveries_are_signed_and_recorded(app: &TestApp) {
+    let receiver = receiver(2).await;
+    let body = json!({ "url": receiver.url, "events": ["device.registered"], "secret": "0123456789abcdef-secret" });
+    let created = expect_json(app.post("/webhooks", ADMIN_TOKEN, body).await, StatusCode::CREATED).await;
+    let webhook = created["webhook"]["id"].as_str().unwrap().to_string();
+    assert_eq!(created["secret"], "0123456789abcdef-secret");
+    assert!(!expect_json(app.get(&format!("/webhooks/{webhook}"), ADMIN_TOKEN).await, StatusCode::OK)
+        .await
+        .to_string()
+        .contains("abcdef-secret"));
+
+    let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
+    let (device, token) = app.register(&enroll, json!({ "serialNumber": "WH-1" })).await;
+    app.post("/devices/connect", &token, json!({})).await; // device.status_changed: not subscribed
+
+    let deliveries = wait_for(app, &webhook, |items| items.len() == 1 && items[0]["status"] == "succeeded").await;
+    assert_eq!(deliveries[0]["attempts"], 3, "two failures, then success");
+    assert_eq!(deliveries[0]["eventType"], "device.registered");
+    let seen = receiver.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    for (headers, body) in &seen {
+        assert!(verify("0123456789abcdef-secret", headers, body), "bad signature");
+        assert!(!verify("another-secret-entirely", headers, body));
+        let event: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(event["type"], "device.registered");
+        assert_eq!(event["data"]["deviceId"], device["id"]);
+        assert_eq!(headers["x-herd-event-id"].to_str().unwrap(), event["id"].as_str().unwrap());
+        assert!(headers.contains_key("x-herd-timestamp"));
+    }
+}
+
+async fn a_hook_that_keeps_failing_is_disabled(app: &TestApp) {
+    let receiver = receiver(usize::MAX).await;
+    let created =
+        expect_json(app.post("/webhooks", ADMIN_TOKEN, json!({ "url": receiver.url })).await, StatusCode::CREATED)
+            .await;
+    let webhook = created["webhook"]["id"].as_str().unwrap().to_string();
+    assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
+    let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
+    for i in 0..4 {
+        app.register(&enroll, json!({ "serialNumber": format!("FAIL-{i}") })).await;
+    }
+    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(30);
+    loop {
+        let hook = expect_json(app.get(&format!("/webhooks/{webhook}"), ADMIN_TOKEN).await, StatusCode::OK).await;
+        if hook["enabled"] == false {
+            assert!(hook["disabledReason"].as_str().unwrap().contains("consecutive failed deliveries"));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never disabled: {hook}");
+        app.clock.advance(Duration::hours(2));
+        tokio::time::sleep(StdDuration::from_millis(300)).await;
+    }
+    let page = expect_json(app.get("/events?type=webhook.disabled", ADMIN_TOKEN).await, StatusCode::OK).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page["items"][0]["data"]["webhookId"], webhook.as_str());
+    let metrics = app.request(reqwest::Method::GET, "/metrics", None, None).await.text().await.unwrap();
+    assert!(metrics.contains("herd_webhook_delivery_failures_total"), "{metrics}");
+    // Re-enabling clears the streak.
+    let hook = expect_json(
+        app.patch(&format!("/webhooks/{webhook}"), ADMIN_TOKEN, json!({ "enabled": true })).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(hook["enabled"], true);
+    assert_eq!(hook["consecutiveFailures"], 0);
+}
+
+engine_tests! {
+    async fn webhook_bodies_and_urls_are_checked(app) {
+        for (body, field) in [
+            (json!({ "url": "http://127.0.0.1:9/hook" }), "url"),
+            (json!({ "url": "http://localhost/hook" }), "url"),
+            (json!({ "url": "ftp://example.com/hook" }), "url"),
+            (json!({ "url": "https://example.com/hook", "events": ["device.exploded"] }), "events[0]"),
+            (json!({ "url": "https://example.com/hook", "secret": "short" }), "secret"),
+        ] {
+            let problem = expect_problem(app.post("/webhooks", ADMIN_TOKEN, body).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+            assert_eq!(error_fields(&problem), vec![field]);
+        }
+        let list = expect_json(app.get("/webhooks", ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(list["items"], json!([]));
+        let viewer = app.api_token(ADMIN_TOKEN, "viewer").await;
+        expect_problem(app.post("/webhooks", &viewer, json!({ "url": "https://example.com/h" })).await, StatusCode::FORBIDDEN).await;
+    }
+
+    async fn another_tenants_webhooks_are_invisible(app) {
+        let (_, other_admin) = app.create_tenant("other").await;
+        let created = expect_json(app.post("/webhooks", ADMIN_TOKEN, json!({ "url": "https://example.com/h" })).await, StatusCode::CREATED).await;
+        let id = created["webhook"]["id"].as_str().unwrap();
+        let path = format!("/webhooks/{id}");
+        expect_problem(app.get(&path, &other_admin).await, StatusCode::NOT_FOUND).await;
+        expect_problem(app.patch(&path, &other_admin, json!({ "enabled": false })).await, StatusCode::NOT_FOUND).await;
+        expect_problem(app.get(&format!("{path}/deliveries"), &other_admin).await, StatusCode::NOT_FOUND).await;
+        expect_problem(app.delete(&path, &other_admin).await, StatusCode::NOT_FOUND).await;
+        let list = expect_json(app.get("/webhooks", &other_admin).await, StatusCode::OK).await;
+        assert_eq!(list["items"], json!([]));
+        // The other tenant's events never become deliveries of this tenant's hook.
+        let theirs = app.enrollment_token(&other_admin, json!({})).await;
+        app.register(&theirs, json!({ "serialNumber": "NOT-YOURS" })).await;
+        let now = herd::clock::to_millis(chrono::Utc::now());
+        herd::webhooks::delivery::fan_out(&app.state.db, now).await.unwrap();
+        let deliveries = expect_json(app.get(&format!("{path}/deliveries"), ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(deliveries["items"], json!([]));
+        assert_eq!(app.delete(&path, ADMIN_TOKEN).await.status(), StatusCode::NO_CONTENT);
+    }
+}
