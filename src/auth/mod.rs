@@ -154,7 +154,8 @@ impl Enroller {
 enum Principal {
     Member(Member),
     Enrollment(TenantScope, EnrollmentTokenId),
-    Device(DeviceAuth),
+    /// Boxed: a device principal carries the device's whole row.
+    Device(Box<DeviceAuth>),
 }
 
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
@@ -207,7 +208,11 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
         TokenKind::Device => {
             let owner = devices::store::find_by_token_hash(db, &hash).await?.ok_or_else(rejected)?;
             let scope = TenantScope::new(db.clone(), parse_id(&owner.tenant_id)?);
-            Ok(Principal::Device(DeviceAuth { scope, device_id: parse_id(&owner.device.id)?, device: owner.device }))
+            Ok(Principal::Device(Box::new(DeviceAuth {
+                scope,
+                device_id: parse_id(&owner.device.id)?,
+                device: owner.device,
+            })))
         }
     }
 }
@@ -250,7 +255,7 @@ impl FromRequestParts<AppState> for DeviceAuth {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         match authenticate(parts, state).await? {
-            Principal::Device(device) => Ok(device),
+            Principal::Device(device) => Ok(*device),
             Principal::Enrollment(..) => Err(wrong_credential("an enrollment token")),
             Principal::Member(_) => Err(wrong_credential("a member token (this route takes a device token)")),
         }

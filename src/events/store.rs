@@ -29,7 +29,7 @@ pub async fn list_after(
     limit: u32,
 ) -> Result<Vec<EventRow>, StoreError> {
     let mut sql =
-        format!("SELECT seq, id, tenant_id, type, occurred_at, data FROM events WHERE tenant_id = $1 AND seq > $2");
+        "SELECT seq, id, tenant_id, type, occurred_at, data FROM events WHERE tenant_id = $1 AND seq > $2".to_string();
     if !types.is_empty() {
         let placeholders: Vec<String> = (0..types.len()).map(|i| format!("${}", i + 3)).collect();
         sql.push_str(&format!(" AND type IN ({})", placeholders.join(", ")));
