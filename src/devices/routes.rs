@@ -419,6 +419,7 @@ pub struct DeviceListParams {
     /// Only devices with this tag.
     pub tag: Option<String>,
     /// How many items to return (1–500, default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// The `nextCursor` of the previous page.
     pub cursor: Option<String>,

@@ -65,6 +65,7 @@ pub struct EventListParams {
     #[serde(rename = "type")]
     pub event_type: Option<String>,
     /// How many items to return (1–500, default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// The `nextCursor` of the previous page.
     pub cursor: Option<String>,

@@ -141,7 +141,13 @@ where
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or("");
-        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        // An empty parameter (`?q=&limit=10`, as forms send) means the parameter is absent.
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .filter(|(_, value)| !value.is_empty())
+            .map(|(key, value)| (key.into_owned(), value.into_owned()))
+            .collect();
+        let encoded = form_urlencoded::Serializer::new(String::new()).extend_pairs(&pairs).finish();
+        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(encoded.as_bytes()));
         serde_path_to_error::deserialize(deserializer).map(ApiQuery).map_err(|error| {
             let field = error.path().to_string();
             ApiError::invalid(if field == "." { "query".into() } else { field }, error.into_inner().to_string())
@@ -172,6 +178,7 @@ where
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// How many items to return (1–500, default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// The `nextCursor` of the previous page.
     pub cursor: Option<String>,

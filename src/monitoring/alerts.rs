@@ -98,6 +98,7 @@ pub struct AlertListParams {
     /// Only alerts opened at or after this time (RFC 3339).
     pub since: Option<DateTime<Utc>>,
     /// How many items to return (1–500, default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// The `nextCursor` of the previous page.
     pub cursor: Option<String>,

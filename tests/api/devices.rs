@@ -144,6 +144,8 @@ engine_tests! {
         assert_eq!(seen.len(), 6);
         assert_eq!(&seen[..5], &ids[..], "oldest first, each once");
 
+        let blank = expect_json(app.get("/devices?status=&q=&tag=&cursor=&limit=", ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(blank["items"].as_array().unwrap().len(), 6, "empty parameters are absent ones");
         for bad in ["/devices?status=sleeping", "/devices?limit=0", "/devices?limit=501", "/devices?limit=abc", "/devices?cursor=nope"] {
             expect_problem(app.get(bad, ADMIN_TOKEN).await, StatusCode::UNPROCESSABLE_ENTITY).await;
         }
