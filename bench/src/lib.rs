@@ -98,32 +98,7 @@ pub async fn run(settings: Settings) -> Result<Report> {
         server.data_dir().display()
     );
 
-    let mut bench = Bench::new(settings.clone(), server);
-    let mut phases = Vec::new();
-    for phase in settings.phases.iter().copied() {
-        eprintln!("== phase {phase:?}");
-        let result = match phase {
-            Phase::Heartbeat => phases::heartbeat::run(&mut bench).await,
-            Phase::Registration => phases::registration::run(&mut bench).await,
-            Phase::Metrics => phases::metrics::run(&mut bench).await,
-            Phase::Certificates => phases::certificates::run(&mut bench).await,
-            Phase::Overview => phases::overview::run(&mut bench).await,
-            Phase::Sweep => phases::sweep::run(&mut bench).await,
-        };
-        match result {
-            Ok(reports) => phases.extend(reports),
-            Err(error) => {
-                eprintln!("phase {phase:?} failed: {error:#}");
-                eprintln!("server log ends:\n{}", bench.server.log_tail());
-                phases.push(PhaseReport::failed(format!("{phase:?}").to_lowercase(), &error));
-            }
-        }
-    }
-    let server_peak_rss_mib = bench.server.peak_rss_mib();
-    bench.server.stop()?;
-    drop(database);
-
-    let report = Report {
+    let mut report = Report {
         schema: 1,
         date,
         commit,
@@ -137,10 +112,42 @@ pub async fn run(settings: Settings) -> Result<Report> {
             run_seconds: settings.run_duration.as_secs_f64(),
             runs: settings.runs,
         },
-        phases,
-        server_peak_rss_mib,
-        wall_seconds: started.elapsed().as_secs_f64(),
+        complete: false,
+        phases: Vec::new(),
+        server_peak_rss_mib: None,
+        wall_seconds: 0.0,
     };
+    let mut bench = Bench::new(settings.clone(), server);
+    for phase in settings.phases.iter().copied() {
+        eprintln!("== phase {phase:?}");
+        let result = match phase {
+            Phase::Heartbeat => phases::heartbeat::run(&mut bench).await,
+            Phase::Registration => phases::registration::run(&mut bench).await,
+            Phase::Metrics => phases::metrics::run(&mut bench).await,
+            Phase::Certificates => phases::certificates::run(&mut bench).await,
+            Phase::Overview => phases::overview::run(&mut bench).await,
+            Phase::Sweep => phases::sweep::run(&mut bench).await,
+        };
+        match result {
+            Ok(reports) => report.phases.extend(reports),
+            Err(error) => {
+                eprintln!("phase {phase:?} failed: {error:#}");
+                eprintln!("server log ends:\n{}", bench.server.log_tail());
+                report.phases.push(PhaseReport::failed(format!("{phase:?}").to_lowercase(), &error));
+            }
+        }
+        // Written after every phase (`"complete": false`), so a long run that is interrupted
+        // still leaves the phases it finished.
+        report.server_peak_rss_mib = bench.server.peak_rss_mib();
+        report.wall_seconds = started.elapsed().as_secs_f64();
+        report.write_json(&settings.out)?;
+    }
+    report.server_peak_rss_mib = bench.server.peak_rss_mib();
+    bench.server.stop()?;
+    drop(database);
+
+    report.complete = true;
+    report.wall_seconds = started.elapsed().as_secs_f64();
     println!("{}", report.table());
     report.write_json(&settings.out)?;
     eprintln!("results written to {} ({:.0} s in all)", settings.out.display(), report.wall_seconds);

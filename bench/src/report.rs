@@ -223,6 +223,9 @@ pub struct Report {
     pub mode: String,
     /// The settings that shape the figures.
     pub settings: ReportSettings,
+    /// `false` while the run is still going (the file is rewritten after every phase) or when it
+    /// was interrupted.
+    pub complete: bool,
     /// Phases in execution order.
     pub phases: Vec<PhaseReport>,
     /// The server's VmHWM at the end of the run, in MiB.
@@ -490,6 +493,7 @@ mod tests {
                 phase.figures.push(Figure::new("rate", "req/s").with_runs([100.0, 200.0]));
                 phase
             }],
+            complete: true,
             server_peak_rss_mib: Some(42.0),
             wall_seconds: 1.0,
         };
