@@ -49,6 +49,14 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', value_name = "PHASES")]
     pub phases: Option<Vec<Phase>>,
 
+    /// Devices in the tenant whose stats overview is measured [default: 100000; quick: --devices].
+    #[arg(long, value_name = "N")]
+    pub overview_devices: Option<u64>,
+
+    /// Metric samples stored before the overview is measured [default: 10000000; quick: 50000].
+    #[arg(long, value_name = "N")]
+    pub overview_samples: Option<u64>,
+
     /// Fleet sizes of the presence sweep, comma separated
     /// [default: 100000,1000000; quick: the --devices count].
     #[arg(long, value_delimiter = ',', value_name = "SIZES")]
@@ -178,8 +186,8 @@ impl Settings {
             keep_data: args.keep_data,
             // Quick mode measures the overview and the sweep on the fleet it already has, so the
             // harness is exercised end to end without the minutes that 100k devices take.
-            overview_devices: if quick { n_devices } else { 100_000.max(n_devices) },
-            overview_samples: if quick { 50_000 } else { 10_000_000 },
+            overview_devices: args.overview_devices.unwrap_or(if quick { n_devices } else { 100_000.max(n_devices) }),
+            overview_samples: args.overview_samples.unwrap_or(if quick { 50_000 } else { 10_000_000 }),
             sweep_sizes: args.sweep_sizes.unwrap_or_else(|| {
                 if quick {
                     vec![n_devices]
