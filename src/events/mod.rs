@@ -12,8 +12,7 @@ use serde_json::{json, Value};
 
 use crate::clock::from_millis;
 use crate::ids::{DeviceId, EventId, TenantId};
-use crate::store::{classify, StoreError, Tx};
-use crate::with_tx;
+use crate::store::{OutboxRow, StoreError, Tx};
 
 /// Everything herd announces. Payloads are camelCase JSON objects.
 #[derive(Debug, Clone)]
@@ -178,70 +177,25 @@ impl Event {
     }
 }
 
-/// The advisory lock that orders event writers on PostgreSQL ("herdevts").
-const EVENT_ORDER_LOCK: i64 = 0x6865_7264_6576_7473;
-
-/// Makes `seq` order commit order. A sequence hands out numbers before commit, so without
-/// this a reader asking for `seq > N` could pass over an event whose transaction commits
-/// late. On PostgreSQL every transaction that writes events takes one transaction-scoped
-/// advisory lock right before its first event and keeps it until it commits, so event
-/// writers commit one at a time, in `seq` order. (SQLite has a single writer already.) The
-/// lock is taken last in each transaction, so it is held only for the event inserts and the
-/// commit.
-async fn order_events(tx: &mut Tx) -> Result<(), StoreError> {
-    if let Tx::Postgres(tx) = tx {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(EVENT_ORDER_LOCK)
-            .execute(&mut **tx)
-            .await
-            .map_err(classify)?;
-    }
-    Ok(())
-}
-
-/// Writes many events in one statement per chunk (the sweep's batches).
-pub async fn record_many(tx: &mut Tx, events: &[(TenantId, Event)], now: i64) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    order_events(tx).await?;
-    // Five parameters a row keeps a chunk well under SQLite's 32,766-parameter limit.
-    for chunk in events.chunks(1000) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| format!("(${}, ${}, ${}, ${}, ${})", 5 * i + 1, 5 * i + 2, 5 * i + 3, 5 * i + 4, 5 * i + 5))
-            .collect();
-        let sql = format!("INSERT INTO events (id, tenant_id, type, occurred_at, data) VALUES {}", rows.join(", "));
-        let texts: Vec<(String, String, String)> = chunk
-            .iter()
-            .map(|(tenant, event)| (EventId::new().to_string(), tenant.to_string(), event.data().to_string()))
-            .collect();
-        with_tx!(tx, |conn| {
-            let mut query = sqlx::query(&sql);
-            for ((id, tenant, data), (_, event)) in texts.iter().zip(chunk) {
-                query = query.bind(id).bind(tenant).bind(event.type_name()).bind(now).bind(data);
-            }
-            query.execute(&mut *conn).await.map(|r| r.rows_affected())
-        })
-        .map_err(classify)?;
-    }
-    Ok(())
-}
-
-/// Writes `event` to the outbox inside `tx`.
+/// Records `event` in `tx`: it is written when `tx` commits, as its last statement (see
+/// [`Tx::commit`] for why that keeps `seq` order equal to commit order), and never if `tx`
+/// rolls back.
 pub async fn record(tx: &mut Tx, tenant_id: TenantId, event: &Event, now: i64) -> Result<EventId, StoreError> {
-    const SQL: &str = "INSERT INTO events (id, tenant_id, type, occurred_at, data) VALUES ($1, $2, $3, $4, $5)";
-    order_events(tx).await?;
     let id = EventId::new();
-    let (id_text, tenant, data) = (id.to_string(), tenant_id.to_string(), event.data().to_string());
-    with_tx!(tx, |conn| sqlx::query(SQL)
-        .bind(&id_text)
-        .bind(&tenant)
-        .bind(event.type_name())
-        .bind(now)
-        .bind(&data)
-        .execute(&mut *conn)
-        .await
-        .map(|r| r.rows_affected()))
-    .map_err(classify)?;
+    tx.push_event(OutboxRow {
+        id: id.to_string(),
+        tenant_id: tenant_id.to_string(),
+        event_type: event.type_name(),
+        occurred_at: now,
+        data: event.data().to_string(),
+    });
     Ok(id)
+}
+
+/// Records many events in `tx` (the sweep's batches); written at commit in multi-row inserts.
+pub async fn record_many(tx: &mut Tx, events: &[(TenantId, Event)], now: i64) -> Result<(), StoreError> {
+    for (tenant_id, event) in events {
+        record(tx, *tenant_id, event, now).await?;
+    }
+    Ok(())
 }

@@ -37,11 +37,34 @@ pub enum Db {
     Postgres(PgPool),
 }
 
-/// An open transaction on either engine.
-pub enum Tx {
+/// An open transaction on either engine, with the events it will announce.
+pub struct Tx {
+    /// The connection; use it through [`with_tx!`].
+    pub conn: TxConn,
+    /// Events recorded in this transaction (`events::record`). [`Tx::commit`] writes them as
+    /// the transaction's last statement; a dropped `Tx` rolls back and forgets them.
+    outbox: Vec<OutboxRow>,
+}
+
+/// The engine-specific transaction inside a [`Tx`].
+pub enum TxConn {
     Sqlite(sqlx::Transaction<'static, Sqlite>),
     Postgres(sqlx::Transaction<'static, Postgres>),
 }
+
+/// One event row waiting in a [`Tx`] for its commit.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub event_type: &'static str,
+    pub occurred_at: i64,
+    /// The event's `data`, as JSON text.
+    pub data: String,
+}
+
+/// The advisory lock that orders event writers on PostgreSQL ("herdevts").
+const EVENT_ORDER_LOCK: i64 = 0x6865_7264_6576_7473;
 
 /// What can go wrong in a store, classified so that callers can answer 409 or 404 precisely.
 #[derive(Debug, thiserror::Error)]
@@ -115,12 +138,12 @@ macro_rules! with_reader {
 #[macro_export]
 macro_rules! with_tx {
     ($tx:expr, |$conn:ident| $body:expr) => {
-        match $tx {
-            $crate::store::Tx::Sqlite(tx) => {
+        match &mut ($tx).conn {
+            $crate::store::TxConn::Sqlite(tx) => {
                 let $conn: &mut sqlx::SqliteConnection = &mut *tx;
                 $body
             }
-            $crate::store::Tx::Postgres(tx) => {
+            $crate::store::TxConn::Postgres(tx) => {
                 let $conn: &mut sqlx::PgConnection = &mut *tx;
                 $body
             }
@@ -191,10 +214,11 @@ impl Db {
 
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
-        Ok(match self {
-            Db::Sqlite { writer, .. } => Tx::Sqlite(writer.begin().await?),
-            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
-        })
+        let conn = match self {
+            Db::Sqlite { writer, .. } => TxConn::Sqlite(writer.begin().await?),
+            Db::Postgres(pool) => TxConn::Postgres(pool.begin().await?),
+        };
+        Ok(Tx { conn, outbox: Vec::new() })
     }
 
     /// Closes every connection (waits for checked-out ones to come back).
@@ -210,10 +234,56 @@ impl Db {
 }
 
 impl Tx {
-    pub async fn commit(self) -> Result<(), StoreError> {
-        match self {
-            Tx::Sqlite(tx) => tx.commit().await?,
-            Tx::Postgres(tx) => tx.commit().await?,
+    /// Adds an event to write at commit (see [`OutboxRow`]).
+    pub fn push_event(&mut self, row: OutboxRow) {
+        self.outbox.push(row);
+    }
+
+    /// Writes the recorded events, then commits.
+    ///
+    /// Events go last so that `seq` order is commit order: a sequence hands out numbers before
+    /// commit, so a reader asking for `seq > N` could otherwise pass over an event whose
+    /// transaction commits late. On PostgreSQL the outbox insert first takes a
+    /// transaction-scoped advisory lock, so event writers commit one at a time in `seq` order;
+    /// as it is the last statement, the lock is held for the insert and the commit only, and
+    /// no row lock is ever awaited while holding it. SQLite has one writer already.
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        let outbox = std::mem::take(&mut self.outbox);
+        if !outbox.is_empty() {
+            if let TxConn::Postgres(tx) = &mut self.conn {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(EVENT_ORDER_LOCK)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(classify)?;
+            }
+            // Five parameters a row keeps a chunk well under SQLite's 32,766-parameter limit.
+            for chunk in outbox.chunks(1000) {
+                let rows: Vec<String> = (0..chunk.len())
+                    .map(|i| {
+                        format!("(${}, ${}, ${}, ${}, ${})", 5 * i + 1, 5 * i + 2, 5 * i + 3, 5 * i + 4, 5 * i + 5)
+                    })
+                    .collect();
+                let sql =
+                    format!("INSERT INTO events (id, tenant_id, type, occurred_at, data) VALUES {}", rows.join(", "));
+                with_tx!(&mut self, |conn| {
+                    let mut query = sqlx::query(&sql);
+                    for row in chunk {
+                        query = query
+                            .bind(&row.id)
+                            .bind(&row.tenant_id)
+                            .bind(row.event_type)
+                            .bind(row.occurred_at)
+                            .bind(&row.data);
+                    }
+                    query.execute(&mut *conn).await.map(|r| r.rows_affected())
+                })
+                .map_err(classify)?;
+            }
+        }
+        match self.conn {
+            TxConn::Sqlite(tx) => tx.commit().await?,
+            TxConn::Postgres(tx) => tx.commit().await?,
         }
         Ok(())
     }

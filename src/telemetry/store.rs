@@ -11,7 +11,7 @@ use crate::auth::TenantScope;
 use crate::ids::DeviceId;
 use crate::monitoring::store::MonitoringStore;
 use crate::monitoring::{self, Reading, Rule};
-use crate::store::{classify, Db, StoreError, Tx};
+use crate::store::{classify, Db, StoreError, Tx, TxConn};
 use crate::{with_reader, with_writer};
 
 /// One bucket of history: per metric the average, minimum and maximum.
@@ -152,14 +152,14 @@ impl<'s> TelemetryStore<'s> {
                 let sql = sqlite_insert_sql(readings.len());
                 sqlite_insert(&sql, device, &self.tenant, readings).execute(writer).await.map(|r| r.rows_affected())
             }
-            (_, Some(Tx::Sqlite(tx))) => {
+            (_, Some(Tx { conn: TxConn::Sqlite(tx), .. })) => {
                 let sql = sqlite_insert_sql(readings.len());
                 sqlite_insert(&sql, device, &self.tenant, readings).execute(&mut **tx).await.map(|r| r.rows_affected())
             }
             (Db::Postgres(pool), None) => {
                 postgres_insert(device, &self.tenant, readings).execute(pool).await.map(|r| r.rows_affected())
             }
-            (_, Some(Tx::Postgres(tx))) => {
+            (_, Some(Tx { conn: TxConn::Postgres(tx), .. })) => {
                 postgres_insert(device, &self.tenant, readings).execute(&mut **tx).await.map(|r| r.rows_affected())
             }
         };
