@@ -523,16 +523,24 @@ impl<'s> MonitoringStore<'s> {
                 sql.push_str(&format!(" AND {column} {op} ${}", texts.len() + 1));
             }
         }
-        let n = texts.len();
-        sql.push_str(&format!(" AND a.created_at >= ${} ORDER BY a.id DESC LIMIT ${}", n + 2, n + 3));
-        let since = filter.since.unwrap_or(i64::MIN);
+        // Only with `since` does the query constrain created_at: without it, the planner walks
+        // (tenant_id, id) backwards and stops after one page.
+        let mut next = texts.len() + 2;
+        if filter.since.is_some() {
+            sql.push_str(&format!(" AND a.created_at >= ${next}"));
+            next += 1;
+        }
+        sql.push_str(&format!(" ORDER BY a.id DESC LIMIT ${next}"));
         let limit = i64::from(page.limit) + 1;
         with_reader!(self.db(), |pool| {
             let mut query = sqlx::query_as::<_, AlertRow>(&sql).bind(&self.tenant);
             for text in &texts {
                 query = query.bind(text);
             }
-            query.bind(since).bind(limit).fetch_all(pool).await
+            if let Some(since) = filter.since {
+                query = query.bind(since);
+            }
+            query.bind(limit).fetch_all(pool).await
         })
         .map_err(classify)
     }

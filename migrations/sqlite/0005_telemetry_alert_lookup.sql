@@ -1,0 +1,4 @@
+-- The ingest path reads a device's open alerts on every request with fresh samples. Matching
+-- its three equality terms makes this the index SQLite's planner picks (without statistics it
+-- otherwise took alerts_tenant_created_idx and scanned every alert of the tenant).
+CREATE INDEX alerts_tenant_device_status_idx ON alerts (tenant_id, device_id, status);
