@@ -490,8 +490,10 @@ pub async fn find_by_token_hash(db: &Db, hash: &str) -> Result<Option<TokenOwner
 
 /// Devices per status across all tenants, for `GET /metrics`.
 pub async fn count_by_status(db: &Db) -> Result<Vec<(String, i64)>, StoreError> {
-    with_reader!(db, |pool| sqlx::query_as::<_, (String, i64)>("SELECT status, COUNT(*) FROM devices GROUP BY status")
-        .fetch_all(pool)
-        .await)
+    with_reader!(db, |pool| sqlx::query_as::<_, (String, i64)>(
+        "SELECT status, CAST(SUM(n) AS BIGINT) FROM device_counts GROUP BY status"
+    )
+    .fetch_all(pool)
+    .await)
     .map_err(classify)
 }

@@ -1,9 +1,9 @@
 //! `GET /devices/stats/overview`: the seed's getStatsOverview(), exactly as DESIGN.md shapes it.
 //!
 //! It must stay fast for a tenant of 100,000 devices with months of metrics and alerts, so it
-//! reads no samples: device counts come from the `(tenant_id, status)` index of `devices`, the
-//! alerts of the last 24 hours and the newest ones from the `(tenant_id, created_at)` index of
-//! `alerts` (the seed derived its alerts from DeviceMetrics on every call; here evaluation at
+//! reads no samples: device counts come from `device_counts` (a row per tenant and status, kept
+//! by triggers on `devices`), the alerts of the last 24 hours and the newest ones from the
+//! `(tenant_id, created_at)` index of `alerts` (the seed derived its alerts from DeviceMetrics on every call; here evaluation at
 //! ingest has already turned samples into alerts). The three queries run concurrently.
 
 use axum::extract::State;

@@ -132,6 +132,39 @@ engine_tests! {
         assert_eq!(offline, devices.len());
     }
 
+    async fn device_counts_follow_every_status_change(app) {
+        let devices = online_devices(&app, 3, "N").await;
+        let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
+        app.register(&enroll, json!({ "serialNumber": "N-never" })).await;
+        let (_, other_admin) = app.create_tenant("other").await;
+        let theirs = app.enrollment_token(&other_admin, json!({})).await;
+        app.register(&theirs, json!({ "serialNumber": "N-theirs" })).await;
+        let counts = |app: &TestApp| {
+            let url = app.url("/devices/stats/overview");
+            let client = app.client.clone();
+            async move {
+                let body: Value = client.get(url).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+                (body["total"].as_i64().unwrap(), body["active"].as_i64().unwrap(), body["offline"].as_i64().unwrap())
+            }
+        };
+        assert_eq!(counts(&app).await, (4, 3, 1));
+        // Devices 1 and 2 fall silent; device 0's heartbeat is buffered when the sweep runs
+        // elsewhere, then revived by the flush.
+        app.clock.advance(Duration::minutes(10));
+        expect_json(app.post("/devices/connect", &devices[0].1, json!({})).await, StatusCode::OK).await;
+        let now = to_millis(app.clock.now_plus(Duration::zero()));
+        herd::presence::sweep(&app.state.db, app.settings.presence_threshold, now).await.unwrap();
+        assert_eq!(counts(&app).await, (4, 0, 4));
+        app.state.heartbeats.flush(&app.state.db).await.unwrap();
+        assert_eq!(counts(&app).await, (4, 1, 3));
+        app.delete(&format!("/devices/{}", devices[1].0), ADMIN_TOKEN).await;
+        assert_eq!(counts(&app).await, (3, 1, 2));
+        let listed = expect_json(app.get("/devices?status=offline", ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(listed["items"].as_array().unwrap().len(), 2, "the counters agree with the rows");
+        let theirs: Value = app.client.get(app.url("/devices/stats/overview")).bearer_auth(&other_admin).send().await.unwrap().json().await.unwrap();
+        assert_eq!((theirs["total"].as_i64(), theirs["offline"].as_i64()), (Some(1), Some(1)));
+    }
+
     async fn admins_can_run_the_sweep_now(app) {
         online_devices(&app, 2, "S").await;
         app.clock.advance(Duration::minutes(10));
