@@ -424,17 +424,7 @@ impl<'s> DeviceStore<'s> {
         let still_online = format!(
             "UPDATE devices SET {sets} WHERE tenant_id = $6 AND id = $7 AND status = '{ONLINE}' RETURNING {COLUMNS}"
         );
-        let row = with_writer!(self.db(), |pool| sqlx::query_as::<_, DeviceRow>(&still_online)
-            .bind(now)
-            .bind(&report.ip_address)
-            .bind(&report.app_version)
-            .bind(&report.os_version)
-            .bind(&report.firmware_version)
-            .bind(&self.tenant)
-            .bind(&id_text)
-            .fetch_optional(pool)
-            .await)
-        .map_err(classify)?;
+        let row = self.update_online(&still_online, report, &id_text, now).await?;
         if row.is_some() {
             return Ok(row);
         }
@@ -464,20 +454,30 @@ impl<'s> DeviceStore<'s> {
             // Another request brought it online between the two statements: one more plain update.
             None => {
                 drop(tx);
-                let row = with_writer!(self.db(), |pool| sqlx::query_as::<_, DeviceRow>(&still_online)
-                    .bind(now)
-                    .bind(&report.ip_address)
-                    .bind(&report.app_version)
-                    .bind(&report.os_version)
-                    .bind(&report.firmware_version)
-                    .bind(&self.tenant)
-                    .bind(&id_text)
-                    .fetch_optional(pool)
-                    .await)
-                .map_err(classify)?;
-                Ok(row)
+                self.update_online(&still_online, report, &id_text, now).await
             }
         }
+    }
+
+    /// Runs `connect`'s update of an already-online device (its parameters are `$1..$7`).
+    async fn update_online(
+        &self,
+        sql: &str,
+        report: &ConnectReport,
+        id: &str,
+        now: i64,
+    ) -> Result<Option<DeviceRow>, StoreError> {
+        with_writer!(self.db(), |pool| sqlx::query_as::<_, DeviceRow>(sql)
+            .bind(now)
+            .bind(&report.ip_address)
+            .bind(&report.app_version)
+            .bind(&report.os_version)
+            .bind(&report.firmware_version)
+            .bind(&self.tenant)
+            .bind(id)
+            .fetch_optional(pool)
+            .await)
+        .map_err(classify)
     }
 }
 
