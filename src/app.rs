@@ -22,6 +22,8 @@ pub struct AppState {
     /// The database. Tenant data is reached through `TenantScope`s made by the auth
     /// extractors, never by querying this handle with a tenant id from the request.
     pub db: Db,
+    /// The system principal that opening the database handed out: jobs act through it.
+    pub system: Arc<herd_store::System>,
     pub settings: Arc<Settings>,
     /// The only source of "now" (tests substitute a manual clock).
     pub clock: Arc<dyn Clock>,
@@ -51,7 +53,7 @@ impl App {
     pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("cannot create the data directory {}", settings.data_dir.display()))?;
-        let db = Db::connect(&settings.database_url)
+        let (db, system) = Db::open(&settings.database_url)
             .await
             .with_context(|| format!("cannot open the database {}", redact(&settings.database_url)))?;
         db.migrate().await.context("cannot apply database migrations")?;
@@ -69,6 +71,7 @@ impl App {
         let shutdown = CancellationToken::new();
         let state = AppState {
             db,
+            system: Arc::new(system),
             settings: Arc::new(settings),
             clock,
             metrics: Arc::new(HttpMetrics::default()),
@@ -112,7 +115,7 @@ impl App {
             let _ = job.await;
         }
         // The last heartbeats of this process are written before the pool closes.
-        if let Err(error) = state.heartbeats.flush(&state.db).await {
+        if let Err(error) = state.heartbeats.flush(&state.db, &state.system).await {
             tracing::error!(%error, "cannot write buffered heartbeats at shutdown");
         }
         state.db.close().await;

@@ -153,7 +153,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 async fn open(settings: &Settings) -> anyhow::Result<Db> {
     use anyhow::Context;
     std::fs::create_dir_all(&settings.data_dir)?;
-    let db = Db::connect(&settings.database_url)
+    // The CLI's commands act on whole tenants or the platform, never through a tenant's
+    // scope, so the system principal that comes with the handle is not needed here.
+    let (db, _system) = Db::open(&settings.database_url)
         .await
         .with_context(|| format!("cannot open the database {}", redact(&settings.database_url)))?;
     db.migrate().await.context("cannot apply migrations")?;
@@ -193,12 +195,14 @@ async fn list_tenants(settings: &Settings) -> anyhow::Result<()> {
     let db = open(settings).await?;
     let mut after: Option<String> = None;
     loop {
-        let rows = tenants::list(&db, after.as_deref(), 500).await?;
+        let mut rows = herd_store::tenants::list(&db, &herd_store::Page { limit: 500, after }).await?;
+        let more = rows.len() > 500;
+        rows.truncate(500);
         for row in &rows {
             println!("{}\t{}", row.id, row.name);
         }
         match rows.last() {
-            Some(last) if rows.len() == 500 => after = Some(last.id.clone()),
+            Some(last) if more => after = Some(last.id.to_string()),
             _ => break,
         }
     }

@@ -21,20 +21,20 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHand
         let (db, now) = (db.clone(), crate::clock::to_millis(clock.now()));
         async move { crate::telemetry::purge_expired(&db, now, retention).await.map(drop).map_err(Into::into) }
     }));
-    let (db, clock) = (state.db.clone(), state.clock.clone());
+    let (db, system, clock) = (state.db.clone(), state.system.clone(), state.clock.clone());
     jobs.push(run_every("offline-rules", state.settings.presence_sweep_interval, shutdown.clone(), move || {
-        let (db, now) = (db.clone(), crate::clock::to_millis(clock.now()));
-        async move { crate::monitoring::evaluate_offline(&db, now).await.map(drop).map_err(Into::into) }
+        let (db, system, now) = (db.clone(), system.clone(), crate::clock::to_millis(clock.now()));
+        async move { crate::monitoring::evaluate_offline(&db, &system, now).await.map(drop).map_err(Into::into) }
     }));
     let presence = state.clone();
     jobs.push(run_every("presence-sweep", state.settings.presence_sweep_interval, shutdown.clone(), move || {
         let state = presence.clone();
         async move { crate::presence::run_sweep(&state).await.map(drop).map_err(Into::into) }
     }));
-    let (db, heartbeats) = (state.db.clone(), state.heartbeats.clone());
+    let (db, system, heartbeats) = (state.db.clone(), state.system.clone(), state.heartbeats.clone());
     jobs.push(run_every("heartbeat-flush", state.settings.heartbeat_flush_interval, shutdown.clone(), move || {
-        let (db, heartbeats) = (db.clone(), heartbeats.clone());
-        async move { heartbeats.flush(&db).await.map(drop).map_err(Into::into) }
+        let (db, system, heartbeats) = (db.clone(), system.clone(), heartbeats.clone());
+        async move { heartbeats.flush(&db, &system).await.map(drop).map_err(Into::into) }
     }));
     let (db, clock, retention) = (state.db.clone(), state.clock.clone(), state.settings.event_retention);
     jobs.push(run_every("event-retention", Duration::from_secs(3600), shutdown.clone(), move || {
@@ -48,8 +48,8 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHand
         let (state, client) = (webhooks.clone(), client.clone());
         async move {
             let now = crate::clock::to_millis(state.clock.now());
-            crate::webhooks::delivery::fan_out(&state.db, now).await?;
-            crate::webhooks::delivery::deliver_due(&state.db, &client, &state.metrics, now).await?;
+            crate::webhooks::delivery::fan_out(&state.db, &state.system, now).await?;
+            crate::webhooks::delivery::deliver_due(&state.db, &state.system, &client, &state.metrics, now).await?;
             Ok(())
         }
     }));

@@ -5,25 +5,25 @@
 //! See ARCHITECTURE.md for the map of modules and the invariants they keep.
 #![forbid(unsafe_code)]
 
+pub use herd_domain::{clock, ids};
+pub use herd_store as store;
+
 pub mod app;
 pub mod auth;
 pub mod certificates;
 pub mod cli;
-pub mod clock;
 pub mod config;
 pub mod configurations;
 pub mod devices;
 pub mod events;
 pub mod health;
 pub mod http;
-pub mod ids;
 pub mod jobs;
 pub mod monitoring;
 pub mod openapi;
 pub mod presence;
 pub mod settings;
 pub mod shutdown;
-pub mod store;
 pub mod telemetry;
 pub mod telemetry_metrics;
 pub mod tenants;

@@ -130,9 +130,9 @@ pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
     responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
 pub async fn serve(State(state): State<AppState>) -> Result<Response, ApiError> {
     let counts = crate::devices::store::count_by_status(&state.db).await?;
-    for status in [crate::devices::ONLINE, crate::devices::OFFLINE] {
+    for status in herd_domain::status::DeviceStatus::ALL {
         let n = counts.iter().find(|(s, _)| s == status).map(|(_, n)| *n).unwrap_or(0);
-        state.metrics.devices.get_or_create(&StatusLabels { status: status.into() }).set(n);
+        state.metrics.devices.get_or_create(&StatusLabels { status: status.as_str().into() }).set(n);
     }
     state.metrics.heartbeats_buffered.set(state.heartbeats.len() as i64);
     state.metrics.event_backlog.set(crate::webhooks::store::backlog(&state.db).await?);

@@ -9,32 +9,23 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::FromRow;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::auth::store::{insert_token, NewToken};
 use crate::auth::tokens::{self, TokenKind};
-use crate::auth::{PlatformAdmin, Role};
+use crate::auth::PlatformAdmin;
 use crate::clock::to_millis;
 use crate::http::error::{ApiError, FieldErrors};
 use crate::http::extract::{ApiJson, ApiQuery, PageParams, Validate};
 use crate::http::{time, ListResponse};
-use crate::ids::TenantId;
-use crate::store::{classify, Db, StoreError};
-use crate::{with_reader, with_tx};
+use herd_store::tenants as store;
+pub use herd_store::tenants::{CreateTenantError, TenantRow};
+use herd_store::Db;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(create_tenant, list_tenants))
-}
-
-#[derive(Debug, Clone, FromRow)]
-pub struct TenantRow {
-    pub id: String,
-    pub name: String,
-    pub created_at: i64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -47,7 +38,7 @@ pub struct TenantDto {
 
 impl From<TenantRow> for TenantDto {
     fn from(row: TenantRow) -> Self {
-        Self { id: row.id, name: row.name, created_at: time(row.created_at) }
+        Self { id: row.id.to_string(), name: row.name, created_at: time(row.created_at) }
     }
 }
 
@@ -73,15 +64,6 @@ pub struct CreatedTenant {
     pub admin_token: String,
 }
 
-/// Why a tenant could not be created.
-#[derive(Debug, thiserror::Error)]
-pub enum CreateTenantError {
-    #[error("a tenant named {0:?} already exists")]
-    Duplicate(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 /// Creates a tenant with an admin API token and returns the token's secret. `platform_admin`
 /// marks the token as the platform admin's too (only the bootstrap does that).
 pub async fn create(
@@ -91,45 +73,9 @@ pub async fn create(
     platform_admin: bool,
     now: i64,
 ) -> Result<(TenantRow, String), CreateTenantError> {
-    let id = TenantId::new();
     let secret = token.unwrap_or_else(|| tokens::generate(TokenKind::Member));
-    let mut tx = db.begin().await?;
-    let id_text = id.to_string();
-    with_tx!(&mut tx, |conn| sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
-        .bind(&id_text)
-        .bind(name)
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map(|r| r.rows_affected()))
-    .map_err(|e| match classify(e) {
-        StoreError::Unique(_) => CreateTenantError::Duplicate(name.to_string()),
-        other => CreateTenantError::Store(other),
-    })?;
-    let new = NewToken {
-        kind: "api",
-        name: if platform_admin { "bootstrap" } else { "initial admin" },
-        role: Role::Admin,
-        platform_admin,
-        user_id: None,
-        expires_at: None,
-    };
-    insert_token(&mut tx, id, &new, &tokens::hash(&secret), now).await?;
-    tx.commit().await?;
-    Ok((TenantRow { id: id_text, name: name.to_string(), created_at: now }, secret))
-}
-
-/// Lists tenants (platform level).
-pub async fn list(db: &Db, after: Option<&str>, limit: u32) -> Result<Vec<TenantRow>, StoreError> {
-    let after = after.unwrap_or("");
-    with_reader!(db, |pool| sqlx::query_as::<_, TenantRow>(
-        "SELECT id, name, created_at FROM tenants WHERE id > $1 ORDER BY id LIMIT $2"
-    )
-    .bind(after)
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await)
-    .map_err(classify)
+    let row = store::create(db, name, &tokens::hash(&secret), platform_admin, now).await?;
+    Ok((row, secret))
 }
 
 /// What the first start did.
@@ -151,9 +97,7 @@ pub async fn bootstrap(
     configured_token: Option<&str>,
     now: i64,
 ) -> anyhow::Result<Bootstrap> {
-    let (count,): (i64,) =
-        crate::with_reader!(db, |pool| sqlx::query_as("SELECT COUNT(*) FROM tenants").fetch_one(pool).await)?;
-    if count > 0 {
+    if store::count(db).await? > 0 {
         return Ok(Bootstrap::AlreadyDone);
     }
     match create(db, "default", configured_token.map(str::to_string), true, now).await {
@@ -216,6 +160,6 @@ async fn list_tenants(
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<ListResponse<TenantDto>>, ApiError> {
     let page = params.page()?;
-    let rows = list(&state.db, page.after.as_deref(), page.limit + 1).await?;
-    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id.clone(), TenantDto::from)))
+    let rows = store::list(&state.db, &page).await?;
+    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id.to_string(), TenantDto::from)))
 }

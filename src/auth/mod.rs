@@ -1,99 +1,27 @@
-//! Who is asking: principals, roles, and the tenant-bound handle.
+//! Who is asking: the principals of a request.
 //!
 //! The extractors here ([`Member`], [`DeviceAuth`], [`Enroller`], [`PlatformAdmin`]) are the
-//! only producers of a caller's identity, and [`TenantScope`] — the only way into a tenant's
-//! data — can only be made by them (its constructor is private to this module). A handler
-//! therefore cannot name a tenant it was not authenticated for: it never reads a tenant id
-//! from the path or the body.
+//! only producers of a caller's identity. Each gets its [`TenantScope`] — the only way into a
+//! tenant's data — from the store's credential lookup, and the store crate is the only code
+//! that can make a scope (its constructor is `pub(crate)` there). A handler therefore cannot
+//! name a tenant it was not authenticated for: it never reads a tenant id from the path or the
+//! body.
 
 pub mod routes;
-pub mod store;
+pub use herd_store::credentials as store;
 pub mod tokens;
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use herd_domain::ids::{DeviceId, EnrollmentTokenId, TokenId, UserId};
+pub use herd_domain::status::{MemberTokenKind, Role};
+pub use herd_store::{System, TenantScope};
 
 use crate::app::AppState;
 use crate::clock::to_millis;
-use crate::ids::{DeviceId, EnrollmentTokenId, TenantId, TokenId, UserId};
-use crate::store::Db;
 use crate::{devices, http::error::ApiError};
 use tokens::TokenKind;
-
-/// A tenant member's role. Ordered: `Viewer < Operator < Admin`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Reads everything in the tenant.
-    Viewer,
-    /// Also manages devices, commands and updates.
-    Operator,
-    /// Also manages users, tokens, CA operations and rules.
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Role> {
-        match text {
-            "viewer" => Some(Role::Viewer),
-            "operator" => Some(Role::Operator),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
-}
-
-/// The proof that a request may touch one tenant's data. Feature stores take it and bind its
-/// tenant id into every query they run.
-#[derive(Debug, Clone)]
-pub struct TenantScope {
-    db: Db,
-    tenant_id: TenantId,
-}
-
-impl TenantScope {
-    /// Private: only authentication (and the explicit system principal below) makes scopes.
-    fn new(db: Db, tenant_id: TenantId) -> Self {
-        Self { db, tenant_id }
-    }
-
-    /// The background-job principal (STYLE.md "Background work acts as an explicit system
-    /// principal"): a job that has read a tenant id from a row it owns may act in that tenant.
-    pub fn for_system(_system: &System, db: Db, tenant_id: TenantId) -> Self {
-        Self::new(db, tenant_id)
-    }
-
-    pub fn tenant_id(&self) -> TenantId {
-        self.tenant_id
-    }
-
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-}
-
-/// The internal principal of background jobs and the command line. Holding one is a
-/// statement in the code that no request is behind the action.
-#[derive(Debug)]
-pub struct System(());
-
-impl System {
-    /// Used by jobs and CLI commands; grep for it to find every action without a caller.
-    pub fn principal() -> Self {
-        System(())
-    }
-}
 
 /// An authenticated tenant member (API token or login session).
 #[derive(Debug, Clone)]
@@ -103,8 +31,7 @@ pub struct Member {
     pub platform_admin: bool,
     pub token_id: TokenId,
     pub user_id: Option<UserId>,
-    /// `api` or `session`.
-    pub kind: String,
+    pub kind: MemberTokenKind,
 }
 
 impl Member {
@@ -117,8 +44,8 @@ impl Member {
         }
     }
 
-    pub fn tenant_id(&self) -> TenantId {
-        self.scope.tenant_id
+    pub fn tenant_id(&self) -> herd_domain::ids::TenantId {
+        self.scope.tenant_id()
     }
 }
 
@@ -184,41 +111,33 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
     let db = &state.db;
     match TokenKind::of(token) {
         TokenKind::Member => {
-            let row = store::find_member_token(db, &hash, now).await?.ok_or_else(rejected)?;
-            let role =
-                Role::parse(&row.role).ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad role {}", row.role)))?;
-            let member = Member {
-                scope: TenantScope::new(db.clone(), parse_id(&row.tenant_id)?),
-                role,
-                platform_admin: row.platform_admin,
-                token_id: parse_id(&row.id)?,
-                user_id: row.user_id.as_deref().map(parse_id).transpose()?,
-                kind: row.kind,
-            };
+            let credential = store::find_member_token(db, &hash, now).await?.ok_or_else(rejected)?;
             // Recording use is advisory: at most one write a minute per token.
-            if row.last_used_at.is_none_or(|last| now - last > 60_000) {
-                store::touch_member_token(db, &row.id, now).await?;
+            if credential.last_used_at.is_none_or(|last| now - last > 60_000) {
+                store::touch_member_token(db, credential.id, now).await?;
             }
-            Ok(Principal::Member(member))
+            Ok(Principal::Member(Member {
+                scope: credential.scope,
+                role: credential.role,
+                platform_admin: credential.platform_admin,
+                token_id: credential.id,
+                user_id: credential.user_id,
+                kind: credential.kind,
+            }))
         }
         TokenKind::Enrollment => {
-            let row = store::find_usable_enrollment_token(db, &hash, now).await?.ok_or_else(rejected)?;
-            Ok(Principal::Enrollment(TenantScope::new(db.clone(), parse_id(&row.tenant_id)?), parse_id(&row.id)?))
+            let (scope, token_id) = store::find_usable_enrollment_token(db, &hash, now).await?.ok_or_else(rejected)?;
+            Ok(Principal::Enrollment(scope, token_id))
         }
         TokenKind::Device => {
             let owner = devices::store::find_by_token_hash(db, &hash).await?.ok_or_else(rejected)?;
-            let scope = TenantScope::new(db.clone(), parse_id(&owner.tenant_id)?);
             Ok(Principal::Device(Box::new(DeviceAuth {
-                scope,
-                device_id: parse_id(&owner.device.id)?,
+                scope: owner.scope,
+                device_id: owner.device.id,
                 device: owner.device,
             })))
         }
     }
-}
-
-fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, ApiError> {
-    text.parse().map_err(|_| ApiError::internal(anyhow::anyhow!("stored id {text:?} is not a UUID")))
 }
 
 fn wrong_credential(what: &str) -> ApiError {

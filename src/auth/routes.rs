@@ -10,6 +10,7 @@ use utoipa_axum::routes;
 
 use super::store::{self, EnrollmentTokenRow, NewToken, TokenRow, UserRow};
 use super::tokens::{self, TokenKind};
+use super::MemberTokenKind;
 use super::{Member, Role};
 use crate::app::AppState;
 use crate::clock::to_millis;
@@ -90,7 +91,7 @@ async fn logout(
     member: Member,
 ) -> Result<StatusCode, ApiError> {
     let scope = member.require(Role::Viewer)?;
-    store::revoke_token(scope, member.token_id, &member.kind, to_millis(state.clock.now())).await?;
+    store::revoke_token(scope, member.token_id, member.kind, to_millis(state.clock.now())).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -112,7 +113,7 @@ async fn me(member: Member) -> Json<MeResponse> {
         tenant_id: member.tenant_id().to_string(),
         role: member.role,
         platform_admin: member.platform_admin,
-        credential: member.kind.clone(),
+        credential: member.kind.to_string(),
         user_id: member.user_id.map(|u| u.to_string()),
     })
 }
@@ -150,9 +151,9 @@ pub struct TokenDto {
 impl From<TokenRow> for TokenDto {
     fn from(row: TokenRow) -> Self {
         Self {
-            id: row.id,
+            id: row.id.to_string(),
             name: row.name,
-            role: Role::parse(&row.role).unwrap_or(Role::Viewer),
+            role: row.role,
             expires_at: row.expires_at.map(time),
             revoked_at: row.revoked_at.map(time),
             last_used_at: row.last_used_at.map(time),
@@ -187,7 +188,7 @@ async fn create_token(
     let expires_at = future_expiry(&state, "expiresAt", body.expires_at)?;
     let secret = tokens::generate(TokenKind::Member);
     let new = NewToken {
-        kind: "api",
+        kind: MemberTokenKind::Api,
         name: body.name.trim(),
         role: body.role,
         platform_admin: false,
@@ -208,7 +209,7 @@ async fn list_tokens(
     let scope = member.require(Role::Admin)?;
     let page = params.page()?;
     let rows = store::list_tokens(scope, page.after.as_deref(), page.limit + 1).await?;
-    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id.clone(), TokenDto::from)))
+    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id, TokenDto::from)))
 }
 
 /// Revoke an API token (admin). It answers 401 from the next request on.
@@ -220,7 +221,7 @@ async fn revoke_token(
     IdPath(id): IdPath<TokenId>,
 ) -> Result<StatusCode, ApiError> {
     let scope = member.require(Role::Admin)?;
-    if store::revoke_token(scope, id, "api", to_millis(state.clock.now())).await? {
+    if store::revoke_token(scope, id, MemberTokenKind::Api, to_millis(state.clock.now())).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("token"))
@@ -265,7 +266,7 @@ pub struct EnrollmentTokenDto {
 impl From<EnrollmentTokenRow> for EnrollmentTokenDto {
     fn from(row: EnrollmentTokenRow) -> Self {
         Self {
-            id: row.id,
+            id: row.id.to_string(),
             name: row.name,
             expires_at: row.expires_at.map(time),
             max_uses: row.max_uses,
@@ -318,7 +319,7 @@ async fn list_enrollment_tokens(
     let scope = member.require(Role::Admin)?;
     let page = params.page()?;
     let rows = store::list_enrollment_tokens(scope, page.after.as_deref(), page.limit + 1).await?;
-    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id.clone(), EnrollmentTokenDto::from)))
+    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id, EnrollmentTokenDto::from)))
 }
 
 /// Revoke an enrollment token (admin). Devices it registered keep working.
@@ -374,10 +375,10 @@ pub struct UserDto {
 impl From<UserRow> for UserDto {
     fn from(row: UserRow) -> Self {
         Self {
-            id: row.id,
-            tenant_id: row.tenant_id,
+            id: row.id.to_string(),
+            tenant_id: row.tenant_id.to_string(),
             username: row.username,
-            role: Role::parse(&row.role).unwrap_or(Role::Viewer),
+            role: row.role,
             platform_admin: row.platform_admin,
             created_at: time(row.created_at),
         }
@@ -420,7 +421,7 @@ async fn list_users(
     let scope = member.require(Role::Admin)?;
     let page = params.page()?;
     let rows = store::list_users(scope, page.after.as_deref(), page.limit + 1).await?;
-    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id.clone(), UserDto::from)))
+    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id, UserDto::from)))
 }
 
 /// Delete a user (admin); their sessions end with them.

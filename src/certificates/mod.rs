@@ -16,7 +16,7 @@ pub mod authority;
 pub mod keypool;
 pub mod monitor;
 pub mod routes;
-pub mod store;
+pub use herd_store::certificates as store;
 pub mod vault;
 
 use std::sync::Arc;
@@ -28,7 +28,7 @@ use herd_pki::{CertificateAuthority, CsrError, LeafKey, LeafRequest, RevocationR
 use crate::auth::TenantScope;
 use crate::config::Settings;
 use crate::devices::store::DeviceStore;
-use crate::events::{self, Event};
+use crate::events::Event;
 use crate::http::error::ApiError;
 use crate::ids::{CertificateId, DeviceId};
 use crate::store::{Db, StoreError};
@@ -36,38 +36,12 @@ use keypool::KeyPool;
 use store::{CertificateRow, CertificateStore, NewCertificate};
 use vault::Vault;
 
-/// Issued for a future `notBefore`; the monitor activates it.
-pub const PENDING: &str = "pending";
-/// Within its validity window and not revoked.
-pub const ACTIVE: &str = "active";
-/// Past `notAfter`.
-pub const EXPIRED: &str = "expired";
-/// Revoked; final.
-pub const REVOKED: &str = "revoked";
+pub use herd_domain::status::{CertificateStatus, KeySource};
 
 /// How long a published CRL is valid (`nextUpdate - thisUpdate`).
 pub const CRL_LIFETIME_SECONDS: i64 = 7 * 86_400;
 /// A CRL with less than this left before its `nextUpdate` is re-signed before it is served.
 pub const CRL_REFRESH_MARGIN_SECONDS: i64 = CRL_LIFETIME_SECONDS / 2;
-
-/// Who made a certificate's key pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeySource {
-    /// herd generated an RSA key (the seed's behaviour) and keeps it in the key store.
-    Server,
-    /// The device generated its key and sent a CSR; herd never sees the private key.
-    Csr,
-}
-
-impl KeySource {
-    /// The stored and wire form: `server` or `csr`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeySource::Server => "server",
-            KeySource::Csr => "csr",
-        }
-    }
-}
 
 /// The key a new certificate certifies.
 pub enum NewKey {
@@ -242,19 +216,19 @@ impl CertificateService {
         let key_columns = self.vault.columns_for(id, private_key_pem.as_deref()).map_err(CertificateError::Internal)?;
         let not_before = issued.info.not_before * 1000;
         let record = CertificateRow {
-            id: id.to_string(),
-            tenant_id: scope.tenant_id().to_string(),
-            device_id: device_id.to_string(),
+            id,
+            tenant_id: scope.tenant_id(),
+            device_id,
             serial_number: issued.info.serial_hex.clone(),
             fingerprint: issued.info.fingerprint_sha256.clone(),
             subject: issued.info.subject.clone(),
             issuer: issued.info.issuer.clone(),
             not_before,
             not_after: issued.info.not_after * 1000,
-            status: if not_before > now { PENDING } else { ACTIVE }.to_string(),
+            status: if not_before > now { CertificateStatus::Pending } else { CertificateStatus::Active },
             revoked_at: None,
             revocation_reason: None,
-            key_source: key_source.as_str().to_string(),
+            key_source,
             replaced_by_id: None,
             created_at: now,
         };
@@ -264,27 +238,25 @@ impl CertificateService {
         store::insert(&mut tx, &new).await?;
         let tenant_id = scope.tenant_id();
         if let Some(old) = replaces {
-            if !store::mark_replaced(&mut tx, tenant_id, old, id).await? {
+            if !store::mark_replaced(&mut tx, scope, old, id).await? {
                 return Err(CertificateError::Conflict(
                     "the certificate was already renewed or revoked; renew its successor instead".into(),
                 ));
             }
-            events::record(
-                &mut tx,
+            tx.record(
                 tenant_id,
                 &Event::CertificateRenewed { certificate_id: old, replaced_by_id: id, device_id },
                 now,
-            )
-            .await?;
+            );
         }
         let issued_event = Event::CertificateIssued {
             certificate_id: id,
             device_id,
             serial_number: record.serial_number.clone(),
             not_after: record.not_after,
-            key_source: key_source.as_str(),
+            key_source,
         };
-        events::record(&mut tx, tenant_id, &issued_event, now).await?;
+        tx.record(tenant_id, &issued_event, now);
         tx.commit().await?;
 
         // Files are written once the record is committed, so a failed transaction never leaves
@@ -305,9 +277,9 @@ impl CertificateService {
         now: i64,
     ) -> Result<Issued, CertificateError> {
         let old = CertificateStore::new(scope).get(id).await?.ok_or(CertificateError::NotFound("certificate"))?;
-        let device_id = parse_id::<DeviceId>(&old.device_id)?;
+        let device_id = old.device_id;
         prove_device(scope, device_id).await?;
-        if old.status == REVOKED {
+        if old.status == CertificateStatus::Revoked {
             return Err(CertificateError::Conflict("a revoked certificate cannot be renewed".into()));
         }
         if old.replaced_by_id.is_some() {
@@ -339,7 +311,7 @@ impl CertificateService {
         now: i64,
     ) -> Result<Issued, CertificateError> {
         let current = CertificateStore::new(scope).current_for_device(device_id).await?;
-        let replaces = current.map(|row| parse_id::<CertificateId>(&row.id)).transpose()?;
+        let replaces = current.map(|row| row.id);
         self.issue(scope, device_id, NewKey::Csr(csr), replaces, now).await
     }
 
@@ -349,7 +321,7 @@ impl CertificateService {
         prove_device(scope, device_id).await?;
         let store = CertificateStore::new(scope);
         let record = store.current_for_device(device_id).await?.ok_or(CertificateError::NotFound("certificate"))?;
-        let id = parse_id::<CertificateId>(&record.id)?;
+        let id = record.id;
         let material = store.material(id).await?.ok_or(CertificateError::NotFound("certificate"))?;
         let private_key_pem =
             self.vault.read_key(id, device_id, &material).await.map_err(CertificateError::Internal)?;
@@ -373,17 +345,17 @@ impl CertificateService {
         }
         let store = CertificateStore::new(scope);
         let row = store.get(id).await?.ok_or(CertificateError::NotFound("certificate"))?;
-        let device_id = parse_id::<DeviceId>(&row.device_id)?;
+        let device_id = row.device_id;
         prove_device(scope, device_id).await?;
-        if row.status == REVOKED {
+        if row.status == CertificateStatus::Revoked {
             return Err(CertificateError::Conflict("the certificate is already revoked".into()));
         }
         let mut tx = self.db.begin().await?;
-        let Some(revoked) = store::revoke(&mut tx, scope.tenant_id(), id, reason.as_str(), now).await? else {
+        let Some(revoked) = store::revoke(&mut tx, scope, id, reason.as_str(), now).await? else {
             return Err(CertificateError::Conflict("the certificate is already revoked".into()));
         };
         let event = Event::CertificateRevoked { certificate_id: id, device_id, reason: reason.as_str() };
-        events::record(&mut tx, scope.tenant_id(), &event, now).await?;
+        tx.record(scope.tenant_id(), &event, now);
         store::mark_crl_stale(&mut tx).await?;
         tx.commit().await?;
         // The CRL is marked stale in the revocation's transaction, so if signing fails here the
@@ -420,10 +392,9 @@ impl CertificateService {
                     fingerprint.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
                 let record = store.by_fingerprint(&normalized).await?;
                 let der = match &record {
-                    Some(row) => store
-                        .material(parse_id::<CertificateId>(&row.id)?)
-                        .await?
-                        .and_then(|material| pem_to_der(&material.certificate_pem)),
+                    Some(row) => {
+                        store.material(row.id).await?.and_then(|material| pem_to_der(&material.certificate_pem))
+                    }
                     None => None,
                 };
                 (der, record)
@@ -456,7 +427,7 @@ impl CertificateService {
             }
         }
         match &record {
-            Some(row) if row.status == REVOKED => found.push(reasons::REVOKED),
+            Some(row) if row.status == CertificateStatus::Revoked => found.push(reasons::REVOKED),
             Some(_) => {}
             None => found.push(reasons::UNKNOWN_CERTIFICATE),
         }
@@ -519,31 +490,6 @@ pub async fn prove_device(scope: &TenantScope, device_id: DeviceId) -> Result<()
         Some(_) => Ok(()),
         None => Err(CertificateError::NotFound("device")),
     }
-}
-
-/// Called by `DeviceStore::delete` inside its transaction: the deleted device's pending and
-/// active certificates are revoked (`cessationOfOperation`) with their events, and the CRL is
-/// marked stale so it is re-signed before it is served again.
-pub async fn revoke_for_deleted_device(
-    tx: &mut crate::store::Tx,
-    tenant_id: crate::ids::TenantId,
-    device_id: DeviceId,
-    now: i64,
-) -> Result<usize, StoreError> {
-    let reason = RevocationReason::CessationOfOperation.as_str();
-    let revoked = store::revoke_device(tx, tenant_id, device_id, reason, now).await?;
-    for id in &revoked {
-        events::record(tx, tenant_id, &Event::CertificateRevoked { certificate_id: *id, device_id, reason }, now)
-            .await?;
-    }
-    if !revoked.is_empty() {
-        store::mark_crl_stale(tx).await?;
-    }
-    Ok(revoked.len())
-}
-
-fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, CertificateError> {
-    text.parse().map_err(|_| CertificateError::Internal(anyhow::anyhow!("stored id {text:?} is not a UUID")))
 }
 
 /// The DER of the first CERTIFICATE block of a PEM text (or `None` if there is none).

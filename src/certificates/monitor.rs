@@ -13,9 +13,9 @@
 //! SKIP LOCKED` on PostgreSQL) and commits the successor only if the old record is still
 //! unreplaced. The monitor acts as the system principal, in each record's own tenant.
 
-use super::{parse_id, CertificateService, NewKey};
+use super::{CertificateService, NewKey};
 use crate::auth::{System, TenantScope};
-use crate::events::{self, Event};
+use crate::events::Event;
 use crate::ids::{CertificateId, DeviceId, TenantId};
 use crate::store::StoreError;
 
@@ -38,7 +38,7 @@ pub struct MonitorOutcome {
 }
 
 /// One monitor step at `now` (milliseconds).
-pub async fn run_once(service: &CertificateService, now: i64) -> anyhow::Result<MonitorOutcome> {
+pub async fn run_once(service: &CertificateService, system: &System, now: i64) -> anyhow::Result<MonitorOutcome> {
     let db = &service.db;
     let mut outcome = MonitorOutcome { activated: super::store::activate_due(db, now).await?, ..Default::default() };
 
@@ -48,7 +48,7 @@ pub async fn run_once(service: &CertificateService, now: i64) -> anyhow::Result<
         for row in &rows {
             let (tenant_id, certificate_id, device_id) = ids(row)?;
             let event = Event::CertificateExpired { certificate_id, device_id, not_after: row.not_after };
-            events::record(&mut tx, tenant_id, &event, now).await?;
+            tx.record(tenant_id, &event, now);
         }
         tx.commit().await?;
         outcome.expired += rows.len();
@@ -65,7 +65,7 @@ pub async fn run_once(service: &CertificateService, now: i64) -> anyhow::Result<
             let (tenant_id, certificate_id, device_id) = ids(row)?;
             let days_left = (row.not_after - now).div_euclid(DAY_MS);
             let event = Event::CertificateExpiring { certificate_id, device_id, not_after: row.not_after, days_left };
-            events::record(&mut tx, tenant_id, &event, now).await?;
+            tx.record(tenant_id, &event, now);
         }
         tx.commit().await?;
         outcome.warned += rows.len();
@@ -79,7 +79,7 @@ pub async fn run_once(service: &CertificateService, now: i64) -> anyhow::Result<
         let claimed = super::store::claim_renewals(db, now, renew_before, now - RECLAIM_AFTER_MS, BATCH).await?;
         for row in &claimed {
             let (tenant_id, certificate_id, device_id) = ids(row)?;
-            let scope = TenantScope::for_system(&System::principal(), db.clone(), tenant_id);
+            let scope = TenantScope::for_system(system, db, tenant_id);
             match service.issue(&scope, device_id, NewKey::Generated, Some(certificate_id), now).await {
                 Ok(_) => outcome.renewed += 1,
                 Err(error) => {
@@ -106,12 +106,7 @@ pub async fn run_once(service: &CertificateService, now: i64) -> anyhow::Result<
 }
 
 fn ids(row: &super::store::Transition) -> Result<(TenantId, CertificateId, DeviceId), StoreError> {
-    Ok((parse(&row.tenant_id)?, parse(&row.id)?, parse(&row.device_id)?))
-}
-
-fn parse<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
-    parse_id(text)
-        .map_err(|_| StoreError::Other(sqlx::Error::Decode(format!("stored id {text:?} is not a UUID").into())))
+    Ok((row.tenant_id, row.id, row.device_id))
 }
 
 /// Schedules [`run_once`] every `HERD_CERT_MONITOR_INTERVAL` (first run at startup).
@@ -124,7 +119,7 @@ pub fn spawn(
         let state = state.clone();
         async move {
             let now = crate::clock::to_millis(state.clock.now());
-            let outcome = run_once(&state.certificates, now).await?;
+            let outcome = run_once(&state.certificates, &state.system, now).await?;
             if outcome != MonitorOutcome::default() {
                 tracing::info!(?outcome, "certificate monitor");
             }

@@ -17,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::store::{CertificateFilter, CertificateRow, CertificateStore};
-use super::{prove_device, CertificateError, Issued, NewKey, ACTIVE, EXPIRED, PENDING, REVOKED};
+use super::{prove_device, CertificateError, CertificateStatus, Issued, NewKey};
 use crate::app::AppState;
 use crate::auth::{DeviceAuth, Member, Role};
 use crate::clock::to_millis;
@@ -74,18 +74,18 @@ pub struct CertificateDto {
 impl From<CertificateRow> for CertificateDto {
     fn from(row: CertificateRow) -> Self {
         Self {
-            id: row.id,
-            device_id: row.device_id,
+            id: row.id.to_string(),
+            device_id: row.device_id.to_string(),
             serial_number: row.serial_number,
             fingerprint: row.fingerprint,
             subject: row.subject,
             issuer: row.issuer,
             not_before: time(row.not_before),
             not_after: time(row.not_after),
-            status: row.status,
+            status: row.status.to_string(),
             revoked_at: row.revoked_at.map(time),
             revocation_reason: row.revocation_reason,
-            key_source: row.key_source,
+            key_source: row.key_source.to_string(),
             replaced_by_id: row.replaced_by_id,
             created_at: time(row.created_at),
         }
@@ -208,7 +208,7 @@ async fn list_certificates(
     let page = PageParams { limit: params.limit, cursor: params.cursor.clone() }.page()?;
     let mut errors = FieldErrors::new();
     if let Some(status) = &params.status {
-        if ![PENDING, ACTIVE, EXPIRED, REVOKED].contains(&status.as_str()) {
+        if status.parse::<CertificateStatus>().is_err() {
             errors.add("status", "must be pending, active, expired or revoked");
         }
     }
@@ -359,17 +359,17 @@ async fn validate_certificate(
     let has = |reason: &str| verdict.reasons.contains(&reason);
     let status = match &verdict.record {
         None => "unknown".to_string(),
-        Some(row) if row.status == REVOKED => REVOKED.to_string(),
-        Some(_) if has(super::reasons::EXPIRED) => EXPIRED.to_string(),
-        Some(_) if has(super::reasons::NOT_YET_VALID) => PENDING.to_string(),
-        Some(row) => row.status.clone(),
+        Some(row) if row.status == CertificateStatus::Revoked => CertificateStatus::Revoked.to_string(),
+        Some(_) if has(super::reasons::EXPIRED) => CertificateStatus::Expired.to_string(),
+        Some(_) if has(super::reasons::NOT_YET_VALID) => CertificateStatus::Pending.to_string(),
+        Some(row) => row.status.to_string(),
     };
     Ok(Json(ValidationResponse {
         valid: verdict.reasons.is_empty(),
         status,
         reasons: verdict.reasons.iter().map(|reason| reason.to_string()).collect(),
-        certificate_id: verdict.record.as_ref().map(|row| row.id.clone()),
-        device_id: verdict.record.as_ref().map(|row| row.device_id.clone()),
+        certificate_id: verdict.record.as_ref().map(|row| row.id.to_string()),
+        device_id: verdict.record.as_ref().map(|row| row.device_id.to_string()),
         not_after: verdict.not_after.map(time),
     }))
 }

@@ -9,7 +9,7 @@
 //! configuration is not managed: the device's own value stands and is never a difference.
 //! `store` holds the SQL; this module does not touch settings, presence or telemetry.
 
-pub mod store;
+pub use herd_store::configurations as store;
 
 use axum::extract::State;
 use axum::Json;

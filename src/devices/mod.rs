@@ -5,8 +5,4 @@
 //! through [`store::DeviceStore`], which is built from a [`crate::auth::TenantScope`].
 
 pub mod routes;
-pub mod store;
-
-/// Presence of a device.
-pub const ONLINE: &str = "online";
-pub const OFFLINE: &str = "offline";
+pub use herd_store::devices as store;

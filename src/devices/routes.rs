@@ -16,7 +16,6 @@ use super::store::{
     ConnectReport, DeviceFilter, DeviceInfo, DevicePatch, DeviceRow, DeviceStore, Identifiers, RegisterError,
     Registration,
 };
-use super::{OFFLINE, ONLINE};
 use crate::app::AppState;
 use crate::auth::tokens::{self, TokenKind};
 use crate::auth::{DeviceAuth, Enroller, Member, Role};
@@ -25,6 +24,7 @@ use crate::http::error::{ApiError, FieldErrors};
 use crate::http::extract::{ApiJson, ApiQuery, IdPath, OptionalJson, PageParams, Validate};
 use crate::http::{time, ListResponse};
 use crate::ids::DeviceId;
+use herd_domain::status::DeviceStatus;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -57,8 +57,7 @@ pub struct DeviceDto {
     pub ip_address: Option<String>,
     pub location: Option<String>,
     pub tags: Vec<String>,
-    /// `online` or `offline`.
-    pub status: String,
+    pub status: DeviceStatus,
     pub last_seen: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -67,7 +66,7 @@ pub struct DeviceDto {
 impl From<DeviceRow> for DeviceDto {
     fn from(row: DeviceRow) -> Self {
         Self {
-            id: row.id,
+            id: row.id.to_string(),
             name: row.name,
             serial_number: row.serial_number,
             mac_address: row.mac_address,
@@ -79,7 +78,7 @@ impl From<DeviceRow> for DeviceDto {
             firmware_version: row.firmware_version,
             ip_address: row.ip_address,
             location: row.location,
-            tags: serde_json::from_str(&row.tags).unwrap_or_default(),
+            tags: row.tags.0,
             status: row.status,
             last_seen: row.last_seen.map(time),
             created_at: time(row.created_at),
@@ -436,26 +435,26 @@ async fn list_devices(
     let scope = member.require(Role::Viewer)?;
     let page = PageParams { limit: params.limit, cursor: params.cursor.clone() }.page()?;
     let mut errors = FieldErrors::new();
-    if let Some(status) = &params.status {
-        if status != ONLINE && status != OFFLINE {
+    let status = match params.status.as_deref().map(str::parse::<DeviceStatus>).transpose() {
+        Ok(status) => status,
+        Err(_) => {
             errors.add("status", "must be online or offline");
+            None
         }
-    }
+    };
     errors.text("q", params.q.as_deref(), MAX_TEXT);
     errors.text("tag", params.tag.as_deref(), MAX_TAG);
     errors.finish()?;
-    let filter = DeviceFilter { status: params.status, q: params.q, tag: params.tag };
+    let filter = DeviceFilter { status, q: params.q, tag: params.tag };
     let rows = DeviceStore::new(scope).list(&filter, &page).await?;
-    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id.clone(), |row| overlay(&state, row).into())))
+    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id, |row| overlay(&state, row).into())))
 }
 
 /// Shows a buffered heartbeat's `lastSeen` (not yet written) on a row read from the database.
 fn overlay(state: &AppState, mut row: DeviceRow) -> DeviceRow {
-    if let Ok(id) = row.id.parse::<DeviceId>() {
-        if let Some(at) = state.heartbeats.pending_last_seen(&id) {
-            if row.status == ONLINE && row.last_seen.is_none_or(|seen| seen < at) {
-                row.last_seen = Some(at);
-            }
+    if let Some(at) = state.heartbeats.pending_last_seen(&row.id) {
+        if row.status == DeviceStatus::Online && row.last_seen.is_none_or(|seen| seen < at) {
+            row.last_seen = Some(at);
         }
     }
     row
@@ -480,7 +479,7 @@ async fn connect(
     let millis = to_millis(now);
     let known = &device.device;
     let same = |reported: &Option<String>, stored: &Option<String>| reported.is_none() || reported == stored;
-    let nothing_new = known.status == ONLINE
+    let nothing_new = known.status == DeviceStatus::Online
         && same(&report.ip_address, &known.ip_address)
         && same(&report.app_version, &known.app_version)
         && same(&report.os_version, &known.os_version)

@@ -48,10 +48,10 @@ pub struct EventDto {
 impl From<EventRow> for EventDto {
     fn from(row: EventRow) -> Self {
         Self {
-            id: row.id,
+            id: row.id.to_string(),
             seq: row.seq,
             event_type: row.event_type,
-            tenant_id: row.tenant_id,
+            tenant_id: row.tenant_id.to_string(),
             occurred_at: time(row.occurred_at),
             data: serde_json::from_str(&row.data).unwrap_or(Value::Null),
         }
@@ -155,7 +155,7 @@ async fn stream_events(
     let start = match last_event_id.or(params.after) {
         Some(seq) if seq >= 0 => seq,
         Some(_) => return Err(ApiError::invalid("after", "must not be negative")),
-        None => store::latest_seq(scope.db(), &scope.tenant_id().to_string()).await?,
+        None => store::latest_seq(&scope).await?,
     };
     let stream = EventStream { scope, types, cursor: start, buffer: VecDeque::new(), state };
     let events = futures::stream::unfold(stream, |mut stream| async move {

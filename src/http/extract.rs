@@ -9,6 +9,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
 use base64::Engine as _;
+pub use herd_store::Page;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -182,13 +183,6 @@ pub struct PageParams {
     pub limit: Option<u32>,
     /// The `nextCursor` of the previous page.
     pub cursor: Option<String>,
-}
-
-/// A validated page request: `after` is the last id of the previous page.
-#[derive(Debug, Clone)]
-pub struct Page {
-    pub limit: u32,
-    pub after: Option<String>,
 }
 
 impl PageParams {

@@ -38,10 +38,16 @@ pub struct ListResponse<T: ToSchema> {
 
 impl<T: ToSchema> ListResponse<T> {
     /// Builds a page from `limit + 1` fetched rows: the extra row only says there is more.
-    pub fn from_rows<R>(mut rows: Vec<R>, limit: u32, id_of: impl Fn(&R) -> String, into: impl Fn(R) -> T) -> Self {
+    pub fn from_rows<R, K: ToString>(
+        mut rows: Vec<R>,
+        limit: u32,
+        id_of: impl Fn(&R) -> K,
+        into: impl Fn(R) -> T,
+    ) -> Self {
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
-        let next_cursor = if more { rows.last().map(|row| extract::encode_cursor(&id_of(row))) } else { None };
+        let next_cursor =
+            if more { rows.last().map(|row| extract::encode_cursor(&id_of(row).to_string())) } else { None };
         Self { items: rows.into_iter().map(into).collect(), next_cursor }
     }
 }

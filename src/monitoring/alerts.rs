@@ -10,7 +10,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::store::{AlertFilter, AlertRow, MonitoringStore, OPEN, RESOLVED};
-use super::Severity;
 use crate::app::AppState;
 use crate::auth::{Member, Role};
 use crate::clock::to_millis;
@@ -18,6 +17,7 @@ use crate::http::error::{ApiError, FieldErrors};
 use crate::http::extract::{ApiQuery, IdPath, PageParams};
 use crate::http::{time, ListResponse};
 use crate::ids::{AlertId, DeviceId};
+use herd_domain::status::Severity;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_alerts)).routes(routes!(get_alert)).routes(routes!(acknowledge_alert))
@@ -60,16 +60,16 @@ pub struct AlertDto {
 impl From<AlertRow> for AlertDto {
     fn from(row: AlertRow) -> Self {
         Self {
-            id: row.id,
-            device_id: row.device_id,
+            id: row.id.to_string(),
+            device_id: row.device_id.to_string(),
             device_name: row.device_name,
-            rule_id: row.rule_id,
+            rule_id: row.rule_id.map(|id| id.to_string()),
             rule_name: row.rule_name,
-            metric: row.metric,
-            operator: row.operator,
+            metric: row.metric.to_string(),
+            operator: row.operator.to_string(),
             threshold: row.threshold,
-            severity: row.severity,
-            status: row.status,
+            severity: row.severity.to_string(),
+            status: row.status.to_string(),
             value: row.value,
             last_value: row.last_value,
             breach_count: row.breach_count,
@@ -120,7 +120,7 @@ async fn list_alerts(
         }
     }
     if let Some(severity) = &params.severity {
-        if Severity::parse(severity).is_none() {
+        if severity.parse::<Severity>().is_err() {
             errors.add("severity", "must be info, warning or critical");
         }
     }
@@ -138,7 +138,7 @@ async fn list_alerts(
     let filter =
         AlertFilter { status: params.status, severity: params.severity, device_id, since: params.since.map(to_millis) };
     let rows = MonitoringStore::new(scope).list_alerts(&filter, &page).await?;
-    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id.clone(), AlertDto::from)))
+    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id, AlertDto::from)))
 }
 
 /// One alert.

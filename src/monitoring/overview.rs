@@ -62,14 +62,14 @@ pub struct RecentAlert {
 impl From<AlertRow> for RecentAlert {
     fn from(row: AlertRow) -> Self {
         Self {
-            id: row.id,
-            device_id: row.device_id,
+            id: row.id.to_string(),
+            device_id: row.device_id.to_string(),
             device_name: row.device_name,
-            metric: row.metric,
+            metric: row.metric.to_string(),
             value: row.value,
             threshold: row.threshold,
-            severity: row.severity,
-            status: row.status,
+            severity: row.severity.to_string(),
+            status: row.status.to_string(),
             created_at: time(row.created_at),
         }
     }

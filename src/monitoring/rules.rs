@@ -11,7 +11,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::store::{MonitoringStore, RuleRow, RuleSpec};
-use super::{Metric, Operator, Severity};
 use crate::app::AppState;
 use crate::auth::{Member, Role};
 use crate::clock::to_millis;
@@ -19,6 +18,7 @@ use crate::http::error::{ApiError, FieldErrors};
 use crate::http::extract::{ApiJson, ApiQuery, IdPath, PageParams, Validate};
 use crate::http::{time, ListResponse};
 use crate::ids::{DeviceId, RuleId};
+use herd_domain::status::{Metric, Operator, Severity};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_rules, create_rule)).routes(routes!(get_rule, update_rule, delete_rule))
@@ -55,10 +55,9 @@ impl TryFrom<RuleRow> for RuleDto {
     type Error = ApiError;
 
     fn try_from(row: RuleRow) -> Result<Self, ApiError> {
-        let rule =
-            row.to_rule().ok_or_else(|| ApiError::internal(anyhow::anyhow!("unreadable rule row {}", row.id)))?;
+        let rule = row.to_rule();
         Ok(Self {
-            id: row.id,
+            id: row.id.to_string(),
             name: rule.name,
             metric: rule.metric,
             operator: rule.operator,
@@ -301,7 +300,7 @@ async fn update_rule(
     let scope = member.require(Role::Admin)?;
     let store = MonitoringStore::new(scope);
     let row = store.get_rule(id).await?.ok_or_else(|| ApiError::not_found("monitoring rule"))?;
-    let current = row.to_rule().ok_or_else(|| ApiError::internal(anyhow::anyhow!("unreadable rule row {}", row.id)))?;
+    let current = row.to_rule();
     let spec = RuleSpec {
         name: body.name.as_deref().map(|n| n.trim().to_string()).unwrap_or(current.name),
         metric: body.metric.unwrap_or(current.metric),

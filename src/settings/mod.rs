@@ -8,7 +8,7 @@
 //! refused with 409 if someone wrote since. A `PATCH /devices/{id}` of location or tags does not
 //! bump the settings version. This module does not touch presence, telemetry or configuration.
 
-pub mod store;
+pub use herd_store::settings as store;
 
 use axum::extract::State;
 use axum::Json;
@@ -112,12 +112,12 @@ fn is_timezone_name(name: &str) -> bool {
 fn dto(device: DeviceRow, settings: Option<SettingsRow>) -> DeviceSettingsDto {
     let settings = settings.as_ref();
     DeviceSettingsDto {
-        device_id: device.id,
+        device_id: device.id.to_string(),
         display_name: settings.and_then(|s| s.display_name.clone()),
         location: device.location,
         timezone: settings.and_then(|s| s.timezone.clone()),
         notes: settings.and_then(|s| s.notes.clone()),
-        tags: serde_json::from_str(&device.tags).unwrap_or_default(),
+        tags: device.tags.0,
         version: settings.map_or(0, |s| s.version),
         updated_at: settings.map(|s| time(s.updated_at)),
     }

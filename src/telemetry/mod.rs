@@ -22,7 +22,7 @@
 //! only when an alert opens, changes or resolves.
 
 pub mod routes;
-pub mod store;
+pub use herd_store::telemetry as store;
 
 use std::time::Duration;
 

@@ -185,7 +185,7 @@ async fn ingest(
     let all_rules = monitoring::tenant_rules(&device.scope, now).await?;
     let tags = if all_rules.iter().any(|rule| rule.enabled && rule.tags.is_some()) {
         let row = DeviceStore::new(&device.scope).get(device.device_id).await?.ok_or_else(gone)?;
-        serde_json::from_str::<Vec<String>>(&row.tags).unwrap_or_default()
+        row.tags.0
     } else {
         Vec::new()
     };

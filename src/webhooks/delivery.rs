@@ -15,8 +15,9 @@ use sha2::Sha256;
 use super::store::{self, AttemptResult, DeliveryRow};
 use super::{DISABLE_AFTER_FAILURES, MAX_ATTEMPTS};
 use crate::events::routes::EventDto;
-use crate::events::{self, Event};
+use crate::events::Event;
 use crate::store::{Db, StoreError};
+use herd_store::{System, TenantScope};
 
 /// Per-request timeout of a delivery.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,19 +58,19 @@ pub fn backoff(attempt: i64) -> i64 {
 
 /// Creates the delivery rows for events that happened since each webhook last looked.
 /// Answers how many deliveries were created.
-pub async fn fan_out(db: &Db, now: i64) -> Result<usize, StoreError> {
+pub async fn fan_out(db: &Db, system: &System, now: i64) -> Result<usize, StoreError> {
     let mut created = 0;
     for id in store::enabled_ids(db).await? {
         let mut tx = db.begin().await?;
-        let Some(webhook) = store::lock_for_fan_out(&mut tx, db.engine(), &id).await? else { continue };
-        let wanted: Vec<String> = serde_json::from_str(&webhook.events).unwrap_or_default();
-        let rows = events::store::list_after(db, &webhook.tenant_id, webhook.last_seq, &wanted, 500).await?;
+        let Some(webhook) = store::lock_for_fan_out(&mut tx, db.engine(), id).await? else { continue };
+        let scope = TenantScope::for_system(system, db, webhook.tenant_id);
+        let rows = crate::events::store::list(&scope, webhook.last_seq, &webhook.events.0, 500).await?;
         let Some(last) = rows.last().map(|r| r.seq) else { continue };
         for row in &rows {
-            store::insert_delivery(&mut tx, &webhook, row.seq, &row.id, &row.event_type, now).await?;
+            store::insert_delivery(&mut tx, &webhook, row.seq, row.id, &row.event_type, now).await?;
             created += 1;
         }
-        store::advance(&mut tx, &webhook.id, last).await?;
+        store::advance(&mut tx, webhook.id, last).await?;
         tx.commit().await?;
     }
     Ok(created)
@@ -86,12 +87,13 @@ pub struct DeliverOutcome {
 /// Sends every due delivery once (concurrently) and records the outcomes.
 pub async fn deliver_due(
     db: &Db,
+    system: &System,
     client: &reqwest::Client,
     metrics: &crate::telemetry_metrics::HttpMetrics,
     now: i64,
 ) -> Result<DeliverOutcome, StoreError> {
     let claimed = store::claim_due(db, now, LEASE_MS, CLAIM).await?;
-    let attempts = claimed.iter().map(|delivery| attempt(db, client, delivery));
+    let attempts = claimed.iter().map(|delivery| attempt(db, system, client, delivery));
     let results = futures::future::join_all(attempts).await;
     let mut outcome = DeliverOutcome::default();
     for (delivery, result) in claimed.iter().zip(results) {
@@ -103,8 +105,8 @@ pub async fn deliver_due(
         let retry_at =
             if succeeded || attempts_made >= MAX_ATTEMPTS { None } else { Some(now + backoff(attempts_made - 1)) };
         let result = AttemptResult {
-            delivery_id: &delivery.id,
-            webhook_id: &delivery.webhook_id,
+            delivery_id: delivery.id,
+            webhook_id: delivery.webhook_id,
             succeeded,
             status_code,
             error,
@@ -120,12 +122,10 @@ pub async fn deliver_due(
             metrics.observe_webhook_failure();
             if streak >= DISABLE_AFTER_FAILURES {
                 let reason = format!("{streak} consecutive failed deliveries");
-                if store::disable(&mut tx, &delivery.webhook_id, &reason, now).await? {
-                    if let (Some(webhook), Ok(tenant)) =
-                        (store::webhook_by_id(db, &delivery.webhook_id).await?, delivery.tenant_id.parse())
-                    {
+                if store::disable(&mut tx, delivery.webhook_id, &reason, now).await? {
+                    if let Some(webhook) = store::webhook_by_id(db, delivery.webhook_id).await? {
                         let event = Event::WebhookDisabled { webhook_id: webhook.id, url: webhook.url, reason };
-                        events::record(&mut tx, tenant, &event, now).await?;
+                        tx.record(delivery.tenant_id, &event, now);
                     }
                     outcome.disabled_webhooks += 1;
                 }
@@ -139,11 +139,18 @@ pub async fn deliver_due(
 type Sent = (bool, Option<i64>, Option<String>, i64);
 
 /// One POST of one event. Network failures and non-2xx answers are failures, not errors.
-async fn attempt(db: &Db, client: &reqwest::Client, delivery: &DeliveryRow) -> Result<Sent, StoreError> {
-    let Some(webhook) = store::webhook_by_id(db, &delivery.webhook_id).await? else {
+async fn attempt(
+    db: &Db,
+    system: &System,
+    client: &reqwest::Client,
+    delivery: &DeliveryRow,
+) -> Result<Sent, StoreError> {
+    let Some(webhook) = store::webhook_by_id(db, delivery.webhook_id).await? else {
         return Ok((false, None, Some("the webhook was deleted".into()), 0));
     };
-    let Some(event) = events::store::get(db, delivery.event_seq).await? else {
+    let Some(event) =
+        crate::events::store::get(&TenantScope::for_system(system, db, delivery.tenant_id), delivery.event_seq).await?
+    else {
         return Ok((false, None, Some("the event is past its retention".into()), 0));
     };
     let body = serde_json::to_vec(&EventDto::from(event)).unwrap_or_default();
@@ -152,9 +159,9 @@ async fn attempt(db: &Db, client: &reqwest::Client, delivery: &DeliveryRow) -> R
         .post(&webhook.url)
         .header("content-type", "application/json")
         .header("x-herd-signature", signature(&webhook.secret, &body))
-        .header("x-herd-event-id", &delivery.event_id)
+        .header("x-herd-event-id", delivery.event_id.to_string())
         .header("x-herd-event-type", &delivery.event_type)
-        .header("x-herd-delivery-id", &delivery.id)
+        .header("x-herd-delivery-id", delivery.id.to_string())
         .header("x-herd-timestamp", chrono::Utc::now().timestamp().to_string())
         .body(body)
         .send()

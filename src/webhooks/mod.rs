@@ -9,7 +9,7 @@
 
 pub mod delivery;
 pub mod routes;
-pub mod store;
+pub use herd_store::webhooks as store;
 
 use std::net::IpAddr;
 

@@ -43,9 +43,9 @@ pub struct WebhookDto {
 impl From<WebhookRow> for WebhookDto {
     fn from(row: WebhookRow) -> Self {
         Self {
-            id: row.id,
+            id: row.id.to_string(),
             url: row.url,
-            events: serde_json::from_str(&row.events).unwrap_or_default(),
+            events: row.events.0,
             enabled: row.enabled,
             disabled_reason: row.disabled_reason,
             consecutive_failures: row.consecutive_failures,
@@ -129,7 +129,7 @@ async fn list_webhooks(
     let scope = member.require(Role::Admin)?;
     let page = params.page()?;
     let rows = store::list(scope, page.after.as_deref(), page.limit + 1).await?;
-    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id.clone(), WebhookDto::from)))
+    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id, WebhookDto::from)))
 }
 
 /// One webhook (admin).
@@ -225,11 +225,11 @@ pub struct DeliveryDto {
 impl From<DeliveryRow> for DeliveryDto {
     fn from(row: DeliveryRow) -> Self {
         Self {
-            id: row.id,
-            webhook_id: row.webhook_id,
-            event_id: row.event_id,
+            id: row.id.to_string(),
+            webhook_id: row.webhook_id.to_string(),
+            event_id: row.event_id.to_string(),
             event_type: row.event_type,
-            status: row.status,
+            status: row.status.to_string(),
             attempts: row.attempts,
             next_attempt_at: time(row.next_attempt_at),
             last_status_code: row.last_status_code,
@@ -253,5 +253,5 @@ async fn list_deliveries(
     let page = params.page()?;
     store::get(scope, id).await?.ok_or_else(|| ApiError::not_found("webhook"))?;
     let rows = store::list_deliveries(scope, id, page.after.as_deref(), page.limit + 1).await?;
-    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id.clone(), DeliveryDto::from)))
+    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id, DeliveryDto::from)))
 }

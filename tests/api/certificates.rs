@@ -148,7 +148,7 @@ fn webpki_verify(ca: &[u8], leaf: &[u8], at: i64, crl: Option<&[u8]>) -> Result<
 /// A second herd "instance" on the same data directory and database, for calling the monitor's
 /// step directly (the server's own monitor runs on the wall-clock interval).
 async fn instance(app: &TestApp) -> (CertificateService, Db) {
-    let db = Db::connect(&app.settings.database_url).await.expect("db");
+    let (db, _system) = Db::open(&app.settings.database_url).await.expect("db");
     let service = CertificateService::start(&db, &app.settings, to_millis(app.clock.now())).await.expect("service");
     (service, db)
 }
@@ -439,20 +439,20 @@ certificate_tests! {
         let (second, _db2) = instance(&app).await;
         let now = || to_millis(app.clock.now());
 
-        let outcome = monitor::run_once(&first, now()).await.unwrap();
+        let outcome = monitor::run_once(&first, &app.state.system, now()).await.unwrap();
         assert_eq!((outcome.warned, outcome.renewed, outcome.expired), (0, 0, 0));
 
         // 29 days left: inside the 30-day warning window. Two instances at once: one warning each.
         app.clock.advance(Duration::days(336));
-        let (a, b) = tokio::join!(monitor::run_once(&first, now()), monitor::run_once(&second, now()));
+        let (a, b) = tokio::join!(monitor::run_once(&first, &app.state.system, now()), monitor::run_once(&second, &app.state.system, now()));
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(a.warned + b.warned, 2, "{a:?} {b:?}");
-        assert_eq!(monitor::run_once(&first, now()).await.unwrap().warned, 0, "warned once per certificate");
+        assert_eq!(monitor::run_once(&first, &app.state.system, now()).await.unwrap().warned, 0, "warned once per certificate");
         assert_eq!(events(&app, "certificate.expiring", 2).await.len(), 2);
 
         // 6 days left: the server-key certificate is renewed (once, by either instance); the CSR one cannot be.
         app.clock.advance(Duration::days(23));
-        let (a, b) = tokio::join!(monitor::run_once(&first, now()), monitor::run_once(&second, now()));
+        let (a, b) = tokio::join!(monitor::run_once(&first, &app.state.system, now()), monitor::run_once(&second, &app.state.system, now()));
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(a.renewed + b.renewed, 1, "{a:?} {b:?}");
         let old_id = s(&server["certificate"]["id"]);
@@ -461,7 +461,7 @@ certificate_tests! {
         let renewed = events(&app, "certificate.renewed", 1).await;
         assert_eq!(renewed.len(), 1);
         assert_eq!(renewed[0]["data"]["replacedById"], new_id.as_str());
-        assert_eq!(monitor::run_once(&first, now()).await.unwrap().renewed, 0);
+        assert_eq!(monitor::run_once(&first, &app.state.system, now()).await.unwrap().renewed, 0);
 
         // The device picks up its new certificate and key.
         let bundle = expect_json(app.get("/devices/self/certificate", &device_token).await, StatusCode::OK).await;
@@ -484,13 +484,13 @@ certificate_tests! {
 
         // Past notAfter: the two old certificates expire, once.
         app.clock.advance(Duration::days(7));
-        let (a, b) = tokio::join!(monitor::run_once(&first, now()), monitor::run_once(&second, now()));
+        let (a, b) = tokio::join!(monitor::run_once(&first, &app.state.system, now()), monitor::run_once(&second, &app.state.system, now()));
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(a.expired + b.expired, 2, "{a:?} {b:?}");
         assert_eq!(events(&app, "certificate.expired", 2).await.len(), 2);
         let old = expect_json(app.get(&format!("/certificates/{old_id}"), ADMIN_TOKEN).await, StatusCode::OK).await;
         assert_eq!(old["status"], "expired");
-        let quiet = monitor::run_once(&first, now()).await.unwrap();
+        let quiet = monitor::run_once(&first, &app.state.system, now()).await.unwrap();
         assert_eq!(MonitorOutcome { crl_published: quiet.crl_published, ..MonitorOutcome::default() }, quiet);
     }
 

@@ -101,7 +101,7 @@ engine_tests! {
         {
             let mut tx = app.state.db.begin().await.unwrap();
             let event = herd::events::Event::DeviceDeleted { device_id };
-            herd::events::record(&mut tx, tenant, &event, 0).await.unwrap();
+            tx.record(tenant, &event, 0);
             // Dropped without commit, as any `?` after the change would do.
         }
         assert_eq!(all_events(&app, ADMIN_TOKEN, "").await.len(), before);

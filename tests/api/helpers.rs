@@ -16,13 +16,13 @@ use sqlx::Connection;
 
 /// The storage engine a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
+pub(crate) enum Engine {
     Sqlite,
     Postgres,
 }
 
 /// The bootstrap (platform admin + `default` tenant admin) token of every test app.
-pub const ADMIN_TOKEN: &str = "test-bootstrap-token-0123456789abcdef";
+pub(crate) const ADMIN_TOKEN: &str = "test-bootstrap-token-0123456789abcdef";
 
 /// Generates one `#[tokio::test]` per engine for each listed test:
 /// `sqlite::NAME` always, `postgres::NAME` on a fresh PostgreSQL database when
@@ -59,12 +59,12 @@ macro_rules! engine_tests {
 }
 pub(crate) use engine_tests;
 
-pub fn postgres_configured() -> bool {
+pub(crate) fn postgres_configured() -> bool {
     std::env::var("HERD_TEST_DATABASE_URL").map(|v| !v.is_empty()).unwrap_or(false)
 }
 
 /// Options of a test app.
-pub struct SpawnOptions {
+pub(crate) struct SpawnOptions {
     pub bootstrap_token: Option<String>,
     pub adjust: Box<dyn FnOnce(&mut Settings) + Send>,
 }
@@ -76,7 +76,7 @@ impl Default for SpawnOptions {
 }
 
 /// A running server and what a test needs to talk to it.
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub engine: Engine,
     pub address: SocketAddr,
     pub client: reqwest::Client,
@@ -115,11 +115,11 @@ impl Drop for PostgresDatabase {
     }
 }
 
-pub async fn spawn_app(engine: Engine) -> TestApp {
+pub(crate) async fn spawn_app(engine: Engine) -> TestApp {
     spawn_app_with(engine, SpawnOptions::default()).await
 }
 
-pub async fn spawn_app_with(engine: Engine, options: SpawnOptions) -> TestApp {
+pub(crate) async fn spawn_app_with(engine: Engine, options: SpawnOptions) -> TestApp {
     let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
     let mut settings = Settings::defaults_for(data_dir.path());
     settings.listen = "127.0.0.1:0".parse().expect("address");
@@ -189,16 +189,16 @@ fn database_url(admin_url: &str, name: &str) -> String {
 }
 
 impl TestApp {
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.address, path)
     }
 
-    pub fn data_dir(&self) -> PathBuf {
+    pub(crate) fn data_dir(&self) -> PathBuf {
         self._data_dir.path().to_path_buf()
     }
 
     /// Sends a request with an optional bearer token and JSON body.
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         method: Method,
         path: &str,
@@ -215,24 +215,24 @@ impl TestApp {
         request.send().await.expect("request sent")
     }
 
-    pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+    pub(crate) async fn get(&self, path: &str, token: &str) -> reqwest::Response {
         self.request(Method::GET, path, Some(token), None).await
     }
 
-    pub async fn post(&self, path: &str, token: &str, body: Value) -> reqwest::Response {
+    pub(crate) async fn post(&self, path: &str, token: &str, body: Value) -> reqwest::Response {
         self.request(Method::POST, path, Some(token), Some(body)).await
     }
 
-    pub async fn patch(&self, path: &str, token: &str, body: Value) -> reqwest::Response {
+    pub(crate) async fn patch(&self, path: &str, token: &str, body: Value) -> reqwest::Response {
         self.request(Method::PATCH, path, Some(token), Some(body)).await
     }
 
-    pub async fn delete(&self, path: &str, token: &str) -> reqwest::Response {
+    pub(crate) async fn delete(&self, path: &str, token: &str) -> reqwest::Response {
         self.request(Method::DELETE, path, Some(token), None).await
     }
 
     /// A new tenant; answers `(tenant id, admin token)`.
-    pub async fn create_tenant(&self, name: &str) -> (String, String) {
+    pub(crate) async fn create_tenant(&self, name: &str) -> (String, String) {
         let response = self.post("/tenants", ADMIN_TOKEN, json!({ "name": name })).await;
         let body = expect_json(response, StatusCode::CREATED).await;
         (
@@ -242,14 +242,14 @@ impl TestApp {
     }
 
     /// A new enrollment token of the admin's tenant; answers its secret.
-    pub async fn enrollment_token(&self, admin: &str, body: Value) -> String {
+    pub(crate) async fn enrollment_token(&self, admin: &str, body: Value) -> String {
         let response = self.post("/enrollment-tokens", admin, body).await;
         let body = expect_json(response, StatusCode::CREATED).await;
         body["secret"].as_str().expect("secret").to_string()
     }
 
     /// Auto-registers a device; answers `(device, device token)`.
-    pub async fn register(&self, enroller: &str, body: Value) -> (Value, String) {
+    pub(crate) async fn register(&self, enroller: &str, body: Value) -> (Value, String) {
         let response = self.post("/devices/auto-register", enroller, body).await;
         let status = response.status();
         assert!(status == StatusCode::CREATED || status == StatusCode::OK, "auto-register answered {status}");
@@ -258,21 +258,21 @@ impl TestApp {
     }
 
     /// An API token with a role in the admin's tenant.
-    pub async fn api_token(&self, admin: &str, role: &str) -> String {
+    pub(crate) async fn api_token(&self, admin: &str, role: &str) -> String {
         let response = self.post("/tokens", admin, json!({ "name": format!("{role} token"), "role": role })).await;
         expect_json(response, StatusCode::CREATED).await["secret"].as_str().expect("secret").to_string()
     }
 
     /// Another herd instance on the same database and clock (several instances behind a load
     /// balancer). The first instance keeps ownership of the test database.
-    pub async fn second_instance(&self) -> TestApp {
+    pub(crate) async fn second_instance(&self) -> TestApp {
         let mut settings = self.settings.clone();
         settings.listen = "127.0.0.1:0".parse().expect("address");
         start(self.engine, settings, self.clock.clone(), self._data_dir.clone(), None).await
     }
 
     /// Stops the server gracefully and starts a new one on the same data directory and database.
-    pub async fn restart(mut self) -> TestApp {
+    pub(crate) async fn restart(mut self) -> TestApp {
         self.shutdown.cancel();
         if let Some(server) = self.server.take() {
             server.await.expect("server task").expect("server stopped cleanly");
@@ -292,7 +292,7 @@ impl Drop for TestApp {
 }
 
 /// Asserts the status and returns the JSON body.
-pub async fn expect_json(response: reqwest::Response, status: StatusCode) -> Value {
+pub(crate) async fn expect_json(response: reqwest::Response, status: StatusCode) -> Value {
     let actual = response.status();
     let text = response.text().await.expect("body");
     assert_eq!(actual, status, "unexpected status; body: {text}");
@@ -300,7 +300,7 @@ pub async fn expect_json(response: reqwest::Response, status: StatusCode) -> Val
 }
 
 /// Asserts a problem+json answer with this status and returns it.
-pub async fn expect_problem(response: reqwest::Response, status: StatusCode) -> Value {
+pub(crate) async fn expect_problem(response: reqwest::Response, status: StatusCode) -> Value {
     let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let body = expect_json(response, status).await;
     assert_eq!(content_type, "application/problem+json", "{body}");
@@ -310,7 +310,7 @@ pub async fn expect_problem(response: reqwest::Response, status: StatusCode) -> 
 }
 
 /// The fields named in a 422's `errors`.
-pub fn error_fields(problem: &Value) -> Vec<String> {
+pub(crate) fn error_fields(problem: &Value) -> Vec<String> {
     problem["errors"]
         .as_array()
         .map(|errors| errors.iter().filter_map(|e| e["field"].as_str().map(str::to_string)).collect())
@@ -318,7 +318,7 @@ pub fn error_fields(problem: &Value) -> Vec<String> {
 }
 
 /// Reads the manual clock with an offset, for expiry times in request bodies.
-pub trait ClockExt {
+pub(crate) trait ClockExt {
     fn now_plus(&self, offset: chrono::Duration) -> chrono::DateTime<Utc>;
 }
 

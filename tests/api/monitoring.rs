@@ -34,17 +34,12 @@ async fn create_rule(app: &TestApp, token: &str, body: Value) -> Value {
     expect_json(app.post("/monitoring-rules", token, body).await, StatusCode::CREATED).await
 }
 
-/// The outbox's alert events of the app's database, oldest first: `(type, data)`.
+/// The default tenant's alert events, oldest first: `(type, data)`.
 async fn alert_events(app: &TestApp) -> Vec<(String, Value)> {
-    let db = database(app).await;
-    let rows: Vec<(String, String)> = herd::with_reader!(&db, |pool| sqlx::query_as(
-        "SELECT type, data FROM events WHERE type LIKE 'alert.%' ORDER BY seq"
-    )
-    .fetch_all(pool)
-    .await)
-    .expect("events");
-    db.close().await;
-    rows.into_iter().map(|(kind, data)| (kind, serde_json::from_str(&data).expect("json"))).collect()
+    let path = "/events?type=alert.opened,alert.resolved&limit=500";
+    let page = expect_json(app.get(path, ADMIN_TOKEN).await, StatusCode::OK).await;
+    let items = page["items"].as_array().expect("items");
+    items.iter().map(|item| (item["type"].as_str().expect("type").to_string(), item["data"].clone())).collect()
 }
 
 engine_tests! {
@@ -387,10 +382,10 @@ async fn offline_rules_scenario(engine: Engine) {
 
     // 30 minutes exactly is not "longer than 30".
     app.clock.advance(Duration::minutes(30));
-    let outcome = herd::monitoring::evaluate_offline(&db, at(&app)).await.unwrap();
+    let outcome = herd::monitoring::evaluate_offline(&db, &app.state.system, at(&app)).await.unwrap();
     assert_eq!(outcome.opened, 0);
     app.clock.advance(Duration::seconds(1));
-    let outcome = herd::monitoring::evaluate_offline(&db, at(&app)).await.unwrap();
+    let outcome = herd::monitoring::evaluate_offline(&db, &app.state.system, at(&app)).await.unwrap();
     assert_eq!(outcome.opened, 1, "only the tagged, offline device");
     let open = alerts(&app, ADMIN_TOKEN, "status=open").await;
     assert_eq!(open.len(), 1);
@@ -400,14 +395,14 @@ async fn offline_rules_scenario(engine: Engine) {
     assert_eq!(open[0]["value"], 30.0);
     // Running again (or on a second instance) opens nothing twice.
     assert_eq!(
-        herd::monitoring::evaluate_offline(&db, at(&app)).await.unwrap(),
+        herd::monitoring::evaluate_offline(&db, &app.state.system, at(&app)).await.unwrap(),
         herd::monitoring::OfflineOutcome::default()
     );
 
     // The online device is never an offline alert, whatever its age; at 60 minutes (gte)
     // the other rule fires for the offline device.
     app.clock.advance(Duration::minutes(29) + Duration::seconds(59));
-    let outcome = herd::monitoring::evaluate_offline(&db, at(&app)).await.unwrap();
+    let outcome = herd::monitoring::evaluate_offline(&db, &app.state.system, at(&app)).await.unwrap();
     assert_eq!(outcome.opened, 1);
     let open = alerts(&app, ADMIN_TOKEN, "status=open").await;
     assert_eq!(open.len(), 2);
@@ -417,15 +412,15 @@ async fn offline_rules_scenario(engine: Engine) {
 
     // Back online: both resolve at the next sweep, each announced once.
     expect_json(app.post("/devices/connect", &other_token, json!({})).await, StatusCode::OK).await;
-    let outcome = herd::monitoring::evaluate_offline(&db, at(&app)).await.unwrap();
+    let outcome = herd::monitoring::evaluate_offline(&db, &app.state.system, at(&app)).await.unwrap();
     assert_eq!(outcome.resolved, 2);
     assert!(alerts(&app, ADMIN_TOKEN, "status=open").await.is_empty());
-    assert_eq!(herd::monitoring::evaluate_offline(&db, at(&app)).await.unwrap().resolved, 0);
+    assert_eq!(herd::monitoring::evaluate_offline(&db, &app.state.system, at(&app)).await.unwrap().resolved, 0);
     let kinds: Vec<String> = alert_events(&app).await.into_iter().map(|(kind, _)| kind).collect();
     assert_eq!(kinds, ["alert.opened", "alert.opened", "alert.resolved", "alert.resolved"]);
 
     app.clock.advance(Duration::minutes(120));
-    let outcome = herd::monitoring::evaluate_offline(&db, at(&app)).await.unwrap();
+    let outcome = herd::monitoring::evaluate_offline(&db, &app.state.system, at(&app)).await.unwrap();
     assert_eq!(outcome.opened, 0, "both devices are online");
     db.close().await;
 }

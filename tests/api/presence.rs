@@ -89,10 +89,10 @@ engine_tests! {
         assert_eq!(app.state.heartbeats.len(), 1);
         // … while another instance (which cannot see this buffer) sweeps it offline.
         let now = to_millis(app.clock.now_plus(Duration::zero()));
-        let swept = herd::presence::sweep(&app.state.db, app.settings.presence_threshold, now).await.unwrap();
+        let swept = herd::store::presence::sweep(&app.state.db, &app.state.system, app.settings.presence_threshold, now).await.unwrap();
         assert_eq!(swept.marked_offline, 1);
         // The flush then finds it offline and brings it back, announcing it.
-        let flushed = app.state.heartbeats.flush(&app.state.db).await.unwrap();
+        let flushed = app.state.heartbeats.flush(&app.state.db, &app.state.system).await.unwrap();
         assert_eq!(flushed.revived, 1);
         assert_eq!(status_of(&app, &devices[0].0).await, "online");
         let events = status_events(&app, ADMIN_TOKEN).await;
@@ -106,7 +106,7 @@ engine_tests! {
         for (_, token) in &devices {
             expect_json(app.post("/devices/connect", token, json!({})).await, StatusCode::OK).await;
         }
-        let outcome = app.state.heartbeats.flush(&app.state.db).await.unwrap();
+        let outcome = app.state.heartbeats.flush(&app.state.db, &app.state.system).await.unwrap();
         assert_eq!(outcome.written, 2);
         assert!(app.state.heartbeats.is_empty());
         // A second instance reads the database, not the first one's buffer.
@@ -123,8 +123,8 @@ engine_tests! {
         let now = to_millis(app.clock.now_plus(Duration::zero()));
         let threshold = app.settings.presence_threshold;
         let (a, b) = tokio::join!(
-            herd::presence::sweep(&app.state.db, threshold, now),
-            herd::presence::sweep(&other.state.db, threshold, now),
+            herd::store::presence::sweep(&app.state.db, &app.state.system, threshold, now),
+            herd::store::presence::sweep(&other.state.db, &other.state.system, threshold, now),
         );
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(a.marked_offline + b.marked_offline, devices.len());
@@ -153,9 +153,9 @@ engine_tests! {
         app.clock.advance(Duration::minutes(10));
         expect_json(app.post("/devices/connect", &devices[0].1, json!({})).await, StatusCode::OK).await;
         let now = to_millis(app.clock.now_plus(Duration::zero()));
-        herd::presence::sweep(&app.state.db, app.settings.presence_threshold, now).await.unwrap();
+        herd::store::presence::sweep(&app.state.db, &app.state.system, app.settings.presence_threshold, now).await.unwrap();
         assert_eq!(counts(&app).await, (4, 0, 4));
-        app.state.heartbeats.flush(&app.state.db).await.unwrap();
+        app.state.heartbeats.flush(&app.state.db, &app.state.system).await.unwrap();
         assert_eq!(counts(&app).await, (4, 1, 3));
         app.delete(&format!("/devices/{}", devices[1].0), ADMIN_TOKEN).await;
         assert_eq!(counts(&app).await, (3, 1, 2));

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::helpers::{engine_tests, error_fields, expect_json, expect_problem, ClockExt, TestApp, ADMIN_TOKEN};
 
 /// A fresh device of the admin's tenant: `(device id, device token)`.
-pub async fn device(app: &TestApp, admin: &str, serial: &str) -> (String, String) {
+pub(crate) async fn device(app: &TestApp, admin: &str, serial: &str) -> (String, String) {
     let enroll = app.enrollment_token(admin, json!({})).await;
     let (device, token) =
         app.register(&enroll, json!({ "serialNumber": serial, "name": format!("Screen {serial}") })).await;
@@ -18,15 +18,16 @@ pub async fn device(app: &TestApp, admin: &str, serial: &str) -> (String, String
 }
 
 /// A second handle on the test app's database, for calling job steps directly.
-pub async fn database(app: &TestApp) -> herd::store::Db {
-    herd::store::Db::connect(&app.settings.database_url).await.expect("database")
+pub(crate) async fn database(app: &TestApp) -> herd::store::Db {
+    let (db, _system) = herd::store::Db::open(&app.settings.database_url).await.expect("database");
+    db
 }
 
-pub fn now(app: &TestApp) -> DateTime<Utc> {
+pub(crate) fn now(app: &TestApp) -> DateTime<Utc> {
     app.clock.now_plus(Duration::zero())
 }
 
-pub fn rfc3339(at: DateTime<Utc>) -> String {
+pub(crate) fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 

@@ -195,7 +195,7 @@ engine_tests! {
         let theirs = app.enrollment_token(&other_admin, json!({})).await;
         app.register(&theirs, json!({ "serialNumber": "NOT-YOURS" })).await;
         let now = herd::clock::to_millis(chrono::Utc::now());
-        herd::webhooks::delivery::fan_out(&app.state.db, now).await.unwrap();
+        herd::webhooks::delivery::fan_out(&app.state.db, &app.state.system, now).await.unwrap();
         let deliveries = expect_json(app.get(&format!("{path}/deliveries"), ADMIN_TOKEN).await, StatusCode::OK).await;
         assert_eq!(deliveries["items"], json!([]));
         assert_eq!(app.delete(&path, ADMIN_TOKEN).await.status(), StatusCode::NO_CONTENT);

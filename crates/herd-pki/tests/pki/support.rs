@@ -7,11 +7,11 @@ use herd_pki::{CaConfig, CaKeyAlgorithm, CertificateAuthority, DeviceKeyPair, Le
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 /// 2026-01-01T00:00:00Z: the "now" every fixture is made at.
-pub const NOW: i64 = 1_767_225_600;
+pub(crate) const NOW: i64 = 1_767_225_600;
 /// One day, in seconds.
-pub const DAY: i64 = 86_400;
+pub(crate) const DAY: i64 = 86_400;
 
-pub fn ca_config(algorithm: CaKeyAlgorithm) -> CaConfig {
+pub(crate) fn ca_config(algorithm: CaKeyAlgorithm) -> CaConfig {
     CaConfig {
         common_name: "herd Test CA".to_string(),
         organization: "BTManagement".to_string(),
@@ -22,29 +22,29 @@ pub fn ca_config(algorithm: CaKeyAlgorithm) -> CaConfig {
 }
 
 /// An ECDSA P-256 CA, generated once.
-pub fn ecdsa_ca() -> &'static CertificateAuthority {
+pub(crate) fn ecdsa_ca() -> &'static CertificateAuthority {
     static CA: OnceLock<CertificateAuthority> = OnceLock::new();
     CA.get_or_init(|| CertificateAuthority::generate(&ca_config(CaKeyAlgorithm::EcdsaP256), NOW).unwrap())
 }
 
 /// An RSA-2048 CA, generated once.
-pub fn rsa_ca() -> &'static CertificateAuthority {
+pub(crate) fn rsa_ca() -> &'static CertificateAuthority {
     static CA: OnceLock<CertificateAuthority> = OnceLock::new();
     CA.get_or_init(|| CertificateAuthority::generate(&ca_config(CaKeyAlgorithm::Rsa2048), NOW).unwrap())
 }
 
 /// Both CAs with a label for assertion messages.
-pub fn both_cas() -> [(&'static str, &'static CertificateAuthority); 2] {
+pub(crate) fn both_cas() -> [(&'static str, &'static CertificateAuthority); 2] {
     [("ecdsa-p256 CA", ecdsa_ca()), ("rsa-2048 CA", rsa_ca())]
 }
 
 /// A generated RSA-2048 device key, made once.
-pub fn device_key() -> &'static DeviceKeyPair {
+pub(crate) fn device_key() -> &'static DeviceKeyPair {
     static KEY: OnceLock<DeviceKeyPair> = OnceLock::new();
     KEY.get_or_init(|| herd_pki::generate_rsa_key(2048).unwrap())
 }
 
-pub fn leaf_request(device: &str) -> LeafRequest {
+pub(crate) fn leaf_request(device: &str) -> LeafRequest {
     LeafRequest {
         common_name: format!("Device-{device}"),
         organization: "BTManagement".to_string(),
@@ -57,7 +57,7 @@ pub fn leaf_request(device: &str) -> LeafRequest {
 
 /// A CSR made by rcgen (not herd-pki) for a key of `algorithm`, with a subject and SAN that
 /// herd must ignore.
-pub fn rcgen_csr_pem(algorithm: &'static rcgen::SignatureAlgorithm) -> String {
+pub(crate) fn rcgen_csr_pem(algorithm: &'static rcgen::SignatureAlgorithm) -> String {
     let key = if algorithm == &rcgen::PKCS_RSA_SHA256 {
         rcgen::KeyPair::generate_rsa_for(algorithm, rcgen::RsaKeySize::_2048).unwrap()
     } else {
@@ -68,13 +68,18 @@ pub fn rcgen_csr_pem(algorithm: &'static rcgen::SignatureAlgorithm) -> String {
     params.serialize_request(&key).unwrap().pem().unwrap()
 }
 
-pub fn p256_csr() -> VerifiedCsr {
+pub(crate) fn p256_csr() -> VerifiedCsr {
     VerifiedCsr::from_pem(&rcgen_csr_pem(&rcgen::PKCS_ECDSA_P256_SHA256)).unwrap()
 }
 
 /// Verifies `leaf` as a client-authentication end entity chained directly to `ca` at `at`
 /// (unix seconds), with rustls-webpki and optionally a CRL.
-pub fn webpki_verify(ca_der: &[u8], leaf_der: &[u8], at: i64, crl_der: Option<&[u8]>) -> Result<(), webpki::Error> {
+pub(crate) fn webpki_verify(
+    ca_der: &[u8],
+    leaf_der: &[u8],
+    at: i64,
+    crl_der: Option<&[u8]>,
+) -> Result<(), webpki::Error> {
     let ca = CertificateDer::from(ca_der);
     let anchor = webpki::anchor_from_trusted_cert(&ca)?;
     let leaf = CertificateDer::from(leaf_der);
@@ -106,7 +111,7 @@ pub fn webpki_verify(ca_der: &[u8], leaf_der: &[u8], at: i64, crl_der: Option<&[
 }
 
 /// The CSR fixtures made with `openssl req` (see fixtures/).
-pub fn fixture(name: &str) -> String {
+pub(crate) fn fixture(name: &str) -> String {
     let path = format!("{}/tests/pki/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{path}: {error}"))
 }

@@ -1,7 +1,8 @@
 //! Newtype ids, so a device id cannot be passed where a tenant id is expected.
 //!
 //! Ids are UUIDv7 (time-ordered): their text form sorts by creation time, which is what
-//! cursor pagination orders by. They are stored as text on both engines.
+//! cursor pagination orders by. They are stored as text on both engines (with the `sqlx`
+//! feature, each id encodes and decodes itself).
 
 use std::fmt;
 use std::str::FromStr;
@@ -41,6 +42,10 @@ macro_rules! id_type {
                 Uuid::parse_str(s).map(Self)
             }
         }
+
+        // Stored as hyphenated text on both engines; a stored text that is not a UUID fails
+        // to decode (an error, never a default).
+        $crate::sqlx_text!($name, |value: &$name| value.to_string());
     };
 }
 

@@ -1,33 +1,30 @@
-//! SQL for reading the outbox. Events become visible in `seq` order (see [`super::record`]:
+//! SQL for reading the outbox. Events become visible in `seq` order (see [`crate::Tx::commit`]:
 //! writers of events are serialised until they commit), so "everything after seq N" is a
 //! safe place to resume from on both engines.
 
 use sqlx::FromRow;
 
-use crate::auth::TenantScope;
-use crate::store::{classify, Db, StoreError};
+use herd_domain::ids::{EventId, TenantId};
+
+use crate::TenantScope;
+use crate::{classify, Db, StoreError};
 use crate::{with_reader, with_writer};
 
 /// An event as stored.
 #[derive(Debug, Clone, FromRow)]
 pub struct EventRow {
     pub seq: i64,
-    pub id: String,
-    pub tenant_id: String,
+    pub id: EventId,
+    pub tenant_id: TenantId,
     #[sqlx(rename = "type")]
     pub event_type: String,
     pub occurred_at: i64,
     pub data: String,
 }
 
-/// Events of one tenant after `after` (a `seq`), optionally only of some types, oldest first.
-pub async fn list_after(
-    db: &Db,
-    tenant: &str,
-    after: i64,
-    types: &[String],
-    limit: u32,
-) -> Result<Vec<EventRow>, StoreError> {
+/// Events of the scope's tenant after `after` (a `seq`), optionally only of some types, oldest
+/// first.
+pub async fn list(scope: &TenantScope, after: i64, types: &[String], limit: u32) -> Result<Vec<EventRow>, StoreError> {
     let mut sql =
         "SELECT seq, id, tenant_id, type, occurred_at, data FROM events WHERE tenant_id = $1 AND seq > $2".to_string();
     if !types.is_empty() {
@@ -35,8 +32,8 @@ pub async fn list_after(
         sql.push_str(&format!(" AND type IN ({})", placeholders.join(", ")));
     }
     sql.push_str(&format!(" ORDER BY seq LIMIT ${}", types.len() + 3));
-    with_reader!(db, |pool| {
-        let mut query = sqlx::query_as::<_, EventRow>(&sql).bind(tenant).bind(after);
+    with_reader!(scope.db(), |pool| {
+        let mut query = sqlx::query_as::<_, EventRow>(&sql).bind(scope.tenant_id()).bind(after);
         for event_type in types {
             query = query.bind(event_type);
         }
@@ -45,27 +42,24 @@ pub async fn list_after(
     .map_err(classify)
 }
 
-/// The tenant's events after `after`, through its scope.
-pub async fn list(scope: &TenantScope, after: i64, types: &[String], limit: u32) -> Result<Vec<EventRow>, StoreError> {
-    list_after(scope.db(), &scope.tenant_id().to_string(), after, types, limit).await
-}
-
-/// The newest `seq` of a tenant (0 if none): where a stream without `Last-Event-ID` starts.
-pub async fn latest_seq(db: &Db, tenant: &str) -> Result<i64, StoreError> {
+/// The newest `seq` of the scope's tenant (0 if none): where a stream without
+/// `Last-Event-ID` starts.
+pub async fn latest_seq(scope: &TenantScope) -> Result<i64, StoreError> {
     let (seq,): (Option<i64>,) =
-        with_reader!(db, |pool| sqlx::query_as("SELECT MAX(seq) FROM events WHERE tenant_id = $1")
-            .bind(tenant)
+        with_reader!(scope.db(), |pool| sqlx::query_as("SELECT MAX(seq) FROM events WHERE tenant_id = $1")
+            .bind(scope.tenant_id())
             .fetch_one(pool)
             .await)
         .map_err(classify)?;
     Ok(seq.unwrap_or(0))
 }
 
-/// One event by `seq` (webhook delivery).
-pub async fn get(db: &Db, seq: i64) -> Result<Option<EventRow>, StoreError> {
-    with_reader!(db, |pool| sqlx::query_as::<_, EventRow>(
-        "SELECT seq, id, tenant_id, type, occurred_at, data FROM events WHERE seq = $1"
+/// One event of the scope's tenant by `seq` (webhook delivery).
+pub async fn get(scope: &TenantScope, seq: i64) -> Result<Option<EventRow>, StoreError> {
+    with_reader!(scope.db(), |pool| sqlx::query_as::<_, EventRow>(
+        "SELECT seq, id, tenant_id, type, occurred_at, data FROM events WHERE tenant_id = $1 AND seq = $2"
     )
+    .bind(scope.tenant_id())
     .bind(seq)
     .fetch_optional(pool)
     .await)

@@ -1,4 +1,10 @@
-//! The database handle and the only place that knows there are two SQL engines.
+//! herd's storage: the database handle, the migrations, the outbox and every query herd runs.
+//! It is the only crate that knows there are two SQL engines, and it has no HTTP.
+//!
+//! A tenant's rows are reached only through a [`TenantScope`], which this crate alone makes:
+//! from a credential lookup ([`credentials`], [`devices::find_by_token_hash`]) or, for a job,
+//! from the [`System`] principal that only [`Db::open`] hands out. Feature modules bind the
+//! scope's tenant id into every query they run.
 //!
 //! [`Db`] is SQLite (embedded default; one writer connection plus a small pool of readers,
 //! WAL) or PostgreSQL (one pool). Feature stores write each query once with `$N`
@@ -10,6 +16,28 @@
 //! Portable representation: ids are text (UUIDv7), times are `BIGINT` milliseconds since the
 //! epoch, booleans are `BOOLEAN` (an integer on SQLite), JSON documents are text.
 
+#![forbid(unsafe_code)]
+
+pub mod certificates;
+pub mod configurations;
+pub mod credentials;
+pub mod devices;
+pub mod events;
+pub mod monitoring;
+pub mod presence;
+pub mod settings;
+pub mod telemetry;
+pub mod tenants;
+pub mod webhooks;
+
+mod json;
+mod page;
+mod scope;
+
+pub use json::Json;
+pub use page::Page;
+pub use scope::{System, TenantScope};
+
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -17,6 +45,9 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool};
+
+use herd_domain::ids::{EventId, TenantId};
+use herd_domain::Event;
 
 /// Which SQL engine a [`Db`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +57,17 @@ pub enum Engine {
 }
 
 /// A handle to the database. Cheap to clone (pools are reference-counted).
+///
+/// On SQLite, reads run on the reader pool ([`with_reader!`]) and never queue behind the one
+/// writer; a read that must see the caller's own uncommitted writes runs inside its [`Tx`].
 #[derive(Debug, Clone)]
-pub enum Db {
+pub struct Db {
+    /// Private: code outside this crate cannot reach a connection, so it cannot run SQL.
+    pools: Pools,
+}
+
+#[derive(Debug, Clone)]
+enum Pools {
     /// SQLite allows one writer at a time; funnelling writes through a single connection
     /// turns lock contention (`SQLITE_BUSY`) into queueing, and readers never block on WAL.
     Sqlite {
@@ -39,28 +79,29 @@ pub enum Db {
 
 /// An open transaction on either engine, with the events it will announce.
 pub struct Tx {
-    /// The connection; use it through [`with_tx!`].
-    pub conn: TxConn,
+    /// The connection; private, so that only [`Tx::commit`] commits it (after writing the
+    /// outbox). Store modules use it through [`with_tx!`].
+    conn: TxConn,
     /// Events recorded in this transaction (`events::record`). [`Tx::commit`] writes them as
     /// the transaction's last statement; a dropped `Tx` rolls back and forgets them.
     outbox: Vec<OutboxRow>,
 }
 
 /// The engine-specific transaction inside a [`Tx`].
-pub enum TxConn {
+enum TxConn {
     Sqlite(sqlx::Transaction<'static, Sqlite>),
     Postgres(sqlx::Transaction<'static, Postgres>),
 }
 
 /// One event row waiting in a [`Tx`] for its commit.
 #[derive(Debug, Clone)]
-pub struct OutboxRow {
-    pub id: String,
-    pub tenant_id: String,
-    pub event_type: &'static str,
-    pub occurred_at: i64,
+struct OutboxRow {
+    id: EventId,
+    tenant_id: TenantId,
+    event_type: &'static str,
+    occurred_at: i64,
     /// The event's `data`, as JSON text.
-    pub data: String,
+    data: String,
 }
 
 /// The advisory lock that orders event writers on PostgreSQL ("herdevts").
@@ -86,7 +127,7 @@ impl StoreError {
 }
 
 /// Converts a driver error, recognising unique violations on both engines.
-pub fn classify(error: sqlx::Error) -> StoreError {
+pub(crate) fn classify(error: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db_error) = &error {
         if db_error.is_unique_violation() {
             let text = match db_error.constraint() {
@@ -100,15 +141,14 @@ pub fn classify(error: sqlx::Error) -> StoreError {
 }
 
 /// Runs `$body` with `$conn` bound to a pool that may write.
-#[macro_export]
 macro_rules! with_writer {
     ($db:expr, |$conn:ident| $body:expr) => {
-        match $db {
-            $crate::store::Db::Sqlite { writer, .. } => {
+        match &($db).pools {
+            $crate::Pools::Sqlite { writer, .. } => {
                 let $conn = writer;
                 $body
             }
-            $crate::store::Db::Postgres(pool) => {
+            $crate::Pools::Postgres(pool) => {
                 let $conn = pool;
                 $body
             }
@@ -117,15 +157,14 @@ macro_rules! with_writer {
 }
 
 /// Runs `$body` with `$conn` bound to a pool for reads.
-#[macro_export]
 macro_rules! with_reader {
     ($db:expr, |$conn:ident| $body:expr) => {
-        match $db {
-            $crate::store::Db::Sqlite { reader, .. } => {
+        match &($db).pools {
+            $crate::Pools::Sqlite { reader, .. } => {
                 let $conn = reader;
                 $body
             }
-            $crate::store::Db::Postgres(pool) => {
+            $crate::Pools::Postgres(pool) => {
                 let $conn = pool;
                 $body
             }
@@ -135,15 +174,14 @@ macro_rules! with_reader {
 
 /// Runs `$body` with `$conn` bound to the connection of an open [`Tx`]; use `&mut *$conn`
 /// as the executor of each query.
-#[macro_export]
 macro_rules! with_tx {
     ($tx:expr, |$conn:ident| $body:expr) => {
         match &mut ($tx).conn {
-            $crate::store::TxConn::Sqlite(tx) => {
+            $crate::TxConn::Sqlite(tx) => {
                 let $conn: &mut sqlx::SqliteConnection = &mut *tx;
                 $body
             }
-            $crate::store::TxConn::Postgres(tx) => {
+            $crate::TxConn::Postgres(tx) => {
                 let $conn: &mut sqlx::PgConnection = &mut *tx;
                 $body
             }
@@ -151,9 +189,18 @@ macro_rules! with_tx {
     };
 }
 
+pub(crate) use {with_reader, with_tx, with_writer};
+
 impl Db {
-    /// Opens the database named by `url`, creating an SQLite file (and its directory) if needed.
-    pub async fn connect(url: &str) -> Result<Db, StoreError> {
+    /// Opens the database named by `url` (creating an SQLite file and its directory if
+    /// needed), and hands out the [`System`] principal with it: jobs and CLI commands act for
+    /// tenants through it, and no other code path can make one.
+    pub async fn open(url: &str) -> Result<(Db, System), StoreError> {
+        let db = Self::connect(url).await?;
+        Ok((db, System::new()))
+    }
+
+    async fn connect(url: &str) -> Result<Db, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
@@ -162,7 +209,7 @@ impl Db {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(options)
                 .await?;
-            return Ok(Db::Postgres(pool));
+            return Ok(Db { pools: Pools::Postgres(pool) });
         }
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -188,21 +235,21 @@ impl Db {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.create_if_missing(false))
             .await?;
-        Ok(Db::Sqlite { writer, reader })
+        Ok(Db { pools: Pools::Sqlite { writer, reader } })
     }
 
     pub fn engine(&self) -> Engine {
-        match self {
-            Db::Sqlite { .. } => Engine::Sqlite,
-            Db::Postgres(_) => Engine::Postgres,
+        match &self.pools {
+            Pools::Sqlite { .. } => Engine::Sqlite,
+            Pools::Postgres(_) => Engine::Postgres,
         }
     }
 
     /// Applies the engine's migrations (`migrations/sqlite` or `migrations/postgres`).
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        match self {
-            Db::Sqlite { writer, .. } => sqlx::migrate!("./migrations/sqlite").run(writer).await?,
-            Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        match &self.pools {
+            Pools::Sqlite { writer, .. } => sqlx::migrate!("./migrations/sqlite").run(writer).await?,
+            Pools::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
         }
         Ok(())
     }
@@ -214,29 +261,39 @@ impl Db {
 
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
-        let conn = match self {
-            Db::Sqlite { writer, .. } => TxConn::Sqlite(writer.begin().await?),
-            Db::Postgres(pool) => TxConn::Postgres(pool.begin().await?),
+        let conn = match &self.pools {
+            Pools::Sqlite { writer, .. } => TxConn::Sqlite(writer.begin().await?),
+            Pools::Postgres(pool) => TxConn::Postgres(pool.begin().await?),
         };
         Ok(Tx { conn, outbox: Vec::new() })
     }
 
     /// Closes every connection (waits for checked-out ones to come back).
     pub async fn close(&self) {
-        match self {
-            Db::Sqlite { writer, reader } => {
+        match &self.pools {
+            Pools::Sqlite { writer, reader } => {
                 reader.close().await;
                 writer.close().await;
             }
-            Db::Postgres(pool) => pool.close().await,
+            Pools::Postgres(pool) => pool.close().await,
         }
     }
 }
 
 impl Tx {
-    /// Adds an event to write at commit (see [`OutboxRow`]).
-    pub fn push_event(&mut self, row: OutboxRow) {
-        self.outbox.push(row);
+    /// Records `event` for `tenant_id`: it is written when the transaction commits, as its
+    /// last statement (see [`Tx::commit`] for why that keeps `seq` order equal to commit
+    /// order), and never if the transaction rolls back.
+    pub fn record(&mut self, tenant_id: TenantId, event: &Event, now: i64) -> EventId {
+        let id = EventId::new();
+        self.outbox.push(OutboxRow {
+            id,
+            tenant_id,
+            event_type: event.type_name(),
+            occurred_at: now,
+            data: event.data().to_string(),
+        });
+        id
     }
 
     /// Writes the recorded events, then commits.
@@ -270,8 +327,8 @@ impl Tx {
                     let mut query = sqlx::query(&sql);
                     for row in chunk {
                         query = query
-                            .bind(&row.id)
-                            .bind(&row.tenant_id)
+                            .bind(row.id)
+                            .bind(row.tenant_id)
                             .bind(row.event_type)
                             .bind(row.occurred_at)
                             .bind(&row.data);

@@ -4,19 +4,21 @@
 
 use sqlx::FromRow;
 
-use super::{OFFLINE, ONLINE};
-use crate::auth::store::consume_enrollment_use;
-use crate::auth::TenantScope;
-use crate::events::{self, Event};
-use crate::http::extract::Page;
-use crate::ids::{DeviceId, EnrollmentTokenId};
-use crate::store::{classify, Db, StoreError, Tx};
+use crate::Json;
+use herd_domain::status::DeviceStatus;
+
+use crate::credentials::consume_enrollment_use;
+use crate::Page;
+use crate::TenantScope;
+use crate::{classify, Db, StoreError, Tx};
 use crate::{with_reader, with_tx, with_writer};
+use herd_domain::ids::{DeviceId, EnrollmentTokenId, TenantId};
+use herd_domain::Event;
 
 /// A device row as stored.
 #[derive(Debug, Clone, FromRow)]
 pub struct DeviceRow {
-    pub id: String,
+    pub id: DeviceId,
     pub name: String,
     pub serial_number: Option<String>,
     pub mac_address: Option<String>,
@@ -28,9 +30,9 @@ pub struct DeviceRow {
     pub firmware_version: Option<String>,
     pub ip_address: Option<String>,
     pub location: Option<String>,
-    /// JSON array of strings.
-    pub tags: String,
-    pub status: String,
+    /// Stored as a JSON array of strings.
+    pub tags: Json<Vec<String>>,
+    pub status: DeviceStatus,
     pub last_seen: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
@@ -85,7 +87,7 @@ pub struct DevicePatch {
 /// List filters.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceFilter {
-    pub status: Option<String>,
+    pub status: Option<DeviceStatus>,
     /// Case-insensitive substring of the name or serial number.
     pub q: Option<String>,
     pub tag: Option<String>,
@@ -111,12 +113,12 @@ pub enum RegisterError {
 /// The tenant's devices.
 pub struct DeviceStore<'s> {
     scope: &'s TenantScope,
-    tenant: String,
+    tenant: TenantId,
 }
 
 impl<'s> DeviceStore<'s> {
     pub fn new(scope: &'s TenantScope) -> Self {
-        Self { scope, tenant: scope.tenant_id().to_string() }
+        Self { scope, tenant: scope.tenant_id() }
     }
 
     fn db(&self) -> &Db {
@@ -125,11 +127,22 @@ impl<'s> DeviceStore<'s> {
 
     pub async fn get(&self, id: DeviceId) -> Result<Option<DeviceRow>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM devices WHERE tenant_id = $1 AND id = $2");
-        let id = id.to_string();
-        with_writer!(self.db(), |pool| sqlx::query_as::<_, DeviceRow>(&sql)
-            .bind(&self.tenant)
-            .bind(&id)
+        with_reader!(self.db(), |pool| sqlx::query_as::<_, DeviceRow>(&sql)
+            .bind(self.tenant)
+            .bind(id)
             .fetch_optional(pool)
+            .await)
+        .map_err(classify)
+    }
+
+    /// Reads a device inside `tx`, seeing the transaction's own writes (read-after-write goes
+    /// through the transaction, never through another connection).
+    pub async fn get_in(&self, tx: &mut Tx, id: DeviceId) -> Result<Option<DeviceRow>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM devices WHERE tenant_id = $1 AND id = $2");
+        with_tx!(tx, |conn| sqlx::query_as::<_, DeviceRow>(&sql)
+            .bind(self.tenant)
+            .bind(id)
+            .fetch_optional(&mut *conn)
             .await)
         .map_err(classify)
     }
@@ -140,7 +153,7 @@ impl<'s> DeviceStore<'s> {
         let mut sql = format!("SELECT {COLUMNS} FROM devices d WHERE d.tenant_id = $1");
         let mut args: Vec<String> = Vec::new();
         if let Some(status) = &filter.status {
-            args.push(status.clone());
+            args.push(status.as_str().to_string());
             sql.push_str(&format!(" AND d.status = ${}", args.len() + 1));
         }
         if let Some(q) = &filter.q {
@@ -165,7 +178,7 @@ impl<'s> DeviceStore<'s> {
         sql.push_str(&format!(" ORDER BY d.id LIMIT ${}", args.len() + 2));
         let limit = i64::from(page.limit) + 1;
         with_reader!(self.db(), |pool| {
-            let mut query = sqlx::query_as::<_, DeviceRow>(&sql).bind(&self.tenant);
+            let mut query = sqlx::query_as::<_, DeviceRow>(&sql).bind(self.tenant);
             for arg in &args {
                 query = query.bind(arg);
             }
@@ -186,15 +199,14 @@ impl<'s> DeviceStore<'s> {
         let mut tx = self.db().begin().await?;
         let id = DeviceId::new();
         self.insert(&mut tx, id, ids, info, name, token_hash, now).await?;
-        events::record(
-            &mut tx,
+        tx.record(
             self.scope.tenant_id(),
             &Event::DeviceRegistered { device_id: id, name: name.to_string(), via: "admin" },
             now,
-        )
-        .await?;
+        );
+        let row = self.get_in(&mut tx, id).await?.ok_or(StoreError::Other(sqlx::Error::RowNotFound))?;
         tx.commit().await?;
-        self.get(id).await?.ok_or(StoreError::Other(sqlx::Error::RowNotFound))
+        Ok(row)
     }
 
     /// Auto-registration (`POST /devices/auto-register`): idempotent on the identifiers within
@@ -222,7 +234,7 @@ impl<'s> DeviceStore<'s> {
              UNION SELECT {COLUMNS} FROM devices WHERE tenant_id = $1 AND android_id = $4 LIMIT 3"
         );
         let found = with_tx!(&mut tx, |conn| sqlx::query_as::<_, DeviceRow>(&sql)
-            .bind(&self.tenant)
+            .bind(self.tenant)
             .bind(&ids.serial_number)
             .bind(&ids.mac_address)
             .bind(&ids.android_id)
@@ -241,9 +253,9 @@ impl<'s> DeviceStore<'s> {
                     .unwrap_or_else(|| "device".into());
                 self.insert(&mut tx, id, ids, info, &name, token_hash, now).await?;
                 let event = Event::DeviceRegistered { device_id: id, name, via: "auto-register" };
-                events::record(&mut tx, self.scope.tenant_id(), &event, now).await?;
+                tx.record(self.scope.tenant_id(), &event, now);
+                let row = self.get_in(&mut tx, id).await?.ok_or(StoreError::Other(sqlx::Error::RowNotFound))?;
                 tx.commit().await?;
-                let row = self.get(id).await?.ok_or(StoreError::Other(sqlx::Error::RowNotFound))?;
                 Ok(Registration::Created(row))
             }
             [existing] => {
@@ -262,17 +274,16 @@ impl<'s> DeviceStore<'s> {
                     .bind(&info.name)
                     .bind(token_hash)
                     .bind(now)
-                    .bind(&self.tenant)
-                    .bind(&existing.id)
+                    .bind(self.tenant)
+                    .bind(existing.id)
                     .execute(&mut *conn)
                     .await
                     .map(|r| r.rows_affected()))
                 .map_err(classify)?;
-                let device_id: DeviceId =
-                    existing.id.parse().map_err(|_| StoreError::Other(sqlx::Error::RowNotFound))?;
-                events::record(&mut tx, self.scope.tenant_id(), &Event::DeviceReregistered { device_id }, now).await?;
+                let device_id = existing.id;
+                tx.record(self.scope.tenant_id(), &Event::DeviceReregistered { device_id }, now);
+                let row = self.get_in(&mut tx, device_id).await?.ok_or(StoreError::Other(sqlx::Error::RowNotFound))?;
                 tx.commit().await?;
-                let row = self.get(device_id).await?.ok_or(StoreError::Other(sqlx::Error::RowNotFound))?;
                 Ok(Registration::Existing(row))
             }
             _ => Err(RegisterError::Ambiguous),
@@ -294,11 +305,9 @@ impl<'s> DeviceStore<'s> {
             "INSERT INTO devices (id, tenant_id, name, serial_number, mac_address, android_id, model, manufacturer, \
             os_version, app_version, location, tags, status, last_seen, token_hash, created_at, updated_at) \
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, $14, $15, $15)";
-        let id_text = id.to_string();
-        let tags = serde_json::to_string(&info.tags).unwrap_or_else(|_| "[]".into());
         with_tx!(tx, |conn| sqlx::query(SQL)
-            .bind(&id_text)
-            .bind(&self.tenant)
+            .bind(id)
+            .bind(self.tenant)
             .bind(name)
             .bind(&ids.serial_number)
             .bind(&ids.mac_address)
@@ -308,8 +317,8 @@ impl<'s> DeviceStore<'s> {
             .bind(&info.os_version)
             .bind(&info.app_version)
             .bind(&info.location)
-            .bind(&tags)
-            .bind(OFFLINE)
+            .bind(Json(&info.tags))
+            .bind(DeviceStatus::Offline)
             .bind(token_hash)
             .bind(now)
             .execute(&mut *conn)
@@ -320,16 +329,16 @@ impl<'s> DeviceStore<'s> {
             // A new device has no tag rows to replace; auto-registration never sends tags.
             return Ok(());
         }
-        self.write_tags(tx, &id_text, &info.tags).await
+        self.write_tags(tx, id, &info.tags).await
     }
 
-    async fn write_tags(&self, tx: &mut Tx, device_id: &str, tags: &[String]) -> Result<(), StoreError> {
+    async fn write_tags(&self, tx: &mut Tx, device_id: DeviceId, tags: &[String]) -> Result<(), StoreError> {
         with_tx!(tx, |conn| {
             sqlx::query("DELETE FROM device_tags WHERE device_id = $1").bind(device_id).execute(&mut *conn).await?;
             for tag in tags {
                 sqlx::query("INSERT INTO device_tags (device_id, tenant_id, tag) VALUES ($1, $2, $3)")
                     .bind(device_id)
-                    .bind(&self.tenant)
+                    .bind(self.tenant)
                     .bind(tag)
                     .execute(&mut *conn)
                     .await?;
@@ -368,33 +377,32 @@ impl<'s> DeviceStore<'s> {
         let n = values.len();
         sets.push(format!("updated_at = ${}", n + 1));
         let sql = format!("UPDATE devices SET {} WHERE tenant_id = ${} AND id = ${}", sets.join(", "), n + 2, n + 3);
-        let id_text = id.to_string();
         let mut tx = self.db().begin().await?;
         let affected = with_tx!(&mut tx, |conn| {
             let mut query = sqlx::query(&sql);
             for value in &values {
                 query = query.bind(value);
             }
-            query.bind(now).bind(&self.tenant).bind(&id_text).execute(&mut *conn).await.map(|r| r.rows_affected())
+            query.bind(now).bind(self.tenant).bind(id).execute(&mut *conn).await.map(|r| r.rows_affected())
         })
         .map_err(classify)?;
         if affected == 0 {
             return Ok(None);
         }
         if let Some(tags) = &patch.tags {
-            self.write_tags(&mut tx, &id_text, tags).await?;
+            self.write_tags(&mut tx, id, tags).await?;
         }
+        let row = self.get_in(&mut tx, id).await?;
         tx.commit().await?;
-        self.get(id).await
+        Ok(row)
     }
 
     /// Deletes a device; its token stops working with it. False if there was no such device.
     pub async fn delete(&self, id: DeviceId, now: i64) -> Result<bool, StoreError> {
-        let id_text = id.to_string();
         let mut tx = self.db().begin().await?;
         let affected = with_tx!(&mut tx, |conn| sqlx::query("DELETE FROM devices WHERE tenant_id = $1 AND id = $2")
-            .bind(&self.tenant)
-            .bind(&id_text)
+            .bind(self.tenant)
+            .bind(id)
             .execute(&mut *conn)
             .await
             .map(|r| r.rows_affected()))
@@ -402,9 +410,9 @@ impl<'s> DeviceStore<'s> {
         if affected == 0 {
             return Ok(false);
         }
-        events::record(&mut tx, self.scope.tenant_id(), &Event::DeviceDeleted { device_id: id }, now).await?;
+        tx.record(self.scope.tenant_id(), &Event::DeviceDeleted { device_id: id }, now);
         // Its certificates die with it: revoked (cessationOfOperation) in the same transaction.
-        crate::certificates::revoke_for_deleted_device(&mut tx, self.scope.tenant_id(), id, now).await?;
+        crate::certificates::revoke_for_deleted_device(&mut tx, self.scope, id, now).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -420,16 +428,15 @@ impl<'s> DeviceStore<'s> {
     ) -> Result<Option<DeviceRow>, StoreError> {
         let sets = "last_seen = $1, ip_address = COALESCE($2, ip_address), app_version = COALESCE($3, app_version), \
                     os_version = COALESCE($4, os_version), firmware_version = COALESCE($5, firmware_version)";
-        let id_text = id.to_string();
         let still_online = format!(
-            "UPDATE devices SET {sets} WHERE tenant_id = $6 AND id = $7 AND status = '{ONLINE}' RETURNING {COLUMNS}"
+            "UPDATE devices SET {sets} WHERE tenant_id = $6 AND id = $7 AND status = 'online' RETURNING {COLUMNS}"
         );
-        let row = self.update_online(&still_online, report, &id_text, now).await?;
+        let row = self.update_online(&still_online, report, id, now).await?;
         if row.is_some() {
             return Ok(row);
         }
         let coming_online = format!(
-            "UPDATE devices SET {sets}, status = '{ONLINE}', updated_at = $1 WHERE tenant_id = $6 AND id = $7 AND status <> '{ONLINE}' RETURNING {COLUMNS}"
+            "UPDATE devices SET {sets}, status = 'online', updated_at = $1 WHERE tenant_id = $6 AND id = $7 AND status <> 'online' RETURNING {COLUMNS}"
         );
         let mut tx = self.db().begin().await?;
         let row = with_tx!(&mut tx, |conn| sqlx::query_as::<_, DeviceRow>(&coming_online)
@@ -438,23 +445,27 @@ impl<'s> DeviceStore<'s> {
             .bind(&report.app_version)
             .bind(&report.os_version)
             .bind(&report.firmware_version)
-            .bind(&self.tenant)
-            .bind(&id_text)
+            .bind(self.tenant)
+            .bind(id)
             .fetch_optional(&mut *conn)
             .await)
         .map_err(classify)?;
         match row {
             Some(row) => {
-                let event =
-                    Event::DeviceStatusChanged { device_id: id, from: OFFLINE, to: ONLINE, last_seen: Some(now) };
-                events::record(&mut tx, self.scope.tenant_id(), &event, now).await?;
+                let event = Event::DeviceStatusChanged {
+                    device_id: id,
+                    from: DeviceStatus::Offline,
+                    to: DeviceStatus::Online,
+                    last_seen: Some(now),
+                };
+                tx.record(self.scope.tenant_id(), &event, now);
                 tx.commit().await?;
                 Ok(Some(row))
             }
             // Another request brought it online between the two statements: one more plain update.
             None => {
                 drop(tx);
-                self.update_online(&still_online, report, &id_text, now).await
+                self.update_online(&still_online, report, id, now).await
             }
         }
     }
@@ -464,7 +475,7 @@ impl<'s> DeviceStore<'s> {
         &self,
         sql: &str,
         report: &ConnectReport,
-        id: &str,
+        id: DeviceId,
         now: i64,
     ) -> Result<Option<DeviceRow>, StoreError> {
         with_writer!(self.db(), |pool| sqlx::query_as::<_, DeviceRow>(sql)
@@ -473,7 +484,7 @@ impl<'s> DeviceStore<'s> {
             .bind(&report.app_version)
             .bind(&report.os_version)
             .bind(&report.firmware_version)
-            .bind(&self.tenant)
+            .bind(self.tenant)
             .bind(id)
             .fetch_optional(pool)
             .await)
@@ -481,25 +492,33 @@ impl<'s> DeviceStore<'s> {
     }
 }
 
-/// A device found by its token, with its tenant.
 #[derive(Debug, FromRow)]
-pub struct TokenOwner {
-    pub tenant_id: String,
+struct TokenOwnerRow {
+    tenant_id: TenantId,
     #[sqlx(flatten)]
+    device: DeviceRow,
+}
+
+/// A device authenticated by its token: the scope of its tenant and its whole row.
+#[derive(Debug, Clone)]
+pub struct TokenOwner {
+    pub scope: TenantScope,
     pub device: DeviceRow,
 }
 
-/// Cross-tenant by necessity: a device token is how a request's tenant becomes known. Returns
-/// the whole row, so that a heartbeat needs no second read.
+/// Cross-tenant by necessity: a device token is how a request's tenant becomes known, so this
+/// lookup is one of the places that make a [`TenantScope`]. Returns the whole row, so that a
+/// heartbeat needs no second read.
 pub async fn find_by_token_hash(db: &Db, hash: &str) -> Result<Option<TokenOwner>, StoreError> {
     let sql = format!("SELECT tenant_id, {COLUMNS} FROM devices WHERE token_hash = $1");
-    with_reader!(db, |pool| sqlx::query_as::<_, TokenOwner>(&sql).bind(hash).fetch_optional(pool).await)
-        .map_err(classify)
+    let row = with_reader!(db, |pool| sqlx::query_as::<_, TokenOwnerRow>(&sql).bind(hash).fetch_optional(pool).await)
+        .map_err(classify)?;
+    Ok(row.map(|row| TokenOwner { scope: TenantScope::new(db.clone(), row.tenant_id), device: row.device }))
 }
 
 /// Devices per status across all tenants, for `GET /metrics`.
-pub async fn count_by_status(db: &Db) -> Result<Vec<(String, i64)>, StoreError> {
-    with_reader!(db, |pool| sqlx::query_as::<_, (String, i64)>(
+pub async fn count_by_status(db: &Db) -> Result<Vec<(DeviceStatus, i64)>, StoreError> {
+    with_reader!(db, |pool| sqlx::query_as::<_, (DeviceStatus, i64)>(
         "SELECT status, CAST(SUM(n) AS BIGINT) FROM device_counts GROUP BY status"
     )
     .fetch_all(pool)

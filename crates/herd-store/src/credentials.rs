@@ -5,52 +5,78 @@
 
 use sqlx::FromRow;
 
-use super::{Role, TenantScope};
-use crate::ids::{EnrollmentTokenId, TenantId, TokenId, UserId};
-use crate::store::{classify, Db, StoreError, Tx};
+use herd_domain::ids::{EnrollmentTokenId, TenantId, TokenId, UserId};
+use herd_domain::status::{MemberTokenKind, Role};
+
+use crate::TenantScope;
+use crate::{classify, Db, StoreError, Tx};
 use crate::{with_reader, with_tx, with_writer};
 
-/// A usable member token, as the authenticator needs it.
 #[derive(Debug, FromRow)]
-pub struct MemberTokenRow {
-    pub id: String,
-    pub tenant_id: String,
-    pub kind: String,
-    pub role: String,
+struct MemberTokenRow {
+    id: TokenId,
+    tenant_id: TenantId,
+    kind: MemberTokenKind,
+    role: Role,
+    platform_admin: bool,
+    user_id: Option<UserId>,
+    last_used_at: Option<i64>,
+}
+
+/// A usable member token (API token or login session), as the authenticator needs it, with
+/// the scope of its tenant.
+#[derive(Debug, Clone)]
+pub struct MemberCredential {
+    pub scope: TenantScope,
+    pub id: TokenId,
+    pub kind: MemberTokenKind,
+    pub role: Role,
     pub platform_admin: bool,
-    pub user_id: Option<String>,
+    pub user_id: Option<UserId>,
     pub last_used_at: Option<i64>,
 }
 
-pub async fn find_member_token(db: &Db, hash: &str, now: i64) -> Result<Option<MemberTokenRow>, StoreError> {
+/// Looks up a member token by its hash: one of the places that make a [`TenantScope`]. A
+/// stored role or kind herd does not know fails the lookup (an error, never a weaker role).
+pub async fn find_member_token(db: &Db, hash: &str, now: i64) -> Result<Option<MemberCredential>, StoreError> {
     const SQL: &str = "SELECT id, tenant_id, kind, role, platform_admin, user_id, last_used_at FROM api_tokens \
                        WHERE token_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)";
-    with_reader!(db, |pool| sqlx::query_as::<_, MemberTokenRow>(SQL).bind(hash).bind(now).fetch_optional(pool).await)
-        .map_err(classify)
+    let row = with_reader!(db, |pool| sqlx::query_as::<_, MemberTokenRow>(SQL)
+        .bind(hash)
+        .bind(now)
+        .fetch_optional(pool)
+        .await)
+    .map_err(classify)?;
+    Ok(row.map(|row| MemberCredential {
+        scope: TenantScope::new(db.clone(), row.tenant_id),
+        id: row.id,
+        kind: row.kind,
+        role: row.role,
+        platform_admin: row.platform_admin,
+        user_id: row.user_id,
+        last_used_at: row.last_used_at,
+    }))
 }
 
-pub async fn touch_member_token(db: &Db, id: &str, now: i64) -> Result<(), StoreError> {
+pub async fn touch_member_token(db: &Db, id: TokenId, now: i64) -> Result<(), StoreError> {
     const SQL: &str = "UPDATE api_tokens SET last_used_at = $1 WHERE id = $2";
     with_writer!(db, |pool| sqlx::query(SQL).bind(now).bind(id).execute(pool).await.map(|r| r.rows_affected()))
         .map_err(classify)?;
     Ok(())
 }
 
-#[derive(Debug, FromRow)]
-pub struct EnrollmentAuthRow {
-    pub id: String,
-    pub tenant_id: String,
-}
-
+/// Looks up a usable enrollment token by its hash: answers its tenant's scope and its id.
 pub async fn find_usable_enrollment_token(
     db: &Db,
     hash: &str,
     now: i64,
-) -> Result<Option<EnrollmentAuthRow>, StoreError> {
+) -> Result<Option<(TenantScope, EnrollmentTokenId)>, StoreError> {
     const SQL: &str = "SELECT id, tenant_id FROM enrollment_tokens WHERE token_hash = $1 AND revoked_at IS NULL \
                        AND (expires_at IS NULL OR expires_at > $2) AND (max_uses IS NULL OR uses < max_uses)";
-    with_reader!(db, |pool| sqlx::query_as::<_, EnrollmentAuthRow>(SQL).bind(hash).bind(now).fetch_optional(pool).await)
-        .map_err(classify)
+    let row: Option<(EnrollmentTokenId, TenantId)> =
+        with_reader!(db, |pool| sqlx::query_as(SQL).bind(hash).bind(now).fetch_optional(pool).await)
+            .map_err(classify)?;
+    Ok(row.map(|(id, tenant_id)| (TenantScope::new(db.clone(), tenant_id), id)))
 }
 
 /// Counts one use of an enrollment token inside the registration's transaction. False if the
@@ -66,7 +92,7 @@ pub async fn consume_enrollment_use(tx: &mut Tx, id: EnrollmentTokenId, now: i64
 
 /// What a new API token is for.
 pub struct NewToken<'a> {
-    pub kind: &'a str,
+    pub kind: MemberTokenKind,
     pub name: &'a str,
     pub role: Role,
     pub platform_admin: bool,
@@ -109,9 +135,9 @@ pub async fn insert_token(
 /// An API token as listed (never its secret).
 #[derive(Debug, FromRow)]
 pub struct TokenRow {
-    pub id: String,
+    pub id: TokenId,
     pub name: String,
-    pub role: String,
+    pub role: Role,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
     pub last_used_at: Option<i64>,
@@ -159,7 +185,12 @@ pub async fn list_tokens(scope: &TenantScope, after: Option<&str>, limit: u32) -
 }
 
 /// Revokes an API token or session of the tenant. False if there is no such live token.
-pub async fn revoke_token(scope: &TenantScope, id: TokenId, kind: &str, now: i64) -> Result<bool, StoreError> {
+pub async fn revoke_token(
+    scope: &TenantScope,
+    id: TokenId,
+    kind: MemberTokenKind,
+    now: i64,
+) -> Result<bool, StoreError> {
     const SQL: &str =
         "UPDATE api_tokens SET revoked_at = $1 WHERE tenant_id = $2 AND id = $3 AND kind = $4 AND revoked_at IS NULL";
     let (tenant, id) = (scope.tenant_id.to_string(), id.to_string());
@@ -176,7 +207,7 @@ pub async fn revoke_token(scope: &TenantScope, id: TokenId, kind: &str, now: i64
 
 #[derive(Debug, FromRow)]
 pub struct EnrollmentTokenRow {
-    pub id: String,
+    pub id: EnrollmentTokenId,
     pub name: String,
     pub expires_at: Option<i64>,
     pub max_uses: Option<i64>,
@@ -264,11 +295,11 @@ pub async fn revoke_enrollment_token(scope: &TenantScope, id: EnrollmentTokenId,
 
 #[derive(Debug, FromRow)]
 pub struct UserRow {
-    pub id: String,
-    pub tenant_id: String,
+    pub id: UserId,
+    pub tenant_id: TenantId,
     pub username: String,
     pub password_hash: String,
-    pub role: String,
+    pub role: Role,
     pub platform_admin: bool,
     pub created_at: i64,
 }
@@ -346,13 +377,11 @@ pub async fn find_user_by_username(db: &Db, username: &str) -> Result<Option<Use
 
 /// Opens a login session for a user found by [`find_user_by_username`].
 pub async fn create_session(db: &Db, user: &UserRow, hash: &str, expires_at: i64, now: i64) -> Result<(), StoreError> {
-    let tenant_id: TenantId = user.tenant_id.parse().map_err(|_| StoreError::Other(sqlx::Error::RowNotFound))?;
-    let user_id: UserId = user.id.parse().map_err(|_| StoreError::Other(sqlx::Error::RowNotFound))?;
-    let role = Role::parse(&user.role).unwrap_or(Role::Viewer);
+    let (tenant_id, user_id) = (user.tenant_id, user.id);
     let token = NewToken {
-        kind: "session",
+        kind: MemberTokenKind::Session,
         name: &user.username,
-        role,
+        role: user.role,
         platform_admin: user.platform_admin,
         user_id: Some(user_id),
         expires_at: Some(expires_at),

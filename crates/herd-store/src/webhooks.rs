@@ -3,18 +3,22 @@
 
 use sqlx::FromRow;
 
-use crate::auth::TenantScope;
-use crate::ids::WebhookId;
-use crate::store::{classify, Db, Engine, StoreError, Tx};
+use crate::Json;
+use herd_domain::ids::{DeliveryId, EventId, TenantId, WebhookId};
+use herd_domain::status::DeliveryStatus;
+
+use crate::TenantScope;
+use crate::{classify, Db, Engine, StoreError, Tx};
 use crate::{with_reader, with_tx, with_writer};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct WebhookRow {
-    pub id: String,
-    pub tenant_id: String,
+    pub id: WebhookId,
+    pub tenant_id: TenantId,
     pub url: String,
-    /// JSON array of types; empty = all.
-    pub events: String,
+    /// The event types it wants, stored as a JSON array; empty = all. A stored filter that
+    /// does not parse fails the row's decoding: never read as "every event".
+    pub events: Json<Vec<String>>,
     pub secret: String,
     pub enabled: bool,
     pub disabled_reason: Option<String>,
@@ -29,13 +33,13 @@ const WEBHOOK_COLUMNS: &str =
 
 #[derive(Debug, Clone, FromRow)]
 pub struct DeliveryRow {
-    pub id: String,
-    pub webhook_id: String,
-    pub tenant_id: String,
+    pub id: DeliveryId,
+    pub webhook_id: WebhookId,
+    pub tenant_id: TenantId,
     pub event_seq: i64,
-    pub event_id: String,
+    pub event_id: EventId,
     pub event_type: String,
-    pub status: String,
+    pub status: DeliveryStatus,
     pub attempts: i64,
     pub next_attempt_at: i64,
     pub last_status_code: Option<i64>,
@@ -59,7 +63,7 @@ pub async fn create(
 ) -> Result<WebhookRow, StoreError> {
     let id = WebhookId::new();
     let tenant = scope.tenant_id().to_string();
-    let latest = crate::events::store::latest_seq(scope.db(), &tenant).await?;
+    let latest = crate::events::latest_seq(scope).await?;
     let events_json = serde_json::to_string(events).unwrap_or_else(|_| "[]".into());
     let id_text = id.to_string();
     with_writer!(scope.db(), |pool| sqlx::query(
@@ -184,8 +188,8 @@ pub async fn backlog(db: &Db) -> Result<i64, StoreError> {
 }
 
 /// System-level: ids of enabled webhooks (the fan-out walks them one by one).
-pub async fn enabled_ids(db: &Db) -> Result<Vec<String>, StoreError> {
-    let rows: Vec<(String,)> =
+pub async fn enabled_ids(db: &Db) -> Result<Vec<WebhookId>, StoreError> {
+    let rows: Vec<(WebhookId,)> =
         with_reader!(db, |pool| sqlx::query_as("SELECT id FROM webhooks WHERE enabled ORDER BY id")
             .fetch_all(pool)
             .await)
@@ -195,7 +199,7 @@ pub async fn enabled_ids(db: &Db) -> Result<Vec<String>, StoreError> {
 
 /// System-level: locks one enabled webhook for fan-out inside `tx`; `None` if it is gone,
 /// disabled, or (PostgreSQL) being fanned out by another instance right now.
-pub async fn lock_for_fan_out(tx: &mut Tx, engine: Engine, id: &str) -> Result<Option<WebhookRow>, StoreError> {
+pub async fn lock_for_fan_out(tx: &mut Tx, engine: Engine, id: WebhookId) -> Result<Option<WebhookRow>, StoreError> {
     let lock = match engine {
         Engine::Sqlite => "",
         Engine::Postgres => " FOR UPDATE SKIP LOCKED",
@@ -210,14 +214,14 @@ pub async fn insert_delivery(
     tx: &mut Tx,
     webhook: &WebhookRow,
     seq: i64,
-    event_id: &str,
+    event_id: EventId,
     event_type: &str,
     now: i64,
 ) -> Result<(), StoreError> {
     const SQL: &str = "INSERT INTO webhook_deliveries (id, webhook_id, tenant_id, event_seq, event_id, event_type, status, attempts, \
         next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, $7) \
         ON CONFLICT (webhook_id, event_seq) DO NOTHING";
-    let id = crate::ids::DeliveryId::new().to_string();
+    let id = DeliveryId::new();
     with_tx!(tx, |conn| sqlx::query(SQL)
         .bind(&id)
         .bind(&webhook.id)
@@ -233,7 +237,7 @@ pub async fn insert_delivery(
     Ok(())
 }
 
-pub async fn advance(tx: &mut Tx, webhook_id: &str, last_seq: i64) -> Result<(), StoreError> {
+pub async fn advance(tx: &mut Tx, webhook_id: WebhookId, last_seq: i64) -> Result<(), StoreError> {
     with_tx!(tx, |conn| sqlx::query("UPDATE webhooks SET last_seq = $1 WHERE id = $2 AND last_seq < $1")
         .bind(last_seq)
         .bind(webhook_id)
@@ -270,15 +274,15 @@ pub async fn claim_due(db: &Db, now: i64, lease_ms: i64, limit: i64) -> Result<V
 }
 
 /// System-level: the webhook a claimed delivery belongs to.
-pub async fn webhook_by_id(db: &Db, id: &str) -> Result<Option<WebhookRow>, StoreError> {
+pub async fn webhook_by_id(db: &Db, id: WebhookId) -> Result<Option<WebhookRow>, StoreError> {
     let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1");
     with_reader!(db, |pool| sqlx::query_as::<_, WebhookRow>(&sql).bind(id).fetch_optional(pool).await).map_err(classify)
 }
 
 /// The result of one attempt.
-pub struct AttemptResult<'a> {
-    pub delivery_id: &'a str,
-    pub webhook_id: &'a str,
+pub struct AttemptResult {
+    pub delivery_id: DeliveryId,
+    pub webhook_id: WebhookId,
     pub succeeded: bool,
     pub status_code: Option<i64>,
     pub error: Option<String>,
@@ -288,11 +292,11 @@ pub struct AttemptResult<'a> {
 }
 
 /// Records an attempt and updates the webhook's failure streak; answers the streak.
-pub async fn record_attempt(tx: &mut Tx, result: &AttemptResult<'_>, now: i64) -> Result<i64, StoreError> {
+pub async fn record_attempt(tx: &mut Tx, result: &AttemptResult, now: i64) -> Result<i64, StoreError> {
     let status = match (result.succeeded, result.retry_at) {
-        (true, _) => "succeeded",
-        (false, Some(_)) => "pending",
-        (false, None) => "dead",
+        (true, _) => DeliveryStatus::Succeeded,
+        (false, Some(_)) => DeliveryStatus::Pending,
+        (false, None) => DeliveryStatus::Dead,
     };
     with_tx!(tx, |conn| {
         sqlx::query(
@@ -320,7 +324,7 @@ pub async fn record_attempt(tx: &mut Tx, result: &AttemptResult<'_>, now: i64) -
 }
 
 /// Switches a webhook off; true if this call did it (so its event is emitted once).
-pub async fn disable(tx: &mut Tx, webhook_id: &str, reason: &str, now: i64) -> Result<bool, StoreError> {
+pub async fn disable(tx: &mut Tx, webhook_id: WebhookId, reason: &str, now: i64) -> Result<bool, StoreError> {
     let affected = with_tx!(tx, |conn| sqlx::query(
         "UPDATE webhooks SET enabled = FALSE, disabled_reason = $1, updated_at = $2 WHERE id = $3 AND enabled"
     )

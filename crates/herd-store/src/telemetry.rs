@@ -7,11 +7,12 @@
 
 use sqlx::FromRow;
 
-use crate::auth::TenantScope;
-use crate::ids::DeviceId;
-use crate::monitoring::store::MonitoringStore;
-use crate::monitoring::{self, Reading, Rule};
-use crate::store::{classify, Db, StoreError, Tx, TxConn};
+use herd_domain::ids::DeviceId;
+use herd_domain::monitoring::{self, Reading, Rule};
+
+use crate::monitoring::MonitoringStore;
+use crate::TenantScope;
+use crate::{classify, Db, Pools, StoreError, Tx, TxConn};
 use crate::{with_reader, with_writer};
 
 /// One bucket of history: per metric the average, minimum and maximum.
@@ -147,8 +148,8 @@ impl<'s> TelemetryStore<'s> {
 
     /// The one statement that writes samples; answers how many were new.
     async fn insert(&self, tx: Option<&mut Tx>, device: &str, readings: &[Reading]) -> Result<u64, StoreError> {
-        let result = match (self.db(), tx) {
-            (Db::Sqlite { writer, .. }, None) => {
+        let result = match (&self.db().pools, tx) {
+            (Pools::Sqlite { writer, .. }, None) => {
                 let sql = sqlite_insert_sql(readings.len());
                 sqlite_insert(&sql, device, &self.tenant, readings).execute(writer).await.map(|r| r.rows_affected())
             }
@@ -156,7 +157,7 @@ impl<'s> TelemetryStore<'s> {
                 let sql = sqlite_insert_sql(readings.len());
                 sqlite_insert(&sql, device, &self.tenant, readings).execute(&mut **tx).await.map(|r| r.rows_affected())
             }
-            (Db::Postgres(pool), None) => {
+            (Pools::Postgres(pool), None) => {
                 postgres_insert(device, &self.tenant, readings).execute(pool).await.map(|r| r.rows_affected())
             }
             (_, Some(Tx { conn: TxConn::Postgres(tx), .. })) => {

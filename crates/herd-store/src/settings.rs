@@ -4,10 +4,10 @@
 
 use sqlx::FromRow;
 
-use crate::auth::TenantScope;
-use crate::ids::DeviceId;
-use crate::store::{classify, Db, StoreError};
+use crate::TenantScope;
+use crate::{classify, Db, StoreError};
 use crate::{with_tx, with_writer};
+use herd_domain::ids::DeviceId;
 
 /// A settings row as stored.
 #[derive(Debug, Clone, FromRow)]

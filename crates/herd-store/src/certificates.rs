@@ -8,19 +8,26 @@
 
 use sqlx::FromRow;
 
-use super::{ACTIVE, EXPIRED, PENDING, REVOKED};
-use crate::auth::TenantScope;
-use crate::http::extract::Page;
-use crate::ids::{CertificateId, DeviceId, TenantId};
-use crate::store::{classify, Db, Engine, StoreError, Tx};
+use herd_domain::status::{CertificateStatus, KeySource};
+use herd_domain::Event;
+
+// The status texts, for the SQL below (the enum is the source of truth; a test pins them).
+const PENDING: &str = "pending";
+const ACTIVE: &str = "active";
+const EXPIRED: &str = "expired";
+const REVOKED: &str = "revoked";
+use crate::Page;
+use crate::TenantScope;
+use crate::{classify, Db, Engine, StoreError, Tx};
 use crate::{with_reader, with_tx, with_writer};
+use herd_domain::ids::{CertificateId, DeviceId, TenantId};
 
 /// A certificate record as stored (DESIGN.md's fields plus the tenant).
 #[derive(Debug, Clone, FromRow)]
 pub struct CertificateRow {
-    pub id: String,
-    pub tenant_id: String,
-    pub device_id: String,
+    pub id: CertificateId,
+    pub tenant_id: TenantId,
+    pub device_id: DeviceId,
     /// Lowercase hex, without leading zero bytes.
     pub serial_number: String,
     /// Lowercase hex SHA-256 of the DER.
@@ -29,10 +36,10 @@ pub struct CertificateRow {
     pub issuer: String,
     pub not_before: i64,
     pub not_after: i64,
-    pub status: String,
+    pub status: CertificateStatus,
     pub revoked_at: Option<i64>,
     pub revocation_reason: Option<String>,
-    pub key_source: String,
+    pub key_source: KeySource,
     pub replaced_by_id: Option<String>,
     pub created_at: i64,
 }
@@ -247,7 +254,7 @@ pub async fn insert(tx: &mut Tx, new: &NewCertificate<'_>) -> Result<(), StoreEr
 /// one statement that makes every renewal happen once, whichever instance or request races.
 pub async fn mark_replaced(
     tx: &mut Tx,
-    tenant_id: TenantId,
+    scope: &TenantScope,
     old: CertificateId,
     new: CertificateId,
 ) -> Result<bool, StoreError> {
@@ -255,7 +262,7 @@ pub async fn mark_replaced(
         "UPDATE certificates SET replaced_by_id = $1 WHERE tenant_id = $2 AND id = $3 \
          AND replaced_by_id IS NULL AND status <> '{REVOKED}'"
     );
-    let (new, tenant, old) = (new.to_string(), tenant_id.to_string(), old.to_string());
+    let (new, tenant, old) = (new.to_string(), scope.tenant_id().to_string(), old.to_string());
     let affected = with_tx!(tx, |conn| sqlx::query(&sql)
         .bind(&new)
         .bind(&tenant)
@@ -270,7 +277,7 @@ pub async fn mark_replaced(
 /// Revokes one record unless it is revoked already; answers the revoked record.
 pub async fn revoke(
     tx: &mut Tx,
-    tenant_id: TenantId,
+    scope: &TenantScope,
     id: CertificateId,
     reason: &str,
     now: i64,
@@ -279,7 +286,7 @@ pub async fn revoke(
         "UPDATE certificates SET status = '{REVOKED}', revoked_at = $1, revocation_reason = $2 \
          WHERE tenant_id = $3 AND id = $4 AND status <> '{REVOKED}' RETURNING {COLUMNS}"
     );
-    let (tenant, id) = (tenant_id.to_string(), id.to_string());
+    let (tenant, id) = (scope.tenant_id().to_string(), id.to_string());
     with_tx!(tx, |conn| sqlx::query_as::<_, CertificateRow>(&sql)
         .bind(now)
         .bind(reason)
@@ -293,7 +300,7 @@ pub async fn revoke(
 /// Revokes a device's pending and active certificates; answers their ids.
 pub async fn revoke_device(
     tx: &mut Tx,
-    tenant_id: TenantId,
+    scope: &TenantScope,
     device_id: DeviceId,
     reason: &str,
     now: i64,
@@ -302,8 +309,8 @@ pub async fn revoke_device(
         "UPDATE certificates SET status = '{REVOKED}', revoked_at = $1, revocation_reason = $2 \
          WHERE tenant_id = $3 AND device_id = $4 AND status IN ('{PENDING}', '{ACTIVE}') RETURNING id"
     );
-    let (tenant, device) = (tenant_id.to_string(), device_id.to_string());
-    let ids: Vec<(String,)> = with_tx!(tx, |conn| sqlx::query_as(&sql)
+    let (tenant, device) = (scope.tenant_id().to_string(), device_id.to_string());
+    let ids: Vec<(CertificateId,)> = with_tx!(tx, |conn| sqlx::query_as(&sql)
         .bind(now)
         .bind(reason)
         .bind(&tenant)
@@ -311,15 +318,15 @@ pub async fn revoke_device(
         .fetch_all(&mut *conn)
         .await)
     .map_err(classify)?;
-    Ok(ids.into_iter().filter_map(|(id,)| id.parse().ok()).collect())
+    Ok(ids.into_iter().map(|(id,)| id).collect())
 }
 
 /// A record the monitor moved, with what its event needs.
 #[derive(Debug, Clone, FromRow)]
 pub struct Transition {
-    pub id: String,
-    pub tenant_id: String,
-    pub device_id: String,
+    pub id: CertificateId,
+    pub tenant_id: TenantId,
+    pub device_id: DeviceId,
     pub not_after: i64,
 }
 
@@ -516,4 +523,41 @@ pub async fn set_key_columns(db: &Db, id: &str, key: &KeyColumns) -> Result<(), 
     .map(|r| r.rows_affected()))
     .map_err(classify)?;
     Ok(())
+}
+
+/// The RFC 5280 reason recorded when a device's certificates die with it (herd-pki's
+/// `RevocationReason::CessationOfOperation`; a server test pins the two together).
+pub const DELETED_DEVICE_REASON: &str = "cessationOfOperation";
+
+/// Called by `DeviceStore::delete` inside its transaction: the deleted device's pending and
+/// active certificates are revoked (`cessationOfOperation`) with their events, and the CRL is
+/// marked stale so it is re-signed before it is served again.
+pub(crate) async fn revoke_for_deleted_device(
+    tx: &mut Tx,
+    scope: &TenantScope,
+    device_id: DeviceId,
+    now: i64,
+) -> Result<usize, StoreError> {
+    let revoked = revoke_device(tx, scope, device_id, DELETED_DEVICE_REASON, now).await?;
+    for id in &revoked {
+        let event = Event::CertificateRevoked { certificate_id: *id, device_id, reason: DELETED_DEVICE_REASON };
+        tx.record(scope.tenant_id(), &event, now);
+    }
+    if !revoked.is_empty() {
+        mark_crl_stale(tx).await?;
+    }
+    Ok(revoked.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sql_status_texts_are_the_enum_texts() {
+        assert_eq!(PENDING, CertificateStatus::Pending.as_str());
+        assert_eq!(ACTIVE, CertificateStatus::Active.as_str());
+        assert_eq!(EXPIRED, CertificateStatus::Expired.as_str());
+        assert_eq!(REVOKED, CertificateStatus::Revoked.as_str());
+    }
 }

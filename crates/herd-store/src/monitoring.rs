@@ -9,28 +9,35 @@
 
 use sqlx::FromRow;
 
-use super::{Episode, Metric, OpenAlert, Operator, Rule, Severity, DEFAULT_RULES};
-use crate::auth::TenantScope;
-use crate::events::{self, Event};
-use crate::http::extract::Page;
-use crate::ids::{AlertId, DeviceId, RuleId, TenantId};
-use crate::store::{classify, Db, StoreError, Tx};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::Json;
+use herd_domain::ids::{AlertId, DeviceId, RuleId, TenantId};
+use herd_domain::monitoring::{Episode, OpenAlert, Rule, DEFAULT_RULES};
+use herd_domain::status::{AlertStatus, DeviceStatus, Metric, Operator, Severity};
+use herd_domain::Event;
+
+use crate::Page;
+use crate::TenantScope;
+use crate::{classify, Db, StoreError, System, Tx};
 use crate::{with_reader, with_tx, with_writer};
 
 /// A rule row as stored.
 #[derive(Debug, Clone, FromRow)]
 pub struct RuleRow {
-    pub id: String,
+    pub id: RuleId,
     pub name: String,
-    pub metric: String,
-    pub operator: String,
+    pub metric: Metric,
+    pub operator: Operator,
     pub threshold: f64,
-    pub severity: String,
+    pub severity: Severity,
     pub enabled: bool,
     /// JSON array of device ids, or NULL for every device.
-    pub device_ids: Option<String>,
+    pub device_ids: Option<Json<Vec<DeviceId>>>,
     /// JSON array of tags, or NULL for every device.
-    pub tags: Option<String>,
+    pub tags: Option<Json<Vec<String>>>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -39,25 +46,19 @@ const RULE_COLUMNS: &str =
     "id, name, metric, operator, threshold, severity, enabled, device_ids, tags, created_at, updated_at";
 
 impl RuleRow {
-    /// The domain rule; `None` for a row this version cannot read (never written by herd).
-    pub fn to_rule(&self) -> Option<Rule> {
-        Some(Rule {
-            id: self.id.parse().ok()?,
+    /// The domain rule (the row decoded strictly, so this cannot fail).
+    pub fn to_rule(&self) -> Rule {
+        Rule {
+            id: self.id,
             name: self.name.clone(),
-            metric: Metric::parse(&self.metric)?,
-            operator: Operator::parse(&self.operator)?,
+            metric: self.metric,
+            operator: self.operator,
             threshold: self.threshold,
-            severity: Severity::parse(&self.severity)?,
+            severity: self.severity,
             enabled: self.enabled,
-            device_ids: match &self.device_ids {
-                Some(text) => Some(serde_json::from_str(text).ok()?),
-                None => None,
-            },
-            tags: match &self.tags {
-                Some(text) => Some(serde_json::from_str(text).ok()?),
-                None => None,
-            },
-        })
+            device_ids: self.device_ids.as_ref().map(|ids| ids.0.clone()),
+            tags: self.tags.as_ref().map(|tags| tags.0.clone()),
+        }
     }
 }
 
@@ -75,26 +76,24 @@ pub struct RuleSpec {
 }
 
 impl RuleSpec {
-    fn json_lists(&self) -> (Option<String>, Option<String>) {
-        let ids = self.device_ids.as_ref().map(|ids| serde_json::to_string(ids).unwrap_or_else(|_| "[]".into()));
-        let tags = self.tags.as_ref().map(|tags| serde_json::to_string(tags).unwrap_or_else(|_| "[]".into()));
-        (ids, tags)
+    fn json_lists(&self) -> (Option<Json<&Vec<DeviceId>>>, Option<Json<&Vec<String>>>) {
+        (self.device_ids.as_ref().map(Json), self.tags.as_ref().map(Json))
     }
 }
 
 /// An alert row as stored, with its device's name.
 #[derive(Debug, Clone, FromRow)]
 pub struct AlertRow {
-    pub id: String,
-    pub device_id: String,
+    pub id: AlertId,
+    pub device_id: DeviceId,
     pub device_name: String,
-    pub rule_id: Option<String>,
+    pub rule_id: Option<RuleId>,
     pub rule_name: String,
-    pub metric: String,
-    pub operator: String,
+    pub metric: Metric,
+    pub operator: Operator,
     pub threshold: f64,
-    pub severity: String,
-    pub status: String,
+    pub severity: Severity,
+    pub status: AlertStatus,
     pub value: f64,
     pub last_value: f64,
     pub breach_count: i64,
@@ -207,7 +206,7 @@ impl<'s> MonitoringStore<'s> {
         let rows =
             with_reader!(self.db(), |pool| sqlx::query_as::<_, RuleRow>(&sql).bind(&self.tenant).fetch_all(pool).await)
                 .map_err(classify)?;
-        Ok(rows.iter().filter_map(RuleRow::to_rule).collect())
+        Ok(rows.iter().map(RuleRow::to_rule).collect())
     }
 
     /// One page of rules in creation order (`page.limit + 1` rows).
@@ -243,7 +242,7 @@ impl<'s> MonitoringStore<'s> {
         let mut tx = self.db().begin().await?;
         self.insert_rule(&mut tx, id, spec, now).await?;
         tx.commit().await?;
-        super::invalidate_rules(self.scope.tenant_id());
+        invalidate_rules(self.scope.tenant_id());
         self.get_rule(id).await?.ok_or(StoreError::Other(sqlx::Error::RowNotFound))
     }
 
@@ -302,11 +301,11 @@ impl<'s> MonitoringStore<'s> {
         }
         if !spec.enabled && before.enabled {
             self.resolve_alerts_of_rule(&mut tx, &id_text, "rule_disabled", now).await?;
-        } else if spec.metric.as_str() != before.metric {
+        } else if spec.metric != before.metric {
             self.resolve_alerts_of_rule(&mut tx, &id_text, "rule_changed", now).await?;
         }
         tx.commit().await?;
-        super::invalidate_rules(self.scope.tenant_id());
+        invalidate_rules(self.scope.tenant_id());
         self.get_rule(id).await
     }
 
@@ -328,7 +327,7 @@ impl<'s> MonitoringStore<'s> {
             return Ok(false);
         }
         tx.commit().await?;
-        super::invalidate_rules(self.scope.tenant_id());
+        invalidate_rules(self.scope.tenant_id());
         Ok(true)
     }
 
@@ -341,7 +340,7 @@ impl<'s> MonitoringStore<'s> {
     ) -> Result<(), StoreError> {
         const SQL: &str = "UPDATE alerts SET status = 'resolved', resolved_at = $1, updated_at = $1 \
             WHERE tenant_id = $2 AND rule_id = $3 AND status = 'open' RETURNING id, device_id, metric, severity";
-        let rows: Vec<(String, String, String, String)> = with_tx!(tx, |conn| sqlx::query_as(SQL)
+        let rows: Vec<(AlertId, DeviceId, Metric, Severity)> = with_tx!(tx, |conn| sqlx::query_as(SQL)
             .bind(now)
             .bind(&self.tenant)
             .bind(rule_id)
@@ -349,15 +348,8 @@ impl<'s> MonitoringStore<'s> {
             .await)
         .map_err(classify)?;
         for (alert_id, device_id, metric, severity) in rows {
-            let event = Event::AlertResolved {
-                alert_id: parse(&alert_id)?,
-                device_id: parse(&device_id)?,
-                metric,
-                severity,
-                value: None,
-                reason,
-            };
-            events::record(tx, self.scope.tenant_id(), &event, now).await?;
+            let event = Event::AlertResolved { alert_id, device_id, metric, severity, value: None, reason };
+            tx.record(self.scope.tenant_id(), &event, now);
         }
         Ok(())
     }
@@ -367,10 +359,10 @@ impl<'s> MonitoringStore<'s> {
         const SQL: &str =
             "SELECT id, rule_id FROM alerts WHERE tenant_id = $1 AND device_id = $2 AND status = 'open' AND rule_id IS NOT NULL";
         let device = device_id.to_string();
-        let rows: Vec<(String, String)> =
+        let rows: Vec<(AlertId, RuleId)> =
             with_reader!(self.db(), |pool| sqlx::query_as(SQL).bind(&self.tenant).bind(&device).fetch_all(pool).await)
                 .map_err(classify)?;
-        rows.iter().map(|(id, rule_id)| Ok(OpenAlert { id: parse(id)?, rule_id: parse(rule_id)? })).collect()
+        Ok(rows.into_iter().map(|(id, rule_id)| OpenAlert { id, rule_id }).collect())
     }
 
     /// Writes what [`super::evaluate`] decided for one (device, rule), inside the caller's
@@ -430,12 +422,12 @@ impl<'s> MonitoringStore<'s> {
                         alert_id,
                         device_id,
                         rule_id: rule.id,
-                        metric: rule.metric.as_str().to_string(),
-                        severity: rule.severity.as_str().to_string(),
+                        metric: rule.metric,
+                        severity: rule.severity,
                         value: first_value,
                         threshold: rule.threshold,
                     };
-                    events::record(tx, self.scope.tenant_id(), &event, now).await?;
+                    tx.record(self.scope.tenant_id(), &event, now);
                     alert_id
                 }
             };
@@ -455,12 +447,12 @@ impl<'s> MonitoringStore<'s> {
                     let event = Event::AlertResolved {
                         alert_id,
                         device_id,
-                        metric: rule.metric.as_str().to_string(),
-                        severity: rule.severity.as_str().to_string(),
+                        metric: rule.metric,
+                        severity: rule.severity,
                         value: Some(value),
                         reason: "recovered",
                     };
-                    events::record(tx, self.scope.tenant_id(), &event, now).await?;
+                    tx.record(self.scope.tenant_id(), &event, now);
                 }
             }
         }
@@ -581,7 +573,7 @@ impl<'s> MonitoringStore<'s> {
     /// `metric_samples`.
     pub async fn overview(&self, now: i64) -> Result<Overview, StoreError> {
         let counts = async {
-            with_reader!(self.db(), |pool| sqlx::query_as::<_, (String, i64)>(
+            with_reader!(self.db(), |pool| sqlx::query_as::<_, (DeviceStatus, i64)>(
                 "SELECT status, n FROM device_counts WHERE tenant_id = $1"
             )
             .bind(&self.tenant)
@@ -613,10 +605,9 @@ impl<'s> MonitoringStore<'s> {
         let mut overview = Overview { alerts_last_24h, recent, ..Overview::default() };
         for (status, n) in counts {
             overview.total += n;
-            match status.as_str() {
-                crate::devices::ONLINE => overview.online += n,
-                crate::devices::OFFLINE => overview.offline += n,
-                _ => {}
+            match status {
+                DeviceStatus::Online => overview.online += n,
+                DeviceStatus::Offline => overview.offline += n,
             }
         }
         Ok(overview)
@@ -679,12 +670,12 @@ impl<'s> MonitoringStore<'s> {
                         alert_id: alert.id,
                         device_id: parse(device)?,
                         rule_id: rule.id,
-                        metric: Metric::Offline.as_str().to_string(),
-                        severity: rule.severity.as_str().to_string(),
+                        metric: Metric::Offline,
+                        severity: rule.severity,
                         value: minutes,
                         threshold: rule.threshold,
                     };
-                    events::record(&mut tx, self.scope.tenant_id(), &event, now).await?;
+                    tx.record(self.scope.tenant_id(), &event, now);
                     opened += 1;
                 }
             }
@@ -713,42 +704,84 @@ fn parse<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
 }
 
 /// Cross-tenant (the offline sweep, as the system principal): every enabled `offline` rule.
-pub async fn enabled_offline_rules(db: &Db) -> Result<Vec<(TenantId, Rule)>, StoreError> {
+pub async fn enabled_offline_rules(db: &Db, _system: &System) -> Result<Vec<(TenantId, Rule)>, StoreError> {
     let sql = format!(
         "SELECT tenant_id, {RULE_COLUMNS} FROM monitoring_rules WHERE metric = 'offline' AND enabled = $1 ORDER BY id"
     );
     #[derive(FromRow)]
     struct Row {
-        tenant_id: String,
+        tenant_id: TenantId,
         #[sqlx(flatten)]
         rule: RuleRow,
     }
     let rows =
         with_reader!(db, |pool| sqlx::query_as::<_, Row>(&sql).bind(true).fetch_all(pool).await).map_err(classify)?;
-    Ok(rows.into_iter().filter_map(|row| Some((row.tenant_id.parse().ok()?, row.rule.to_rule()?))).collect())
+    Ok(rows.into_iter().map(|row| (row.tenant_id, row.rule.to_rule())).collect())
 }
 
 /// Cross-tenant (the offline sweep, as the system principal): resolves every open `offline`
 /// alert whose device is online again, with one `alert.resolved` event each. A conditional
 /// `UPDATE … RETURNING`, so concurrent sweeps resolve (and announce) each alert once.
-pub async fn resolve_offline_alerts_of_online_devices(db: &Db, now: i64) -> Result<u64, StoreError> {
+pub async fn resolve_offline_alerts_of_online_devices(db: &Db, _system: &System, now: i64) -> Result<u64, StoreError> {
     const SQL: &str = "UPDATE alerts SET status = 'resolved', resolved_at = $1, updated_at = $1 \
         WHERE metric = 'offline' AND status = 'open' AND device_id IN (SELECT id FROM devices WHERE status = 'online') \
         RETURNING id, tenant_id, device_id, severity";
     let mut tx = db.begin().await?;
-    let rows: Vec<(String, String, String, String)> =
+    let rows: Vec<(AlertId, TenantId, DeviceId, Severity)> =
         with_tx!(&mut tx, |conn| sqlx::query_as(SQL).bind(now).fetch_all(&mut *conn).await).map_err(classify)?;
     for (alert_id, tenant_id, device_id, severity) in &rows {
         let event = Event::AlertResolved {
-            alert_id: parse(alert_id)?,
-            device_id: parse(device_id)?,
-            metric: Metric::Offline.as_str().to_string(),
-            severity: severity.clone(),
+            alert_id: *alert_id,
+            device_id: *device_id,
+            metric: Metric::Offline,
+            severity: *severity,
             value: None,
             reason: "recovered",
         };
-        events::record(&mut tx, parse(tenant_id)?, &event, now).await?;
+        tx.record(*tenant_id, &event, now);
     }
     tx.commit().await?;
     Ok(rows.len() as u64)
+}
+
+/// How long a tenant's rules are served from memory before they are read again. Changes made
+/// through this process invalidate at once; other instances (PostgreSQL deployments) see a rule
+/// change within this time.
+pub const RULE_CACHE_TTL: Duration = Duration::from_secs(5);
+
+struct CachedRules {
+    loaded: Instant,
+    rules: Arc<[Rule]>,
+}
+
+/// The per-tenant rule cache of the ingest hot path. Keyed by tenant id alone: ids are UUIDv7,
+/// unique across databases, so several apps in one process (the tests) never share an entry.
+/// A std `Mutex`: it is held for a map lookup or insert, never across an await.
+static RULE_CACHE: LazyLock<Mutex<HashMap<TenantId, CachedRules>>> = LazyLock::new(Default::default);
+
+/// The tenant's rules (seeding the defaults on first use), from the cache when fresh.
+pub async fn tenant_rules(scope: &TenantScope, now: i64) -> Result<Arc<[Rule]>, StoreError> {
+    let tenant_id = scope.tenant_id();
+    {
+        let cache = RULE_CACHE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(entry) = cache.get(&tenant_id) {
+            if entry.loaded.elapsed() < RULE_CACHE_TTL {
+                return Ok(entry.rules.clone());
+            }
+        }
+    }
+    let store = MonitoringStore::new(scope);
+    store.ensure_defaults(now).await?;
+    let rules: Arc<[Rule]> = store.all_rules().await?.into();
+    let mut cache = RULE_CACHE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if cache.len() > 10_000 {
+        cache.retain(|_, entry| entry.loaded.elapsed() < RULE_CACHE_TTL);
+    }
+    cache.insert(tenant_id, CachedRules { loaded: Instant::now(), rules: rules.clone() });
+    Ok(rules)
+}
+
+/// Forgets a tenant's cached rules; every rule change calls it after committing.
+pub fn invalidate_rules(tenant_id: TenantId) {
+    RULE_CACHE.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&tenant_id);
 }

@@ -1,0 +1,172 @@
+//! The closed set of everything herd announces (DESIGN.md "Events"). Every producer constructs a
+//! variant, so each one is a grep away; the store writes them into the outbox in the transaction
+//! of the change that caused them.
+
+use serde_json::{json, Value};
+
+use crate::clock::from_millis;
+use crate::ids::{AlertId, CertificateId, DeviceId, RuleId, WebhookId};
+use crate::status::{DeviceStatus, KeySource, Metric, Severity};
+
+/// Everything herd announces. Payloads are camelCase JSON objects.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A device was created (`via` is `auto-register` or `admin`).
+    DeviceRegistered {
+        device_id: DeviceId,
+        name: String,
+        via: &'static str,
+    },
+    /// Known identifiers registered again; the device got a fresh token.
+    DeviceReregistered {
+        device_id: DeviceId,
+    },
+    /// Presence changed.
+    DeviceStatusChanged {
+        device_id: DeviceId,
+        from: DeviceStatus,
+        to: DeviceStatus,
+        last_seen: Option<i64>,
+    },
+    DeviceDeleted {
+        device_id: DeviceId,
+    },
+    /// A device certificate was issued (`keySource` `server` or `csr`).
+    CertificateIssued {
+        certificate_id: CertificateId,
+        device_id: DeviceId,
+        serial_number: String,
+        not_after: i64,
+        key_source: KeySource,
+    },
+    /// A certificate entered the renewal-warning window (once per certificate).
+    CertificateExpiring {
+        certificate_id: CertificateId,
+        device_id: DeviceId,
+        not_after: i64,
+        days_left: i64,
+    },
+    /// A certificate was succeeded by `replaced_by_id` (auto-renewal, admin or device renewal).
+    CertificateRenewed {
+        certificate_id: CertificateId,
+        replaced_by_id: CertificateId,
+        device_id: DeviceId,
+    },
+    /// A certificate passed its `notAfter`.
+    CertificateExpired {
+        certificate_id: CertificateId,
+        device_id: DeviceId,
+        not_after: i64,
+    },
+    /// A certificate was revoked (RFC 5280 reason name).
+    CertificateRevoked {
+        certificate_id: CertificateId,
+        device_id: DeviceId,
+        reason: &'static str,
+    },
+    /// A webhook kept failing and was switched off.
+    WebhookDisabled {
+        webhook_id: WebhookId,
+        url: String,
+        reason: String,
+    },
+    /// A monitoring rule was breached and a new alert opened (`monitoring`).
+    AlertOpened {
+        alert_id: AlertId,
+        device_id: DeviceId,
+        rule_id: RuleId,
+        metric: Metric,
+        severity: Severity,
+        value: f64,
+        threshold: f64,
+    },
+    /// An alert was resolved: back within the threshold, or its rule was disabled or deleted.
+    AlertResolved {
+        alert_id: AlertId,
+        device_id: DeviceId,
+        metric: Metric,
+        severity: Severity,
+        /// The value that brought it back within the threshold, if a sample did.
+        value: Option<f64>,
+        /// `recovered`, `rule_disabled` or `rule_deleted`.
+        reason: &'static str,
+    },
+}
+
+/// Every event type herd emits or will emit; webhook subscriptions are checked against it.
+pub const KNOWN_TYPES: &[&str] = &[
+    "device.registered",
+    "device.reregistered",
+    "device.status_changed",
+    "device.deleted",
+    "certificate.issued",
+    "certificate.expiring",
+    "certificate.renewed",
+    "certificate.expired",
+    "certificate.revoked",
+    "alert.opened",
+    "alert.resolved",
+    "webhook.disabled",
+];
+
+impl Event {
+    /// The `type` of the event on the wire.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::DeviceRegistered { .. } => "device.registered",
+            Event::DeviceReregistered { .. } => "device.reregistered",
+            Event::DeviceStatusChanged { .. } => "device.status_changed",
+            Event::DeviceDeleted { .. } => "device.deleted",
+            Event::CertificateIssued { .. } => "certificate.issued",
+            Event::CertificateExpiring { .. } => "certificate.expiring",
+            Event::CertificateRenewed { .. } => "certificate.renewed",
+            Event::CertificateExpired { .. } => "certificate.expired",
+            Event::CertificateRevoked { .. } => "certificate.revoked",
+            Event::WebhookDisabled { .. } => "webhook.disabled",
+            Event::AlertOpened { .. } => "alert.opened",
+            Event::AlertResolved { .. } => "alert.resolved",
+        }
+    }
+
+    /// The `data` of the event on the wire.
+    pub fn data(&self) -> Value {
+        match self {
+            Event::DeviceRegistered { device_id, name, via } => {
+                json!({ "deviceId": device_id, "name": name, "via": via })
+            }
+            Event::DeviceReregistered { device_id } => json!({ "deviceId": device_id }),
+            Event::DeviceStatusChanged { device_id, from, to, last_seen } => json!({
+                "deviceId": device_id, "from": from, "to": to, "lastSeen": last_seen.map(from_millis),
+            }),
+            Event::DeviceDeleted { device_id } => json!({ "deviceId": device_id }),
+            Event::CertificateIssued { certificate_id, device_id, serial_number, not_after, key_source } => json!({
+                "certificateId": certificate_id, "deviceId": device_id, "serialNumber": serial_number,
+                "notAfter": from_millis(*not_after), "keySource": key_source,
+            }),
+            Event::CertificateExpiring { certificate_id, device_id, not_after, days_left } => json!({
+                "certificateId": certificate_id, "deviceId": device_id, "notAfter": from_millis(*not_after),
+                "daysLeft": days_left,
+            }),
+            Event::CertificateRenewed { certificate_id, replaced_by_id, device_id } => json!({
+                "certificateId": certificate_id, "replacedById": replaced_by_id, "deviceId": device_id,
+            }),
+            Event::CertificateExpired { certificate_id, device_id, not_after } => json!({
+                "certificateId": certificate_id, "deviceId": device_id, "notAfter": from_millis(*not_after),
+            }),
+            Event::CertificateRevoked { certificate_id, device_id, reason } => json!({
+                "certificateId": certificate_id, "deviceId": device_id, "reason": reason,
+            }),
+            Event::WebhookDisabled { webhook_id, url, reason } => {
+                json!({ "webhookId": webhook_id, "url": url, "reason": reason })
+            }
+            Event::AlertOpened { alert_id, device_id, rule_id, metric, severity, value, threshold } => json!({
+                "alertId": alert_id, "deviceId": device_id, "ruleId": rule_id, "metric": metric,
+                "severity": severity, "value": value, "threshold": threshold,
+            }),
+            Event::AlertResolved { alert_id, device_id, metric, severity, value, reason } => json!({
+                "alertId": alert_id, "deviceId": device_id, "metric": metric, "severity": severity,
+                "value": value, "reason": reason,
+            }),
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The closed sets of values herd stores and sends as text. Each parses strictly: an unknown
+//! text is an [`UnknownValue`](crate::UnknownValue) error, never a default.
+
+use crate::text_enum;
+
+text_enum!(
+    /// A tenant member's role. Ordered: `Viewer < Operator < Admin`.
+    #[derive(PartialOrd, Ord)]
+    Role "role" {
+        /// Reads everything in the tenant.
+        Viewer = "viewer",
+        /// Also manages devices, commands and updates.
+        Operator = "operator",
+        /// Also manages users, tokens, CA operations and rules.
+        Admin = "admin",
+    }
+);
+
+text_enum!(
+    /// What a member credential is: an API token or a login session.
+    MemberTokenKind "token kind" {
+        Api = "api",
+        Session = "session",
+    }
+);
+
+text_enum!(
+    /// A device's presence.
+    DeviceStatus "device status" {
+        Online = "online",
+        Offline = "offline",
+    }
+);
+
+text_enum!(
+    /// A device certificate's lifecycle state.
+    CertificateStatus "certificate status" {
+        /// Issued for a future `notBefore`; the monitor activates it.
+        Pending = "pending",
+        /// Within its validity window and not revoked.
+        Active = "active",
+        /// Past `notAfter`.
+        Expired = "expired",
+        /// Revoked; final.
+        Revoked = "revoked",
+    }
+);
+
+text_enum!(
+    /// Who made a certificate's key pair.
+    KeySource "key source" {
+        /// herd generated an RSA key (the seed's behaviour) and keeps it in the key store.
+        Server = "server",
+        /// The device generated its key and sent a CSR; herd never sees the private key.
+        Csr = "csr",
+    }
+);
+
+text_enum!(
+    /// An alert's state.
+    AlertStatus "alert status" {
+        Open = "open",
+        Resolved = "resolved",
+    }
+);
+
+text_enum!(
+    /// What a monitoring rule watches.
+    Metric "metric" {
+        /// CPU use, percent.
+        Cpu = "cpu",
+        /// Memory use, percent.
+        Ram = "ram",
+        /// Storage use, percent.
+        Storage = "storage",
+        /// Temperature, °C.
+        Temperature = "temperature",
+        /// Minutes since the device was last seen, while it is offline.
+        Offline = "offline",
+    }
+);
+
+text_enum!(
+    /// How a value is compared with a threshold; the comparison true is a breach.
+    Operator "operator" {
+        Gt = "gt",
+        Gte = "gte",
+        Lt = "lt",
+        Lte = "lte",
+    }
+);
+
+impl Operator {
+    /// True if `value` breaches `threshold` under this operator.
+    pub fn breached(self, value: f64, threshold: f64) -> bool {
+        match self {
+            Operator::Gt => value > threshold,
+            Operator::Gte => value >= threshold,
+            Operator::Lt => value < threshold,
+            Operator::Lte => value <= threshold,
+        }
+    }
+}
+
+text_enum!(
+    /// How loud an alert is. Ordered: `Info < Warning < Critical`.
+    #[derive(PartialOrd, Ord)]
+    Severity "severity" {
+        Info = "info",
+        Warning = "warning",
+        Critical = "critical",
+    }
+);
+
+text_enum!(
+    /// The state of one delivery of one event to one webhook.
+    DeliveryStatus "delivery status" {
+        /// Waiting for its `next_attempt_at`.
+        Pending = "pending",
+        /// Leased by a worker until `locked_until`.
+        InFlight = "in_flight",
+        /// The receiver answered 2xx.
+        Succeeded = "succeeded",
+        /// Out of retries.
+        Dead = "dead",
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_round_trips_and_unknown_text_is_an_error() {
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(*role));
+        }
+        for status in DeliveryStatus::ALL {
+            assert_eq!(status.as_str().parse::<DeliveryStatus>(), Ok(*status));
+        }
+        let error = "superuser".parse::<Role>().unwrap_err();
+        assert_eq!(error.to_string(), "\"superuser\" is not a known role");
+        assert!("Online".parse::<DeviceStatus>().is_err(), "parsing is case-sensitive");
+    }
+
+    #[test]
+    fn roles_and_severities_are_ordered() {
+        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
+        assert!(Severity::Info < Severity::Warning && Severity::Warning < Severity::Critical);
+    }
+
+    #[test]
+    fn wire_form_is_the_stored_form() {
+        assert_eq!(serde_json::to_string(&DeliveryStatus::InFlight).unwrap(), "\"in_flight\"");
+        assert_eq!(serde_json::from_str::<Metric>("\"temperature\"").unwrap(), Metric::Temperature);
+    }
+}

@@ -1,0 +1,154 @@
+//! SQL for presence: writing buffered heartbeats and the sweep that marks silent devices
+//! offline. Both are cross-tenant (one statement covers every tenant's devices) and take the
+//! [`System`] principal; each status change is written with its `device.status_changed` event.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use herd_domain::ids::{DeviceId, TenantId};
+use herd_domain::status::DeviceStatus;
+use herd_domain::Event;
+
+use crate::{classify, with_tx, with_writer, Db, Engine, StoreError, System};
+
+/// Rows per statement when flushing heartbeats or sweeping.
+pub const BATCH: usize = 1000;
+
+/// What a flush did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FlushOutcome {
+    /// Devices whose `lastSeen` advanced.
+    pub written: usize,
+    /// Devices that had been swept offline in the meantime and came back online.
+    pub revived: usize,
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SweepOutcome {
+    /// Devices marked offline (each with one event).
+    pub marked_offline: usize,
+    pub duration: Duration,
+}
+
+/// Writes one batch (at most [`BATCH`]) of buffered heartbeats: `(device, (tenant, lastSeen))`.
+/// Cross-tenant: the buffer holds every tenant's devices, so this acts as the [`System`].
+pub async fn write_last_seen(
+    db: &Db,
+    _system: &System,
+    chunk: &[(DeviceId, (TenantId, i64))],
+) -> Result<FlushOutcome, StoreError> {
+    let values: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
+    let sql = match db.engine() {
+        Engine::Sqlite => format!(
+            "UPDATE devices SET last_seen = v.column2 FROM (VALUES {}) AS v WHERE devices.id = v.column1 \
+             AND devices.status = 'online' AND (devices.last_seen IS NULL OR devices.last_seen < v.column2) RETURNING devices.id",
+            values.join(", ")
+        ),
+        Engine::Postgres => format!(
+            "UPDATE devices AS d SET last_seen = v.ts FROM (VALUES {}) AS v (id, ts) WHERE d.id = v.id \
+             AND d.status = 'online' AND (d.last_seen IS NULL OR d.last_seen < v.ts) RETURNING d.id",
+            values.join(", ")
+        ),
+    };
+    let written: Vec<(DeviceId,)> = with_writer!(db, |pool| {
+        let mut query = sqlx::query_as::<_, (DeviceId,)>(&sql);
+        for (id, (_, at)) in chunk {
+            query = query.bind(id).bind(at);
+        }
+        query.fetch_all(pool).await
+    })
+    .map_err(classify)?;
+    let mut outcome = FlushOutcome { written: written.len(), revived: 0 };
+    if written.len() == chunk.len() {
+        return Ok(outcome);
+    }
+    // The rest were swept offline meanwhile (or deleted, or already have a newer lastSeen):
+    // bring the swept ones back online, with their event, one by one — this is rare.
+    let written: HashSet<DeviceId> = written.into_iter().map(|(id,)| id).collect();
+    for (device, (tenant, at)) in chunk {
+        if !written.contains(device) && revive(db, *device, *tenant, *at).await? {
+            outcome.revived += 1;
+        }
+    }
+    Ok(outcome)
+}
+
+/// Marks a device online again at `at`, with its `device.status_changed` event, if it is offline.
+async fn revive(db: &Db, device: DeviceId, tenant: TenantId, at: i64) -> Result<bool, StoreError> {
+    const SQL: &str = "UPDATE devices SET status = 'online', last_seen = $1, updated_at = $1 \
+                       WHERE tenant_id = $2 AND id = $3 AND status <> 'online' AND (last_seen IS NULL OR last_seen < $1)";
+    let mut tx = db.begin().await?;
+    let changed = with_tx!(&mut tx, |conn| sqlx::query(SQL)
+        .bind(at)
+        .bind(tenant)
+        .bind(device)
+        .execute(&mut *conn)
+        .await
+        .map(|r| r.rows_affected()))
+    .map_err(classify)?;
+    if changed == 0 {
+        return Ok(false);
+    }
+    let event = Event::DeviceStatusChanged {
+        device_id: device,
+        from: DeviceStatus::Offline,
+        to: DeviceStatus::Online,
+        last_seen: Some(at),
+    };
+    tx.record(tenant, &event, at);
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The sweep (DeviceStatusTask): every online device whose `lastSeen` is older than
+/// `now - threshold` becomes offline, in batches, each batch in one transaction with its
+/// events. A device seen exactly `threshold` ago stays online.
+///
+/// Exactly once with several instances: a device flips only from `online`, and on PostgreSQL
+/// each batch locks its rows with `FOR UPDATE SKIP LOCKED`, so two sweeps never take the same
+/// device and a concurrent heartbeat waits for (and then sees) the flip.
+pub async fn sweep(db: &Db, _system: &System, threshold: Duration, now: i64) -> Result<SweepOutcome, StoreError> {
+    let started = Instant::now();
+    let cutoff = now - i64::try_from(threshold.as_millis()).unwrap_or(i64::MAX);
+    let sql = match db.engine() {
+        Engine::Sqlite => "UPDATE devices SET status = 'offline', updated_at = $1 WHERE id IN \
+             (SELECT id FROM devices WHERE status = 'online' AND last_seen < $2 LIMIT $3) \
+             RETURNING id, tenant_id, last_seen"
+            .to_string(),
+        Engine::Postgres => "UPDATE devices AS d SET status = 'offline', updated_at = $1 FROM \
+             (SELECT id FROM devices WHERE status = 'online' AND last_seen < $2 ORDER BY last_seen LIMIT $3 FOR UPDATE SKIP LOCKED) AS s \
+             WHERE d.id = s.id RETURNING d.id, d.tenant_id, d.last_seen"
+            .to_string(),
+    };
+    let mut outcome = SweepOutcome::default();
+    loop {
+        let mut tx = db.begin().await?;
+        let rows: Vec<(DeviceId, TenantId, Option<i64>)> = with_tx!(&mut tx, |conn| sqlx::query_as(&sql)
+            .bind(now)
+            .bind(cutoff)
+            .bind(BATCH as i64)
+            .fetch_all(&mut *conn)
+            .await)
+        .map_err(classify)?;
+        if rows.is_empty() {
+            break;
+        }
+        for (device_id, tenant_id, last_seen) in &rows {
+            let event = Event::DeviceStatusChanged {
+                device_id: *device_id,
+                from: DeviceStatus::Online,
+                to: DeviceStatus::Offline,
+                last_seen: *last_seen,
+            };
+            tx.record(*tenant_id, &event, now);
+        }
+        tx.commit().await?;
+        outcome.marked_offline += rows.len();
+        if rows.len() < BATCH {
+            break;
+        }
+    }
+    outcome.duration = started.elapsed();
+    Ok(outcome)
+}
