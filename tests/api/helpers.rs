@@ -26,7 +26,8 @@ pub(crate) const ADMIN_TOKEN: &str = "test-bootstrap-token-0123456789abcdef";
 
 /// Generates one `#[tokio::test]` per engine for each listed test:
 /// `sqlite::NAME` always, `postgres::NAME` on a fresh PostgreSQL database when
-/// `HERD_TEST_DATABASE_URL` is set (it fails, not skips, if that server is unreachable).
+/// `HERD_TEST_DATABASE_URL` is set (it fails, not skips, if that server is unreachable; under CI
+/// it fails when the variable is missing, see [`postgres_variant_runs`]).
 macro_rules! engine_tests {
     ($(async fn $name:ident($app:ident) $body:block)*) => {
         mod sqlite {
@@ -46,8 +47,7 @@ macro_rules! engine_tests {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    if !crate::helpers::postgres_configured() {
-                        eprintln!("HERD_TEST_DATABASE_URL is not set: PostgreSQL variant not run");
+                    if !crate::helpers::postgres_variant_runs() {
                         return;
                     }
                     let $app = crate::helpers::spawn_app(crate::helpers::Engine::Postgres).await;
@@ -61,6 +61,23 @@ pub(crate) use engine_tests;
 
 pub(crate) fn postgres_configured() -> bool {
     std::env::var("HERD_TEST_DATABASE_URL").map(|v| !v.is_empty()).unwrap_or(false)
+}
+
+/// The gate of every PostgreSQL variant: true when `HERD_TEST_DATABASE_URL` is set. Without it
+/// a local run skips the variant with a message, but a CI run (`CI` set and non-empty) panics:
+/// a pipeline that lost the variable must fail, not pass on SQLite alone.
+pub(crate) fn postgres_variant_runs() -> bool {
+    if postgres_configured() {
+        return true;
+    }
+    if std::env::var("CI").map(|v| !v.is_empty()).unwrap_or(false) {
+        panic!(
+            "CI is set but HERD_TEST_DATABASE_URL is not: the PostgreSQL variants must run in CI \
+             (set it, e.g. postgres://postgres@127.0.0.1:5432/test)"
+        );
+    }
+    eprintln!("HERD_TEST_DATABASE_URL is not set: PostgreSQL variant not run");
+    false
 }
 
 /// Options of a test app.

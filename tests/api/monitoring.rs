@@ -7,8 +7,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    engine_tests, error_fields, expect_json, expect_problem, postgres_configured, spawn_app_with, Engine, SpawnOptions,
-    TestApp, ADMIN_TOKEN,
+    engine_tests, error_fields, expect_json, expect_problem, postgres_variant_runs, spawn_app_with, Engine,
+    SpawnOptions, TestApp, ADMIN_TOKEN,
 };
 use crate::telemetry::{database, device, now, rfc3339};
 
@@ -432,8 +432,7 @@ async fn sqlite_offline_rules_fire_after_their_threshold_and_resolve_when_back()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_offline_rules_fire_after_their_threshold_and_resolve_when_back() {
-    if !postgres_configured() {
-        eprintln!("HERD_TEST_DATABASE_URL is not set: PostgreSQL variant not run");
+    if !postgres_variant_runs() {
         return;
     }
     offline_rules_scenario(Engine::Postgres).await;

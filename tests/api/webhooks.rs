@@ -82,7 +82,7 @@ macro_rules! webhook_tests {
     ($($name:ident($engine:expr)),*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            if $engine == Engine::Postgres && !crate::helpers::postgres_configured() {
+            if $engine == Engine::Postgres && !crate::helpers::postgres_variant_runs() {
                 return;
             }
             let app = spawn($engine).await;
