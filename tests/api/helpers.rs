@@ -109,9 +109,17 @@ pub(crate) struct TestApp {
     postgres: Option<PostgresDatabase>,
 }
 
-struct PostgresDatabase {
+/// A fresh PostgreSQL database on the `HERD_TEST_DATABASE_URL` server, dropped with this value.
+pub struct PostgresDatabase {
     admin_url: String,
     name: String,
+}
+
+impl PostgresDatabase {
+    /// The URL of this database.
+    pub fn url(&self) -> String {
+        database_url(&self.admin_url, &self.name)
+    }
 }
 
 impl Drop for PostgresDatabase {
@@ -145,7 +153,7 @@ pub(crate) async fn spawn_app_with(engine: Engine, options: SpawnOptions) -> Tes
         Engine::Sqlite => None,
         Engine::Postgres => {
             let database = create_postgres_database().await;
-            settings.database_url = database_url(&database.admin_url, &database.name);
+            settings.database_url = database.url();
             Some(database)
         }
     };
@@ -180,7 +188,8 @@ async fn start(
     }
 }
 
-async fn create_postgres_database() -> PostgresDatabase {
+/// Creates a fresh database; panics if `HERD_TEST_DATABASE_URL` is missing or unreachable.
+pub async fn create_postgres_database() -> PostgresDatabase {
     let admin_url = std::env::var("HERD_TEST_DATABASE_URL").expect("HERD_TEST_DATABASE_URL");
     let mut conn = sqlx::PgConnection::connect(&admin_url)
         .await

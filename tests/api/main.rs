@@ -11,6 +11,7 @@ mod edge;
 mod events;
 mod monitoring;
 mod presence;
+mod schema;
 mod settings;
 mod telemetry;
 mod tenants;
