@@ -110,14 +110,14 @@ pub(crate) struct TestApp {
 }
 
 /// A fresh PostgreSQL database on the `HERD_TEST_DATABASE_URL` server, dropped with this value.
-pub struct PostgresDatabase {
+pub(crate) struct PostgresDatabase {
     admin_url: String,
     name: String,
 }
 
 impl PostgresDatabase {
     /// The URL of this database.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         database_url(&self.admin_url, &self.name)
     }
 }
@@ -189,7 +189,7 @@ async fn start(
 }
 
 /// Creates a fresh database; panics if `HERD_TEST_DATABASE_URL` is missing or unreachable.
-pub async fn create_postgres_database() -> PostgresDatabase {
+pub(crate) async fn create_postgres_database() -> PostgresDatabase {
     let admin_url = std::env::var("HERD_TEST_DATABASE_URL").expect("HERD_TEST_DATABASE_URL");
     let mut conn = sqlx::PgConnection::connect(&admin_url)
         .await

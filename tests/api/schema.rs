@@ -1,6 +1,6 @@
 //! Schema parity: `migrations/sqlite` and `migrations/postgres` must build the same schema.
 //!
-//! Both databases are migrated by herd's own code (`Db::connect` then `migrate`, nothing else
+//! Both databases are migrated by herd's own code (`Db::open` then `migrate`, nothing else
 //! of herd's API) and then read back through catalogs with plain sqlx connections. Each
 //! engine's schema becomes a map of facts (`table T`, `column T.c`, `index N`, `unique
 //! constraint ...`) with an engine-neutral description, and the test fails with a fact-by-fact
@@ -89,7 +89,7 @@ async fn sqlite_and_postgres_migrations_build_the_same_schema() {
 /// Migrates the database at `url` with herd's own code. These are the test's only two calls
 /// into herd, so that moving `herd::store` elsewhere changes nothing here but the path.
 async fn migrate(url: &str) {
-    let db = herd::store::Db::connect(url).await.unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
+    let (db, _system) = herd::store::Db::open(url).await.unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
     db.migrate().await.unwrap_or_else(|e| panic!("migrating {url} failed: {e}"));
 }
 
