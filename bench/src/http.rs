@@ -112,7 +112,7 @@ impl Connection {
 
     /// Sends `request` and reads the whole response.
     pub async fn send(&mut self, request: &Request) -> Result<Response> {
-        if self.sender.as_ref().map_or(true, |sender| sender.is_closed()) {
+        if self.sender.as_ref().is_none_or(|sender| sender.is_closed()) {
             self.sender = Some(open(self.addr).await?);
         }
         let sender = self.sender.as_mut().ok_or_else(|| anyhow!("connection to {} not open", self.addr))?;

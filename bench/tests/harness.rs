@@ -3,6 +3,8 @@
 //! none). This proves that each phase measures when its endpoint exists, reports
 //! `available: false` when it does not, stops the server, and writes the results file. It asserts
 //! no timing. Needs Node.js (the fake and the certificate peer).
+// Test and example code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 use std::time::Duration;

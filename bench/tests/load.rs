@@ -1,6 +1,8 @@
 //! The load generator against a tiny HTTP/1.1 server written here: it proves that workers keep
 //! one connection each, that job counts and deadlines are honoured, and that rejected responses
 //! are counted as failures rather than measured. No herd server is involved.
+// Test and example code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

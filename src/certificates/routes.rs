@@ -175,7 +175,7 @@ async fn list_device_certificates(
     let page = params.page()?;
     prove_device(scope, device_id).await?;
     let rows = CertificateStore::new(scope).list_for_device(device_id, &page).await?;
-    Ok(Json(ListResponse::from_rows(rows, page.limit, |row| row.id.clone(), CertificateDto::from)))
+    Ok(Json(ListResponse::from_rows(rows, page.limit, |row| row.id, CertificateDto::from)))
 }
 
 /// Filters of `GET /certificates`.
@@ -231,7 +231,7 @@ async fn list_certificates(
         device_id,
     };
     let rows = CertificateStore::new(scope).list(&filter, &page).await?;
-    Ok(Json(ListResponse::from_rows(rows, page.limit, |row| row.id.clone(), CertificateDto::from)))
+    Ok(Json(ListResponse::from_rows(rows, page.limit, |row| row.id, CertificateDto::from)))
 }
 
 /// One certificate record of the tenant.

@@ -1,6 +1,8 @@
 //! herd's one integration test binary (matklad's "Delete Cargo Integration Tests"): every
 //! module here runs against the real server on a real port, once on SQLite and once on
 //! PostgreSQL when `HERD_TEST_DATABASE_URL` is set (see `helpers::engine_tests!`).
+// Test and example code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used)]
 
 mod helpers;
 

@@ -1,6 +1,8 @@
 //! Writes a sample CA certificate, a leaf from each key source and a CRL into a directory, so
 //! external linters (pkilint in CI) can check what herd-pki emits:
 //! `cargo run -p herd-pki --example write_samples -- DIR`.
+// Test and example code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};

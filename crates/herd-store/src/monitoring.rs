@@ -75,8 +75,11 @@ pub struct RuleSpec {
     pub tags: Option<Vec<String>>,
 }
 
+/// A rule's device and tag scopes, ready to bind as JSON text.
+type ScopeLists<'a> = (Option<Json<&'a Vec<DeviceId>>>, Option<Json<&'a Vec<String>>>);
+
 impl RuleSpec {
-    fn json_lists(&self) -> (Option<Json<&Vec<DeviceId>>>, Option<Json<&Vec<String>>>) {
+    fn json_lists(&self) -> ScopeLists<'_> {
         (self.device_ids.as_ref().map(Json), self.tags.as_ref().map(Json))
     }
 }

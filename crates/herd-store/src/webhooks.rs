@@ -223,9 +223,9 @@ pub async fn insert_delivery(
         ON CONFLICT (webhook_id, event_seq) DO NOTHING";
     let id = DeliveryId::new();
     with_tx!(tx, |conn| sqlx::query(SQL)
-        .bind(&id)
-        .bind(&webhook.id)
-        .bind(&webhook.tenant_id)
+        .bind(id)
+        .bind(webhook.id)
+        .bind(webhook.tenant_id)
         .bind(seq)
         .bind(event_id)
         .bind(event_type)
