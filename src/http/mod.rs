@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod unread_body;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,6 +109,8 @@ pub fn router(state: AppState) -> Router {
                 }))
                 .timeout(timeout),
         )
+        // Outermost, so that it sees every answer given before the request body was read.
+        .layer(middleware::from_fn(unread_body::finish_unread_body))
         .with_state(state)
 }
 

@@ -8,6 +8,7 @@ mod helpers;
 
 mod auth;
 mod certificates;
+mod connections;
 mod devices;
 mod edge;
 mod events;
