@@ -153,13 +153,6 @@ async fn put_settings(
     let trim = |value: &Option<String>| value.as_deref().map(|v| v.trim().to_string());
     let fields =
         SettingsFields { display_name: trim(&body.display_name), timezone: trim(&body.timezone), notes: body.notes };
-    let settings =
-        SettingsStore::new(scope).put(id, body.version, &fields, now).await.map_err(|error| match error {
-            SettingsError::VersionConflict(current) => ApiError::Conflict(format!(
-                "the settings were changed by someone else (current version {current}); read them again and retry"
-            )),
-            SettingsError::Store(error) => error.into(),
-        })?;
     let mut tags: Vec<String> = Vec::new();
     for tag in body.tags.iter().map(|t| t.trim().to_string()) {
         if !tags.contains(&tag) {
@@ -167,7 +160,14 @@ async fn put_settings(
         }
     }
     let patch = DevicePatch { location: Some(trim(&body.location)), tags: Some(tags), ..DevicePatch::default() };
-    let device = DeviceStore::new(scope).update(id, &patch, now).await?.ok_or_else(|| ApiError::not_found("device"))?;
+    let (settings, device) =
+        SettingsStore::new(scope).put(id, body.version, &fields, &patch, now).await.map_err(|error| match error {
+            SettingsError::VersionConflict(current) => ApiError::Conflict(format!(
+                "the settings were changed by someone else (current version {current}); read them again and retry"
+            )),
+            SettingsError::DeviceNotFound => ApiError::not_found("device"),
+            SettingsError::Store(error) => error.into(),
+        })?;
     Ok(Json(dto(device, Some(settings))))
 }
 

@@ -215,6 +215,24 @@ fn database_url(admin_url: &str, name: &str) -> String {
 }
 
 impl TestApp {
+    /// Runs one statement on the app's database over a connection of the test's own (the
+    /// server's handle has no way to run SQL from outside the store crate, on purpose).
+    pub(crate) async fn execute_sql(&self, statement: &str) {
+        let url = &self.settings.database_url;
+        match self.engine {
+            Engine::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.expect("sqlite connection");
+                sqlx::query(statement).execute(&mut conn).await.expect("statement");
+                conn.close().await.expect("close");
+            }
+            Engine::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(url).await.expect("postgres connection");
+                sqlx::query(statement).execute(&mut conn).await.expect("statement");
+                conn.close().await.expect("close");
+            }
+        }
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.address, path)
     }

@@ -4,7 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{engine_tests, error_fields, expect_json, expect_problem, TestApp, ADMIN_TOKEN};
+use crate::helpers::{engine_tests, error_fields, expect_json, expect_problem, Engine, TestApp, ADMIN_TOKEN};
 use crate::telemetry::device;
 
 async fn put(app: &TestApp, path: &str, token: &str, body: Value) -> reqwest::Response {
@@ -41,6 +41,37 @@ engine_tests! {
         let third = expect_json(put(&app, &path, ADMIN_TOKEN, json!({ "timezone": "UTC" })).await, StatusCode::OK).await;
         assert_eq!(third["version"], 3);
         assert_eq!(third["displayName"], Value::Null);
+    }
+
+    async fn settings_and_device_fields_are_written_together_or_not_at_all(app) {
+        let (id, _) = device(&app, ADMIN_TOKEN, "S-5").await;
+        let path = format!("/devices/{id}/settings");
+        let first = json!({ "displayName": "Lobby", "location": "Lobby", "tags": ["lobby"], "version": 0 });
+        expect_json(put(&app, &path, ADMIN_TOKEN, first).await, StatusCode::OK).await;
+        // Make the device half of the write fail: a trigger refuses one location.
+        let statements: &[&str] = match app.engine {
+            Engine::Sqlite => &["CREATE TRIGGER refuse_location BEFORE UPDATE ON devices WHEN NEW.location = 'Nowhere' \
+                BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"],
+            Engine::Postgres => &[
+                "CREATE FUNCTION refuse_location() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                    IF NEW.location = 'Nowhere' THEN RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$",
+                "CREATE TRIGGER refuse_location BEFORE UPDATE ON devices FOR EACH ROW EXECUTE FUNCTION refuse_location()",
+            ],
+        };
+        for statement in statements {
+            app.execute_sql(statement).await;
+        }
+        let refused = json!({ "displayName": "Nowhere", "location": "Nowhere", "tags": ["gone"], "version": 1 });
+        expect_problem(put(&app, &path, ADMIN_TOKEN, refused).await, StatusCode::INTERNAL_SERVER_ERROR).await;
+        // The document did not move without its location and tags.
+        let settings = expect_json(app.get(&path, ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!((&settings["version"], &settings["displayName"], &settings["location"]), (&json!(1), &json!("Lobby"), &json!("Lobby")));
+        assert_eq!(settings["tags"], json!(["lobby"]));
+        // And a version conflict leaves location and tags alone too.
+        let stale = json!({ "displayName": "Stale", "location": "Elsewhere", "tags": ["stale"], "version": 0 });
+        expect_problem(put(&app, &path, ADMIN_TOKEN, stale).await, StatusCode::CONFLICT).await;
+        let device = expect_json(app.get(&format!("/devices/{id}"), ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!((&device["location"], &device["tags"]), (&json!("Lobby"), &json!(["lobby"])));
     }
 
     async fn settings_are_validated_and_need_an_operator(app) {

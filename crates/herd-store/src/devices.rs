@@ -350,6 +350,24 @@ impl<'s> DeviceStore<'s> {
 
     /// Applies a partial update; `None` if the device does not exist in this tenant.
     pub async fn update(&self, id: DeviceId, patch: &DevicePatch, now: i64) -> Result<Option<DeviceRow>, StoreError> {
+        let mut tx = self.db().begin().await?;
+        if !self.update_in(&mut tx, id, patch, now).await? {
+            return Ok(None);
+        }
+        let row = self.get_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// [`DeviceStore::update`] inside the caller's transaction (which also locks the row on
+    /// PostgreSQL until it ends); false if the device does not exist in this tenant.
+    pub(crate) async fn update_in(
+        &self,
+        tx: &mut Tx,
+        id: DeviceId,
+        patch: &DevicePatch,
+        now: i64,
+    ) -> Result<bool, StoreError> {
         let mut sets: Vec<String> = Vec::new();
         let mut values: Vec<Option<String>> = Vec::new();
         let mut push = |column: &str, value: Option<String>| {
@@ -377,8 +395,7 @@ impl<'s> DeviceStore<'s> {
         let n = values.len();
         sets.push(format!("updated_at = ${}", n + 1));
         let sql = format!("UPDATE devices SET {} WHERE tenant_id = ${} AND id = ${}", sets.join(", "), n + 2, n + 3);
-        let mut tx = self.db().begin().await?;
-        let affected = with_tx!(&mut tx, |conn| {
+        let affected = with_tx!(tx, |conn| {
             let mut query = sqlx::query(&sql);
             for value in &values {
                 query = query.bind(value);
@@ -387,14 +404,12 @@ impl<'s> DeviceStore<'s> {
         })
         .map_err(classify)?;
         if affected == 0 {
-            return Ok(None);
+            return Ok(false);
         }
         if let Some(tags) = &patch.tags {
-            self.write_tags(&mut tx, id, tags).await?;
+            self.write_tags(tx, id, tags).await?;
         }
-        let row = self.get_in(&mut tx, id).await?;
-        tx.commit().await?;
-        Ok(row)
+        Ok(true)
     }
 
     /// Deletes a device; its token stops working with it. False if there was no such device.

@@ -4,6 +4,7 @@
 
 use sqlx::FromRow;
 
+use crate::devices::{DevicePatch, DeviceRow, DeviceStore};
 use crate::TenantScope;
 use crate::{classify, Db, StoreError};
 use crate::{with_tx, with_writer};
@@ -33,6 +34,9 @@ pub enum SettingsError {
     /// The client's `version` is not the current one (which is given).
     #[error("the settings have changed: the current version is {0}")]
     VersionConflict(i64),
+    /// The device is not in this tenant (any more).
+    #[error("no such device")]
+    DeviceNotFound,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -65,23 +69,30 @@ impl<'s> SettingsStore<'s> {
         .map_err(classify)
     }
 
-    /// Replaces the settings, bumping the version. With `expected`, only if the current version
-    /// (0 before the first write) is that one; a concurrent writer that got there first also
-    /// makes this a [`SettingsError::VersionConflict`]. The caller has checked that the device
-    /// is in this tenant.
+    /// Replaces the settings, bumping the version, and applies `patch` (location and tags, the
+    /// device record's own fields) in the same transaction, so the document and the device
+    /// change together or not at all. With `expected`, only if the current version (0 before
+    /// the first write) is that one; a concurrent writer that got there first also makes this a
+    /// [`SettingsError::VersionConflict`]. The device row is written first: on PostgreSQL its
+    /// lock orders concurrent writers of one device (and a delete) before they touch the
+    /// settings row.
     pub async fn put(
         &self,
         device_id: DeviceId,
         expected: Option<i64>,
         fields: &SettingsFields,
+        patch: &DevicePatch,
         now: i64,
-    ) -> Result<SettingsRow, SettingsError> {
+    ) -> Result<(SettingsRow, DeviceRow), SettingsError> {
         let device = device_id.to_string();
         let current = self.get(device_id).await?.map_or(0, |row| row.version);
         if expected.is_some_and(|expected| expected != current) {
             return Err(SettingsError::VersionConflict(current));
         }
         let mut tx = self.db().begin().await?;
+        if !DeviceStore::new(self.scope).update_in(&mut tx, device_id, patch, now).await? {
+            return Err(SettingsError::DeviceNotFound);
+        }
         let written = if current == 0 {
             const SQL: &str = "INSERT INTO device_settings (device_id, tenant_id, display_name, timezone, notes, \
                 version, updated_at) VALUES ($1, $2, $3, $4, $5, 1, $6) ON CONFLICT DO NOTHING";
@@ -118,6 +129,9 @@ impl<'s> SettingsStore<'s> {
             return Err(SettingsError::VersionConflict(now_current));
         }
         tx.commit().await?;
-        self.get(device_id).await?.ok_or(SettingsError::Store(StoreError::Other(sqlx::Error::RowNotFound)))
+        let missing = || SettingsError::Store(StoreError::Other(sqlx::Error::RowNotFound));
+        let settings = self.get(device_id).await?.ok_or_else(missing)?;
+        let device = DeviceStore::new(self.scope).get(device_id).await?.ok_or_else(missing)?;
+        Ok((settings, device))
     }
 }
