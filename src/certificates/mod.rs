@@ -235,8 +235,13 @@ impl CertificateService {
         let new = NewCertificate { record: &record, certificate_pem: &issued.pem, key: &key_columns };
 
         let mut tx = self.db.begin().await?;
-        store::insert(&mut tx, &new).await?;
         let tenant_id = scope.tenant_id();
+        // Proven again in the transaction: a delete since `prove_device` must not leave an
+        // active certificate for a device that no longer exists.
+        if !store::lock_device(&mut tx, self.db.engine(), tenant_id, device_id).await? {
+            return Err(CertificateError::NotFound("device"));
+        }
+        store::insert(&mut tx, &new).await?;
         if let Some(old) = replaces {
             if !store::mark_replaced(&mut tx, scope, old, id).await? {
                 return Err(CertificateError::Conflict(

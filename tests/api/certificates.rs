@@ -387,6 +387,50 @@ certificate_tests! {
         assert_eq!(parsed.iter_revoked_certificates().next().unwrap().reason_code().map(|(_, c)| c.0), Some(5));
     }
 
+    async fn a_device_deleted_while_its_certificate_is_issued_gets_none(app) {
+        let (device_id, _) = device(&app, ADMIN_TOKEN, "Doomed").await;
+        // A delete that has run (row gone, certificates revoked) but not committed yet: the
+        // issue below proves the device against committed data and finds it.
+        let mut delete = app.state.db.begin().await.expect("begin");
+        let (tenant,): (String,) = herd::with_tx!(&mut delete, |conn| sqlx::query_as("DELETE FROM devices WHERE id = $1 RETURNING tenant_id")
+            .bind(&device_id)
+            .fetch_one(&mut *conn)
+            .await)
+        .expect("delete");
+        let now = to_millis(app.clock.now());
+        herd::certificates::revoke_for_deleted_device(&mut delete, tenant.parse().unwrap(), device_id.parse().unwrap(), now).await.expect("revoke");
+        let (_, pem) = csr(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let request = app.client.post(app.url(&format!("/devices/{device_id}/certificates"))).bearer_auth(ADMIN_TOKEN).json(&json!({ "csr": pem })).send();
+        let request = tokio::spawn(request);
+        // Let the issue get as far as it can while the delete is open: on PostgreSQL until it
+        // waits for the device's row lock (or, without one, answers); on SQLite it waits for the
+        // one writer connection.
+        let deadline = std::time::Instant::now() + StdDuration::from_secs(10);
+        while !request.is_finished() && std::time::Instant::now() < deadline {
+            if app.engine == Engine::Postgres {
+                let waiting: i64 = herd::with_reader!(&app.state.db, |pool| sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
+                    .fetch_one(pool)
+                    .await)
+                .expect("pg_stat_activity");
+                if waiting > 0 {
+                    break;
+                }
+            } else if std::time::Instant::now() + StdDuration::from_secs(9) > deadline {
+                break;
+            }
+            tokio::time::sleep(StdDuration::from_millis(20)).await;
+        }
+        delete.commit().await.expect("commit");
+        let response = request.await.expect("task").expect("response");
+        expect_problem(response, StatusCode::NOT_FOUND).await;
+        let certificates: i64 = herd::with_reader!(&app.state.db, |pool| sqlx::query_scalar("SELECT count(*) FROM certificates WHERE device_id = $1")
+            .bind(&device_id)
+            .fetch_one(pool)
+            .await)
+        .expect("count");
+        assert_eq!(certificates, 0, "no certificate for a deleted device");
+    }
+
     async fn validation_reports_every_failed_check(app) {
         let (device_id, _) = device(&app, ADMIN_TOKEN, "V").await;
         let body = issue(&app, ADMIN_TOKEN, &device_id, None).await;
