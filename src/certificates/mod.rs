@@ -238,7 +238,7 @@ impl CertificateService {
         let tenant_id = scope.tenant_id();
         // Proven again in the transaction: a delete since `prove_device` must not leave an
         // active certificate for a device that no longer exists.
-        if !store::lock_device(&mut tx, self.db.engine(), tenant_id, device_id).await? {
+        if !store::lock_device(&mut tx, scope, device_id).await? {
             return Err(CertificateError::NotFound("device"));
         }
         store::insert(&mut tx, &new).await?;

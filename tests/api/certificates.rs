@@ -389,45 +389,49 @@ certificate_tests! {
 
     async fn a_device_deleted_while_its_certificate_is_issued_gets_none(app) {
         let (device_id, _) = device(&app, ADMIN_TOKEN, "Doomed").await;
-        // A delete that has run (row gone, certificates revoked) but not committed yet: the
-        // issue below proves the device against committed data and finds it.
-        let mut delete = app.state.db.begin().await.expect("begin");
-        let (tenant,): (String,) = herd::with_tx!(&mut delete, |conn| sqlx::query_as("DELETE FROM devices WHERE id = $1 RETURNING tenant_id")
-            .bind(&device_id)
-            .fetch_one(&mut *conn)
-            .await)
-        .expect("delete");
-        let now = to_millis(app.clock.now());
-        herd::certificates::revoke_for_deleted_device(&mut delete, tenant.parse().unwrap(), device_id.parse().unwrap(), now).await.expect("revoke");
+        // PostgreSQL: a delete that has run (row gone, certificates revoked) but not committed
+        // yet, as another instance's would be: the issue below proves the device against
+        // committed data and finds it. SQLite has one herd process with one writer, so no
+        // delete can interleave there: the delete commits first and the issue must still 404.
+        let mut delete = app.raw().await;
+        delete.begin_write().await;
+        assert_eq!(delete.execute("DELETE FROM devices WHERE id = $1", &[&device_id]).await, 1);
+        delete
+            .execute(
+                "UPDATE certificates SET status = 'revoked', revocation_reason = 'cessationOfOperation' \
+                 WHERE device_id = $1 AND status IN ('pending', 'active')",
+                &[&device_id],
+            )
+            .await;
+        if app.engine == Engine::Sqlite {
+            delete.execute("COMMIT", &[]).await;
+        }
         let (_, pem) = csr(&rcgen::PKCS_ECDSA_P256_SHA256);
         let request = app.client.post(app.url(&format!("/devices/{device_id}/certificates"))).bearer_auth(ADMIN_TOKEN).json(&json!({ "csr": pem })).send();
         let request = tokio::spawn(request);
-        // Let the issue get as far as it can while the delete is open: on PostgreSQL until it
-        // waits for the device's row lock (or, without one, answers); on SQLite it waits for the
-        // one writer connection.
-        let deadline = std::time::Instant::now() + StdDuration::from_secs(10);
-        while !request.is_finished() && std::time::Instant::now() < deadline {
-            if app.engine == Engine::Postgres {
-                let waiting: i64 = herd::with_reader!(&app.state.db, |pool| sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
-                    .fetch_one(pool)
-                    .await)
-                .expect("pg_stat_activity");
+        if app.engine == Engine::Postgres {
+            // Let the issue get as far as it can while the delete is open: until it waits for
+            // the device's row lock (or, without the lock, answers).
+            let deadline = std::time::Instant::now() + StdDuration::from_secs(10);
+            while !request.is_finished() && std::time::Instant::now() < deadline {
+                let mut probe = app.raw().await;
+                let waiting = probe
+                    .scalar_i64("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'", &[])
+                    .await;
+                probe.close().await;
                 if waiting > 0 {
                     break;
                 }
-            } else if std::time::Instant::now() + StdDuration::from_secs(9) > deadline {
-                break;
+                tokio::time::sleep(StdDuration::from_millis(20)).await;
             }
-            tokio::time::sleep(StdDuration::from_millis(20)).await;
+            delete.execute("COMMIT", &[]).await;
         }
-        delete.commit().await.expect("commit");
+        delete.close().await;
         let response = request.await.expect("task").expect("response");
         expect_problem(response, StatusCode::NOT_FOUND).await;
-        let certificates: i64 = herd::with_reader!(&app.state.db, |pool| sqlx::query_scalar("SELECT count(*) FROM certificates WHERE device_id = $1")
-            .bind(&device_id)
-            .fetch_one(pool)
-            .await)
-        .expect("count");
+        let mut check = app.raw().await;
+        let certificates = check.scalar_i64("SELECT count(*) FROM certificates WHERE device_id = $1", &[&device_id]).await;
+        check.close().await;
         assert_eq!(certificates, 0, "no certificate for a deleted device");
     }
 

@@ -80,6 +80,71 @@ pub(crate) fn postgres_variant_runs() -> bool {
     false
 }
 
+/// A test's own connection to an app's database (see [`TestApp::raw`]). Statements bind text
+/// parameters only, which is all the tests need (ids are text on both engines).
+pub(crate) enum RawConn {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+macro_rules! on_raw {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            RawConn::Sqlite($c) => $body,
+            RawConn::Postgres($c) => $body,
+        }
+    };
+}
+
+impl RawConn {
+    /// Runs a statement; answers the rows it affected.
+    pub(crate) async fn execute(&mut self, sql: &str, binds: &[&str]) -> u64 {
+        on_raw!(self, |conn| {
+            let mut query = sqlx::query(sql);
+            for bind in binds {
+                query = query.bind(*bind);
+            }
+            query.execute(&mut *conn).await.map(|r| r.rows_affected()).unwrap_or_else(|e| panic!("{sql}: {e}"))
+        })
+    }
+
+    /// The one integer a query answers.
+    pub(crate) async fn scalar_i64(&mut self, sql: &str, binds: &[&str]) -> i64 {
+        on_raw!(self, |conn| {
+            let mut query = sqlx::query_scalar::<_, i64>(sql);
+            for bind in binds {
+                query = query.bind(*bind);
+            }
+            query.fetch_one(&mut *conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+        })
+    }
+
+    /// The one text a query answers.
+    pub(crate) async fn scalar_text(&mut self, sql: &str, binds: &[&str]) -> String {
+        on_raw!(self, |conn| {
+            let mut query = sqlx::query_scalar::<_, String>(sql);
+            for bind in binds {
+                query = query.bind(*bind);
+            }
+            query.fetch_one(&mut *conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+        })
+    }
+
+    /// Opens a write transaction that takes its locks at once (`BEGIN IMMEDIATE` on SQLite, so
+    /// the app's writer waits for it as it would for another instance).
+    pub(crate) async fn begin_write(&mut self) {
+        let begin = match self {
+            RawConn::Sqlite(_) => "BEGIN IMMEDIATE",
+            RawConn::Postgres(_) => "BEGIN",
+        };
+        self.execute(begin, &[]).await;
+    }
+
+    pub(crate) async fn close(self) {
+        on_raw!(self, |conn| conn.close().await.expect("close"))
+    }
+}
+
 /// Options of a test app.
 pub(crate) struct SpawnOptions {
     pub bootstrap_token: Option<String>,
@@ -215,22 +280,22 @@ fn database_url(admin_url: &str, name: &str) -> String {
 }
 
 impl TestApp {
-    /// Runs one statement on the app's database over a connection of the test's own (the
-    /// server's handle has no way to run SQL from outside the store crate, on purpose).
-    pub(crate) async fn execute_sql(&self, statement: &str) {
+    /// A connection of the test's own to the app's database. The app's `Db` runs no SQL from
+    /// outside the store crate (on purpose), so tests that inspect rows or hold locks bring
+    /// their own connection.
+    pub(crate) async fn raw(&self) -> RawConn {
         let url = &self.settings.database_url;
         match self.engine {
-            Engine::Sqlite => {
-                let mut conn = sqlx::SqliteConnection::connect(url).await.expect("sqlite connection");
-                sqlx::query(statement).execute(&mut conn).await.expect("statement");
-                conn.close().await.expect("close");
-            }
-            Engine::Postgres => {
-                let mut conn = sqlx::PgConnection::connect(url).await.expect("postgres connection");
-                sqlx::query(statement).execute(&mut conn).await.expect("statement");
-                conn.close().await.expect("close");
-            }
+            Engine::Sqlite => RawConn::Sqlite(sqlx::SqliteConnection::connect(url).await.expect("sqlite connection")),
+            Engine::Postgres => RawConn::Postgres(sqlx::PgConnection::connect(url).await.expect("postgres connection")),
         }
+    }
+
+    /// Runs one statement on the app's database over a connection of the test's own.
+    pub(crate) async fn execute_sql(&self, statement: &str) {
+        let mut conn = self.raw().await;
+        conn.execute(statement, &[]).await;
+        conn.close().await;
     }
 
     pub(crate) fn url(&self, path: &str) -> String {

@@ -223,21 +223,15 @@ impl<'s> CertificateStore<'s> {
 /// PostgreSQL locks its row `FOR SHARE` until `tx` ends: a concurrent delete either waits for
 /// `tx` and then revokes what it issued, or commits first and this answers false. On SQLite the
 /// one writer connection already keeps a delete out of `tx`.
-pub async fn lock_device(
-    tx: &mut Tx,
-    engine: Engine,
-    tenant_id: TenantId,
-    device_id: DeviceId,
-) -> Result<bool, StoreError> {
-    let lock = match engine {
+pub async fn lock_device(tx: &mut Tx, scope: &TenantScope, device_id: DeviceId) -> Result<bool, StoreError> {
+    let lock = match scope.db().engine() {
         Engine::Sqlite => "",
         Engine::Postgres => " FOR SHARE",
     };
     let sql = format!("SELECT id FROM devices WHERE tenant_id = $1 AND id = $2{lock}");
-    let (tenant, device) = (tenant_id.to_string(), device_id.to_string());
-    let found = with_tx!(tx, |conn| sqlx::query_scalar::<_, String>(&sql)
-        .bind(&tenant)
-        .bind(&device)
+    let found = with_tx!(tx, |conn| sqlx::query_scalar::<_, DeviceId>(&sql)
+        .bind(scope.tenant_id())
+        .bind(device_id)
         .fetch_optional(&mut *conn)
         .await)
     .map_err(classify)?;
