@@ -52,28 +52,45 @@ impl HeartbeatBuffer {
         self.len() == 0
     }
 
-    /// Writes every buffered heartbeat. On failure the unwritten ones go back into the buffer.
+    /// Writes every buffered heartbeat. On failure the unwritten ones go back into the buffer,
+    /// and so they do if the flush is dropped part-way (a shutdown cancelling the job that runs
+    /// it): the final flush at shutdown then writes them. A heartbeat recorded meanwhile keeps
+    /// the newer `lastSeen`.
     pub async fn flush(&self, db: &Db, system: &System) -> Result<FlushOutcome, StoreError> {
-        let taken: Vec<(DeviceId, (TenantId, i64))> = {
-            let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            std::mem::take(&mut *pending).into_iter().collect()
+        let mut taken = Taken {
+            buffer: self,
+            entries: {
+                let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                std::mem::take(&mut *pending).into_iter().collect()
+            },
+            written: 0,
         };
         let mut outcome = FlushOutcome::default();
-        for (index, chunk) in taken.chunks(BATCH).enumerate() {
-            match store::write_last_seen(db, system, chunk).await {
-                Ok(done) => {
-                    outcome.written += done.written;
-                    outcome.revived += done.revived;
-                }
-                Err(error) => {
-                    for (device, (tenant, at)) in &taken[index * BATCH..] {
-                        self.record(*device, *tenant, *at);
-                    }
-                    return Err(error);
-                }
-            }
+        for chunk in taken.entries.chunks(BATCH) {
+            let done = store::write_last_seen(db, system, chunk).await?;
+            outcome.written += done.written;
+            outcome.revived += done.revived;
+            taken.written += chunk.len();
         }
         Ok(outcome)
+    }
+}
+
+/// Heartbeats taken out of a [`HeartbeatBuffer`] by a flush; those not yet written go back into
+/// it when this is dropped, whether the flush failed or was cancelled. A chunk in flight counts
+/// as unwritten: writing it again is harmless (`lastSeen` only moves forward).
+struct Taken<'b> {
+    buffer: &'b HeartbeatBuffer,
+    entries: Vec<(DeviceId, (TenantId, i64))>,
+    /// How many of `entries`, from the start, are written.
+    written: usize,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        for (device, (tenant, at)) in &self.entries[self.written..] {
+            self.buffer.record(*device, *tenant, *at);
+        }
     }
 }
 

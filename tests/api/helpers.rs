@@ -140,6 +140,12 @@ impl RawConn {
         self.execute(begin, &[]).await;
     }
 
+    /// Rolls back the open transaction (releasing its locks) and closes the connection.
+    pub(crate) async fn rollback(mut self) {
+        self.execute("ROLLBACK", &[]).await;
+        self.close().await;
+    }
+
     pub(crate) async fn close(self) {
         on_raw!(self, |conn| conn.close().await.expect("close"))
     }

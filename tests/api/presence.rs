@@ -6,7 +6,7 @@ use herd::clock::to_millis;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{engine_tests, expect_json, expect_problem, ClockExt, TestApp, ADMIN_TOKEN};
+use crate::helpers::{engine_tests, expect_json, expect_problem, ClockExt, RawConn, TestApp, ADMIN_TOKEN};
 
 /// Registers `n` devices and connects each once; answers (device id, token) pairs.
 async fn online_devices(app: &TestApp, n: usize, prefix: &str) -> Vec<(String, String)> {
@@ -36,6 +36,40 @@ async fn status_events(app: &TestApp, token: &str) -> Vec<Value> {
 async fn status_of(app: &TestApp, id: &str) -> String {
     let device = expect_json(app.get(&format!("/devices/{id}"), ADMIN_TOKEN).await, StatusCode::OK).await;
     device["status"].as_str().unwrap().to_string()
+}
+
+/// Holds the device's row (PostgreSQL) and the one writer connection (SQLite) until the
+/// returned transaction is dropped, so that a flush in flight waits for it.
+async fn hold_device(app: &TestApp, id: &str) -> RawConn {
+    let mut conn = app.raw().await;
+    conn.begin_write().await;
+    conn.execute("UPDATE devices SET updated_at = updated_at WHERE id = $1", &[id]).await;
+    conn
+}
+
+/// Waits up to ten seconds for `condition`; answers whether it came true.
+async fn eventually(condition: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !condition() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    true
+}
+
+async fn last_seen(app: &TestApp, id: &str) -> chrono::DateTime<chrono::Utc> {
+    let device = expect_json(app.get(&format!("/devices/{id}"), ADMIN_TOKEN).await, StatusCode::OK).await;
+    serde_json::from_value(device["lastSeen"].clone()).unwrap()
+}
+
+/// A device's id and its tenant's, for recording heartbeats directly.
+async fn ids_of(app: &TestApp, id: &str) -> (herd::ids::DeviceId, herd::ids::TenantId) {
+    let mut conn = app.raw().await;
+    let tenant = conn.scalar_text("SELECT tenant_id FROM devices WHERE id = $1", &[id]).await;
+    conn.close().await;
+    (id.parse().unwrap(), tenant.parse().unwrap())
 }
 
 engine_tests! {
@@ -175,5 +209,90 @@ engine_tests! {
         let metrics = app.request(reqwest::Method::GET, "/metrics", None, None).await.text().await.unwrap();
         assert!(metrics.contains("herd_presence_marked_offline_total 2"), "{metrics}");
         assert!(metrics.contains("herd_presence_sweep_duration_seconds_count"), "{metrics}");
+    }
+
+    async fn a_flush_job_cancelled_mid_flight_gives_its_heartbeats_back(app) {
+        let devices = online_devices(&app, 1, "C").await;
+        let (device, tenant) = ids_of(&app, &devices[0].0).await;
+        // A buffer and a flush job of its own, so that the server's jobs leave them alone.
+        let buffer = std::sync::Arc::new(herd::presence::HeartbeatBuffer::default());
+        let seen = to_millis(app.clock.now_plus(Duration::seconds(30)));
+        buffer.record(device, tenant, seen);
+        let held = hold_device(&app, &devices[0].0).await;
+        let stop = herd::shutdown::CancellationToken::new();
+        let (db, system, flushed) = (app.state.db.clone(), app.state.system.clone(), buffer.clone());
+        let job = herd::jobs::run_every("test-flush", std::time::Duration::from_secs(3600), stop.clone(), move || {
+            let (db, system, buffer) = (db.clone(), system.clone(), flushed.clone());
+            async move { buffer.flush(&db, &system).await.map(drop).map_err(Into::into) }
+        });
+        // The job's first step takes the heartbeat and waits for the device's row; a shutdown
+        // cancels it there.
+        assert!(eventually(|| buffer.is_empty()).await, "the flush job took the heartbeat");
+        stop.cancel();
+        job.await.unwrap();
+        assert_eq!(buffer.pending_last_seen(&device), Some(seen), "the cancelled flush dropped its heartbeat");
+        held.rollback().await;
+        // (On PostgreSQL the cancelled statement may still have run; writing again is harmless.)
+        buffer.flush(&app.state.db, &app.state.system).await.unwrap();
+        assert!(buffer.is_empty());
+        assert_eq!(to_millis(last_seen(&app, &devices[0].0).await), seen);
+    }
+
+    async fn heartbeats_taken_by_a_flush_cancelled_at_shutdown_are_still_written(app) {
+        let devices = online_devices(&app, 1, "Z").await;
+        app.clock.advance(Duration::seconds(30));
+        expect_json(app.post("/devices/connect", &devices[0].1, json!({})).await, StatusCode::OK).await;
+        let seen = app.clock.now_plus(Duration::zero());
+        assert_eq!(app.state.heartbeats.len(), 1);
+        // The server's flush job takes the heartbeat and waits for the device's row …
+        let held = hold_device(&app, &devices[0].0).await;
+        assert!(eventually(|| app.state.heartbeats.is_empty()).await, "the flush job took the heartbeat");
+        // … when a graceful shutdown cancels it. The server's final flush (which then waits for
+        // the row too) must still write it.
+        app.state.shutdown.cancel();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        held.rollback().await;
+        let app = app.restart().await;
+        assert_eq!(last_seen(&app, &devices[0].0).await, seen);
+    }
+
+    async fn a_failed_flush_keeps_its_heartbeats_with_the_newest_last_seen(app) {
+        let devices = online_devices(&app, 1, "E").await;
+        let id = &devices[0].0;
+        let (device, tenant) = ids_of(&app, id).await;
+        // A buffer of its own, so that the server's flush job leaves it alone.
+        let buffer = herd::presence::HeartbeatBuffer::default();
+        let first = to_millis(app.clock.now_plus(Duration::seconds(10)));
+        let second = to_millis(app.clock.now_plus(Duration::seconds(20)));
+        buffer.record(device, tenant, first);
+        let statements: &[&str] = match app.engine {
+            crate::helpers::Engine::Sqlite => &["CREATE TRIGGER refuse_last_seen BEFORE UPDATE OF last_seen ON devices \
+                BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"],
+            crate::helpers::Engine::Postgres => &[
+                "CREATE FUNCTION refuse_last_seen() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                    RAISE EXCEPTION 'refused by the test'; END $$",
+                "CREATE TRIGGER refuse_last_seen BEFORE UPDATE OF last_seen ON devices FOR EACH ROW EXECUTE FUNCTION refuse_last_seen()",
+            ],
+        };
+        for statement in statements {
+            app.execute_sql(statement).await;
+        }
+        // A newer heartbeat arrives while the (failing) flush is in flight.
+        let held = hold_device(&app, id).await;
+        let flush = buffer.flush(&app.state.db, &app.state.system);
+        tokio::pin!(flush);
+        assert!(futures::poll!(flush.as_mut()).is_pending());
+        assert!(buffer.is_empty(), "the flush took the heartbeat");
+        buffer.record(device, tenant, second);
+        held.rollback().await;
+        flush.await.expect_err("the trigger refuses the write");
+        assert_eq!(buffer.pending_last_seen(&device), Some(second));
+        let drop_trigger = match app.engine {
+            crate::helpers::Engine::Sqlite => "DROP TRIGGER refuse_last_seen",
+            crate::helpers::Engine::Postgres => "DROP TRIGGER refuse_last_seen ON devices",
+        };
+        app.execute_sql(drop_trigger).await;
+        assert_eq!(buffer.flush(&app.state.db, &app.state.system).await.unwrap().written, 1);
+        assert_eq!(to_millis(last_seen(&app, id).await), second);
     }
 }
