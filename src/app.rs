@@ -9,7 +9,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::clock::{to_millis, Clock, SystemClock};
-use crate::config::Settings;
+use crate::config::{Secret, Settings};
 use crate::presence::HeartbeatBuffer;
 use crate::shutdown::CancellationToken;
 use crate::store::Db;
@@ -34,6 +34,8 @@ pub struct AppState {
     pub certificates: Arc<crate::certificates::CertificateService>,
     /// Cancelled at shutdown; long-lived responses (event streams) end with it.
     pub shutdown: CancellationToken,
+    /// The webhook deliveries' HTTP client (no redirects, a timeout), built once at start-up.
+    pub webhook_client: reqwest::Client,
 }
 
 /// A built, not yet running, server.
@@ -57,13 +59,19 @@ impl App {
             .await
             .with_context(|| format!("cannot open the database {}", redact(&settings.database_url)))?;
         db.migrate().await.context("cannot apply database migrations")?;
-        let bootstrap =
-            tenants::bootstrap(&db, &settings.data_dir, settings.bootstrap_token.as_deref(), to_millis(clock.now()))
-                .await
-                .context("cannot bootstrap the platform admin")?;
+        let bootstrap = tenants::bootstrap(
+            &db,
+            &settings.data_dir,
+            settings.bootstrap_token.as_ref().map(Secret::expose),
+            to_millis(clock.now()),
+        )
+        .await
+        .context("cannot bootstrap the platform admin")?;
         let certificates = crate::certificates::CertificateService::start(&db, &settings, to_millis(clock.now()))
             .await
             .context("cannot start the certificate authority")?;
+        let webhook_client =
+            crate::webhooks::delivery::client().context("cannot build the HTTP client for webhook deliveries")?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -78,6 +86,7 @@ impl App {
             heartbeats: Arc::new(HeartbeatBuffer::default()),
             certificates: Arc::new(certificates),
             shutdown: shutdown.clone(),
+            webhook_client,
         };
         Ok(App { listener, local_addr, state, shutdown, bootstrap })
     }

@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::app::{redact, App};
 use crate::clock::{to_millis, Clock, SystemClock};
-use crate::config::{ConfigArgs, LogFormat, Settings};
+use crate::config::{ConfigArgs, LogFormat, Secret, Settings};
 use crate::store::Db;
 use crate::tenants::{self, Bootstrap, CreateTenantError};
 
@@ -177,7 +177,7 @@ async fn create_tenant(settings: &Settings, name: &str) -> anyhow::Result<()> {
     let db = open(settings).await?;
     let now = to_millis(SystemClock.now());
     // The platform admin comes with the first tenant; create it first so `default` exists.
-    tenants::bootstrap(&db, &settings.data_dir, settings.bootstrap_token.as_deref(), now).await?;
+    tenants::bootstrap(&db, &settings.data_dir, settings.bootstrap_token.as_ref().map(Secret::expose), now).await?;
     let result = tenants::create(&db, name, None, false, now).await;
     db.close().await;
     match result {

@@ -75,10 +75,10 @@ pub struct ConfigArgs {
     /// The platform admin token to create on first start (otherwise random, written to
     /// `<data-dir>/initial-admin-token`).
     #[arg(long, env = "HERD_BOOTSTRAP_TOKEN", global = true, hide_env_values = true)]
-    pub bootstrap_token: Option<String>,
+    pub bootstrap_token: Option<Secret>,
     /// Key-encryption key for private keys stored in the database (64 hex characters).
     #[arg(long, env = "HERD_KEY_ENCRYPTION_KEY", global = true, hide_env_values = true)]
-    pub key_encryption_key: Option<String>,
+    pub key_encryption_key: Option<Secret>,
     /// Longest time a request may take before it is answered 503 (e.g. `30s`).
     #[arg(long, env = "HERD_REQUEST_TIMEOUT", global = true)]
     pub request_timeout: Option<String>,
@@ -140,8 +140,8 @@ pub struct Settings {
     pub cert_key_pool_size: usize,
     pub metrics_retention: Duration,
     pub log_format: Option<LogFormat>,
-    pub bootstrap_token: Option<String>,
-    pub key_encryption_key: Option<String>,
+    pub bootstrap_token: Option<Secret>,
+    pub key_encryption_key: Option<Secret>,
     pub request_timeout: Duration,
     pub body_limit: usize,
     pub session_ttl: Duration,
@@ -149,6 +149,35 @@ pub struct Settings {
     pub heartbeat_flush_interval: Duration,
     pub event_retention: Duration,
     pub webhook_allow_private: bool,
+}
+
+/// A secret setting (a token or a key). Its `Debug` prints `[redacted]`, so settings printed
+/// with `{:?}` or logged give nothing away; [`Secret::expose`] is the one way to the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret(value.to_string())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
 }
 
 /// A setting that could not be understood; the message names it.
@@ -280,13 +309,14 @@ impl Settings {
                 _ => return Err(invalid("log_format", &v, "must be `pretty` or `json`")),
             });
         }
-        if let Some(v) = pick("bootstrap_token", &args.bootstrap_token) {
+        let exposed = |secret: &Option<Secret>| secret.as_ref().map(|s| s.expose().to_string());
+        if let Some(v) = pick("bootstrap_token", &exposed(&args.bootstrap_token)) {
             if v.len() < 16 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(invalid("bootstrap_token", "<hidden>", "must be at least 16 characters without spaces"));
             }
-            settings.bootstrap_token = Some(v);
+            settings.bootstrap_token = Some(v.into());
         }
-        settings.key_encryption_key = pick("key_encryption_key", &args.key_encryption_key);
+        settings.key_encryption_key = pick("key_encryption_key", &exposed(&args.key_encryption_key)).map(Secret::from);
         if let Some(v) = pick("request_timeout", &args.request_timeout) {
             settings.request_timeout = parse_duration("request_timeout", &v)?;
         }
@@ -458,5 +488,23 @@ mod tests {
         std::fs::write(&path, "listne = 1\n").unwrap();
         let args = ConfigArgs { config: Some(path), ..Default::default() };
         assert!(matches!(Settings::load(&args), Err(ConfigError::UnknownKey { .. })));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let (token, kek) = ("bootstrap-secret-0123456789", "ab".repeat(32));
+        let args = ConfigArgs {
+            data_dir: Some("/tmp/x".into()),
+            bootstrap_token: Some(token.into()),
+            key_encryption_key: Some(kek.as_str().into()),
+            ..Default::default()
+        };
+        let settings = Settings::load(&args).unwrap();
+        assert_eq!(settings.bootstrap_token.as_ref().map(Secret::expose), Some(token));
+        assert_eq!(settings.key_encryption_key.as_ref().map(Secret::expose), Some(kek.as_str()));
+        for printed in [format!("{settings:?}"), format!("{settings:#?}"), format!("{args:?}")] {
+            assert!(!printed.contains(token) && !printed.contains(&kek), "{printed}");
+            assert!(printed.contains("[redacted]"), "{printed}");
+        }
     }
 }

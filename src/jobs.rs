@@ -43,7 +43,7 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHand
         async move { crate::events::store::purge(&db, before).await.map(drop).map_err(Into::into) }
     }));
     let webhooks = state.clone();
-    let client = crate::webhooks::delivery::client();
+    let client = state.webhook_client.clone();
     jobs.push(run_every("webhooks", Duration::from_secs(1), shutdown.clone(), move || {
         let (state, client) = (webhooks.clone(), client.clone());
         async move {

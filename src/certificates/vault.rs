@@ -56,7 +56,7 @@ impl Vault {
         let kek_path = settings.data_dir.join("kek");
         let kek = match &settings.key_encryption_key {
             Some(text) => {
-                Some(parse_kek(text).context("HERD_KEY_ENCRYPTION_KEY must be 64 hex characters (32 bytes)")?)
+                Some(parse_kek(text.expose()).context("HERD_KEY_ENCRYPTION_KEY must be 64 hex characters (32 bytes)")?)
             }
             None if kek_path.exists() => {
                 let text = std::fs::read_to_string(&kek_path)

@@ -67,4 +67,29 @@ mod tests {
         assert!(check_url("http://127.0.0.1:9000/x", true).is_ok());
         assert!(check_url("not a url", true).is_err());
     }
+
+    #[test]
+    fn signing_secrets_never_show_in_debug_output() {
+        let secret = "whsec_do-not-print-0123456789";
+        let row = store::WebhookRow {
+            id: herd_domain::ids::WebhookId::new(),
+            tenant_id: herd_domain::ids::TenantId::new(),
+            url: "https://hooks.example.com/herd".into(),
+            events: herd_store::Json(vec![]),
+            secret: secret.into(),
+            enabled: true,
+            disabled_reason: None,
+            last_seq: 0,
+            consecutive_failures: 0,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let create = routes::CreateWebhookRequest { url: row.url.clone(), events: vec![], secret: Some(secret.into()) };
+        let update = routes::UpdateWebhookRequest { secret: Some(secret.into()), ..Default::default() };
+        let created = routes::CreatedWebhook { webhook: row.clone().into(), secret: secret.into() };
+        for printed in [format!("{row:?}"), format!("{create:?}"), format!("{update:?}"), format!("{created:#?}")] {
+            assert!(!printed.contains(secret), "{printed}");
+            assert!(printed.contains("[redacted]"), "{printed}");
+        }
+    }
 }

@@ -55,7 +55,8 @@ impl From<WebhookRow> for WebhookDto {
     }
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+/// `Debug` (below) leaves the secret out.
+#[derive(Deserialize, ToSchema)]
 pub struct CreateWebhookRequest {
     pub url: String,
     /// Event types to deliver; absent or empty means all.
@@ -64,6 +65,19 @@ pub struct CreateWebhookRequest {
     /// The HMAC signing key (16–256 characters); generated if absent.
     pub secret: Option<String>,
 }
+
+impl std::fmt::Debug for CreateWebhookRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateWebhookRequest")
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("secret", &self.secret.as_ref().map(|_| REDACTED))
+            .finish()
+    }
+}
+
+/// What `Debug` shows instead of a webhook's signing secret.
+const REDACTED: &str = "[redacted]";
 
 fn check_events(errors: &mut FieldErrors, events: &[String]) {
     if events.len() > crate::events::KNOWN_TYPES.len() {
@@ -93,11 +107,18 @@ impl Validate for CreateWebhookRequest {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+/// `Debug` (below) leaves the secret out.
+#[derive(Serialize, ToSchema)]
 pub struct CreatedWebhook {
     pub webhook: WebhookDto,
     /// The signing secret. Shown once; herd never serves it again.
     pub secret: String,
+}
+
+impl std::fmt::Debug for CreatedWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedWebhook").field("webhook", &self.webhook).field("secret", &REDACTED).finish()
+    }
 }
 
 /// Subscribe a URL to events (admin). It receives events that happen from now on.
@@ -141,13 +162,25 @@ async fn get_webhook(member: Member, IdPath(id): IdPath<WebhookId>) -> Result<Js
     Ok(Json(row.into()))
 }
 
-#[derive(Debug, Default, Deserialize, ToSchema)]
+/// `Debug` (below) leaves the secret out.
+#[derive(Default, Deserialize, ToSchema)]
 pub struct UpdateWebhookRequest {
     pub url: Option<String>,
     pub events: Option<Vec<String>>,
     pub secret: Option<String>,
     /// `true` re-enables a disabled webhook and clears its failure count.
     pub enabled: Option<bool>,
+}
+
+impl std::fmt::Debug for UpdateWebhookRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateWebhookRequest")
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("secret", &self.secret.as_ref().map(|_| REDACTED))
+            .field("enabled", &self.enabled)
+            .finish()
+    }
 }
 
 impl Validate for UpdateWebhookRequest {

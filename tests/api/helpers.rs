@@ -219,7 +219,7 @@ pub(crate) async fn spawn_app_with(engine: Engine, options: SpawnOptions) -> Tes
     let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
     let mut settings = Settings::defaults_for(data_dir.path());
     settings.listen = "127.0.0.1:0".parse().expect("address");
-    settings.bootstrap_token = options.bootstrap_token;
+    settings.bootstrap_token = options.bootstrap_token.map(Into::into);
     let postgres = match engine {
         Engine::Sqlite => None,
         Engine::Postgres => {

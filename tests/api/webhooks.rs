@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use crate::helpers::{
-    engine_tests, error_fields, expect_json, expect_problem, spawn_app_with, Engine, SpawnOptions, TestApp, ADMIN_TOKEN,
+    engine_tests, error_fields, expect_json, expect_problem, spawn_app_with, ClockExt, Engine, SpawnOptions, TestApp,
+    ADMIN_TOKEN,
 };
 
 /// A local receiver that fails its first `fail_first` requests (500) and records all.
@@ -160,6 +161,53 @@ async fn a_hook_that_keeps_failing_is_disabled(app: &TestApp) {
     .await;
     assert_eq!(hook["enabled"], true);
     assert_eq!(hook["consecutiveFailures"], 0);
+}
+
+/// A module per check that needs a loopback receiver, with its test on each engine.
+macro_rules! receiver_tests {
+    ($($check:ident),*) => {$(
+        mod $check {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$check(&spawn(Engine::Sqlite).await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if crate::helpers::postgres_configured() {
+                    super::$check(&spawn(Engine::Postgres).await).await;
+                }
+            }
+        }
+    )*};
+}
+
+receiver_tests!(an_event_filter_that_does_not_parse_delivers_nothing);
+
+async fn an_event_filter_that_does_not_parse_delivers_nothing(app: &TestApp) {
+    let receiver = receiver(0).await;
+    let body = json!({ "url": receiver.url, "events": ["device.registered"] });
+    let created = expect_json(app.post("/webhooks", ADMIN_TOKEN, body).await, StatusCode::CREATED).await;
+    let webhook = created["webhook"]["id"].as_str().unwrap().to_string();
+    // The stored filter is damaged (by hand, a bad migration, another version of herd …).
+    let mut conn = app.raw().await;
+    conn.execute("UPDATE webhooks SET events = 'device.registered' WHERE id = $1", &[&webhook]).await;
+    conn.close().await;
+    // A healthy webhook beside it keeps receiving: one bad row does not stop the fan-out.
+    let healthy = json!({ "url": receiver.url, "events": [] });
+    expect_json(app.post("/webhooks", ADMIN_TOKEN, healthy).await, StatusCode::CREATED).await;
+    let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
+    app.register(&enroll, json!({ "serialNumber": "BAD-FILTER" })).await;
+    let now = herd::clock::to_millis(app.clock.now_plus(Duration::zero()));
+    let created = herd::webhooks::delivery::fan_out(&app.state.db, &app.state.system, now).await.unwrap();
+    assert_eq!(created, 1, "only the healthy webhook gets a delivery");
+    let mut conn = app.raw().await;
+    let deliveries =
+        conn.scalar_i64("SELECT count(*) FROM webhook_deliveries WHERE webhook_id = $1", &[&webhook]).await;
+    conn.close().await;
+    assert_eq!(deliveries, 0, "an unreadable filter is not \"every event\"");
 }
 
 engine_tests! {

@@ -120,6 +120,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True if a stored value could not be decoded into its domain type (an unknown status, a
+    /// malformed id or JSON document): the row is unreadable, not the database.
+    pub fn is_decode(&self) -> bool {
+        matches!(self, StoreError::Other(sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_)))
+    }
+
     /// True if a unique constraint whose name or column list contains `needle` failed.
     pub fn is_unique_on(&self, needle: &str) -> bool {
         matches!(self, StoreError::Unique(text) if text.contains(needle))

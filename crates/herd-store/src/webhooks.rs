@@ -11,7 +11,8 @@ use crate::TenantScope;
 use crate::{classify, Db, Engine, StoreError, Tx};
 use crate::{with_reader, with_tx, with_writer};
 
-#[derive(Debug, Clone, FromRow)]
+/// `Debug` is written out below so that the signing secret never reaches a log.
+#[derive(Clone, FromRow)]
 pub struct WebhookRow {
     pub id: WebhookId,
     pub tenant_id: TenantId,
@@ -26,6 +27,24 @@ pub struct WebhookRow {
     pub consecutive_failures: i64,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+impl std::fmt::Debug for WebhookRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookRow")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("secret", &"[redacted]")
+            .field("enabled", &self.enabled)
+            .field("disabled_reason", &self.disabled_reason)
+            .field("last_seq", &self.last_seq)
+            .field("consecutive_failures", &self.consecutive_failures)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
 }
 
 const WEBHOOK_COLUMNS: &str =
