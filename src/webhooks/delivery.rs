@@ -104,7 +104,7 @@ pub async fn deliver_due(
     now: i64,
 ) -> Result<DeliverOutcome, StoreError> {
     let claimed = store::claim_due(db, now, LEASE_MS, CLAIM).await?;
-    let attempts = claimed.iter().map(|delivery| attempt(db, system, client, delivery));
+    let attempts = claimed.iter().map(|delivery| attempt(db, system, client, delivery, now));
     let results = futures::future::join_all(attempts).await;
     let mut outcome = DeliverOutcome::default();
     for (delivery, result) in claimed.iter().zip(results) {
@@ -149,12 +149,14 @@ pub async fn deliver_due(
 
 type Sent = (bool, Option<i64>, Option<String>, i64);
 
-/// One POST of one event. Network failures and non-2xx answers are failures, not errors.
+/// One POST of one event at `now` (milliseconds; `X-Herd-Timestamp` is it in seconds).
+/// Network failures and non-2xx answers are failures, not errors.
 async fn attempt(
     db: &Db,
     system: &System,
     client: &reqwest::Client,
     delivery: &DeliveryRow,
+    now: i64,
 ) -> Result<Sent, StoreError> {
     let Some(webhook) = store::webhook_by_id(db, delivery.webhook_id).await? else {
         return Ok((false, None, Some("the webhook was deleted".into()), 0));
@@ -173,7 +175,7 @@ async fn attempt(
         .header("x-herd-event-id", delivery.event_id.to_string())
         .header("x-herd-event-type", &delivery.event_type)
         .header("x-herd-delivery-id", delivery.id.to_string())
-        .header("x-herd-timestamp", chrono::Utc::now().timestamp().to_string())
+        .header("x-herd-timestamp", now.div_euclid(1000).to_string())
         .body(body)
         .send()
         .await;

@@ -184,7 +184,36 @@ macro_rules! receiver_tests {
     )*};
 }
 
-receiver_tests!(an_event_filter_that_does_not_parse_delivers_nothing);
+receiver_tests!(an_event_filter_that_does_not_parse_delivers_nothing, deliveries_are_stamped_with_the_injected_clock);
+
+async fn deliveries_are_stamped_with_the_injected_clock(app: &TestApp) {
+    let receiver = receiver(0).await;
+    let body = json!({ "url": receiver.url, "events": ["device.registered"] });
+    expect_json(app.post("/webhooks", ADMIN_TOKEN, body).await, StatusCode::CREATED).await;
+    // Far from the wall clock, so that a timestamp read from it cannot pass.
+    app.clock.advance(Duration::days(1000) + Duration::seconds(7));
+    let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
+    app.register(&enroll, json!({ "serialNumber": "STAMPED" })).await;
+    let now = herd::clock::to_millis(app.clock.now_plus(Duration::zero()));
+    herd::webhooks::delivery::fan_out(&app.state.db, &app.state.system, now).await.unwrap();
+    herd::webhooks::delivery::deliver_due(
+        &app.state.db,
+        &app.state.system,
+        &app.state.webhook_client,
+        &app.state.metrics,
+        now,
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(10);
+    while receiver.seen.lock().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "nothing was delivered");
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    }
+    let seen = receiver.seen.lock().unwrap().clone();
+    let stamp = seen[0].0["x-herd-timestamp"].to_str().unwrap().to_string();
+    assert_eq!(stamp, (now / 1000).to_string());
+}
 
 async fn an_event_filter_that_does_not_parse_delivers_nothing(app: &TestApp) {
     let receiver = receiver(0).await;
