@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod helpers;
+mod invariants;
 
 mod auth;
 mod certificates;

@@ -1,0 +1,65 @@
+//! Architecture invariants that no type can carry, checked over the source tree (see
+//! ARCHITECTURE.md): each test names the rule it keeps and fails with the offending lines.
+
+use std::path::{Path, PathBuf};
+
+/// Every `.rs` file under `dir`.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+/// Lines of the production sources (server, store, domain) that contain any of `needles`,
+/// skipping `exempt` files and everything after a `#[cfg(test)]`.
+fn offending_lines(needles: &[&str], exempt: &[&str]) -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut found = Vec::new();
+    for dir in ["src", "crates/herd-store/src", "crates/herd-domain/src"] {
+        for file in rust_files(&root.join(dir)) {
+            let relative = file.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+            if exempt.contains(&relative.as_str()) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (number, line) in text.lines().enumerate() {
+                if line.trim_start().starts_with("#[cfg(test)]") {
+                    break;
+                }
+                if !line.trim_start().starts_with("//") && needles.iter().any(|needle| line.contains(needle)) {
+                    found.push(format!("{relative}:{}: {}", number + 1, line.trim()));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn nothing_reads_the_wall_clock_but_the_clock() {
+    let found =
+        offending_lines(&["Utc::now()", "SystemTime::now()", "Local::now()"], &["crates/herd-domain/src/clock.rs"]);
+    assert!(found.is_empty(), "take `now` from AppState::clock and pass it in:\n{}", found.join("\n"));
+}
+
+#[test]
+fn only_the_store_crate_runs_sql() {
+    let found = offending_lines(&["sqlx::query"], &[]);
+    let outside: Vec<&String> = found.iter().filter(|line| !line.starts_with("crates/herd-store/")).collect();
+    assert!(
+        outside.is_empty(),
+        "SQL belongs in herd-store:\n{}",
+        outside.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+    );
+    assert!(!found.is_empty(), "the scan found no query at all: it is not looking where the SQL is");
+}
