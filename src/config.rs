@@ -97,6 +97,9 @@ pub struct ConfigArgs {
     /// Allow webhook URLs on loopback and private networks (`true`/`false`).
     #[arg(long, env = "HERD_WEBHOOK_ALLOW_PRIVATE", global = true)]
     pub webhook_allow_private: Option<String>,
+    /// How often due webhook deliveries are sent (e.g. `1s`).
+    #[arg(long, env = "HERD_WEBHOOK_DELIVERY_INTERVAL", global = true)]
+    pub webhook_delivery_interval: Option<String>,
     /// Serve `POST /bench/echo`, the benchmark harness's HTTP ceiling (`true`/`false`).
     #[arg(long, env = "HERD_BENCH_ECHO", global = true)]
     pub bench_echo: Option<String>,
@@ -149,6 +152,7 @@ pub struct Settings {
     pub heartbeat_flush_interval: Duration,
     pub event_retention: Duration,
     pub webhook_allow_private: bool,
+    pub webhook_delivery_interval: Duration,
 }
 
 /// A secret setting (a token or a key). Its `Debug` prints `[redacted]`, so settings printed
@@ -225,6 +229,7 @@ impl Settings {
             heartbeat_flush_interval: Duration::from_secs(1),
             event_retention: Duration::from_secs(7 * 86_400),
             webhook_allow_private: false,
+            webhook_delivery_interval: Duration::from_secs(1),
         }
     }
 
@@ -338,6 +343,9 @@ impl Settings {
         if let Some(v) = pick("webhook_allow_private", &args.webhook_allow_private) {
             settings.webhook_allow_private = parse_bool("webhook_allow_private", &v)?;
         }
+        if let Some(v) = pick("webhook_delivery_interval", &args.webhook_delivery_interval) {
+            settings.webhook_delivery_interval = parse_duration("webhook_delivery_interval", &v)?;
+        }
         if settings.cert_auto_renewal_days >= settings.cert_validity_days {
             return Err(invalid(
                 "cert_auto_renewal_days",
@@ -382,6 +390,7 @@ const KNOWN_KEYS: &[&str] = &[
     "heartbeat_flush_interval",
     "event_retention",
     "webhook_allow_private",
+    "webhook_delivery_interval",
 ];
 
 fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {

@@ -44,7 +44,10 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHand
     }));
     let webhooks = state.clone();
     let client = state.webhook_client.clone();
-    jobs.push(run_every("webhooks", Duration::from_secs(1), shutdown.clone(), move || {
+    // Its first run waits one interval, like every later one: a test that sets a long interval
+    // drives deliveries itself and never races this loop.
+    let interval = state.settings.webhook_delivery_interval;
+    jobs.push(run_every_from(interval, "webhooks", interval, shutdown.clone(), move || {
         let (state, client) = (webhooks.clone(), client.clone());
         async move {
             let now = crate::clock::to_millis(state.clock.now());
@@ -56,9 +59,19 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHand
     jobs
 }
 
-/// Runs `step` every `interval` until `shutdown` is cancelled. A failing step is logged and
-/// retried at the next tick; it never ends the loop.
-pub fn run_every<F, Fut>(
+/// Runs `step` at once and then every `interval` until `shutdown` is cancelled. A failing step
+/// is logged and retried at the next tick; it never ends the loop.
+pub fn run_every<F, Fut>(name: &'static str, interval: Duration, shutdown: CancellationToken, step: F) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    run_every_from(Duration::ZERO, name, interval, shutdown, step)
+}
+
+/// [`run_every`], with the first run `first_after` from now.
+pub fn run_every_from<F, Fut>(
+    first_after: Duration,
     name: &'static str,
     interval: Duration,
     shutdown: CancellationToken,
@@ -69,7 +82,7 @@ where
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + first_after, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
