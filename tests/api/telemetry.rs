@@ -215,7 +215,11 @@ engine_tests! {
         let total: i64 = buckets.iter().map(|b| b["samples"].as_i64().unwrap()).sum();
         assert_eq!(total, minutes);
         assert!(buckets.len() >= 720 && buckets.len() <= 721, "{}", buckets.len());
-        assert!(elapsed < StdDuration::from_secs(2), "history took {elapsed:?}");
+        // A wall-clock bound depends on the machine and its load, so CI never applies it: set
+        // HERD_TEST_TIMING=1 to check it on a quiet machine (herd-bench measures for real).
+        if std::env::var_os("HERD_TEST_TIMING").is_some() {
+            assert!(elapsed < StdDuration::from_secs(2), "history took {elapsed:?}");
+        }
     }
 
     async fn history_of_another_tenants_device_is_not_found(app) {
