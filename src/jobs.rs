@@ -32,7 +32,10 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHand
         async move { crate::presence::run_sweep(&state).await.map(drop).map_err(Into::into) }
     }));
     let (db, system, heartbeats) = (state.db.clone(), state.system.clone(), state.heartbeats.clone());
-    jobs.push(run_every("heartbeat-flush", state.settings.heartbeat_flush_interval, shutdown.clone(), move || {
+    // The buffer is empty at start, so the first flush waits one interval (and a test that sets
+    // a long interval flushes itself without racing this loop).
+    let interval = state.settings.heartbeat_flush_interval;
+    jobs.push(run_every_from(interval, "heartbeat-flush", interval, shutdown.clone(), move || {
         let (db, system, heartbeats) = (db.clone(), system.clone(), heartbeats.clone());
         async move { heartbeats.flush(&db, &system).await.map(drop).map_err(Into::into) }
     }));

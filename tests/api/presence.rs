@@ -1,12 +1,23 @@
 //! Presence: the sweep's boundaries, exactly-once events with two instances, buffered
 //! heartbeats, and the admin trigger.
 
+use std::time::Duration as StdDuration;
+
 use chrono::Duration;
 use herd::clock::to_millis;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::helpers::{engine_tests, expect_json, expect_problem, ClockExt, RawConn, TestApp, ADMIN_TOKEN};
+
+/// The same app with its background heartbeat flush and presence sweep pushed past the test's
+/// end: these tests flush and sweep themselves, and the flush loop ticks every second, so a
+/// heartbeat the test expects in the buffer could otherwise be written before it looks.
+async fn quiet(mut app: TestApp) -> TestApp {
+    app.settings.heartbeat_flush_interval = StdDuration::from_secs(24 * 3600);
+    app.settings.presence_sweep_interval = StdDuration::from_secs(24 * 3600);
+    app.restart().await
+}
 
 /// Registers `n` devices and connects each once; answers (device id, token) pairs.
 async fn online_devices(app: &TestApp, n: usize, prefix: &str) -> Vec<(String, String)> {
@@ -74,6 +85,7 @@ async fn ids_of(app: &TestApp, id: &str) -> (herd::ids::DeviceId, herd::ids::Ten
 
 engine_tests! {
     async fn the_sweep_honours_the_threshold_exactly(app) {
+        let app = quiet(app).await;
         let devices = online_devices(&app, 3, "B").await;
         // Device 0 reports again a minute later (through the heartbeat buffer).
         app.clock.advance(Duration::minutes(1));
@@ -98,6 +110,7 @@ engine_tests! {
     }
 
     async fn a_swept_device_that_reconnects_comes_back_online_with_an_event(app) {
+        let app = quiet(app).await;
         let devices = online_devices(&app, 1, "R").await;
         app.clock.advance(Duration::minutes(6));
         assert_eq!(herd::presence::run_sweep(&app.state).await.unwrap().marked_offline, 1);
@@ -116,6 +129,7 @@ engine_tests! {
     }
 
     async fn a_buffered_heartbeat_racing_the_sweep_revives_the_device(app) {
+        let app = quiet(app).await;
         let devices = online_devices(&app, 1, "H").await;
         // The device was silent for ten minutes, then its heartbeat lands in the buffer …
         app.clock.advance(Duration::minutes(10));
@@ -135,6 +149,7 @@ engine_tests! {
     }
 
     async fn buffered_heartbeats_reach_the_database(app) {
+        let app = quiet(app).await;
         let devices = online_devices(&app, 2, "F").await;
         app.clock.advance(Duration::seconds(30));
         for (_, token) in &devices {
@@ -151,6 +166,7 @@ engine_tests! {
     }
 
     async fn two_instances_announce_each_change_exactly_once(app) {
+        let app = quiet(app).await;
         let devices = online_devices(&app, 120, "X").await;
         let other = app.second_instance().await;
         app.clock.advance(Duration::minutes(6));
@@ -167,6 +183,7 @@ engine_tests! {
     }
 
     async fn device_counts_follow_every_status_change(app) {
+        let app = quiet(app).await;
         let devices = online_devices(&app, 3, "N").await;
         let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
         app.register(&enroll, json!({ "serialNumber": "N-never" })).await;
@@ -200,6 +217,7 @@ engine_tests! {
     }
 
     async fn admins_can_run_the_sweep_now(app) {
+        let app = quiet(app).await;
         online_devices(&app, 2, "S").await;
         app.clock.advance(Duration::minutes(10));
         let (_, tenant_admin) = app.create_tenant("other").await;
