@@ -110,7 +110,7 @@ impl<'s> CertificateStore<'s> {
         let sql = format!("SELECT {COLUMNS} FROM certificates WHERE tenant_id = $1 AND id = $2");
         let id = id.to_string();
         // The writer: a record read right after it was written (renew, revoke) must be there.
-        with_writer!(self.db(), |pool| sqlx::query_as::<_, CertificateRow>(&sql)
+        with_reader!(self.db(), |pool| sqlx::query_as::<_, CertificateRow>(&sql)
             .bind(&self.tenant)
             .bind(&id)
             .fetch_optional(pool)
@@ -136,7 +136,7 @@ impl<'s> CertificateStore<'s> {
              AND status IN ('{PENDING}', '{ACTIVE}') AND replaced_by_id IS NULL ORDER BY id DESC LIMIT 1"
         );
         let device = device_id.to_string();
-        with_writer!(self.db(), |pool| sqlx::query_as::<_, CertificateRow>(&sql)
+        with_reader!(self.db(), |pool| sqlx::query_as::<_, CertificateRow>(&sql)
             .bind(&self.tenant)
             .bind(&device)
             .fetch_optional(pool)
@@ -146,7 +146,7 @@ impl<'s> CertificateStore<'s> {
 
     pub async fn material(&self, id: CertificateId) -> Result<Option<CertificateMaterial>, StoreError> {
         let id = id.to_string();
-        with_writer!(self.db(), |pool| sqlx::query_as::<_, CertificateMaterial>(
+        with_reader!(self.db(), |pool| sqlx::query_as::<_, CertificateMaterial>(
             "SELECT certificate_pem, key_storage, private_key_sealed, private_key_digest FROM certificates \
              WHERE tenant_id = $1 AND id = $2"
         )
@@ -435,7 +435,7 @@ pub async fn revoked_entries(tx: &mut Tx, now: i64) -> Result<Vec<(String, i64, 
 
 /// The CRL as last published.
 pub async fn crl_state(db: &Db) -> Result<CrlState, StoreError> {
-    with_writer!(db, |pool| sqlx::query_as::<_, CrlState>(
+    with_reader!(db, |pool| sqlx::query_as::<_, CrlState>(
         "SELECT crl_number, this_update, next_update, der_base64, stale FROM certificate_crl WHERE id = 1"
     )
     .fetch_one(pool)
@@ -482,7 +482,7 @@ pub async fn mark_crl_stale(tx: &mut Tx) -> Result<(), StoreError> {
 
 /// The fingerprint of the CA this database was pinned to, if any.
 pub async fn pinned_ca(db: &Db) -> Result<Option<String>, StoreError> {
-    with_writer!(db, |pool| sqlx::query_scalar::<_, String>(
+    with_reader!(db, |pool| sqlx::query_scalar::<_, String>(
         "SELECT fingerprint FROM certificate_authority WHERE id = 1"
     )
     .fetch_optional(pool)

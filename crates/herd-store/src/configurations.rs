@@ -5,7 +5,7 @@ use sqlx::FromRow;
 
 use crate::TenantScope;
 use crate::{classify, Db, StoreError};
-use crate::{with_tx, with_writer};
+use crate::{with_reader, with_tx, with_writer};
 use herd_domain::ids::DeviceId;
 
 /// A configuration row as stored; `desired` and `reported` are JSON documents.
@@ -52,7 +52,7 @@ impl<'s> ConfigurationStore<'s> {
         const SQL: &str = "SELECT desired, desired_version, desired_at, reported, reported_version, reported_at \
             FROM device_configurations WHERE tenant_id = $1 AND device_id = $2";
         let device = device_id.to_string();
-        with_writer!(self.db(), |pool| sqlx::query_as::<_, ConfigurationRow>(SQL)
+        with_reader!(self.db(), |pool| sqlx::query_as::<_, ConfigurationRow>(SQL)
             .bind(&self.tenant)
             .bind(&device)
             .fetch_optional(pool)
@@ -104,7 +104,7 @@ impl<'s> ConfigurationStore<'s> {
         }
         .map_err(classify)?;
         if written == 0 {
-            // Give the connection back first: on SQLite it is the only writer, and `get` uses it.
+            // The conflict's current version is read on a reader connection (the write rolls back).
             drop(tx);
             let now_current = self.get(device_id).await?.map_or(0, |row| row.desired_version);
             return Err(ConfigurationError::VersionConflict(now_current));

@@ -161,7 +161,7 @@ pub async fn create_token(
 pub async fn get_token(scope: &TenantScope, id: TokenId) -> Result<Option<TokenRow>, StoreError> {
     let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE tenant_id = $1 AND id = $2 AND kind = 'api'");
     let (tenant, id) = (scope.tenant_id.to_string(), id.to_string());
-    with_writer!(&scope.db, |pool| sqlx::query_as::<_, TokenRow>(&sql)
+    with_reader!(&scope.db, |pool| sqlx::query_as::<_, TokenRow>(&sql)
         .bind(&tenant)
         .bind(&id)
         .fetch_optional(pool)
@@ -252,7 +252,7 @@ pub async fn get_enrollment_token(
 ) -> Result<Option<EnrollmentTokenRow>, StoreError> {
     let sql = format!("SELECT {ENROLLMENT_COLUMNS} FROM enrollment_tokens WHERE tenant_id = $1 AND id = $2");
     let (tenant, id) = (scope.tenant_id.to_string(), id.to_string());
-    with_writer!(&scope.db, |pool| sqlx::query_as::<_, EnrollmentTokenRow>(&sql)
+    with_reader!(&scope.db, |pool| sqlx::query_as::<_, EnrollmentTokenRow>(&sql)
         .bind(&tenant)
         .bind(&id)
         .fetch_optional(pool)
@@ -334,7 +334,7 @@ pub async fn create_user(
 pub async fn get_user(scope: &TenantScope, id: UserId) -> Result<Option<UserRow>, StoreError> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2");
     let (tenant, id) = (scope.tenant_id.to_string(), id.to_string());
-    with_writer!(&scope.db, |pool| sqlx::query_as::<_, UserRow>(&sql)
+    with_reader!(&scope.db, |pool| sqlx::query_as::<_, UserRow>(&sql)
         .bind(&tenant)
         .bind(&id)
         .fetch_optional(pool)

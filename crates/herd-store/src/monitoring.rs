@@ -230,7 +230,7 @@ impl<'s> MonitoringStore<'s> {
     pub async fn get_rule(&self, id: RuleId) -> Result<Option<RuleRow>, StoreError> {
         let sql = format!("SELECT {RULE_COLUMNS} FROM monitoring_rules WHERE tenant_id = $1 AND id = $2");
         let id = id.to_string();
-        with_writer!(self.db(), |pool| sqlx::query_as::<_, RuleRow>(&sql)
+        with_reader!(self.db(), |pool| sqlx::query_as::<_, RuleRow>(&sql)
             .bind(&self.tenant)
             .bind(&id)
             .fetch_optional(pool)
@@ -544,7 +544,7 @@ impl<'s> MonitoringStore<'s> {
         let sql =
             format!("SELECT {ALERT_COLUMNS} FROM alerts a JOIN devices d ON d.id = a.device_id WHERE a.tenant_id = $1 AND a.id = $2");
         let id = id.to_string();
-        with_writer!(self.db(), |pool| sqlx::query_as::<_, AlertRow>(&sql)
+        with_reader!(self.db(), |pool| sqlx::query_as::<_, AlertRow>(&sql)
             .bind(&self.tenant)
             .bind(&id)
             .fetch_optional(pool)

@@ -7,7 +7,7 @@ use sqlx::FromRow;
 use crate::devices::{DevicePatch, DeviceRow, DeviceStore};
 use crate::TenantScope;
 use crate::{classify, Db, StoreError};
-use crate::{with_tx, with_writer};
+use crate::{with_reader, with_tx};
 use herd_domain::ids::DeviceId;
 
 /// A settings row as stored.
@@ -61,7 +61,7 @@ impl<'s> SettingsStore<'s> {
         const SQL: &str = "SELECT display_name, timezone, notes, version, updated_at FROM device_settings \
             WHERE tenant_id = $1 AND device_id = $2";
         let device = device_id.to_string();
-        with_writer!(self.db(), |pool| sqlx::query_as::<_, SettingsRow>(SQL)
+        with_reader!(self.db(), |pool| sqlx::query_as::<_, SettingsRow>(SQL)
             .bind(&self.tenant)
             .bind(&device)
             .fetch_optional(pool)
@@ -123,7 +123,7 @@ impl<'s> SettingsStore<'s> {
         }
         .map_err(classify)?;
         if written == 0 {
-            // Give the connection back first: on SQLite it is the only writer, and `get` uses it.
+            // The conflict's current version is read on a reader connection (the write rolls back).
             drop(tx);
             let now_current = self.get(device_id).await?.map_or(0, |row| row.version);
             return Err(SettingsError::VersionConflict(now_current));

@@ -106,7 +106,7 @@ pub async fn create(
 pub async fn get(scope: &TenantScope, id: WebhookId) -> Result<Option<WebhookRow>, StoreError> {
     let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE tenant_id = $1 AND id = $2");
     let (tenant, id) = (scope.tenant_id().to_string(), id.to_string());
-    with_writer!(scope.db(), |pool| sqlx::query_as::<_, WebhookRow>(&sql)
+    with_reader!(scope.db(), |pool| sqlx::query_as::<_, WebhookRow>(&sql)
         .bind(&tenant)
         .bind(&id)
         .fetch_optional(pool)
