@@ -10,12 +10,12 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use crate::http::error::ApiError;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct HealthResponse {
+pub(crate) struct HealthResponse {
     /// `ok`.
     pub status: String,
 }

@@ -25,7 +25,7 @@ use crate::http::error::{FieldError, Problem};
 struct BaseDoc;
 
 /// The document before the features' routers add their paths.
-pub fn base_document() -> OpenApiDoc {
+pub(crate) fn base_document() -> OpenApiDoc {
     BaseDoc::openapi()
 }
 
@@ -43,7 +43,7 @@ const ERRORS: &[(&str, &str)] = &[
 ];
 
 /// Adds the shared parts to the merged document.
-pub fn finish(mut document: OpenApiDoc) -> OpenApiDoc {
+pub(crate) fn finish(mut document: OpenApiDoc) -> OpenApiDoc {
     let components = document.components.get_or_insert_with(Default::default);
     components
         .add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));

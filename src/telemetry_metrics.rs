@@ -121,14 +121,14 @@ impl HttpMetrics {
     }
 }
 
-pub fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
+pub(crate) fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
     utoipa_axum::router::OpenApiRouter::new().routes(utoipa_axum::routes!(serve))
 }
 
 /// Prometheus metrics (OpenMetrics text): requests by route, latency, devices by status.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
-pub async fn serve(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub(crate) async fn serve(State(state): State<AppState>) -> Result<Response, ApiError> {
     let counts = crate::devices::store::count_by_status(&state.db).await?;
     for status in herd_domain::status::DeviceStatus::ALL {
         let n = counts.iter().find(|(s, _)| s == status).map(|(_, n)| *n).unwrap_or(0);

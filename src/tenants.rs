@@ -21,16 +21,16 @@ use crate::http::error::{ApiError, FieldErrors};
 use crate::http::extract::{ApiJson, ApiQuery, PageParams, Validate};
 use crate::http::{time, ListResponse};
 use herd_store::tenants as store;
-pub use herd_store::tenants::{CreateTenantError, TenantRow};
+pub(crate) use herd_store::tenants::{CreateTenantError, TenantRow};
 use herd_store::Db;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(create_tenant, list_tenants))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct TenantDto {
+pub(crate) struct TenantDto {
     pub id: String,
     pub name: String,
     pub created_at: DateTime<Utc>,
@@ -43,7 +43,7 @@ impl From<TenantRow> for TenantDto {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct CreateTenantRequest {
+pub(crate) struct CreateTenantRequest {
     /// Unique; 1–64 characters.
     pub name: String,
 }
@@ -58,7 +58,7 @@ impl Validate for CreateTenantRequest {
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct CreatedTenant {
+pub(crate) struct CreatedTenant {
     pub tenant: TenantDto,
     /// The tenant's first admin API token. Shown once.
     pub admin_token: String,
@@ -66,7 +66,7 @@ pub struct CreatedTenant {
 
 /// Creates a tenant with an admin API token and returns the token's secret. `platform_admin`
 /// marks the token as the platform admin's too (only the bootstrap does that).
-pub async fn create(
+pub(crate) async fn create(
     db: &Db,
     name: &str,
     token: Option<String>,
@@ -91,7 +91,7 @@ pub enum Bootstrap {
 
 /// On an empty database, creates the platform admin and the `default` tenant (DESIGN.md
 /// "Principals"). Safe when several instances start at once: the tenant name is unique.
-pub async fn bootstrap(
+pub(crate) async fn bootstrap(
     db: &Db,
     data_dir: &Path,
     configured_token: Option<&str>,
@@ -115,7 +115,7 @@ pub async fn bootstrap(
 }
 
 /// Writes a secret readable only by its owner (0600), atomically.
-pub fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
+pub(crate) fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
     use anyhow::Context;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

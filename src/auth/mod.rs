@@ -7,16 +7,16 @@
 //! name a tenant it was not authenticated for: it never reads a tenant id from the path or the
 //! body.
 
-pub mod routes;
-pub use herd_store::credentials as store;
-pub mod tokens;
+pub(crate) mod routes;
+pub(crate) use herd_store::credentials as store;
+pub(crate) mod tokens;
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use herd_domain::ids::{DeviceId, EnrollmentTokenId, TokenId, UserId};
-pub use herd_domain::status::{MemberTokenKind, Role};
-pub use herd_store::{System, TenantScope};
+pub(crate) use herd_domain::status::{MemberTokenKind, Role};
+pub(crate) use herd_store::{System, TenantScope};
 
 use crate::app::AppState;
 use crate::clock::to_millis;
@@ -25,7 +25,7 @@ use tokens::TokenKind;
 
 /// An authenticated tenant member (API token or login session).
 #[derive(Debug, Clone)]
-pub struct Member {
+pub(crate) struct Member {
     scope: TenantScope,
     pub role: Role,
     pub platform_admin: bool,
@@ -36,7 +36,7 @@ pub struct Member {
 
 impl Member {
     /// The tenant scope, if the member's role is at least `role`; else 403.
-    pub fn require(&self, role: Role) -> Result<&TenantScope, ApiError> {
+    pub(crate) fn require(&self, role: Role) -> Result<&TenantScope, ApiError> {
         if self.role >= role {
             Ok(&self.scope)
         } else {
@@ -44,18 +44,18 @@ impl Member {
         }
     }
 
-    pub fn tenant_id(&self) -> herd_domain::ids::TenantId {
+    pub(crate) fn tenant_id(&self) -> herd_domain::ids::TenantId {
         self.scope.tenant_id()
     }
 }
 
 /// A platform admin (the bootstrap credential, or a user marked so).
 #[derive(Debug, Clone)]
-pub struct PlatformAdmin(pub Member);
+pub(crate) struct PlatformAdmin;
 
 /// An authenticated device: its own id and its tenant's scope.
 #[derive(Debug, Clone)]
-pub struct DeviceAuth {
+pub(crate) struct DeviceAuth {
     pub scope: TenantScope,
     pub device_id: DeviceId,
     /// The device's row as read while authenticating (the heartbeat answers from it).
@@ -64,13 +64,13 @@ pub struct DeviceAuth {
 
 /// Who may auto-register a device: an enrollment token or a member with at least `operator`.
 #[derive(Debug, Clone)]
-pub enum Enroller {
+pub(crate) enum Enroller {
     Token { scope: TenantScope, token_id: EnrollmentTokenId },
     Member { scope: TenantScope },
 }
 
 impl Enroller {
-    pub fn scope(&self) -> &TenantScope {
+    pub(crate) fn scope(&self) -> &TenantScope {
         match self {
             Enroller::Token { scope, .. } | Enroller::Member { scope } => scope,
         }
@@ -162,7 +162,7 @@ impl FromRequestParts<AppState> for PlatformAdmin {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let member = Member::from_request_parts(parts, state).await?;
         if member.platform_admin {
-            Ok(PlatformAdmin(member))
+            Ok(PlatformAdmin)
         } else {
             Err(ApiError::Forbidden("this action needs a platform admin".into()))
         }

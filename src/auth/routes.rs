@@ -19,7 +19,7 @@ use crate::http::extract::{ApiJson, ApiQuery, IdPath, PageParams, Validate};
 use crate::http::{time, ListResponse};
 use crate::ids::{EnrollmentTokenId, TokenId, UserId};
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(login))
         .routes(routes!(logout))
@@ -33,7 +33,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct LoginRequest {
+pub(crate) struct LoginRequest {
     pub username: String,
     pub password: String,
 }
@@ -51,7 +51,7 @@ impl Validate for LoginRequest {
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct LoginResponse {
+pub(crate) struct LoginResponse {
     /// The session token: send it as `Authorization: Bearer …`.
     pub token: String,
     pub expires_at: DateTime<Utc>,
@@ -97,7 +97,7 @@ async fn logout(
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct MeResponse {
+pub(crate) struct MeResponse {
     pub tenant_id: String,
     pub role: Role,
     pub platform_admin: bool,
@@ -120,7 +120,7 @@ async fn me(member: Member) -> Json<MeResponse> {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct CreateTokenRequest {
+pub(crate) struct CreateTokenRequest {
     pub name: String,
     pub role: Role,
     /// When the token stops working; never if absent.
@@ -138,7 +138,7 @@ impl Validate for CreateTokenRequest {
 /// An API token (its secret is shown only once, at creation).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct TokenDto {
+pub(crate) struct TokenDto {
     pub id: String,
     pub name: String,
     pub role: Role,
@@ -163,7 +163,7 @@ impl From<TokenRow> for TokenDto {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct CreatedToken {
+pub(crate) struct CreatedToken {
     pub token: TokenDto,
     /// The bearer secret. Store it now: herd keeps only its hash.
     pub secret: String,
@@ -230,7 +230,7 @@ async fn revoke_token(
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct CreateEnrollmentTokenRequest {
+pub(crate) struct CreateEnrollmentTokenRequest {
     pub name: Option<String>,
     /// When the token stops working; never if absent.
     pub expires_at: Option<DateTime<Utc>>,
@@ -253,7 +253,7 @@ impl Validate for CreateEnrollmentTokenRequest {
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct EnrollmentTokenDto {
+pub(crate) struct EnrollmentTokenDto {
     pub id: String,
     pub name: String,
     pub expires_at: Option<DateTime<Utc>>,
@@ -279,7 +279,7 @@ impl From<EnrollmentTokenRow> for EnrollmentTokenDto {
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct CreatedEnrollmentToken {
+pub(crate) struct CreatedEnrollmentToken {
     pub enrollment_token: EnrollmentTokenDto,
     /// The bearer secret devices use for `POST /devices/auto-register`. Shown once.
     pub secret: String,
@@ -339,7 +339,7 @@ async fn revoke_enrollment_token(
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct CreateUserRequest {
+pub(crate) struct CreateUserRequest {
     /// Unique across the platform (an email address works well).
     pub username: String,
     /// 8 to 1024 bytes.
@@ -363,7 +363,7 @@ impl Validate for CreateUserRequest {
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct UserDto {
+pub(crate) struct UserDto {
     pub id: String,
     pub tenant_id: String,
     pub username: String,
@@ -386,7 +386,7 @@ impl From<UserRow> for UserDto {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct CreatedUser {
+pub(crate) struct CreatedUser {
     pub user: UserDto,
 }
 

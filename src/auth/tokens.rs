@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 /// The kind of credential a token is; its prefix tells the authenticator where to look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenKind {
+pub(crate) enum TokenKind {
     /// API tokens and login sessions of tenant members.
     Member,
     Enrollment,
@@ -20,7 +20,7 @@ pub enum TokenKind {
 }
 
 impl TokenKind {
-    pub fn prefix(self) -> &'static str {
+    pub(crate) fn prefix(self) -> &'static str {
         match self {
             TokenKind::Member => "herd_at_",
             TokenKind::Enrollment => "herd_et_",
@@ -30,7 +30,7 @@ impl TokenKind {
 
     /// The kind a presented token claims to be. Tokens without a known prefix (such as an
     /// operator-chosen `HERD_BOOTSTRAP_TOKEN`) are member tokens.
-    pub fn of(token: &str) -> TokenKind {
+    pub(crate) fn of(token: &str) -> TokenKind {
         if token.starts_with(TokenKind::Enrollment.prefix()) {
             TokenKind::Enrollment
         } else if token.starts_with(TokenKind::Device.prefix()) {
@@ -42,14 +42,14 @@ impl TokenKind {
 }
 
 /// A fresh secret of the given kind: its prefix plus 43 characters of base64url (256 bits).
-pub fn generate(kind: TokenKind) -> String {
+pub(crate) fn generate(kind: TokenKind) -> String {
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
     format!("{}{}", kind.prefix(), base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// The stored form of a token.
-pub fn hash(token: &str) -> String {
+pub(crate) fn hash(token: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(b"herd-token-v1:");
     hasher.update(token.as_bytes());
@@ -58,7 +58,7 @@ pub fn hash(token: &str) -> String {
 
 /// argon2id with the crate's default (OWASP-recommended) parameters. CPU-heavy: call it from
 /// `spawn_blocking`.
-pub fn hash_password(password: &str) -> anyhow::Result<String> {
+pub(crate) fn hash_password(password: &str) -> anyhow::Result<String> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
@@ -67,7 +67,7 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
 }
 
 /// Checks a password against a stored argon2 hash. CPU-heavy: call it from `spawn_blocking`.
-pub fn verify_password(password: &str, stored: &str) -> bool {
+pub(crate) fn verify_password(password: &str, stored: &str) -> bool {
     match PasswordHash::new(stored) {
         Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
         Err(_) => false,
@@ -76,7 +76,7 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
 
 /// A hash that no password matches, verified against when a username does not exist so that
 /// a login takes as long for an unknown user as for a wrong password.
-pub fn dummy_password_hash() -> &'static str {
+pub(crate) fn dummy_password_hash() -> &'static str {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DUMMY.get_or_init(|| hash_password("herd-dummy-password-never-valid").unwrap_or_default())
 }

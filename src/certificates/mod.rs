@@ -15,9 +15,9 @@
 pub mod authority;
 pub mod keypool;
 pub mod monitor;
-pub mod routes;
+pub(crate) mod routes;
 pub use herd_store::certificates as store;
-pub mod vault;
+pub(crate) mod vault;
 
 use std::sync::Arc;
 

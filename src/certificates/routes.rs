@@ -26,7 +26,7 @@ use crate::http::extract::{ApiJson, ApiQuery, IdPath, OptionalJson, PageParams, 
 use crate::http::{time, ListResponse};
 use crate::ids::{CertificateId, DeviceId};
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(issue_certificate, list_device_certificates))
         .routes(routes!(list_certificates))
@@ -48,7 +48,7 @@ const PEM: &str = "application/x-pem-file";
 /// A certificate record (DESIGN.md).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct CertificateDto {
+pub(crate) struct CertificateDto {
     pub id: String,
     pub device_id: String,
     /// Lowercase hex.
@@ -95,7 +95,7 @@ impl From<CertificateRow> for CertificateDto {
 /// A certificate with what a device needs to use it.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct CertificateBundle {
+pub(crate) struct CertificateBundle {
     pub certificate: CertificateDto,
     pub certificate_pem: String,
     /// Only for server-generated keys (PKCS#8 PEM). Absent for CSR certificates.
@@ -119,7 +119,7 @@ impl CertificateBundle {
 /// RSA ≥ 2048 bits and ECDSA P-256/P-384 keys are accepted. Only its public key is used.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CsrRequest {
+pub(crate) struct CsrRequest {
     pub csr: String,
 }
 
@@ -182,7 +182,7 @@ async fn list_device_certificates(
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query, rename_all = "camelCase")]
-pub struct CertificateListParams {
+pub(crate) struct CertificateListParams {
     /// `pending`, `active`, `expired` or `revoked`.
     pub status: Option<String>,
     /// Only certificates whose `notAfter` is within this many days from now (and not past).
@@ -247,7 +247,7 @@ async fn get_certificate(member: Member, IdPath(id): IdPath<CertificateId>) -> R
 /// `{reason}`: an RFC 5280 reason name.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RevokeRequest {
+pub(crate) struct RevokeRequest {
     /// `unspecified`, `keyCompromise`, `cACompromise`, `affiliationChanged`, `superseded`,
     /// `cessationOfOperation`, `privilegeWithdrawn` or `aACompromise`.
     pub reason: String,
@@ -302,7 +302,7 @@ async fn renew_certificate(
 /// `{certificatePem}` or `{fingerprint}`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ValidateRequest {
+pub(crate) struct ValidateRequest {
     pub certificate_pem: Option<String>,
     /// SHA-256 of the DER in hex (colons allowed).
     pub fingerprint: Option<String>,
@@ -331,7 +331,7 @@ impl Validate for ValidateRequest {
 /// The verdict on a certificate.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ValidationResponse {
+pub(crate) struct ValidationResponse {
     pub valid: bool,
     /// The record's status as of now (`unknown` when no record of this tenant matches).
     pub status: String,
@@ -404,7 +404,7 @@ async fn device_certificate(
 /// `?format=pem|der`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct FormatParams {
+pub(crate) struct FormatParams {
     /// `pem` or `der`.
     pub format: Option<String>,
 }

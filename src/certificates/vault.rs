@@ -30,7 +30,7 @@ const FILE: &str = "file";
 const DATABASE: &str = "database";
 
 /// The key store of this process.
-pub struct Vault {
+pub(crate) struct Vault {
     /// Where new keys go.
     kind: CertStoreKind,
     /// `<data-dir>/certificates`.
@@ -51,7 +51,7 @@ pub struct MigrateOutcome {
 impl Vault {
     /// Opens the key store. In `database` mode a missing `<data-dir>/kek` is created; in `file`
     /// mode an existing one is loaded so that keys stored before a switch stay readable.
-    pub fn open(settings: &Settings) -> anyhow::Result<Vault> {
+    pub(crate) fn open(settings: &Settings) -> anyhow::Result<Vault> {
         let root = settings.data_dir.join("certificates");
         let kek_path = settings.data_dir.join("kek");
         let kek = match &settings.key_encryption_key {
@@ -75,15 +75,10 @@ impl Vault {
         Ok(Vault { kind: settings.cert_store, root, kek })
     }
 
-    /// The key store new keys go to.
-    pub fn kind(&self) -> CertStoreKind {
-        self.kind
-    }
-
     /// The columns that record where a new certificate's private key is. In `database` mode
     /// this seals the key; in `file` mode it records the digest of the file
     /// [`Vault::write_files`] will write.
-    pub fn columns_for(&self, id: CertificateId, private_key_pem: Option<&str>) -> anyhow::Result<KeyColumns> {
+    pub(crate) fn columns_for(&self, id: CertificateId, private_key_pem: Option<&str>) -> anyhow::Result<KeyColumns> {
         let Some(key) = private_key_pem else {
             return Ok(KeyColumns::default());
         };
@@ -107,7 +102,7 @@ impl Vault {
 
     /// In `file` mode, writes the seed's files for a device's newest certificate (the key only
     /// for server-generated keys). Nothing in `database` mode.
-    pub async fn write_files(
+    pub(crate) async fn write_files(
         &self,
         device_id: DeviceId,
         certificate_pem: &str,
@@ -130,7 +125,7 @@ impl Vault {
 
     /// The private key of a record, from wherever the record says it is. `None` for a CSR
     /// certificate (herd never had its key).
-    pub async fn read_key(
+    pub(crate) async fn read_key(
         &self,
         id: CertificateId,
         device_id: DeviceId,
@@ -178,7 +173,7 @@ impl Vault {
 /// still matches its record; database → file moves each device's current key (the seed keeps
 /// one key file per device), oldest first so the newest wins. Other keys stay where they are
 /// and remain readable there.
-pub async fn migrate(db: &Db, vault: &Vault) -> anyhow::Result<MigrateOutcome> {
+pub(crate) async fn migrate(db: &Db, vault: &Vault) -> anyhow::Result<MigrateOutcome> {
     let from = match vault.kind {
         CertStoreKind::File => DATABASE,
         CertStoreKind::Database => FILE,
@@ -210,7 +205,7 @@ pub async fn migrate(db: &Db, vault: &Vault) -> anyhow::Result<MigrateOutcome> {
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
 /// reader sees the old file or the new one, never a half-written one.
-pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let file_name = path.file_name().and_then(|name| name.to_str()).unwrap_or("file");

@@ -9,7 +9,7 @@
 //! configuration is not managed: the device's own value stands and is never a difference.
 //! `store` holds the SQL; this module does not touch settings, presence or telemetry.
 
-pub use herd_store::configurations as store;
+pub(crate) use herd_store::configurations as store;
 
 use axum::extract::State;
 use axum::Json;
@@ -32,7 +32,7 @@ use crate::store::StoreError;
 use store::{ConfigurationError, ConfigurationRow, ConfigurationStore};
 
 /// The operator's and the device's configuration routes.
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(get_configuration, put_configuration))
         .routes(routes!(get_own_configuration))
@@ -44,7 +44,7 @@ const MAX_KIOSK_APP: usize = 255;
 /// Screen orientation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
-pub enum Orientation {
+pub(crate) enum Orientation {
     Landscape,
     Portrait,
     LandscapeReversed,
@@ -54,7 +54,7 @@ pub enum Orientation {
 /// A day of the week.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum Weekday {
+pub(crate) enum Weekday {
     Mon,
     Tue,
     Wed,
@@ -68,7 +68,7 @@ pub enum Weekday {
 /// setting; `offAt` before `onAt` spans midnight), on `days` (default: every day).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ScreenSchedule {
+pub(crate) struct ScreenSchedule {
     pub on_at: String,
     pub off_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,7 +79,7 @@ pub struct ScreenSchedule {
 /// This is both the wire format and the stored document.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct DisplayConfiguration {
+pub(crate) struct DisplayConfiguration {
     /// `WIDTHxHEIGHT` in pixels, e.g. `1920x1080`.
     pub resolution: Option<String>,
     pub orientation: Option<Orientation>,
@@ -163,7 +163,7 @@ fn is_package_name(text: &str) -> bool {
 /// `desiredVersion` you read) to refuse the write if someone else wrote since.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PutConfigurationDto {
+pub(crate) struct PutConfigurationDto {
     pub configuration: DisplayConfiguration,
     pub version: Option<i64>,
 }
@@ -183,7 +183,7 @@ impl Validate for PutConfigurationDto {
 /// version.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ReportConfigurationDto {
+pub(crate) struct ReportConfigurationDto {
     pub version: i64,
     pub configuration: DisplayConfiguration,
 }
@@ -202,7 +202,7 @@ impl Validate for ReportConfigurationDto {
 /// The operator's view: desired, reported, and whether they differ.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ConfigurationStatusDto {
+pub(crate) struct ConfigurationStatusDto {
     pub device_id: String,
     pub desired: DisplayConfiguration,
     /// 0 until a configuration is first set; each `PUT` adds one.
@@ -258,7 +258,7 @@ impl ConfigurationStatusDto {
 /// What a device reads: the configuration to apply and its version.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct DesiredConfigurationDto {
+pub(crate) struct DesiredConfigurationDto {
     pub version: i64,
     pub configuration: DisplayConfiguration,
     pub updated_at: Option<DateTime<Utc>>,

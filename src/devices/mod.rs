@@ -4,5 +4,5 @@
 //! `routes` holds the wire types and handlers; `store` the SQL. Device rows are reached only
 //! through [`store::DeviceStore`], which is built from a [`crate::auth::TenantScope`].
 
-pub mod routes;
-pub use herd_store::devices as store;
+pub(crate) mod routes;
+pub(crate) use herd_store::devices as store;

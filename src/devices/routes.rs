@@ -26,7 +26,7 @@ use crate::http::{time, ListResponse};
 use crate::ids::DeviceId;
 use herd_domain::status::DeviceStatus;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(auto_register))
         .routes(routes!(create_device, list_devices))
@@ -43,7 +43,7 @@ const MAX_TAG: usize = 64;
 /// A device record (DESIGN.md).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct DeviceDto {
+pub(crate) struct DeviceDto {
     pub id: String,
     pub name: String,
     pub serial_number: Option<String>,
@@ -90,7 +90,7 @@ impl From<DeviceRow> for DeviceDto {
 /// A device and the secret it authenticates with from now on.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct RegisteredDevice {
+pub(crate) struct RegisteredDevice {
     pub device: DeviceDto,
     /// The device's bearer token; shown once. Any earlier token of the device stops working.
     pub device_token: String,
@@ -99,7 +99,7 @@ pub struct RegisteredDevice {
 /// AutoRegisterDto: hardware identifiers (at least one) and what the device says about itself.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct AutoRegisterDto {
+pub(crate) struct AutoRegisterDto {
     pub serial_number: Option<String>,
     /// Six bytes in hex, with `:` or `-` separators or none; stored as `aa:bb:cc:dd:ee:ff`.
     pub mac_address: Option<String>,
@@ -141,7 +141,7 @@ impl Validate for AutoRegisterDto {
 /// CreateDeviceDto: an admin registers a device by hand.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct CreateDeviceDto {
+pub(crate) struct CreateDeviceDto {
     pub name: String,
     pub serial_number: Option<String>,
     pub mac_address: Option<String>,
@@ -177,7 +177,7 @@ impl Validate for CreateDeviceDto {
 /// so is the body.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ConnectDeviceDto {
+pub(crate) struct ConnectDeviceDto {
     pub ip_address: Option<String>,
     pub app_version: Option<String>,
     pub os_version: Option<String>,
@@ -206,7 +206,7 @@ impl Validate for ConnectDeviceDto {
 /// What `POST /devices/connect` answers.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ConnectResponse {
+pub(crate) struct ConnectResponse {
     pub device: DeviceDto,
     pub server_time: DateTime<Utc>,
 }
@@ -214,7 +214,7 @@ pub struct ConnectResponse {
 /// A partial update: absent fields stay, `null` clears an optional field.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct UpdateDeviceDto {
+pub(crate) struct UpdateDeviceDto {
     pub name: Option<String>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
@@ -284,7 +284,7 @@ fn check_tags(errors: &mut FieldErrors, tags: &[String]) {
 }
 
 /// `AA-BB-CC-DD-EE-FF`, `aabbccddeeff` and `aa:bb:cc:dd:ee:ff` are one address.
-pub fn normalize_mac(mac: &str) -> Option<String> {
+pub(crate) fn normalize_mac(mac: &str) -> Option<String> {
     let hex: String = mac.trim().chars().filter(|c| *c != ':' && *c != '-').collect();
     if hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return None;
@@ -410,7 +410,7 @@ async fn create_device(
 /// Filters of `GET /devices`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct DeviceListParams {
+pub(crate) struct DeviceListParams {
     /// `online` or `offline`.
     pub status: Option<String>,
     /// Case-insensitive search in name and serial number.

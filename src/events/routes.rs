@@ -24,7 +24,7 @@ use crate::http::error::ApiError;
 use crate::http::extract::ApiQuery;
 use crate::http::{time, ListResponse};
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_events)).routes(routes!(stream_events))
 }
 
@@ -34,7 +34,7 @@ const STREAM_POLL: Duration = Duration::from_millis(500);
 /// An event as served (DESIGN.md: `{id, type, tenantId, occurredAt, data}`, plus its `seq`).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct EventDto {
+pub(crate) struct EventDto {
     pub id: String,
     /// Position in the tenant's history; the SSE `id` and what `Last-Event-ID` resumes from.
     pub seq: i64,
@@ -60,7 +60,7 @@ impl From<EventRow> for EventDto {
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct EventListParams {
+pub(crate) struct EventListParams {
     /// Only these types (comma-separated), e.g. `device.status_changed`.
     #[serde(rename = "type")]
     pub event_type: Option<String>,
@@ -120,7 +120,7 @@ async fn list_events(
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct StreamParams {
+pub(crate) struct StreamParams {
     /// Only these types (comma-separated).
     #[serde(rename = "type")]
     pub event_type: Option<String>,

@@ -11,7 +11,7 @@ use crate::store::StoreError;
 
 /// A problem detail, as sent to clients.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Problem {
+pub(crate) struct Problem {
     /// A URI naming the kind of problem (`urn:herd:problem:…`).
     #[serde(rename = "type")]
     pub problem_type: String,
@@ -25,7 +25,7 @@ pub struct Problem {
 
 /// One invalid field of a request.
 #[derive(Debug, Clone, Serialize, ToSchema, PartialEq, Eq)]
-pub struct FieldError {
+pub(crate) struct FieldError {
     /// The field's JSON path, e.g. `serialNumber` or `tags[2]`.
     pub field: String,
     pub message: String,
@@ -33,7 +33,7 @@ pub struct FieldError {
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -61,7 +61,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -95,16 +95,16 @@ impl ApiError {
     }
 
     /// A 422 with one field error.
-    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::Validation(vec![FieldError { field: field.into(), message: message.into() }])
     }
 
     /// A 404 for a resource that is missing or belongs to another tenant (indistinguishable).
-    pub fn not_found(what: &str) -> Self {
+    pub(crate) fn not_found(what: &str) -> Self {
         ApiError::NotFound(format!("{what} not found"))
     }
 
-    pub fn internal(error: impl Into<anyhow::Error>) -> Self {
+    pub(crate) fn internal(error: impl Into<anyhow::Error>) -> Self {
         ApiError::Internal(error.into())
     }
 }
@@ -151,23 +151,19 @@ impl IntoResponse for ApiError {
 
 /// Collects field errors, so a request learns everything wrong with it at once.
 #[derive(Debug, Default)]
-pub struct FieldErrors(Vec<FieldError>);
+pub(crate) struct FieldErrors(Vec<FieldError>);
 
 impl FieldErrors {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    pub fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError { field: field.into(), message: message.into() });
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// `Ok(())` if nothing was added, else a 422 listing every error.
-    pub fn finish(self) -> Result<(), ApiError> {
+    pub(crate) fn finish(self) -> Result<(), ApiError> {
         if self.0.is_empty() {
             Ok(())
         } else {
@@ -176,7 +172,7 @@ impl FieldErrors {
     }
 
     /// Checks an optional text field: not blank, at most `max` characters, no control characters.
-    pub fn text(&mut self, field: &str, value: Option<&str>, max: usize) {
+    pub(crate) fn text(&mut self, field: &str, value: Option<&str>, max: usize) {
         if let Some(value) = value {
             if value.trim().is_empty() {
                 self.add(field, "must not be empty");

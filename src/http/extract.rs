@@ -9,7 +9,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
 use base64::Engine as _;
-pub use herd_store::Page;
+pub(crate) use herd_store::Page;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -17,7 +17,7 @@ use utoipa::IntoParams;
 use super::error::ApiError;
 
 /// A request body that can check itself after it has been parsed.
-pub trait Validate {
+pub(crate) trait Validate {
     /// Returns a 422 listing every invalid field, or normalises nothing and answers `Ok`.
     fn validate(&self) -> Result<(), ApiError>;
 }
@@ -25,7 +25,7 @@ pub trait Validate {
 /// A JSON body: 415 without a JSON content type, 413 over the body limit, 400 if it is not
 /// JSON, 422 (naming the field) if it is JSON of the wrong shape or fails [`Validate`].
 #[derive(Debug)]
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
@@ -47,7 +47,7 @@ where
 
 /// An optional JSON body: an empty body (with or without a content type) is `None`.
 #[derive(Debug)]
-pub struct OptionalJson<T>(pub Option<T>);
+pub(crate) struct OptionalJson<T>(pub Option<T>);
 
 impl<S, T> FromRequest<S> for OptionalJson<T>
 where
@@ -92,7 +92,7 @@ fn body_error(rejection: BytesRejection) -> ApiError {
 }
 
 /// Parses JSON, telling syntax errors (400) from shape errors (422 with the field's path).
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = match serde_path_to_error::deserialize(&mut deserializer) {
         Ok(value) => value,
@@ -131,7 +131,7 @@ fn strip_position(message: &str) -> String {
 
 /// A query string; a malformed one is a 422.
 #[derive(Debug)]
-pub struct ApiQuery<T>(pub T);
+pub(crate) struct ApiQuery<T>(pub T);
 
 impl<S, T> FromRequestParts<S> for ApiQuery<T>
 where
@@ -158,7 +158,7 @@ where
 
 /// One id in the path. Anything that does not parse is a 404: such a resource cannot exist.
 #[derive(Debug)]
-pub struct IdPath<T>(pub T);
+pub(crate) struct IdPath<T>(pub T);
 
 impl<S, T> FromRequestParts<S> for IdPath<T>
 where
@@ -177,7 +177,7 @@ where
 /// `limit` and `cursor` of every list (DESIGN.md: default 50, at most 500; opaque cursor).
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct PageParams {
+pub(crate) struct PageParams {
     /// How many items to return (1–500, default 50).
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
@@ -186,7 +186,7 @@ pub struct PageParams {
 }
 
 impl PageParams {
-    pub fn page(&self) -> Result<Page, ApiError> {
+    pub(crate) fn page(&self) -> Result<Page, ApiError> {
         let limit = self.limit.unwrap_or(50);
         if !(1..=500).contains(&limit) {
             return Err(ApiError::invalid("limit", "must be between 1 and 500"));
@@ -203,7 +203,7 @@ impl PageParams {
 }
 
 /// Wraps the last id of a page into an opaque cursor.
-pub fn encode_cursor(last_id: &str) -> String {
+pub(crate) fn encode_cursor(last_id: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("v1:{last_id}"))
 }
 

@@ -1,9 +1,9 @@
 //! The HTTP edge: the root router (which only merges the features' routers), the middleware
 //! stack, problem+json errors and the extractors that produce them.
 
-pub mod error;
-pub mod extract;
-pub mod unread_body;
+pub(crate) mod error;
+pub(crate) mod extract;
+pub(crate) mod unread_body;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ use error::ApiError;
 /// `{ items, nextCursor }`: the shape of every list (DESIGN.md).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ListResponse<T: ToSchema> {
+pub(crate) struct ListResponse<T: ToSchema> {
     pub items: Vec<T>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     pub next_cursor: Option<String>,
@@ -39,7 +39,7 @@ pub struct ListResponse<T: ToSchema> {
 
 impl<T: ToSchema> ListResponse<T> {
     /// Builds a page from `limit + 1` fetched rows: the extra row only says there is more.
-    pub fn from_rows<R, K: ToString>(
+    pub(crate) fn from_rows<R, K: ToString>(
         mut rows: Vec<R>,
         limit: u32,
         id_of: impl Fn(&R) -> K,
@@ -54,12 +54,12 @@ impl<T: ToSchema> ListResponse<T> {
 }
 
 /// Renders a stored millisecond timestamp for the wire.
-pub fn time(millis: i64) -> DateTime<Utc> {
+pub(crate) fn time(millis: i64) -> DateTime<Utc> {
     crate::clock::from_millis(millis)
 }
 
 /// The whole application: every feature's routes, the OpenAPI document, the middleware.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let (api_router, document) = OpenApiRouter::with_openapi(crate::openapi::base_document())
         .merge(crate::health::router())
         .merge(crate::tenants::router())

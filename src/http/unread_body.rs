@@ -29,14 +29,14 @@ use tokio::sync::oneshot;
 
 /// The most of an unread body the server reads to keep a connection: small refused requests
 /// (a device's JSON) keep their connection; an upload refused as too large does not.
-pub const DRAIN_LIMIT: u64 = 64 * 1024;
+pub(crate) const DRAIN_LIMIT: u64 = 64 * 1024;
 
 /// The longest the server waits for that remainder; a client that is slower loses the connection.
-pub const DRAIN_TIME: Duration = Duration::from_secs(1);
+pub(crate) const DRAIN_TIME: Duration = Duration::from_secs(1);
 
 /// Middleware: drains what the handler left of the request body, or marks the answer
 /// `Connection: close`. HTTP/2 is left alone: there an unread body resets only its stream.
-pub async fn finish_unread_body(request: Request, next: Next) -> Response {
+pub(crate) async fn finish_unread_body(request: Request, next: Next) -> Response {
     if request.version() > Version::HTTP_11 || request.body().is_end_stream() {
         return next.run(request).await;
     }

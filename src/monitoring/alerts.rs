@@ -19,14 +19,14 @@ use crate::http::{time, ListResponse};
 use crate::ids::{AlertId, DeviceId};
 use herd_domain::status::Severity;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_alerts)).routes(routes!(get_alert)).routes(routes!(acknowledge_alert))
 }
 
 /// An alert: one (device, rule) breach from when it opened until it resolved.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct AlertDto {
+pub(crate) struct AlertDto {
     pub id: String,
     pub device_id: String,
     pub device_name: String,
@@ -88,7 +88,7 @@ impl From<AlertRow> for AlertDto {
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
-pub struct AlertListParams {
+pub(crate) struct AlertListParams {
     /// `open` or `resolved`.
     pub status: Option<String>,
     /// `info`, `warning` or `critical`.

@@ -16,9 +16,9 @@
 //! describe a past the alert state has already moved beyond. `offline` rules are evaluated by
 //! the sweep ([`evaluate_offline`]), which also resolves them once the device is online again.
 
-pub mod alerts;
-pub mod overview;
-pub mod rules;
+pub(crate) mod alerts;
+pub(crate) mod overview;
+pub(crate) mod rules;
 pub use herd_domain::monitoring::{evaluate, Reading, Rule};
 pub use herd_domain::status::{Metric, Operator, Severity};
 pub use herd_store::monitoring as store;

@@ -21,14 +21,14 @@ use crate::clock::to_millis;
 use crate::http::error::ApiError;
 use crate::http::time;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(stats_overview))
 }
 
 /// The tenant at a glance.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct StatsOverview {
+pub(crate) struct StatsOverview {
     /// Every device of the tenant.
     pub total: i64,
     /// Devices online (reported within the presence threshold).
@@ -43,7 +43,7 @@ pub struct StatsOverview {
 /// One alert of the overview.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct RecentAlert {
+pub(crate) struct RecentAlert {
     pub id: String,
     pub device_id: String,
     pub device_name: String,

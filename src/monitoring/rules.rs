@@ -20,7 +20,7 @@ use crate::http::{time, ListResponse};
 use crate::ids::{DeviceId, RuleId};
 use herd_domain::status::{Metric, Operator, Severity};
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_rules, create_rule)).routes(routes!(get_rule, update_rule, delete_rule))
 }
 
@@ -34,7 +34,7 @@ const MAX_OFFLINE_MINUTES: f64 = 525_600.0;
 /// A monitoring rule.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct RuleDto {
+pub(crate) struct RuleDto {
     pub id: String,
     pub name: String,
     pub metric: Metric,
@@ -75,7 +75,7 @@ impl TryFrom<RuleRow> for RuleDto {
 /// A new rule. `enabled` defaults to true; give `deviceIds` or `tags` (not both) to scope it.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct CreateRuleDto {
+pub(crate) struct CreateRuleDto {
     pub name: String,
     pub metric: Metric,
     pub operator: Operator,
@@ -109,7 +109,7 @@ impl Validate for CreateRuleDto {
 /// A partial update: absent fields stay; `deviceIds`/`tags` set to null remove the scope.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct UpdateRuleDto {
+pub(crate) struct UpdateRuleDto {
     pub name: Option<String>,
     pub metric: Option<Metric>,
     pub operator: Option<Operator>,

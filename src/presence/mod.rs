@@ -111,4 +111,4 @@ pub async fn run_sweep(state: &crate::app::AppState) -> Result<SweepOutcome, Sto
     Ok(outcome)
 }
 
-pub mod routes;
+pub(crate) mod routes;

@@ -12,13 +12,13 @@ use crate::app::AppState;
 use crate::auth::PlatformAdmin;
 use crate::http::error::ApiError;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(sweep_now))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct SweepResponse {
+pub(crate) struct SweepResponse {
     /// Devices marked offline by this sweep (each with one `device.status_changed` event).
     pub marked_offline: usize,
     pub duration_ms: f64,

@@ -8,7 +8,7 @@
 //! refused with 409 if someone wrote since. A `PATCH /devices/{id}` of location or tags does not
 //! bump the settings version. This module does not touch presence, telemetry or configuration.
 
-pub use herd_store::settings as store;
+pub(crate) use herd_store::settings as store;
 
 use axum::extract::State;
 use axum::Json;
@@ -29,7 +29,7 @@ use crate::ids::DeviceId;
 use store::{SettingsError, SettingsFields, SettingsRow, SettingsStore};
 
 /// `GET/PUT /devices/{id}/settings`.
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_settings, put_settings))
 }
 
@@ -42,7 +42,7 @@ const MAX_TAG: usize = 64;
 /// A device's user-facing preferences.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct DeviceSettingsDto {
+pub(crate) struct DeviceSettingsDto {
     pub device_id: String,
     /// What people call the device; the device's `name` stays its registry name.
     pub display_name: Option<String>,
@@ -60,7 +60,7 @@ pub struct DeviceSettingsDto {
 /// to refuse the write if someone else wrote since.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct PutSettingsDto {
+pub(crate) struct PutSettingsDto {
     pub display_name: Option<String>,
     pub location: Option<String>,
     pub timezone: Option<String>,

@@ -21,7 +21,7 @@
 //! second when all samples are late), then the single insert. Alert rows and events are written
 //! only when an alert opens, changes or resolves.
 
-pub mod routes;
+pub(crate) mod routes;
 pub use herd_store::telemetry as store;
 
 use std::time::Duration;

@@ -22,7 +22,7 @@ use crate::ids::DeviceId;
 use crate::monitoring::{self, Metric, Reading, Rule};
 use crate::store::StoreError;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(ingest)).routes(routes!(history))
 }
 
@@ -31,7 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// than one sample.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct SampleDto {
+pub(crate) struct SampleDto {
     pub cpu: Option<f64>,
     pub ram: Option<f64>,
     pub storage: Option<f64>,
@@ -43,7 +43,7 @@ pub struct SampleDto {
 /// `{ "samples": [ … ] }` of at most 1000.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct MetricsBody {
+pub(crate) struct MetricsBody {
     pub cpu: Option<f64>,
     pub ram: Option<f64>,
     pub storage: Option<f64>,
@@ -142,7 +142,7 @@ impl Validate for MetricsBody {
 /// What `POST /devices/metrics` stored.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct IngestResponse {
+pub(crate) struct IngestResponse {
     /// Samples stored by this request.
     pub accepted: u64,
     /// Samples the device had already sent (same `recordedAt`); ignored, so retries are safe.
@@ -210,7 +210,7 @@ fn gone() -> ApiError {
 /// Query of `GET /devices/{id}/metrics`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct HistoryParams {
+pub(crate) struct HistoryParams {
     /// Start (inclusive, RFC 3339). Default: 24 hours before `to`.
     pub from: Option<DateTime<Utc>>,
     /// End (exclusive, RFC 3339). Default: now plus the accepted clock skew (5 minutes), so the
@@ -228,7 +228,7 @@ const MAX_BUCKETS: i64 = 10_000;
 
 /// Average, minimum and maximum of one metric in a bucket.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Aggregate {
+pub(crate) struct Aggregate {
     pub avg: f64,
     pub min: f64,
     pub max: f64,
@@ -237,7 +237,7 @@ pub struct Aggregate {
 /// One bucket of history.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct Bucket {
+pub(crate) struct Bucket {
     /// The bucket's start.
     pub start: DateTime<Utc>,
     /// How many samples it holds.
@@ -268,7 +268,7 @@ impl From<BucketRow> for Bucket {
 /// A stored sample.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct Sample {
+pub(crate) struct Sample {
     pub recorded_at: DateTime<Utc>,
     pub cpu: f64,
     pub ram: f64,
@@ -291,7 +291,7 @@ impl From<SampleRow> for Sample {
 /// A device's bucketed history.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct MetricsHistory {
+pub(crate) struct MetricsHistory {
     pub device_id: String,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,

@@ -8,7 +8,7 @@
 //! Receivers deduplicate with `X-Herd-Event-Id`.
 
 pub mod delivery;
-pub mod routes;
+pub(crate) mod routes;
 pub use herd_store::webhooks as store;
 
 use std::net::IpAddr;

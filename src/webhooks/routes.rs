@@ -19,7 +19,7 @@ use crate::http::extract::{ApiJson, ApiQuery, IdPath, PageParams, Validate};
 use crate::http::{time, ListResponse};
 use crate::ids::WebhookId;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_webhook, list_webhooks))
         .routes(routes!(get_webhook, update_webhook, delete_webhook))
@@ -28,7 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct WebhookDto {
+pub(crate) struct WebhookDto {
     pub id: String,
     pub url: String,
     /// Subscribed event types; empty means all.
@@ -57,7 +57,7 @@ impl From<WebhookRow> for WebhookDto {
 
 /// `Debug` (below) leaves the secret out.
 #[derive(Deserialize, ToSchema)]
-pub struct CreateWebhookRequest {
+pub(crate) struct CreateWebhookRequest {
     pub url: String,
     /// Event types to deliver; absent or empty means all.
     #[serde(default)]
@@ -109,7 +109,7 @@ impl Validate for CreateWebhookRequest {
 
 /// `Debug` (below) leaves the secret out.
 #[derive(Serialize, ToSchema)]
-pub struct CreatedWebhook {
+pub(crate) struct CreatedWebhook {
     pub webhook: WebhookDto,
     /// The signing secret. Shown once; herd never serves it again.
     pub secret: String,
@@ -164,7 +164,7 @@ async fn get_webhook(member: Member, IdPath(id): IdPath<WebhookId>) -> Result<Js
 
 /// `Debug` (below) leaves the secret out.
 #[derive(Default, Deserialize, ToSchema)]
-pub struct UpdateWebhookRequest {
+pub(crate) struct UpdateWebhookRequest {
     pub url: Option<String>,
     pub events: Option<Vec<String>>,
     pub secret: Option<String>,
@@ -239,7 +239,7 @@ async fn delete_webhook(member: Member, IdPath(id): IdPath<WebhookId>) -> Result
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct DeliveryDto {
+pub(crate) struct DeliveryDto {
     pub id: String,
     pub webhook_id: String,
     pub event_id: String,
