@@ -34,10 +34,13 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_certificate))
         .routes(routes!(renew_certificate))
         .routes(routes!(validate_certificate))
-        .routes(routes!(device_renews_certificate))
-        .routes(routes!(device_certificate))
         .routes(routes!(ca_certificate))
         .routes(routes!(ca_crl))
+}
+
+/// The routes a device calls with its own token.
+pub(crate) fn device_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(device_renews_certificate)).routes(routes!(device_certificate))
 }
 
 /// A CSR larger than this is not a device's CSR.

@@ -33,10 +33,12 @@ use store::{ConfigurationError, ConfigurationRow, ConfigurationStore};
 
 /// The operator's and the device's configuration routes.
 pub(crate) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(get_configuration, put_configuration))
-        .routes(routes!(get_own_configuration))
-        .routes(routes!(report_configuration))
+    OpenApiRouter::new().routes(routes!(get_configuration, put_configuration))
+}
+
+/// The routes a device calls with its own token.
+pub(crate) fn device_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_own_configuration)).routes(routes!(report_configuration))
 }
 
 const MAX_KIOSK_APP: usize = 255;

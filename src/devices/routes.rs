@@ -27,12 +27,17 @@ use crate::ids::DeviceId;
 use herd_domain::status::DeviceStatus;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(auto_register))
-        .routes(routes!(create_device, list_devices))
-        .routes(routes!(connect))
-        .routes(routes!(get_self))
-        .routes(routes!(get_device, update_device, delete_device))
+    OpenApiRouter::new().routes(routes!(create_device, list_devices)).routes(routes!(
+        get_device,
+        update_device,
+        delete_device
+    ))
+}
+
+/// The routes a device calls: enrollment (with an enrollment token) and, with its own token,
+/// heartbeats and reading itself.
+pub(crate) fn device_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(auto_register)).routes(routes!(connect)).routes(routes!(get_self))
 }
 
 const MAX_TEXT: usize = 200;

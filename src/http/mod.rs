@@ -58,6 +58,17 @@ pub(crate) fn time(millis: i64) -> DateTime<Utc> {
     crate::clock::from_millis(millis)
 }
 
+/// Every route a device calls (enrollment, heartbeats, telemetry, its configuration and
+/// certificate), in one router beside the operators' so that device-only transport rules
+/// (mTLS, EST, their own limits) can be layered on it alone.
+fn device_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(crate::devices::routes::device_router())
+        .merge(crate::telemetry::routes::device_router())
+        .merge(crate::configurations::device_router())
+        .merge(crate::certificates::routes::device_router())
+}
+
 /// The whole application: every feature's routes, the OpenAPI document, the middleware.
 pub(crate) fn router(state: AppState) -> Router {
     let (api_router, document) = OpenApiRouter::with_openapi(crate::openapi::base_document())
@@ -74,6 +85,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(crate::presence::routes::router())
         .merge(crate::events::routes::router())
         .merge(crate::webhooks::routes::router())
+        .merge(device_router())
         .split_for_parts();
     let document = Arc::new(crate::openapi::finish(document));
 

@@ -23,7 +23,12 @@ use crate::monitoring::{self, Metric, Reading, Rule};
 use crate::store::StoreError;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(ingest)).routes(routes!(history))
+    OpenApiRouter::new().routes(routes!(history))
+}
+
+/// The routes a device calls with its own token.
+pub(crate) fn device_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(ingest))
 }
 
 /// One sample. `cpu`, `ram` and `storage` are percentages (0–100), `temperature` °C (−50–150,

@@ -63,3 +63,29 @@ fn only_the_store_crate_runs_sql() {
     );
     assert!(!found.is_empty(), "the scan found no query at all: it is not looking where the SQL is");
 }
+
+#[test]
+fn only_jobs_act_as_the_system_principal() {
+    // Where a job (or the shutdown sequence) acts for every tenant. A request handler that
+    // reached for `AppState::system` could name any tenant: it must go through its caller's
+    // scope instead.
+    let allowed = [
+        "src/app.rs",
+        "src/jobs.rs",
+        "src/certificates/monitor.rs",
+        "src/monitoring/mod.rs",
+        "src/presence/mod.rs",
+        "src/webhooks/delivery.rs",
+    ];
+    let found = offending_lines(&[".system", "&System", "for_system("], &[]);
+    let outside: Vec<&String> = found
+        .iter()
+        .filter(|line| line.starts_with("src/") && !allowed.iter().any(|file| line.starts_with(&format!("{file}:"))))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "the system principal outside a job:\n{}",
+        outside.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+    );
+    assert!(found.iter().any(|line| line.starts_with("src/jobs.rs:")), "the scan does not see the jobs");
+}
