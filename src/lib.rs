@@ -16,6 +16,7 @@ pub mod config;
 mod configurations;
 mod devices;
 pub mod events;
+mod files;
 mod health;
 mod http;
 pub mod jobs;

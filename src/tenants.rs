@@ -1,7 +1,6 @@
 //! Tenants: the platform admin creates them; each starts with one admin API token. Also the
 //! first-start bootstrap of the `default` tenant and the platform admin credential.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use axum::extract::State;
@@ -116,23 +115,7 @@ pub(crate) async fn bootstrap(
 
 /// Writes a secret readable only by its owner (0600), atomically.
 pub(crate) fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(secret.as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    crate::files::write_atomically(path, format!("{secret}\n").as_bytes(), 0o600)
 }
 
 /// Create a tenant (platform admin). Answers its first admin token.

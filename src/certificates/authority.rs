@@ -11,8 +11,8 @@ use anyhow::Context;
 use herd_pki::{CaConfig, CertificateAuthority, PkiError};
 
 use super::store;
-use super::vault::write_atomically;
 use crate::config::Settings;
+use crate::files::write_atomically;
 use crate::store::Db;
 
 /// The CA certificate's lifetime when herd generates it.

@@ -503,7 +503,7 @@ fn pem_to_der(text: &str) -> Option<Vec<u8>> {
 }
 
 /// Lowercase hex SHA-256, the form herd-pki gives fingerprints in.
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }

@@ -14,15 +14,15 @@
 //! written by one backend stays readable after the operator switches. This module must not
 //! decide who may read a key; callers prove the tenant first.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use base64::Engine as _;
-use sha2::Digest;
 
+use super::sha256_hex;
 use super::store::{self, CertificateMaterial, KeyColumns};
 use crate::config::{CertStoreKind, Settings};
+use crate::files::write_atomically;
 use crate::ids::{CertificateId, DeviceId};
 use crate::store::Db;
 
@@ -203,39 +203,7 @@ pub(crate) async fn migrate(db: &Db, vault: &Vault) -> anyhow::Result<MigrateOut
     Ok(outcome)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
-/// reader sees the old file or the new one, never a half-written one.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let file_name = path.file_name().and_then(|name| name.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let result = (|| {
-        let mut file = options.open(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 fn parse_kek(text: &str) -> anyhow::Result<[u8; 32]> {
     let bytes = hex::decode(text.trim())?;
     bytes.try_into().map_err(|_| anyhow::anyhow!("expected 32 bytes"))
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(sha2::Sha256::digest(bytes))
 }

@@ -42,8 +42,6 @@ pub(crate) fn device_router() -> OpenApiRouter<AppState> {
 
 const MAX_TEXT: usize = 200;
 const MAX_IDENTIFIER: usize = 128;
-const MAX_TAGS: usize = 32;
-const MAX_TAG: usize = 64;
 
 /// A device record (DESIGN.md).
 #[derive(Debug, Serialize, ToSchema)]
@@ -173,7 +171,7 @@ impl Validate for CreateDeviceDto {
         {
             errors.text(field, value.as_deref(), MAX_TEXT);
         }
-        check_tags(&mut errors, &self.tags);
+        errors.tags("tags", &self.tags);
         errors.finish()
     }
 }
@@ -263,7 +261,7 @@ impl Validate for UpdateDeviceDto {
             errors.text(field, value.as_ref().and_then(|v| v.as_deref()), MAX_TEXT);
         }
         if let Some(tags) = &self.tags {
-            check_tags(&mut errors, tags);
+            errors.tags("tags", tags);
         }
         errors.finish()
     }
@@ -276,15 +274,6 @@ fn check_identifiers(errors: &mut FieldErrors, serial: Option<&str>, mac: Option
         if normalize_mac(mac).is_none() {
             errors.add("macAddress", "must be six bytes in hex, e.g. aa:bb:cc:dd:ee:ff");
         }
-    }
-}
-
-fn check_tags(errors: &mut FieldErrors, tags: &[String]) {
-    if tags.len() > MAX_TAGS {
-        errors.add("tags", format!("at most {MAX_TAGS} tags"));
-    }
-    for (i, tag) in tags.iter().enumerate() {
-        errors.text(&format!("tags[{i}]"), Some(tag), MAX_TAG);
     }
 }
 
@@ -302,16 +291,6 @@ pub(crate) fn normalize_mac(mac: &str) -> Option<String> {
 
 fn clean(value: &Option<String>) -> Option<String> {
     value.as_deref().map(|v| v.trim().to_string())
-}
-
-fn clean_tags(tags: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for tag in tags.iter().map(|t| t.trim().to_string()) {
-        if !out.contains(&tag) {
-            out.push(tag);
-        }
-    }
-    out
 }
 
 fn identifier_conflict(error: crate::store::StoreError) -> ApiError {
@@ -402,7 +381,7 @@ async fn create_device(
         os_version: None,
         app_version: None,
         location: clean(&body.location),
-        tags: clean_tags(&body.tags),
+        tags: herd_domain::tags::normalize(&body.tags),
     };
     let secret = tokens::generate(TokenKind::Device);
     let row = DeviceStore::new(scope)
@@ -448,7 +427,7 @@ async fn list_devices(
         }
     };
     errors.text("q", params.q.as_deref(), MAX_TEXT);
-    errors.text("tag", params.tag.as_deref(), MAX_TAG);
+    errors.text("tag", params.tag.as_deref(), herd_domain::tags::MAX_TAG_LEN);
     errors.finish()?;
     let filter = DeviceFilter { status, q: params.q, tag: params.tag };
     let rows = DeviceStore::new(scope).list(&filter, &page).await?;
@@ -547,7 +526,7 @@ async fn update_device(
         model: trim(&body.model),
         manufacturer: trim(&body.manufacturer),
         location: trim(&body.location),
-        tags: body.tags.as_deref().map(clean_tags),
+        tags: body.tags.as_deref().map(herd_domain::tags::normalize),
     };
     let row = DeviceStore::new(scope)
         .update(id, &patch, to_millis(state.clock.now()))

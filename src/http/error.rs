@@ -172,6 +172,17 @@ impl FieldErrors {
     }
 
     /// Checks an optional text field: not blank, at most `max` characters, no control characters.
+    /// Checks a tag list against the limits of `herd_domain::tags`.
+    pub(crate) fn tags(&mut self, field: &str, tags: &[String]) {
+        use herd_domain::tags::{MAX_TAGS, MAX_TAG_LEN};
+        if tags.len() > MAX_TAGS {
+            self.add(field, format!("at most {MAX_TAGS} tags"));
+        }
+        for (i, tag) in tags.iter().enumerate() {
+            self.text(&format!("{field}[{i}]"), Some(tag), MAX_TAG_LEN);
+        }
+    }
+
     pub(crate) fn text(&mut self, field: &str, value: Option<&str>, max: usize) {
         if let Some(value) = value {
             if value.trim().is_empty() {

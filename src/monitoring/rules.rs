@@ -26,8 +26,6 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 
 const MAX_NAME: usize = 100;
 const MAX_DEVICE_IDS: usize = 500;
-const MAX_TAGS: usize = 32;
-const MAX_TAG: usize = 64;
 /// The longest offline threshold: a year, in minutes.
 const MAX_OFFLINE_MINUTES: f64 = 525_600.0;
 
@@ -212,12 +210,7 @@ fn check_tags(errors: &mut FieldErrors, tags: &[String]) {
     if tags.is_empty() {
         errors.add("tags", "must name at least one tag (or be null for every device)");
     }
-    if tags.len() > MAX_TAGS {
-        errors.add("tags", format!("at most {MAX_TAGS} tags"));
-    }
-    for (i, tag) in tags.iter().enumerate() {
-        errors.text(&format!("tags[{i}]"), Some(tag), MAX_TAG);
-    }
+    errors.tags("tags", tags);
 }
 
 fn device_ids(ids: &Option<Vec<String>>) -> Option<Vec<DeviceId>> {
@@ -225,15 +218,7 @@ fn device_ids(ids: &Option<Vec<String>>) -> Option<Vec<DeviceId>> {
 }
 
 fn tags(tags: &Option<Vec<String>>) -> Option<Vec<String>> {
-    tags.as_ref().map(|tags| {
-        let mut out: Vec<String> = Vec::new();
-        for tag in tags.iter().map(|t| t.trim().to_string()) {
-            if !out.contains(&tag) {
-                out.push(tag);
-            }
-        }
-        out
-    })
+    tags.as_deref().map(herd_domain::tags::normalize)
 }
 
 /// The tenant's rules, oldest first. The first read creates the default rules.

@@ -36,8 +36,6 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 const MAX_TEXT: usize = 200;
 const MAX_NOTES: usize = 4000;
 const MAX_TIMEZONE: usize = 64;
-const MAX_TAGS: usize = 32;
-const MAX_TAG: usize = 64;
 
 /// A device's user-facing preferences.
 #[derive(Debug, Serialize, ToSchema)]
@@ -85,12 +83,7 @@ impl Validate for PutSettingsDto {
                 errors.add("timezone", "must be an IANA time zone name such as Europe/Berlin, or UTC");
             }
         }
-        if self.tags.len() > MAX_TAGS {
-            errors.add("tags", format!("at most {MAX_TAGS} tags"));
-        }
-        for (i, tag) in self.tags.iter().enumerate() {
-            errors.text(&format!("tags[{i}]"), Some(tag), MAX_TAG);
-        }
+        errors.tags("tags", &self.tags);
         if self.version.is_some_and(|v| v < 0) {
             errors.add("version", "must not be negative");
         }
@@ -153,12 +146,7 @@ async fn put_settings(
     let trim = |value: &Option<String>| value.as_deref().map(|v| v.trim().to_string());
     let fields =
         SettingsFields { display_name: trim(&body.display_name), timezone: trim(&body.timezone), notes: body.notes };
-    let mut tags: Vec<String> = Vec::new();
-    for tag in body.tags.iter().map(|t| t.trim().to_string()) {
-        if !tags.contains(&tag) {
-            tags.push(tag);
-        }
-    }
+    let tags = herd_domain::tags::normalize(&body.tags);
     let patch = DevicePatch { location: Some(trim(&body.location)), tags: Some(tags), ..DevicePatch::default() };
     let (settings, device) =
         SettingsStore::new(scope).put(id, body.version, &fields, &patch, now).await.map_err(|error| match error {

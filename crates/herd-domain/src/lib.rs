@@ -13,6 +13,7 @@ pub mod event;
 pub mod ids;
 pub mod monitoring;
 pub mod status;
+pub mod tags;
 
 pub use event::Event;
 pub use text_enum::UnknownValue;
