@@ -102,7 +102,7 @@ pub struct NewToken<'a> {
 
 /// Inserts a member token for a tenant. System-level: used by tenant creation (before any
 /// member of the tenant exists) and, through [`create_token`], by tenant admins.
-pub async fn insert_token(
+pub(crate) async fn insert_token(
     tx: &mut Tx,
     tenant_id: TenantId,
     token: &NewToken<'_>,

@@ -785,6 +785,6 @@ pub async fn tenant_rules(scope: &TenantScope, now: i64) -> Result<Arc<[Rule]>, 
 }
 
 /// Forgets a tenant's cached rules; every rule change calls it after committing.
-pub fn invalidate_rules(tenant_id: TenantId) {
+pub(crate) fn invalidate_rules(tenant_id: TenantId) {
     RULE_CACHE.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&tenant_id);
 }
