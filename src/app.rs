@@ -16,13 +16,16 @@ use crate::store::Db;
 use crate::telemetry_metrics::HttpMetrics;
 use crate::tenants::{self, Bootstrap};
 
-/// What every handler can reach. Cheap to clone.
-#[derive(Clone)]
+/// The application's shared state. Cheap to clone. Handlers take the narrow part they need
+/// (`State<Arc<dyn Clock>>`, `State<Arc<CertificateService>>`, …: each field is `FromRef`),
+/// except `system`, which no handler can extract: only jobs act as the system principal.
+#[derive(Clone, axum::extract::FromRef)]
 pub struct AppState {
     /// The database. Tenant data is reached through `TenantScope`s made by the auth
     /// extractors, never by querying this handle with a tenant id from the request.
     pub db: Db,
     /// The system principal that opening the database handed out: jobs act through it.
+    #[from_ref(skip)]
     pub system: Arc<herd_store::System>,
     pub settings: Arc<Settings>,
     /// The only source of "now" (tests substitute a manual clock).

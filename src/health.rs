@@ -28,8 +28,8 @@ async fn healthz() -> Json<HealthResponse> {
 
 /// The database answers.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = HealthResponse)))]
-async fn readyz(State(state): State<AppState>) -> Result<Json<HealthResponse>, ApiError> {
-    if state.db.ping().await {
+async fn readyz(State(db): State<herd_store::Db>) -> Result<Json<HealthResponse>, ApiError> {
+    if db.ping().await {
         Ok(Json(HealthResponse { status: "ok".into() }))
     } else {
         Err(ApiError::Unavailable("the database does not answer".into()))

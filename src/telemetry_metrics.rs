@@ -4,6 +4,7 @@
 //! Each [`crate::app::App`] owns its registry (no global recorder), so several apps in one
 //! test process keep separate figures.
 
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -128,14 +129,18 @@ pub(crate) fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
 /// Prometheus metrics (OpenMetrics text): requests by route, latency, devices by status.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
-pub(crate) async fn serve(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let counts = crate::devices::store::count_by_status(&state.db).await?;
+pub(crate) async fn serve(
+    State(db): State<herd_store::Db>,
+    State(heartbeats): State<Arc<crate::presence::HeartbeatBuffer>>,
+    State(metrics): State<Arc<crate::telemetry_metrics::HttpMetrics>>,
+) -> Result<Response, ApiError> {
+    let counts = crate::devices::store::count_by_status(&db).await?;
     for status in herd_domain::status::DeviceStatus::ALL {
         let n = counts.iter().find(|(s, _)| s == status).map(|(_, n)| *n).unwrap_or(0);
-        state.metrics.devices.get_or_create(&StatusLabels { status: status.as_str().into() }).set(n);
+        metrics.devices.get_or_create(&StatusLabels { status: status.as_str().into() }).set(n);
     }
-    state.metrics.heartbeats_buffered.set(state.heartbeats.len() as i64);
-    state.metrics.event_backlog.set(crate::webhooks::store::backlog(&state.db).await?);
-    let text = state.metrics.encode().map_err(|e| ApiError::internal(anyhow::anyhow!("cannot encode metrics: {e}")))?;
+    metrics.heartbeats_buffered.set(heartbeats.len() as i64);
+    metrics.event_backlog.set(crate::webhooks::store::backlog(&db).await?);
+    let text = metrics.encode().map_err(|e| ApiError::internal(anyhow::anyhow!("cannot encode metrics: {e}")))?;
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
 }

@@ -2,6 +2,7 @@
 //! first-start bootstrap of the `default` tenant and the platform admin credential.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -122,12 +123,13 @@ pub(crate) fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()>
 #[utoipa::path(post, path = "/tenants", tag = "tenants", security(("bearer" = [])), request_body = CreateTenantRequest,
     responses((status = 201, body = CreatedTenant)))]
 async fn create_tenant(
-    State(state): State<AppState>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
+    State(db): State<herd_store::Db>,
     _admin: PlatformAdmin,
     ApiJson(body): ApiJson<CreateTenantRequest>,
 ) -> Result<(StatusCode, Json<CreatedTenant>), ApiError> {
     let (row, secret) =
-        create(&state.db, body.name.trim(), None, false, to_millis(state.clock.now())).await.map_err(|e| match e {
+        create(&db, body.name.trim(), None, false, to_millis(clock.now())).await.map_err(|e| match e {
             CreateTenantError::Duplicate(_) => ApiError::Conflict(e.to_string()),
             CreateTenantError::Store(error) => error.into(),
         })?;
@@ -138,11 +140,11 @@ async fn create_tenant(
 #[utoipa::path(get, path = "/tenants", tag = "tenants", security(("bearer" = [])), params(PageParams),
     responses((status = 200, body = ListResponse<TenantDto>)))]
 async fn list_tenants(
-    State(state): State<AppState>,
+    State(db): State<herd_store::Db>,
     _admin: PlatformAdmin,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<ListResponse<TenantDto>>, ApiError> {
     let page = params.page()?;
-    let rows = store::list(&state.db, &page).await?;
+    let rows = store::list(&db, &page).await?;
     Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id.to_string(), TenantDto::from)))
 }

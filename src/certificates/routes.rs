@@ -12,6 +12,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use herd_pki::{RevocationReason, VerifiedCsr};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -203,7 +204,7 @@ pub(crate) struct CertificateListParams {
 #[utoipa::path(get, path = "/certificates", tag = "certificates", security(("bearer" = [])), params(CertificateListParams),
     responses((status = 200, body = ListResponse<CertificateDto>)))]
 async fn list_certificates(
-    State(state): State<AppState>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     ApiQuery(params): ApiQuery<CertificateListParams>,
 ) -> Result<Json<ListResponse<CertificateDto>>, ApiError> {
@@ -227,7 +228,7 @@ async fn list_certificates(
         None => None,
     };
     errors.finish()?;
-    let now = to_millis(state.clock.now());
+    let now = to_millis(clock.now());
     let filter = CertificateFilter {
         status: params.status,
         expiring: params.expiring_within_days.map(|days| (now, now + i64::from(days) * 86_400_000)),
@@ -271,7 +272,8 @@ impl Validate for RevokeRequest {
     params(("id" = String, Path, description = "certificate id")), request_body = RevokeRequest,
     responses((status = 200, body = CertificateDto), (status = 409, description = "already revoked")))]
 async fn revoke_certificate(
-    State(state): State<AppState>,
+    State(certificates): State<Arc<crate::certificates::CertificateService>>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     IdPath(id): IdPath<CertificateId>,
     ApiJson(body): ApiJson<RevokeRequest>,
@@ -279,8 +281,8 @@ async fn revoke_certificate(
     let scope = member.require(Role::Admin)?;
     let reason =
         body.reason.parse::<RevocationReason>().map_err(|error| ApiError::invalid("reason", error.to_string()))?;
-    let now = to_millis(state.clock.now());
-    let row = state.certificates.revoke(scope, id, reason, now).await?;
+    let now = to_millis(clock.now());
+    let row = certificates.revoke(scope, id, reason, now).await?;
     Ok(Json(row.into()))
 }
 
@@ -351,14 +353,15 @@ pub(crate) struct ValidationResponse {
 #[utoipa::path(post, path = "/certificates/validate", tag = "certificates", security(("bearer" = [])),
     request_body = ValidateRequest, responses((status = 200, body = ValidationResponse)))]
 async fn validate_certificate(
-    State(state): State<AppState>,
+    State(certificates): State<Arc<crate::certificates::CertificateService>>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     ApiJson(body): ApiJson<ValidateRequest>,
 ) -> Result<Json<ValidationResponse>, ApiError> {
     let scope = member.require(Role::Viewer)?;
-    let now = to_millis(state.clock.now());
+    let now = to_millis(clock.now());
     let verdict =
-        state.certificates.validate(scope, body.certificate_pem.as_deref(), body.fingerprint.as_deref(), now).await?;
+        certificates.validate(scope, body.certificate_pem.as_deref(), body.fingerprint.as_deref(), now).await?;
     let has = |reason: &str| verdict.reasons.contains(&reason);
     let status = match &verdict.record {
         None => "unknown".to_string(),
@@ -425,12 +428,12 @@ fn wants(params: &FormatParams, default: &'static str) -> Result<&'static str, A
 #[utoipa::path(get, path = "/ca/certificate", tag = "certificates", params(FormatParams),
     responses((status = 200, content((String = "application/x-pem-file"), (Vec<u8> = "application/pkix-cert")))))]
 async fn ca_certificate(
-    State(state): State<AppState>,
+    State(certificates): State<Arc<crate::certificates::CertificateService>>,
     ApiQuery(params): ApiQuery<FormatParams>,
 ) -> Result<Response, ApiError> {
     Ok(match wants(&params, "pem")? {
-        "pem" => ([(header::CONTENT_TYPE, PEM)], state.certificates.ca_certificate_pem().to_string()).into_response(),
-        _ => ([(header::CONTENT_TYPE, "application/pkix-cert")], state.certificates.ca_certificate_der().to_vec())
+        "pem" => ([(header::CONTENT_TYPE, PEM)], certificates.ca_certificate_pem().to_string()).into_response(),
+        _ => ([(header::CONTENT_TYPE, "application/pkix-cert")], certificates.ca_certificate_der().to_vec())
             .into_response(),
     })
 }
@@ -438,9 +441,13 @@ async fn ca_certificate(
 /// The CRL signed by the CA: DER by default, `?format=pem` for PEM. No credential needed.
 #[utoipa::path(get, path = "/ca/crl", tag = "certificates", params(FormatParams),
     responses((status = 200, content((Vec<u8> = "application/pkix-crl"), (String = "application/x-pem-file")))))]
-async fn ca_crl(State(state): State<AppState>, ApiQuery(params): ApiQuery<FormatParams>) -> Result<Response, ApiError> {
+async fn ca_crl(
+    State(certificates): State<Arc<crate::certificates::CertificateService>>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
+    ApiQuery(params): ApiQuery<FormatParams>,
+) -> Result<Response, ApiError> {
     let format = wants(&params, "der")?;
-    let crl = state.certificates.crl(to_millis(state.clock.now())).await?;
+    let crl = certificates.crl(to_millis(clock.now())).await?;
     Ok(match format {
         "pem" => ([(header::CONTENT_TYPE, PEM)], crl.pem).into_response(),
         _ => ([(header::CONTENT_TYPE, "application/pkix-crl")], crl.der).into_response(),

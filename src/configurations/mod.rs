@@ -16,6 +16,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::sync::Arc;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -305,7 +306,7 @@ async fn get_configuration(
     request_body = PutConfigurationDto, params(("id" = String, Path, description = "device id")),
     responses((status = 200, body = ConfigurationStatusDto)))]
 async fn put_configuration(
-    State(state): State<AppState>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     IdPath(id): IdPath<DeviceId>,
     ApiJson(body): ApiJson<PutConfigurationDto>,
@@ -314,7 +315,7 @@ async fn put_configuration(
     DeviceStore::new(scope).get(id).await?.ok_or_else(|| ApiError::not_found("device"))?;
     let desired = serde_json::to_string(&body.configuration).map_err(ApiError::internal)?;
     let row = ConfigurationStore::new(scope)
-        .put_desired(id, body.version, &desired, to_millis(state.clock.now()))
+        .put_desired(id, body.version, &desired, to_millis(clock.now()))
         .await
         .map_err(conflict)?;
     Ok(Json(ConfigurationStatusDto::new(id, Some(row))?))
@@ -342,13 +343,13 @@ async fn get_own_configuration(device: DeviceAuth) -> Result<Json<DesiredConfigu
 #[utoipa::path(put, path = "/devices/self/configuration/reported", tag = "configurations", security(("bearer" = [])),
     request_body = ReportConfigurationDto, responses((status = 200, body = ConfigurationStatusDto)))]
 async fn report_configuration(
-    State(state): State<AppState>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
     device: DeviceAuth,
     ApiJson(body): ApiJson<ReportConfigurationDto>,
 ) -> Result<Json<ConfigurationStatusDto>, ApiError> {
     let reported = serde_json::to_string(&body.configuration).map_err(ApiError::internal)?;
     let row = ConfigurationStore::new(&device.scope)
-        .report(device.device_id, body.version, &reported, to_millis(state.clock.now()))
+        .report(device.device_id, body.version, &reported, to_millis(clock.now()))
         .await
         .map_err(|error| match &error {
             ConfigurationError::Store(StoreError::Other(sqlx::Error::Database(db)))

@@ -2,6 +2,7 @@
 //! the seed, and the device record of DESIGN.md).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -310,7 +311,7 @@ fn identifier_conflict(error: crate::store::StoreError) -> ApiError {
     responses((status = 201, body = RegisteredDevice, description = "a new device"),
               (status = 200, body = RegisteredDevice, description = "the device these identifiers already belong to")))]
 async fn auto_register(
-    State(state): State<AppState>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
     enroller: Enroller,
     ApiJson(body): ApiJson<AutoRegisterDto>,
 ) -> Result<(StatusCode, Json<RegisteredDevice>), ApiError> {
@@ -340,7 +341,7 @@ async fn auto_register(
     let mut attempt = 0;
     let outcome = loop {
         attempt += 1;
-        match store.auto_register(&ids, &info, &hash, enrollment, to_millis(state.clock.now())).await {
+        match store.auto_register(&ids, &info, &hash, enrollment, to_millis(clock.now())).await {
             Err(RegisterError::Store(error))
                 if attempt == 1 && matches!(error, crate::store::StoreError::Unique(_)) =>
             {
@@ -364,7 +365,7 @@ async fn auto_register(
 #[utoipa::path(post, path = "/devices", tag = "devices", security(("bearer" = [])), request_body = CreateDeviceDto,
     responses((status = 201, body = RegisteredDevice)))]
 async fn create_device(
-    State(state): State<AppState>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     ApiJson(body): ApiJson<CreateDeviceDto>,
 ) -> Result<(StatusCode, Json<RegisteredDevice>), ApiError> {
@@ -385,7 +386,7 @@ async fn create_device(
     };
     let secret = tokens::generate(TokenKind::Device);
     let row = DeviceStore::new(scope)
-        .create(&ids, &info, body.name.trim(), &tokens::hash(&secret), to_millis(state.clock.now()))
+        .create(&ids, &info, body.name.trim(), &tokens::hash(&secret), to_millis(clock.now()))
         .await
         .map_err(identifier_conflict)?;
     Ok((StatusCode::CREATED, Json(RegisteredDevice { device: row.into(), device_token: secret })))
@@ -448,7 +449,8 @@ fn overlay(state: &AppState, mut row: DeviceRow) -> DeviceRow {
 #[utoipa::path(post, path = "/devices/connect", tag = "devices", security(("bearer" = [])), request_body(content = Option<ConnectDeviceDto>),
     responses((status = 200, body = ConnectResponse)))]
 async fn connect(
-    State(state): State<AppState>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
+    State(heartbeats): State<Arc<crate::presence::HeartbeatBuffer>>,
     device: DeviceAuth,
     OptionalJson(body): OptionalJson<ConnectDeviceDto>,
 ) -> Result<Json<ConnectResponse>, ApiError> {
@@ -459,7 +461,7 @@ async fn connect(
         os_version: clean(&body.os_version),
         firmware_version: clean(&body.firmware_version),
     };
-    let now = state.clock.now();
+    let now = clock.now();
     let millis = to_millis(now);
     let known = &device.device;
     let same = |reported: &Option<String>, stored: &Option<String>| reported.is_none() || reported == stored;
@@ -472,7 +474,7 @@ async fn connect(
         // The hot path: an online device that only says "still here". Its lastSeen is
         // buffered and written in batches (see `presence` for what a crash can lose).
         let tenant = device.scope.tenant_id();
-        state.heartbeats.record(device.device_id, tenant, millis);
+        heartbeats.record(device.device_id, tenant, millis);
         let mut row = device.device;
         row.last_seen = Some(row.last_seen.map_or(millis, |seen| seen.max(millis)));
         return Ok(Json(ConnectResponse { device: row.into(), server_time: now }));
@@ -511,7 +513,7 @@ async fn get_device(
 #[utoipa::path(patch, path = "/devices/{id}", tag = "devices", security(("bearer" = [])), request_body = UpdateDeviceDto,
     params(("id" = String, Path, description = "device id")), responses((status = 200, body = DeviceDto)))]
 async fn update_device(
-    State(state): State<AppState>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     IdPath(id): IdPath<DeviceId>,
     ApiJson(body): ApiJson<UpdateDeviceDto>,
@@ -529,7 +531,7 @@ async fn update_device(
         tags: body.tags.as_deref().map(herd_domain::tags::normalize),
     };
     let row = DeviceStore::new(scope)
-        .update(id, &patch, to_millis(state.clock.now()))
+        .update(id, &patch, to_millis(clock.now()))
         .await
         .map_err(identifier_conflict)?
         .ok_or_else(|| ApiError::not_found("device"))?;
@@ -540,12 +542,12 @@ async fn update_device(
 #[utoipa::path(delete, path = "/devices/{id}", tag = "devices", security(("bearer" = [])),
     params(("id" = String, Path, description = "device id")), responses((status = 204, description = "deleted")))]
 async fn delete_device(
-    State(state): State<AppState>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     IdPath(id): IdPath<DeviceId>,
 ) -> Result<StatusCode, ApiError> {
     let scope = member.require(Role::Operator)?;
-    if DeviceStore::new(scope).delete(id, to_millis(state.clock.now())).await? {
+    if DeviceStore::new(scope).delete(id, to_millis(clock.now())).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("device"))

@@ -143,7 +143,11 @@ impl extract::Validate for serde_json::Value {
 }
 
 /// Counts and times every request by method, matched route and status.
-async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn record_metrics(
+    State(metrics): State<Arc<crate::telemetry_metrics::HttpMetrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let route = request
@@ -154,7 +158,7 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
     let response = next.run(request).await;
     let elapsed: Duration = started.elapsed();
     if method != Method::OPTIONS {
-        state.metrics.observe_request(method.as_str(), &route, response.status().as_u16(), elapsed);
+        metrics.observe_request(method.as_str(), &route, response.status().as_u16(), elapsed);
     }
     response
 }

@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -155,7 +156,7 @@ async fn get_alert(member: Member, IdPath(id): IdPath<AlertId>) -> Result<Json<A
 #[utoipa::path(post, path = "/alerts/{id}/acknowledge", tag = "monitoring", security(("bearer" = [])),
     params(("id" = String, Path, description = "alert id")), responses((status = 200, body = AlertDto)))]
 async fn acknowledge_alert(
-    State(state): State<AppState>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     IdPath(id): IdPath<AlertId>,
 ) -> Result<Json<AlertDto>, ApiError> {
@@ -165,7 +166,7 @@ async fn acknowledge_alert(
         None => member.token_id.to_string(),
     };
     let row = MonitoringStore::new(scope)
-        .acknowledge(id, &by, to_millis(state.clock.now()))
+        .acknowledge(id, &by, to_millis(clock.now()))
         .await?
         .ok_or_else(|| ApiError::not_found("alert"))?;
     Ok(Json(row.into()))

@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use std::sync::Arc;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -78,9 +79,12 @@ impl From<AlertRow> for RecentAlert {
 /// Device counts by presence, alerts of the last 24 hours and the newest alerts.
 #[utoipa::path(get, path = "/devices/stats/overview", tag = "monitoring", security(("bearer" = [])),
     responses((status = 200, body = StatsOverview)))]
-async fn stats_overview(State(state): State<AppState>, member: Member) -> Result<Json<StatsOverview>, ApiError> {
+async fn stats_overview(
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
+    member: Member,
+) -> Result<Json<StatsOverview>, ApiError> {
     let scope = member.require(Role::Viewer)?;
-    let overview = MonitoringStore::new(scope).overview(to_millis(state.clock.now())).await?;
+    let overview = MonitoringStore::new(scope).overview(to_millis(clock.now())).await?;
     Ok(Json(StatsOverview {
         total: overview.total,
         active: overview.online,

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -225,14 +226,14 @@ fn tags(tags: &Option<Vec<String>>) -> Option<Vec<String>> {
 #[utoipa::path(get, path = "/monitoring-rules", tag = "monitoring", security(("bearer" = [])), params(PageParams),
     responses((status = 200, body = ListResponse<RuleDto>)))]
 async fn list_rules(
-    State(state): State<AppState>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<ListResponse<RuleDto>>, ApiError> {
     let scope = member.require(Role::Viewer)?;
     let page = params.page()?;
     let store = MonitoringStore::new(scope);
-    store.ensure_defaults(to_millis(state.clock.now())).await?;
+    store.ensure_defaults(to_millis(clock.now())).await?;
     let rows = store.list_rules(&page).await?;
     let more = rows.len() > page.limit as usize;
     let items: Vec<RuleDto> =
@@ -245,7 +246,7 @@ async fn list_rules(
 #[utoipa::path(post, path = "/monitoring-rules", tag = "monitoring", security(("bearer" = [])), request_body = CreateRuleDto,
     responses((status = 201, body = RuleDto)))]
 async fn create_rule(
-    State(state): State<AppState>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     ApiJson(body): ApiJson<CreateRuleDto>,
 ) -> Result<(StatusCode, Json<RuleDto>), ApiError> {
@@ -260,7 +261,7 @@ async fn create_rule(
         device_ids: device_ids(&body.device_ids),
         tags: tags(&body.tags),
     };
-    let row = MonitoringStore::new(scope).create_rule(&spec, to_millis(state.clock.now())).await?;
+    let row = MonitoringStore::new(scope).create_rule(&spec, to_millis(clock.now())).await?;
     Ok((StatusCode::CREATED, Json(row.try_into()?)))
 }
 
@@ -277,7 +278,7 @@ async fn get_rule(member: Member, IdPath(id): IdPath<RuleId>) -> Result<Json<Rul
 #[utoipa::path(patch, path = "/monitoring-rules/{id}", tag = "monitoring", security(("bearer" = [])), request_body = UpdateRuleDto,
     params(("id" = String, Path, description = "rule id")), responses((status = 200, body = RuleDto)))]
 async fn update_rule(
-    State(state): State<AppState>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     IdPath(id): IdPath<RuleId>,
     ApiJson(body): ApiJson<UpdateRuleDto>,
@@ -311,7 +312,7 @@ async fn update_rule(
     }
     errors.finish()?;
     let row = store
-        .update_rule(id, &spec, to_millis(state.clock.now()))
+        .update_rule(id, &spec, to_millis(clock.now()))
         .await?
         .ok_or_else(|| ApiError::not_found("monitoring rule"))?;
     Ok(Json(row.try_into()?))
@@ -321,12 +322,12 @@ async fn update_rule(
 #[utoipa::path(delete, path = "/monitoring-rules/{id}", tag = "monitoring", security(("bearer" = [])),
     params(("id" = String, Path, description = "rule id")), responses((status = 204, description = "deleted")))]
 async fn delete_rule(
-    State(state): State<AppState>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     IdPath(id): IdPath<RuleId>,
 ) -> Result<StatusCode, ApiError> {
     let scope = member.require(Role::Admin)?;
-    if MonitoringStore::new(scope).delete_rule(id, to_millis(state.clock.now())).await? {
+    if MonitoringStore::new(scope).delete_rule(id, to_millis(clock.now())).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("monitoring rule"))

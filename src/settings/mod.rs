@@ -14,6 +14,7 @@ use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -135,14 +136,14 @@ async fn get_settings(member: Member, IdPath(id): IdPath<DeviceId>) -> Result<Js
 #[utoipa::path(put, path = "/devices/{id}/settings", tag = "settings", security(("bearer" = [])), request_body = PutSettingsDto,
     params(("id" = String, Path, description = "device id")), responses((status = 200, body = DeviceSettingsDto)))]
 async fn put_settings(
-    State(state): State<AppState>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     IdPath(id): IdPath<DeviceId>,
     ApiJson(body): ApiJson<PutSettingsDto>,
 ) -> Result<Json<DeviceSettingsDto>, ApiError> {
     let scope = member.require(Role::Operator)?;
     device_in(scope, id).await?;
-    let now = to_millis(state.clock.now());
+    let now = to_millis(clock.now());
     let trim = |value: &Option<String>| value.as_deref().map(|v| v.trim().to_string());
     let fields =
         SettingsFields { display_name: trim(&body.display_name), timezone: trim(&body.timezone), notes: body.notes };

@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -160,12 +161,13 @@ pub(crate) struct IngestResponse {
 #[utoipa::path(post, path = "/devices/metrics", tag = "telemetry", security(("bearer" = [])), request_body = MetricsBody,
     responses((status = 200, body = IngestResponse)))]
 async fn ingest(
-    State(state): State<AppState>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
+    State(settings): State<Arc<crate::config::Settings>>,
     device: DeviceAuth,
     ApiJson(body): ApiJson<MetricsBody>,
 ) -> Result<Json<IngestResponse>, ApiError> {
-    let now = to_millis(state.clock.now());
-    let retention = i64::try_from(state.settings.metrics_retention.as_millis()).unwrap_or(i64::MAX);
+    let now = to_millis(clock.now());
+    let retention = i64::try_from(settings.metrics_retention.as_millis()).unwrap_or(i64::MAX);
     let skew = i64::try_from(MAX_CLOCK_SKEW.as_millis()).unwrap_or(0);
     let mut errors = FieldErrors::new();
     let mut readings: Vec<Reading> = Vec::new();
@@ -314,13 +316,13 @@ pub(crate) struct MetricsHistory {
     params(("id" = String, Path, description = "device id"), HistoryParams),
     responses((status = 200, body = MetricsHistory)))]
 async fn history(
-    State(state): State<AppState>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     IdPath(id): IdPath<DeviceId>,
     ApiQuery(params): ApiQuery<HistoryParams>,
 ) -> Result<Json<MetricsHistory>, ApiError> {
     let scope = member.require(Role::Viewer)?;
-    let now = state.clock.now();
+    let now = clock.now();
     let to = params.to.unwrap_or(now + chrono::Duration::from_std(MAX_CLOCK_SKEW).unwrap_or_default());
     let from = params.from.unwrap_or(to - chrono::Duration::hours(24));
     let mut errors = FieldErrors::new();

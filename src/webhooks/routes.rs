@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -125,18 +126,19 @@ impl std::fmt::Debug for CreatedWebhook {
 #[utoipa::path(post, path = "/webhooks", tag = "events", security(("bearer" = [])), request_body = CreateWebhookRequest,
     responses((status = 201, body = CreatedWebhook)))]
 async fn create_webhook(
-    State(state): State<AppState>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
+    State(settings): State<Arc<crate::config::Settings>>,
     member: Member,
     ApiJson(body): ApiJson<CreateWebhookRequest>,
 ) -> Result<(StatusCode, Json<CreatedWebhook>), ApiError> {
     let scope = member.require(Role::Admin)?;
-    let url = super::check_url(body.url.trim(), state.settings.webhook_allow_private)
-        .map_err(|m| ApiError::invalid("url", m))?;
+    let url =
+        super::check_url(body.url.trim(), settings.webhook_allow_private).map_err(|m| ApiError::invalid("url", m))?;
     let secret =
         body.secret.unwrap_or_else(|| tokens::generate(tokens::TokenKind::Member).replacen("herd_at_", "whsec_", 1));
     let mut events = body.events;
     events.dedup();
-    let row = store::create(scope, url.as_str(), &events, &secret, to_millis(state.clock.now())).await?;
+    let row = store::create(scope, url.as_str(), &events, &secret, to_millis(clock.now())).await?;
     Ok((StatusCode::CREATED, Json(CreatedWebhook { webhook: row.into(), secret })))
 }
 
@@ -198,7 +200,8 @@ impl Validate for UpdateWebhookRequest {
 #[utoipa::path(patch, path = "/webhooks/{id}", tag = "events", security(("bearer" = [])), request_body = UpdateWebhookRequest,
     params(("id" = String, Path, description = "webhook id")), responses((status = 200, body = WebhookDto)))]
 async fn update_webhook(
-    State(state): State<AppState>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
+    State(settings): State<Arc<crate::config::Settings>>,
     member: Member,
     IdPath(id): IdPath<WebhookId>,
     ApiJson(body): ApiJson<UpdateWebhookRequest>,
@@ -206,8 +209,7 @@ async fn update_webhook(
     let scope = member.require(Role::Admin)?;
     let url = match &body.url {
         Some(url) => Some(
-            super::check_url(url.trim(), state.settings.webhook_allow_private)
-                .map_err(|m| ApiError::invalid("url", m))?,
+            super::check_url(url.trim(), settings.webhook_allow_private).map_err(|m| ApiError::invalid("url", m))?,
         ),
         None => None,
     };
@@ -218,7 +220,7 @@ async fn update_webhook(
         body.events.as_deref(),
         body.secret.as_deref(),
         body.enabled,
-        to_millis(state.clock.now()),
+        to_millis(clock.now()),
     )
     .await?
     .ok_or_else(|| ApiError::not_found("webhook"))?;
