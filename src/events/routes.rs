@@ -8,7 +8,6 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Json;
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
@@ -21,7 +20,7 @@ use super::store::{self, EventRow};
 use crate::app::AppState;
 use crate::auth::{Member, Role, TenantScope};
 use crate::http::error::ApiError;
-use crate::http::extract::ApiQuery;
+use crate::http::extract::{decode_cursor, encode_tagged_cursor, page_of, ApiQuery};
 use crate::http::{time, ListResponse};
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -83,13 +82,11 @@ fn parse_types(text: Option<&str>) -> Result<Vec<String>, ApiError> {
     Ok(types)
 }
 
-fn encode_cursor(seq: i64) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("e1:{seq}"))
-}
+/// The tag of cursors over the outbox (ordered by `seq`, not by id).
+const EVENT_CURSOR: &str = "e1";
 
-fn decode_cursor(cursor: &str) -> Option<i64> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    String::from_utf8(bytes).ok()?.strip_prefix("e1:")?.parse().ok().filter(|seq: &i64| *seq >= 0)
+fn decode_event_cursor(cursor: &str) -> Option<i64> {
+    decode_cursor(EVENT_CURSOR, cursor)?.parse().ok().filter(|seq: &i64| *seq >= 0)
 }
 
 /// The tenant's event history, oldest first (kept for `HERD_EVENT_RETENTION`).
@@ -100,22 +97,11 @@ async fn list_events(
     ApiQuery(params): ApiQuery<EventListParams>,
 ) -> Result<Json<ListResponse<EventDto>>, ApiError> {
     let scope = member.require(Role::Viewer)?;
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::invalid("limit", "must be between 1 and 500"));
-    }
-    let after = match &params.cursor {
-        Some(cursor) => {
-            decode_cursor(cursor).ok_or_else(|| ApiError::invalid("cursor", "is not a cursor this server issued"))?
-        }
-        None => 0,
-    };
+    let (limit, after) = page_of(params.limit, params.cursor.as_deref(), decode_event_cursor)?;
     let types = parse_types(params.event_type.as_deref())?;
-    let mut rows = store::list(scope, after, &types, limit + 1).await?;
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let next_cursor = if more { rows.last().map(|r| encode_cursor(r.seq)) } else { None };
-    Ok(Json(ListResponse { items: rows.into_iter().map(EventDto::from).collect(), next_cursor }))
+    let rows = store::list(scope, after.unwrap_or(0), &types, limit + 1).await?;
+    let cursor_of = |row: &store::EventRow| encode_tagged_cursor(EVENT_CURSOR, &row.seq.to_string());
+    Ok(Json(ListResponse::from_rows_with_cursor(rows, limit, cursor_of, EventDto::from)))
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -197,5 +183,19 @@ impl EventStream {
                 () = tokio::time::sleep(STREAM_POLL) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_cursors_round_trip_and_refuse_other_lists() {
+        assert_eq!(decode_event_cursor(&encode_tagged_cursor(EVENT_CURSOR, "42")), Some(42));
+        assert_eq!(decode_event_cursor(&encode_tagged_cursor(EVENT_CURSOR, "-1")), None);
+        let id_cursor = crate::http::extract::encode_cursor("0190b0e4-0000-7000-8000-000000000000");
+        assert_eq!(decode_event_cursor(&id_cursor), None, "a device list's cursor is not an event cursor");
+        assert_eq!(decode_event_cursor("not base64!"), None);
     }
 }

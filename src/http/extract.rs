@@ -186,33 +186,56 @@ pub(crate) struct PageParams {
 }
 
 impl PageParams {
+    /// A page of a list ordered by id (the cursor is the last id of the previous page).
     pub(crate) fn page(&self) -> Result<Page, ApiError> {
-        let limit = self.limit.unwrap_or(50);
-        if !(1..=500).contains(&limit) {
-            return Err(ApiError::invalid("limit", "must be between 1 and 500"));
-        }
-        let after = match &self.cursor {
-            None => None,
-            Some(cursor) => Some(
-                decode_cursor(cursor)
-                    .ok_or_else(|| ApiError::invalid("cursor", "is not a cursor this server issued"))?,
-            ),
-        };
+        let (limit, after) = page_of(self.limit, self.cursor.as_deref(), |cursor| {
+            let id = decode_cursor(ID_CURSOR, cursor)?;
+            uuid::Uuid::parse_str(&id).ok()?;
+            Some(id)
+        })?;
         Ok(Page { limit, after })
     }
 }
 
-/// Wraps the last id of a page into an opaque cursor.
-pub(crate) fn encode_cursor(last_id: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("v1:{last_id}"))
+/// The tag of cursors over id-ordered lists.
+const ID_CURSOR: &str = "v1";
+
+/// Checks `limit` (1–500, default 50) and decodes `cursor` with `decode` (a cursor it refuses
+/// is a 422): every paged list, whatever its order, goes through here.
+pub(crate) fn page_of<K>(
+    limit: Option<u32>,
+    cursor: Option<&str>,
+    decode: impl Fn(&str) -> Option<K>,
+) -> Result<(u32, Option<K>), ApiError> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 500"));
+    }
+    let after = match cursor {
+        None => None,
+        Some(cursor) => {
+            Some(decode(cursor).ok_or_else(|| ApiError::invalid("cursor", "is not a cursor this server issued"))?)
+        }
+    };
+    Ok((limit, after))
 }
 
-fn decode_cursor(cursor: &str) -> Option<String> {
+/// Wraps the last id of a page into an opaque cursor.
+pub(crate) fn encode_cursor(last_id: &str) -> String {
+    encode_tagged_cursor(ID_CURSOR, last_id)
+}
+
+/// An opaque cursor: `tag:value`, base64url. The tag says which order the value belongs to,
+/// so a cursor of one list is refused by another.
+pub(crate) fn encode_tagged_cursor(tag: &str, value: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{tag}:{value}"))
+}
+
+/// The value of a cursor made by [`encode_tagged_cursor`] with `tag`.
+pub(crate) fn decode_cursor(tag: &str, cursor: &str) -> Option<String> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
     let text = String::from_utf8(bytes).ok()?;
-    let id = text.strip_prefix("v1:")?;
-    uuid::Uuid::parse_str(id).ok()?;
-    Some(id.to_string())
+    Some(text.strip_prefix(tag)?.strip_prefix(':')?.to_string())
 }
 
 #[cfg(test)]

@@ -40,15 +40,24 @@ pub(crate) struct ListResponse<T: ToSchema> {
 impl<T: ToSchema> ListResponse<T> {
     /// Builds a page from `limit + 1` fetched rows: the extra row only says there is more.
     pub(crate) fn from_rows<R, K: ToString>(
-        mut rows: Vec<R>,
+        rows: Vec<R>,
         limit: u32,
         id_of: impl Fn(&R) -> K,
         into: impl Fn(R) -> T,
     ) -> Self {
+        Self::from_rows_with_cursor(rows, limit, |row| extract::encode_cursor(&id_of(row).to_string()), into)
+    }
+
+    /// [`ListResponse::from_rows`] for a list with a cursor of its own (`cursor_of` encodes it).
+    pub(crate) fn from_rows_with_cursor<R>(
+        mut rows: Vec<R>,
+        limit: u32,
+        cursor_of: impl Fn(&R) -> String,
+        into: impl Fn(R) -> T,
+    ) -> Self {
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
-        let next_cursor =
-            if more { rows.last().map(|row| extract::encode_cursor(&id_of(row).to_string())) } else { None };
+        let next_cursor = if more { rows.last().map(cursor_of) } else { None };
         Self { items: rows.into_iter().map(into).collect(), next_cursor }
     }
 }
