@@ -123,8 +123,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub data_dir: PathBuf,
-    /// Resolved database URL (never empty).
-    pub database_url: String,
+    /// Resolved database URL (never empty). Its `Debug` hides a password.
+    pub database_url: DatabaseUrl,
     pub listen: SocketAddr,
     pub presence_threshold: Duration,
     pub presence_sweep_interval: Duration,
@@ -184,6 +184,49 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// A database URL. It reads as a `&str` (`Deref`); its `Debug` and `Display` hide the password
+/// (`postgres://user:***@host/db`), so settings printed or logged give it away nowhere.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl std::ops::Deref for DatabaseUrl {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for DatabaseUrl {
+    fn from(value: String) -> Self {
+        DatabaseUrl(value)
+    }
+}
+
+impl From<&str> for DatabaseUrl {
+    fn from(value: &str) -> Self {
+        DatabaseUrl(value.to_string())
+    }
+}
+
+impl PartialEq<&str> for DatabaseUrl {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", crate::app::redact(&self.0))
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::app::redact(&self.0))
+    }
+}
+
 /// A setting that could not be understood; the message names it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -202,7 +245,7 @@ impl Settings {
     pub fn defaults_for(data_dir: impl Into<PathBuf>) -> Self {
         let data_dir = data_dir.into();
         Self {
-            database_url: default_database_url(&data_dir),
+            database_url: default_database_url(&data_dir).into(),
             data_dir,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             presence_threshold: Duration::from_secs(5 * 60),
@@ -246,7 +289,7 @@ impl Settings {
         let data_dir = PathBuf::from(pick("data_dir", &args.data_dir).unwrap_or_else(|| "./herd-data".into()));
         let mut settings = Self::defaults_for(&data_dir);
         if let Some(url) = pick("database_url", &args.database_url) {
-            settings.database_url = parse_database_url(&url)?;
+            settings.database_url = parse_database_url(&url)?.into();
         }
         if let Some(v) = pick("listen", &args.listen) {
             settings.listen = v.parse().map_err(|e: std::net::AddrParseError| invalid("listen", &v, e))?;
@@ -515,5 +558,16 @@ mod tests {
             assert!(!printed.contains(token) && !printed.contains(&kek), "{printed}");
             assert!(printed.contains("[redacted]"), "{printed}");
         }
+    }
+
+    #[test]
+    fn a_database_password_never_shows_in_debug_or_display() {
+        let mut settings = Settings::defaults_for("/tmp/x");
+        settings.database_url = "postgres://herd:s3cret-pw@127.0.0.1:5432/herd".into();
+        for printed in [format!("{settings:?}"), settings.database_url.to_string()] {
+            assert!(!printed.contains("s3cret-pw"), "{printed}");
+            assert!(printed.contains("herd:***@127.0.0.1"), "{printed}");
+        }
+        assert!(settings.database_url.starts_with("postgres://herd:s3cret-pw@"), "the value itself is intact");
     }
 }

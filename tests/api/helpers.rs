@@ -224,7 +224,7 @@ pub(crate) async fn spawn_app_with(engine: Engine, options: SpawnOptions) -> Tes
         Engine::Sqlite => None,
         Engine::Postgres => {
             let database = create_postgres_database().await;
-            settings.database_url = database.url();
+            settings.database_url = database.url().into();
             Some(database)
         }
     };
