@@ -18,7 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::store::{CertificateFilter, CertificateRow, CertificateStore};
-use super::{prove_device, CertificateError, CertificateStatus, Issued, NewKey};
+use super::{prove_device, CertificateError, CertificateService, CertificateStatus, Issued, NewKey};
 use crate::app::AppState;
 use crate::auth::{DeviceAuth, Member, Role};
 use crate::clock::to_millis;
@@ -109,12 +109,12 @@ pub(crate) struct CertificateBundle {
 }
 
 impl CertificateBundle {
-    fn new(state: &AppState, issued: Issued) -> Self {
+    fn new(certificates: &CertificateService, issued: Issued) -> Self {
         Self {
             certificate: issued.record.into(),
             certificate_pem: issued.certificate_pem,
             private_key_pem: issued.private_key_pem,
-            ca_certificate_pem: state.certificates.ca_certificate_pem().to_string(),
+            ca_certificate_pem: certificates.ca_certificate_pem().to_string(),
         }
     }
 }
@@ -150,7 +150,8 @@ impl CsrRequest {
     responses((status = 201, body = CertificateBundle), (status = 404, description = "no such device in this tenant"),
         (status = 422, description = "the CSR is malformed, badly signed or its key too weak")))]
 async fn issue_certificate(
-    State(state): State<AppState>,
+    State(certificates): State<Arc<crate::certificates::CertificateService>>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     IdPath(device_id): IdPath<DeviceId>,
     OptionalJson(body): OptionalJson<CsrRequest>,
@@ -160,9 +161,9 @@ async fn issue_certificate(
         Some(body) => NewKey::Csr(body.verified()?),
         None => NewKey::Generated,
     };
-    let now = to_millis(state.clock.now());
-    let issued = state.certificates.issue(scope, device_id, key, None, now).await?;
-    Ok((StatusCode::CREATED, Json(CertificateBundle::new(&state, issued))))
+    let now = to_millis(clock.now());
+    let issued = certificates.issue(scope, device_id, key, None, now).await?;
+    Ok((StatusCode::CREATED, Json(CertificateBundle::new(&certificates, issued))))
 }
 
 /// A device's certificates, oldest first.
@@ -292,16 +293,17 @@ async fn revoke_certificate(
     params(("id" = String, Path, description = "certificate id")), request_body(content = Option<CsrRequest>),
     responses((status = 201, body = CertificateBundle), (status = 409, description = "revoked, already renewed, or a CSR certificate without a new CSR")))]
 async fn renew_certificate(
-    State(state): State<AppState>,
+    State(certificates): State<Arc<crate::certificates::CertificateService>>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     IdPath(id): IdPath<CertificateId>,
     OptionalJson(body): OptionalJson<CsrRequest>,
 ) -> Result<(StatusCode, Json<CertificateBundle>), ApiError> {
     let scope = member.require(Role::Admin)?;
     let csr = body.map(|body| body.verified()).transpose()?;
-    let now = to_millis(state.clock.now());
-    let issued = state.certificates.renew(scope, id, csr, now).await?;
-    Ok((StatusCode::CREATED, Json(CertificateBundle::new(&state, issued))))
+    let now = to_millis(clock.now());
+    let issued = certificates.renew(scope, id, csr, now).await?;
+    Ok((StatusCode::CREATED, Json(CertificateBundle::new(&certificates, issued))))
 }
 
 /// `{certificatePem}` or `{fingerprint}`.
@@ -385,14 +387,15 @@ async fn validate_certificate(
 #[utoipa::path(post, path = "/devices/self/certificates", tag = "certificates", security(("bearer" = [])),
     request_body = CsrRequest, responses((status = 201, body = CertificateBundle)))]
 async fn device_renews_certificate(
-    State(state): State<AppState>,
+    State(certificates): State<Arc<crate::certificates::CertificateService>>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
     device: DeviceAuth,
     ApiJson(body): ApiJson<CsrRequest>,
 ) -> Result<(StatusCode, Json<CertificateBundle>), ApiError> {
     let csr = body.verified()?;
-    let now = to_millis(state.clock.now());
-    let issued = state.certificates.renew_by_device(&device.scope, device.device_id, csr, now).await?;
-    Ok((StatusCode::CREATED, Json(CertificateBundle::new(&state, issued))))
+    let now = to_millis(clock.now());
+    let issued = certificates.renew_by_device(&device.scope, device.device_id, csr, now).await?;
+    Ok((StatusCode::CREATED, Json(CertificateBundle::new(&certificates, issued))))
 }
 
 /// The calling device's current certificate bundle (device token), with its private key when
@@ -400,11 +403,11 @@ async fn device_renews_certificate(
 #[utoipa::path(get, path = "/devices/self/certificate", tag = "certificates", security(("bearer" = [])),
     responses((status = 200, body = CertificateBundle), (status = 404, description = "the device has no current certificate")))]
 async fn device_certificate(
-    State(state): State<AppState>,
+    State(certificates): State<Arc<crate::certificates::CertificateService>>,
     device: DeviceAuth,
 ) -> Result<Json<CertificateBundle>, ApiError> {
-    let issued = state.certificates.current_bundle(&device.scope, device.device_id).await?;
-    Ok(Json(CertificateBundle::new(&state, issued)))
+    let issued = certificates.current_bundle(&device.scope, device.device_id).await?;
+    Ok(Json(CertificateBundle::new(&certificates, issued)))
 }
 
 /// `?format=pem|der`.

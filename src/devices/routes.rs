@@ -25,6 +25,7 @@ use crate::http::error::{ApiError, FieldErrors};
 use crate::http::extract::{ApiJson, ApiQuery, IdPath, OptionalJson, PageParams, Validate};
 use crate::http::{time, ListResponse};
 use crate::ids::DeviceId;
+use crate::presence::HeartbeatBuffer;
 use herd_domain::status::DeviceStatus;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -413,7 +414,7 @@ pub(crate) struct DeviceListParams {
 #[utoipa::path(get, path = "/devices", tag = "devices", security(("bearer" = [])), params(DeviceListParams),
     responses((status = 200, body = ListResponse<DeviceDto>)))]
 async fn list_devices(
-    State(state): State<AppState>,
+    State(heartbeats): State<Arc<crate::presence::HeartbeatBuffer>>,
     member: Member,
     ApiQuery(params): ApiQuery<DeviceListParams>,
 ) -> Result<Json<ListResponse<DeviceDto>>, ApiError> {
@@ -432,12 +433,12 @@ async fn list_devices(
     errors.finish()?;
     let filter = DeviceFilter { status, q: params.q, tag: params.tag };
     let rows = DeviceStore::new(scope).list(&filter, &page).await?;
-    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id, |row| overlay(&state, row).into())))
+    Ok(Json(ListResponse::from_rows(rows, page.limit, |r| r.id, |row| overlay(&heartbeats, row).into())))
 }
 
 /// Shows a buffered heartbeat's `lastSeen` (not yet written) on a row read from the database.
-fn overlay(state: &AppState, mut row: DeviceRow) -> DeviceRow {
-    if let Some(at) = state.heartbeats.pending_last_seen(&row.id) {
+fn overlay(heartbeats: &HeartbeatBuffer, mut row: DeviceRow) -> DeviceRow {
+    if let Some(at) = heartbeats.pending_last_seen(&row.id) {
         if row.status == DeviceStatus::Online && row.last_seen.is_none_or(|seen| seen < at) {
             row.last_seen = Some(at);
         }
@@ -488,25 +489,28 @@ async fn connect(
 
 /// The calling device's own record (device token).
 #[utoipa::path(get, path = "/devices/self", tag = "devices", security(("bearer" = [])), responses((status = 200, body = DeviceDto)))]
-async fn get_self(State(state): State<AppState>, device: DeviceAuth) -> Result<Json<DeviceDto>, ApiError> {
+async fn get_self(
+    State(heartbeats): State<Arc<crate::presence::HeartbeatBuffer>>,
+    device: DeviceAuth,
+) -> Result<Json<DeviceDto>, ApiError> {
     let row = DeviceStore::new(&device.scope)
         .get(device.device_id)
         .await?
         .ok_or_else(|| ApiError::Unauthorized("this device no longer exists".into()))?;
-    Ok(Json(overlay(&state, row).into()))
+    Ok(Json(overlay(&heartbeats, row).into()))
 }
 
 /// One device of the tenant.
 #[utoipa::path(get, path = "/devices/{id}", tag = "devices", security(("bearer" = [])),
     params(("id" = String, Path, description = "device id")), responses((status = 200, body = DeviceDto)))]
 async fn get_device(
-    State(state): State<AppState>,
+    State(heartbeats): State<Arc<crate::presence::HeartbeatBuffer>>,
     member: Member,
     IdPath(id): IdPath<DeviceId>,
 ) -> Result<Json<DeviceDto>, ApiError> {
     let scope = member.require(Role::Viewer)?;
     let row = DeviceStore::new(scope).get(id).await?.ok_or_else(|| ApiError::not_found("device"))?;
-    Ok(Json(overlay(&state, row).into()))
+    Ok(Json(overlay(&heartbeats, row).into()))
 }
 
 /// Change a device (operator and above).
