@@ -40,11 +40,12 @@ pub struct MonitorOutcome {
 /// One monitor step at `now` (milliseconds).
 pub async fn run_once(service: &CertificateService, system: &System, now: i64) -> anyhow::Result<MonitorOutcome> {
     let db = &service.db;
-    let mut outcome = MonitorOutcome { activated: super::store::activate_due(db, now).await?, ..Default::default() };
+    let mut outcome =
+        MonitorOutcome { activated: super::store::activate_due(db, system, now).await?, ..Default::default() };
 
     loop {
         let mut tx = db.begin().await?;
-        let rows = super::store::expire_due(&mut tx, now, BATCH).await?;
+        let rows = super::store::expire_due(&mut tx, system, now, BATCH).await?;
         for row in &rows {
             let (tenant_id, certificate_id, device_id) = ids(row)?;
             let event = Event::CertificateExpired { certificate_id, device_id, not_after: row.not_after };
@@ -60,7 +61,7 @@ pub async fn run_once(service: &CertificateService, system: &System, now: i64) -
     let warn_before = now + i64::from(service.renewal_warning_days) * DAY_MS;
     loop {
         let mut tx = db.begin().await?;
-        let rows = super::store::warn_due(&mut tx, now, warn_before, BATCH).await?;
+        let rows = super::store::warn_due(&mut tx, system, now, warn_before, BATCH).await?;
         for row in &rows {
             let (tenant_id, certificate_id, device_id) = ids(row)?;
             let days_left = (row.not_after - now).div_euclid(DAY_MS);
@@ -76,7 +77,8 @@ pub async fn run_once(service: &CertificateService, system: &System, now: i64) -
 
     let renew_before = now + i64::from(service.auto_renewal_days) * DAY_MS;
     loop {
-        let claimed = super::store::claim_renewals(db, now, renew_before, now - RECLAIM_AFTER_MS, BATCH).await?;
+        let claimed =
+            super::store::claim_renewals(db, system, now, renew_before, now - RECLAIM_AFTER_MS, BATCH).await?;
         for row in &claimed {
             let (tenant_id, certificate_id, device_id) = ids(row)?;
             let scope = TenantScope::for_system(system, db, tenant_id);

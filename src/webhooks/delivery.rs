@@ -61,9 +61,9 @@ pub fn backoff(attempt: i64) -> i64 {
 /// Answers how many deliveries were created.
 pub async fn fan_out(db: &Db, system: &System, now: i64) -> Result<usize, StoreError> {
     let mut created = 0;
-    for id in store::enabled_ids(db).await? {
+    for id in store::enabled_ids(db, system).await? {
         let mut tx = db.begin().await?;
-        let webhook = match store::lock_for_fan_out(&mut tx, db.engine(), id).await {
+        let webhook = match store::lock_for_fan_out(&mut tx, system, db.engine(), id).await {
             Ok(Some(webhook)) => webhook,
             Ok(None) => continue,
             // Not "every event": a webhook whose stored row does not decode (its event filter,
@@ -103,7 +103,7 @@ pub async fn deliver_due(
     metrics: &crate::telemetry_metrics::HttpMetrics,
     now: i64,
 ) -> Result<DeliverOutcome, StoreError> {
-    let claimed = store::claim_due(db, now, LEASE_MS, CLAIM).await?;
+    let claimed = store::claim_due(db, system, now, LEASE_MS, CLAIM).await?;
     let attempts = claimed.iter().map(|delivery| attempt(db, system, client, delivery, now));
     let results = futures::future::join_all(attempts).await;
     let mut outcome = DeliverOutcome::default();
@@ -134,7 +134,7 @@ pub async fn deliver_due(
             if streak >= DISABLE_AFTER_FAILURES {
                 let reason = format!("{streak} consecutive failed deliveries");
                 if store::disable(&mut tx, delivery.webhook_id, &reason, now).await? {
-                    if let Some(webhook) = store::webhook_by_id(db, delivery.webhook_id).await? {
+                    if let Some(webhook) = store::webhook_by_id(db, system, delivery.webhook_id).await? {
                         let event = Event::WebhookDisabled { webhook_id: webhook.id, url: webhook.url, reason };
                         tx.record(delivery.tenant_id, &event, now);
                     }
@@ -158,7 +158,7 @@ async fn attempt(
     delivery: &DeliveryRow,
     now: i64,
 ) -> Result<Sent, StoreError> {
-    let Some(webhook) = store::webhook_by_id(db, delivery.webhook_id).await? else {
+    let Some(webhook) = store::webhook_by_id(db, system, delivery.webhook_id).await? else {
         return Ok((false, None, Some("the webhook was deleted".into()), 0));
     };
     let Some(event) =

@@ -18,7 +18,7 @@ const EXPIRED: &str = "expired";
 const REVOKED: &str = "revoked";
 use crate::Page;
 use crate::TenantScope;
-use crate::{classify, Db, Engine, StoreError, Tx};
+use crate::{classify, Db, Engine, StoreError, System, Tx};
 use crate::{with_reader, with_tx, with_writer};
 use herd_domain::ids::{CertificateId, DeviceId, TenantId};
 
@@ -350,7 +350,7 @@ pub struct Transition {
 }
 
 /// Monitor: `pending → active` for certificates whose `notBefore` has come. No event.
-pub async fn activate_due(db: &Db, now: i64) -> Result<u64, StoreError> {
+pub async fn activate_due(db: &Db, _system: &System, now: i64) -> Result<u64, StoreError> {
     let sql = format!("UPDATE certificates SET status = '{ACTIVE}' WHERE status = '{PENDING}' AND not_before <= $1 AND not_after > $1");
     with_writer!(db, |pool| sqlx::query(&sql).bind(now).execute(pool).await.map(|r| r.rows_affected()))
         .map_err(classify)
@@ -359,7 +359,7 @@ pub async fn activate_due(db: &Db, now: i64) -> Result<u64, StoreError> {
 /// Monitor: moves up to `limit` certificates past `notAfter` to `expired` inside `tx`. The
 /// status condition is re-checked by the UPDATE itself, so two instances never expire (and
 /// announce) the same certificate twice.
-pub async fn expire_due(tx: &mut Tx, now: i64, limit: i64) -> Result<Vec<Transition>, StoreError> {
+pub async fn expire_due(tx: &mut Tx, _system: &System, now: i64, limit: i64) -> Result<Vec<Transition>, StoreError> {
     let sql = format!(
         "UPDATE certificates SET status = '{EXPIRED}' WHERE id IN (SELECT id FROM certificates \
          WHERE status IN ('{PENDING}', '{ACTIVE}') AND not_after <= $1 ORDER BY not_after LIMIT $2) \
@@ -371,7 +371,13 @@ pub async fn expire_due(tx: &mut Tx, now: i64, limit: i64) -> Result<Vec<Transit
 
 /// Monitor: claims up to `limit` active certificates that entered the warning window and
 /// were not warned about; `warned_at` is set by the same conditional UPDATE (once each).
-pub async fn warn_due(tx: &mut Tx, now: i64, warn_before: i64, limit: i64) -> Result<Vec<Transition>, StoreError> {
+pub async fn warn_due(
+    tx: &mut Tx,
+    _system: &System,
+    now: i64,
+    warn_before: i64,
+    limit: i64,
+) -> Result<Vec<Transition>, StoreError> {
     let sql = format!(
         "UPDATE certificates SET warned_at = $1 WHERE id IN (SELECT id FROM certificates \
          WHERE status = '{ACTIVE}' AND warned_at IS NULL AND not_after > $1 AND not_after <= $2 ORDER BY not_after LIMIT $3) \
@@ -391,6 +397,7 @@ pub async fn warn_due(tx: &mut Tx, now: i64, warn_before: i64, limit: i64) -> Re
 /// its instance died); `mark_replaced` is what makes each renewal happen once.
 pub async fn claim_renewals(
     db: &Db,
+    _system: &System,
     now: i64,
     renew_before: i64,
     reclaim_before: i64,

@@ -8,7 +8,7 @@ use herd_domain::ids::{DeliveryId, EventId, TenantId, WebhookId};
 use herd_domain::status::DeliveryStatus;
 
 use crate::TenantScope;
-use crate::{classify, Db, Engine, StoreError, Tx};
+use crate::{classify, Db, Engine, StoreError, System, Tx};
 use crate::{with_reader, with_tx, with_writer};
 
 /// `Debug` is written out below so that the signing secret never reaches a log.
@@ -207,7 +207,7 @@ pub async fn backlog(db: &Db) -> Result<i64, StoreError> {
 }
 
 /// System-level: ids of enabled webhooks (the fan-out walks them one by one).
-pub async fn enabled_ids(db: &Db) -> Result<Vec<WebhookId>, StoreError> {
+pub async fn enabled_ids(db: &Db, _system: &System) -> Result<Vec<WebhookId>, StoreError> {
     let rows: Vec<(WebhookId,)> =
         with_reader!(db, |pool| sqlx::query_as("SELECT id FROM webhooks WHERE enabled ORDER BY id")
             .fetch_all(pool)
@@ -218,7 +218,12 @@ pub async fn enabled_ids(db: &Db) -> Result<Vec<WebhookId>, StoreError> {
 
 /// System-level: locks one enabled webhook for fan-out inside `tx`; `None` if it is gone,
 /// disabled, or (PostgreSQL) being fanned out by another instance right now.
-pub async fn lock_for_fan_out(tx: &mut Tx, engine: Engine, id: WebhookId) -> Result<Option<WebhookRow>, StoreError> {
+pub async fn lock_for_fan_out(
+    tx: &mut Tx,
+    _system: &System,
+    engine: Engine,
+    id: WebhookId,
+) -> Result<Option<WebhookRow>, StoreError> {
     let lock = match engine {
         Engine::Sqlite => "",
         Engine::Postgres => " FOR UPDATE SKIP LOCKED",
@@ -269,7 +274,13 @@ pub async fn advance(tx: &mut Tx, webhook_id: WebhookId, last_seq: i64) -> Resul
 
 /// System-level: claims up to `limit` due deliveries of enabled webhooks for `lease_ms`.
 /// A delivery whose lease ran out (its worker died) is due again.
-pub async fn claim_due(db: &Db, now: i64, lease_ms: i64, limit: i64) -> Result<Vec<DeliveryRow>, StoreError> {
+pub async fn claim_due(
+    db: &Db,
+    _system: &System,
+    now: i64,
+    lease_ms: i64,
+    limit: i64,
+) -> Result<Vec<DeliveryRow>, StoreError> {
     let due = "((status = 'pending' AND next_attempt_at <= $2) OR (status = 'in_flight' AND locked_until < $2)) \
                AND webhook_id IN (SELECT id FROM webhooks WHERE enabled)";
     let sql = match db.engine() {
@@ -293,7 +304,7 @@ pub async fn claim_due(db: &Db, now: i64, lease_ms: i64, limit: i64) -> Result<V
 }
 
 /// System-level: the webhook a claimed delivery belongs to.
-pub async fn webhook_by_id(db: &Db, id: WebhookId) -> Result<Option<WebhookRow>, StoreError> {
+pub async fn webhook_by_id(db: &Db, _system: &System, id: WebhookId) -> Result<Option<WebhookRow>, StoreError> {
     let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1");
     with_reader!(db, |pool| sqlx::query_as::<_, WebhookRow>(&sql).bind(id).fetch_optional(pool).await).map_err(classify)
 }
