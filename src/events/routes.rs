@@ -35,7 +35,8 @@ const STREAM_POLL: Duration = Duration::from_millis(500);
 #[serde(rename_all = "camelCase")]
 pub(crate) struct EventDto {
     pub id: String,
-    /// Position in the tenant's history; the SSE `id` and what `Last-Event-ID` resumes from.
+    /// Position in the tenant's own history (1, 2, 3, … counted per tenant, so another tenant's
+    /// activity leaves no gaps); the SSE `id` and what `Last-Event-ID` resumes from.
     pub seq: i64,
     #[serde(rename = "type")]
     pub event_type: String,
@@ -48,7 +49,7 @@ impl From<EventRow> for EventDto {
     fn from(row: EventRow) -> Self {
         Self {
             id: row.id.to_string(),
-            seq: row.seq,
+            seq: row.tenant_seq,
             event_type: row.event_type,
             tenant_id: row.tenant_id.to_string(),
             occurred_at: time(row.occurred_at),
@@ -100,7 +101,7 @@ async fn list_events(
     let (limit, after) = page_of(params.limit, params.cursor.as_deref(), decode_event_cursor)?;
     let types = parse_types(params.event_type.as_deref())?;
     let rows = store::list(scope, after.unwrap_or(0), &types, limit + 1).await?;
-    let cursor_of = |row: &store::EventRow| encode_tagged_cursor(EVENT_CURSOR, &row.seq.to_string());
+    let cursor_of = |row: &store::EventRow| encode_tagged_cursor(EVENT_CURSOR, &row.tenant_seq.to_string());
     Ok(Json(ListResponse::from_rows_with_cursor(rows, limit, cursor_of, EventDto::from)))
 }
 
@@ -141,7 +142,7 @@ async fn stream_events(
     let start = match last_event_id.or(params.after) {
         Some(seq) if seq >= 0 => seq,
         Some(_) => return Err(ApiError::invalid("after", "must not be negative")),
-        None => store::latest_seq(&scope).await?,
+        None => store::latest_tenant_seq(&scope).await?,
     };
     let stream = EventStream { scope, types, cursor: start, buffer: VecDeque::new(), state };
     let events = futures::stream::unfold(stream, |mut stream| async move {
@@ -164,8 +165,8 @@ impl EventStream {
     async fn next(&mut self) -> Option<SseEvent> {
         loop {
             if let Some(row) = self.buffer.pop_front() {
-                self.cursor = row.seq;
-                let seq = row.seq;
+                self.cursor = row.tenant_seq;
+                let seq = row.tenant_seq;
                 let event_type = row.event_type.clone();
                 let data = serde_json::to_string(&EventDto::from(row)).unwrap_or_default();
                 return Some(SseEvent::default().id(seq.to_string()).event(event_type).data(data));

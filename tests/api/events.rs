@@ -123,6 +123,34 @@ engine_tests! {
         expect_problem(app.get("/events", &enroll).await, StatusCode::FORBIDDEN).await;
     }
 
+    async fn event_positions_count_only_the_tenants_own_events(app) {
+        // Security finding 9: a global seq let one tenant count another's activity from gaps.
+        let (_, other_admin) = app.create_tenant("counted").await;
+        let mine = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
+        let theirs = app.enrollment_token(&other_admin, json!({})).await;
+        app.register(&mine, json!({ "serialNumber": "MINE-0" })).await;
+        for i in 0..5 {
+            app.register(&theirs, json!({ "serialNumber": format!("THEIRS-{i}") })).await;
+        }
+        app.register(&mine, json!({ "serialNumber": "MINE-1" })).await;
+        let seqs: Vec<i64> = all_events(&app, ADMIN_TOKEN, "").await.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+        assert_eq!(seqs, vec![1, 2], "the other tenant's five events leave no gap");
+        let theirs_seqs: Vec<i64> =
+            all_events(&app, &other_admin, "").await.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+        assert_eq!(theirs_seqs, vec![1, 2, 3, 4, 5]);
+        // Purging every old event does not restart the count: a client's cursor stays valid.
+        app.clock.advance(Duration::days(8));
+        let before = herd::clock::to_millis(app.clock.now_plus(Duration::zero()));
+        herd::events::store::purge(&app.state.db, before).await.unwrap();
+        app.register(&mine, json!({ "serialNumber": "MINE-2" })).await;
+        let after: Vec<i64> = all_events(&app, ADMIN_TOKEN, "").await.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+        assert_eq!(after, vec![3]);
+        let response = app.client.get(app.url("/events/stream")).bearer_auth(ADMIN_TOKEN).header("last-event-id", "2").send().await.unwrap();
+        let streamed = read_sse(response, 1).await;
+        assert_eq!(streamed[0].0, 3);
+        assert_eq!(streamed[0].2["data"]["name"], "MINE-2");
+    }
+
     async fn the_stream_resumes_after_a_disconnect_without_gaps(app) {
         let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
         app.register(&enroll, json!({ "serialNumber": "OLD" })).await;

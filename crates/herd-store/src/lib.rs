@@ -320,21 +320,56 @@ impl Tx {
                     .await
                     .map_err(classify)?;
             }
-            // Five parameters a row keeps a chunk well under SQLite's 32,766-parameter limit.
-            for chunk in outbox.chunks(1000) {
+            // Each tenant's events are numbered by that tenant's own counter (`tenant_seq`, what
+            // cursors and stream ids show), so no tenant can count another's events from gaps.
+            // The counter row is bumped once per tenant and commit, under the same lock.
+            let mut tenants: Vec<(TenantId, i64)> = Vec::new();
+            for row in &outbox {
+                match tenants.iter_mut().find(|(tenant, _)| *tenant == row.tenant_id) {
+                    Some((_, n)) => *n += 1,
+                    None => tenants.push((row.tenant_id, 1)),
+                }
+            }
+            let mut next: Vec<(TenantId, i64)> = Vec::with_capacity(tenants.len());
+            for (tenant, n) in tenants {
+                let (last,): (i64,) = with_tx!(&mut self, |conn| sqlx::query_as(
+                    "INSERT INTO event_counters (tenant_id, seq) VALUES ($1, $2) \
+                     ON CONFLICT (tenant_id) DO UPDATE SET seq = event_counters.seq + excluded.seq RETURNING seq"
+                )
+                .bind(tenant)
+                .bind(n)
+                .fetch_one(&mut *conn)
+                .await)
+                .map_err(classify)?;
+                next.push((tenant, last - n + 1));
+            }
+            let mut numbered: Vec<(i64, &OutboxRow)> = Vec::with_capacity(outbox.len());
+            for row in &outbox {
+                // Every row's tenant is in `next` (built from these rows above).
+                if let Some((_, seq)) = next.iter_mut().find(|(tenant, _)| *tenant == row.tenant_id) {
+                    numbered.push((*seq, row));
+                    *seq += 1;
+                }
+            }
+            // Six parameters a row keeps a chunk well under SQLite's 32,766-parameter limit.
+            for chunk in numbered.chunks(1000) {
                 let rows: Vec<String> = (0..chunk.len())
                     .map(|i| {
-                        format!("(${}, ${}, ${}, ${}, ${})", 5 * i + 1, 5 * i + 2, 5 * i + 3, 5 * i + 4, 5 * i + 5)
+                        let b = 6 * i;
+                        format!("(${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6)
                     })
                     .collect();
-                let sql =
-                    format!("INSERT INTO events (id, tenant_id, type, occurred_at, data) VALUES {}", rows.join(", "));
+                let sql = format!(
+                    "INSERT INTO events (id, tenant_id, tenant_seq, type, occurred_at, data) VALUES {}",
+                    rows.join(", ")
+                );
                 with_tx!(&mut self, |conn| {
                     let mut query = sqlx::query(&sql);
-                    for row in chunk {
+                    for (tenant_seq, row) in chunk {
                         query = query
                             .bind(row.id)
                             .bind(row.tenant_id)
+                            .bind(*tenant_seq)
                             .bind(row.event_type)
                             .bind(row.occurred_at)
                             .bind(&row.data);
