@@ -100,8 +100,9 @@ impl Vault {
         }
     }
 
-    /// In `file` mode, writes the seed's files for a device's newest certificate (the key only
-    /// for server-generated keys). Nothing in `database` mode.
+    /// In `file` mode, writes the seed's files for a device's newest certificate: the key for
+    /// server-generated keys, and for a CSR certificate removes the key file a previous server
+    /// key left (security finding 13). Nothing in `database` mode.
     pub(crate) async fn write_files(
         &self,
         device_id: DeviceId,
@@ -114,8 +115,19 @@ impl Vault {
         let (cert_path, key_path) = (self.cert_path(device_id), self.key_path(device_id));
         let (certificate, key) = (certificate_pem.to_string(), private_key_pem.map(str::to_string));
         tokio::task::spawn_blocking(move || {
-            if let Some(key) = key {
-                write_atomically(&key_path, key.as_bytes(), 0o600)?;
+            match key {
+                Some(key) => write_atomically(&key_path, key.as_bytes(), 0o600)?,
+                // A certificate for the device's own key (CSR): the previous server key no
+                // longer belongs to the certificate file, so it goes first. The files are a
+                // matching pair or there is no key file, at every moment.
+                None => match std::fs::remove_file(&key_path) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => {
+                        return Err(anyhow::Error::new(error)
+                            .context(format!("cannot remove the superseded key {}", key_path.display())))
+                    }
+                },
             }
             write_atomically(&cert_path, certificate.as_bytes(), 0o644)
         })

@@ -322,6 +322,31 @@ certificate_tests! {
         assert_eq!(listed["items"].as_array().unwrap().len(), 3, "nothing was signed for a refused CSR");
     }
 
+    async fn the_key_file_always_matches_the_certificate_file(app) {
+        // Security finding 13: a CSR certificate used to leave the previous server key beside it.
+        let (device_id, _) = device(&app, ADMIN_TOKEN, "Pair").await;
+        let base = app.data_dir().join("certificates/devices");
+        let key_file = base.join(format!("private/{device_id}-key.pem"));
+        let cert_file = base.join(format!("public/{device_id}-cert.pem"));
+        let server = issue(&app, ADMIN_TOKEN, &device_id, None).await;
+        let (_, pem) = csr(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let own = issue(&app, ADMIN_TOKEN, &device_id, Some(json!({ "csr": pem }))).await;
+        if app.settings.cert_store == CertStoreKind::File {
+            assert_eq!(std::fs::read_to_string(&cert_file).unwrap(), s(&own["certificatePem"]));
+            assert!(!key_file.exists(), "no key file beside a CSR certificate");
+            // And a server key afterwards brings back a matching pair.
+            let again = issue(&app, ADMIN_TOKEN, &device_id, None).await;
+            let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
+            let leaf = der(&std::fs::read_to_string(&cert_file).unwrap());
+            let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+            assert_eq!(rcgen::PublicKeyData::subject_public_key_info(&key), cert.public_key().raw);
+            assert_eq!(s(&again["certificatePem"]), std::fs::read_to_string(&cert_file).unwrap());
+        } else {
+            assert!(!key_file.exists() && !cert_file.exists(), "database mode writes no files");
+        }
+        assert_eq!(server["certificate"]["keySource"], "server");
+    }
+
     async fn revocation_is_final_and_the_crl_lists_it(app) {
         let (device_id, _) = device(&app, ADMIN_TOKEN, "Screen").await;
         let (_, csr_pem) = csr(&rcgen::PKCS_ECDSA_P256_SHA256);
