@@ -130,7 +130,15 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
             Ok(Principal::Enrollment(scope, token_id))
         }
         TokenKind::Device => {
-            let owner = devices::store::find_by_token_hash(db, &hash).await?.ok_or_else(rejected)?;
+            let Some(owner) = devices::store::find_by_token_hash(db, &hash).await? else {
+                // Only on a miss: a claimant's token waits for an operator, and says so.
+                if let Some(claim) = herd_store::claims::pending_for_token_hash(db, &hash).await? {
+                    return Err(ApiError::Forbidden(format!(
+                        "awaiting approval: this registration matched an existing device and waits for an operator to approve claim {claim}"
+                    )));
+                }
+                return Err(rejected());
+            };
             Ok(Principal::Device(Box::new(DeviceAuth {
                 scope: owner.scope,
                 device_id: owner.device.id,

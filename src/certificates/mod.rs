@@ -322,14 +322,24 @@ impl CertificateService {
 
     /// The device's current certificate with its private key when herd holds it
     /// (`GET /devices/self/certificate`).
-    pub async fn current_bundle(&self, scope: &TenantScope, device_id: DeviceId) -> Result<Issued, CertificateError> {
+    pub async fn current_bundle(
+        &self,
+        scope: &TenantScope,
+        device_id: DeviceId,
+        now: i64,
+    ) -> Result<Issued, CertificateError> {
         prove_device(scope, device_id).await?;
         let store = CertificateStore::new(scope);
         let record = store.current_for_device(device_id).await?.ok_or(CertificateError::NotFound("certificate"))?;
         let id = record.id;
         let material = store.material(id).await?.ok_or(CertificateError::NotFound("certificate"))?;
-        let private_key_pem =
-            self.vault.read_key(id, device_id, &material).await.map_err(CertificateError::Internal)?;
+        // A server-generated key reaches the device once: on its first fetch, never again
+        // (security finding 1). The operator's copy stays in the key store.
+        let private_key_pem = if material.key_storage.is_some() && store.take_key_delivery(id, now).await? {
+            self.vault.read_key(id, device_id, &material).await.map_err(CertificateError::Internal)?
+        } else {
+            None
+        };
         Ok(Issued { record, certificate_pem: material.certificate_pem, private_key_pem })
     }
 

@@ -398,15 +398,19 @@ async fn device_renews_certificate(
     Ok((StatusCode::CREATED, Json(CertificateBundle::new(&certificates, issued))))
 }
 
-/// The calling device's current certificate bundle (device token), with its private key when
-/// herd generated it: after an auto-renewal, this is how the device gets its new key.
+/// The calling device's current certificate bundle (device token). When herd generated the
+/// key, `privateKeyPem` is in the first answer for that certificate and never again: store it
+/// on the first fetch (after an auto-renewal, this is how the device gets its new key). The
+/// recommended path is a CSR (`POST /devices/self/certificates`): the key never leaves the device.
 #[utoipa::path(get, path = "/devices/self/certificate", tag = "certificates", security(("bearer" = [])),
     responses((status = 200, body = CertificateBundle), (status = 404, description = "the device has no current certificate")))]
 async fn device_certificate(
     State(certificates): State<Arc<crate::certificates::CertificateService>>,
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
     device: DeviceAuth,
 ) -> Result<Json<CertificateBundle>, ApiError> {
-    let issued = certificates.current_bundle(&device.scope, device.device_id).await?;
+    let now = to_millis(clock.now());
+    let issued = certificates.current_bundle(&device.scope, device.device_id, now).await?;
     Ok(Json(CertificateBundle::new(&certificates, issued)))
 }
 

@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::store::{
-    ConnectReport, DeviceFilter, DeviceInfo, DevicePatch, DeviceRow, DeviceStore, Identifiers, RegisterError,
+    ConnectReport, DeviceFilter, DeviceInfo, DevicePatch, DeviceRow, DeviceStore, Identifiers, Proof, RegisterError,
     Registration,
 };
 use crate::app::AppState;
@@ -26,7 +26,11 @@ use crate::http::extract::{ApiJson, ApiQuery, IdPath, OptionalJson, PageParams, 
 use crate::http::{time, ListResponse};
 use crate::ids::DeviceId;
 use crate::presence::HeartbeatBuffer;
+use axum::response::{IntoResponse, Response};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use herd_domain::status::DeviceStatus;
+use herd_store::claims::Claimant;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(create_device, list_devices)).routes(routes!(
@@ -39,7 +43,11 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 /// The routes a device calls: enrollment (with an enrollment token) and, with its own token,
 /// heartbeats and reading itself.
 pub(crate) fn device_router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(auto_register)).routes(routes!(connect)).routes(routes!(get_self))
+    OpenApiRouter::new()
+        .routes(routes!(auto_register))
+        .routes(routes!(registration_challenge))
+        .routes(routes!(connect))
+        .routes(routes!(get_self))
 }
 
 const MAX_TEXT: usize = 200;
@@ -114,6 +122,25 @@ pub(crate) struct AutoRegisterDto {
     pub os_version: Option<String>,
     pub app_version: Option<String>,
     pub name: Option<String>,
+    /// The device's own public key (`-----BEGIN PUBLIC KEY-----`, RSA 2048+ or ECDSA
+    /// P-256/P-384), kept in its keystore. Recommended on the first registration: later
+    /// re-registrations can then prove possession of it with `proof`.
+    pub public_key: Option<String>,
+    /// Proof by the device's current token, when it re-registers (e.g. to rotate it).
+    pub device_token: Option<String>,
+    /// Proof by the registered key: a signature over a challenge from
+    /// `POST /devices/auto-register/challenge`.
+    pub proof: Option<SignedChallenge>,
+}
+
+/// A challenge and the device's signature over its UTF-8 bytes (base64): RSA keys sign with
+/// PKCS#1 v1.5 and SHA-256, P-256 keys with ECDSA and SHA-256, P-384 keys with ECDSA and
+/// SHA-384 (DER-encoded ECDSA signatures).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SignedChallenge {
+    pub challenge: String,
+    pub signature: String,
 }
 
 impl Validate for AutoRegisterDto {
@@ -139,9 +166,36 @@ impl Validate for AutoRegisterDto {
         ] {
             errors.text(field, value.as_deref(), MAX_TEXT);
         }
+        if let Some(key) = &self.public_key {
+            if let Err(error) = herd_pki::DeviceKey::from_pem(key) {
+                errors.add("publicKey", error.to_string());
+            }
+        }
+        if let Some(token) = &self.device_token {
+            if TokenKind::of(token) != TokenKind::Device || token.len() > 512 {
+                errors.add("deviceToken", "must be a device token");
+            }
+        }
+        if let Some(proof) = &self.proof {
+            if !proof.challenge.starts_with(CHALLENGE_PREFIX) || proof.challenge.len() > 128 {
+                errors.add("proof.challenge", "must be a challenge from POST /devices/auto-register/challenge");
+            }
+            if proof.signature.len() > 2048 || BASE64.decode(proof.signature.trim()).is_err() {
+                errors.add("proof.signature", "must be base64 (at most 2048 characters)");
+            }
+            if self.device_token.is_some() {
+                errors.add("proof", "give deviceToken or proof, not both");
+            }
+        }
         errors.finish()
     }
 }
+
+/// What every challenge starts with (versioned, so the signed bytes can never be mistaken for
+/// anything else the key signs).
+pub(crate) const CHALLENGE_PREFIX: &str = "herd-register-v1.";
+/// How long a challenge can be used.
+const CHALLENGE_TTL: chrono::Duration = chrono::Duration::minutes(5);
 
 /// CreateDeviceDto: an admin registers a device by hand.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -306,16 +360,31 @@ fn identifier_conflict(error: crate::store::StoreError) -> ApiError {
     error.into()
 }
 
+/// What a registration that matches an existing device without proof answers: the claim
+/// and the token that will work once an operator approves it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PendingRegistration {
+    pub claim: super::claims::ClaimDto,
+    /// Works only after the claim is approved; until then the device's calls answer 403
+    /// (`awaiting approval`), after a rejection 401.
+    pub device_token: String,
+}
+
 /// Register a device by its hardware identifiers (enrollment token, or operator and above).
-/// Idempotent per tenant: known identifiers answer 200 with the same device and a fresh token.
+/// New identifiers: 201. Identifiers of an existing device: 200 with a fresh token only with
+/// proof (`deviceToken`, or `proof` signed by the registered `publicKey`; an operator's own
+/// call counts as proof); without proof 202 and a pending claim, the device untouched.
 #[utoipa::path(post, path = "/devices/auto-register", tag = "devices", security(("bearer" = [])), request_body = AutoRegisterDto,
     responses((status = 201, body = RegisteredDevice, description = "a new device"),
-              (status = 200, body = RegisteredDevice, description = "the device these identifiers already belong to")))]
+              (status = 200, body = RegisteredDevice, description = "the existing device, proven (its old token stops working)"),
+              (status = 202, body = PendingRegistration, description = "identifiers of an existing device without proof: a pending claim"),
+              (status = 401, description = "a proof was given and failed, or the enrollment token is used up; nothing changed")))]
 async fn auto_register(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
     enroller: Enroller,
     ApiJson(body): ApiJson<AutoRegisterDto>,
-) -> Result<(StatusCode, Json<RegisteredDevice>), ApiError> {
+) -> Result<Response, ApiError> {
     let ids = Identifiers {
         serial_number: clean(&body.serial_number),
         mac_address: body.mac_address.as_deref().and_then(normalize_mac),
@@ -330,6 +399,9 @@ async fn auto_register(
         location: None,
         tags: Vec::new(),
     };
+    // Stored in one canonical form whatever whitespace or line length the device sent.
+    let public_key =
+        body.public_key.as_deref().and_then(|pem| herd_pki::DeviceKey::from_pem(pem).ok()).map(|k| k.to_pem());
     let enrollment = match &enroller {
         Enroller::Token { token_id, .. } => Some(*token_id),
         Enroller::Member { .. } => None,
@@ -337,12 +409,28 @@ async fn auto_register(
     let store = DeviceStore::new(enroller.scope());
     let secret = tokens::generate(TokenKind::Device);
     let hash = tokens::hash(&secret);
+    let presented_hash = body.device_token.as_deref().map(tokens::hash);
+    let signature =
+        body.proof.as_ref().and_then(|proof| BASE64.decode(proof.signature.trim()).ok()).unwrap_or_default();
+    let verify = |stored: &str| {
+        let challenge = body.proof.as_ref().map(|p| p.challenge.as_bytes()).unwrap_or_default();
+        herd_pki::DeviceKey::from_pem(stored).is_ok_and(|key| key.verify(challenge, &signature).is_ok())
+    };
+    let claimant =
+        Claimant { ids: &ids, info: &info, public_key: public_key.as_deref(), token_hash: &hash, enrollment };
+    let now = to_millis(clock.now());
     // Two first registrations of one device can race on PostgreSQL; the loser's insert hits
     // the unique index, and its second attempt finds the winner's row.
     let mut attempt = 0;
     let outcome = loop {
         attempt += 1;
-        match store.auto_register(&ids, &info, &hash, enrollment, to_millis(clock.now())).await {
+        let proof = match (&enroller, &presented_hash, &body.proof) {
+            (Enroller::Member { .. }, _, _) => Proof::Operator,
+            (_, Some(hash), _) => Proof::Token(hash),
+            (_, None, Some(proof)) => Proof::Signature { challenge: &proof.challenge, verify: &verify },
+            (_, None, None) => Proof::None,
+        };
+        match store.auto_register(&claimant, proof, now).await {
             Err(RegisterError::Store(error))
                 if attempt == 1 && matches!(error, crate::store::StoreError::Unique(_)) =>
             {
@@ -352,14 +440,49 @@ async fn auto_register(
         }
     };
     match outcome {
-        Ok(Registration::Created(row)) => Ok((StatusCode::CREATED, Json(RegisteredDevice { device: row.into(), device_token: secret }))),
-        Ok(Registration::Existing(row)) => Ok((StatusCode::OK, Json(RegisteredDevice { device: row.into(), device_token: secret }))),
+        Ok(Registration::Created(row)) => {
+            Ok((StatusCode::CREATED, Json(RegisteredDevice { device: row.into(), device_token: secret })).into_response())
+        }
+        Ok(Registration::Existing(row)) => {
+            Ok((StatusCode::OK, Json(RegisteredDevice { device: row.into(), device_token: secret })).into_response())
+        }
+        Ok(Registration::Claimed(claim)) => {
+            Ok((StatusCode::ACCEPTED, Json(PendingRegistration { claim: claim.into(), device_token: secret }))
+                .into_response())
+        }
         Err(RegisterError::Ambiguous) => Err(ApiError::Conflict(
             "these identifiers belong to more than one device in this tenant; register with fewer identifiers or fix the devices".into(),
         )),
+        Err(RegisterError::ProofFailed(why)) => Err(ApiError::Unauthorized(format!("the proof failed: {why}; nothing changed"))),
         Err(RegisterError::EnrollmentExhausted) => Err(ApiError::Unauthorized(RegisterError::EnrollmentExhausted.to_string())),
         Err(RegisterError::Store(error)) => Err(identifier_conflict(error)),
     }
+}
+
+/// A single-use challenge to sign with the device's registered key.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Challenge {
+    /// Sign these UTF-8 bytes, as they are.
+    pub challenge: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A challenge for a re-registration proof (enrollment token, or operator and above). Valid
+/// for five minutes, once, in the caller's tenant.
+#[utoipa::path(post, path = "/devices/auto-register/challenge", tag = "devices", security(("bearer" = [])),
+    responses((status = 201, body = Challenge)))]
+async fn registration_challenge(
+    State(clock): State<Arc<dyn crate::clock::Clock>>,
+    enroller: Enroller,
+) -> Result<(StatusCode, Json<Challenge>), ApiError> {
+    let now = clock.now();
+    let expires_at = now + CHALLENGE_TTL;
+    let mut nonce = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+    let challenge = format!("{CHALLENGE_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(nonce));
+    herd_store::claims::create_challenge(enroller.scope(), &challenge, to_millis(expires_at), to_millis(now)).await?;
+    Ok((StatusCode::CREATED, Json(Challenge { challenge, expires_at })))
 }
 
 /// Create a device by hand (admin). It starts offline with `lastSeen: null`.

@@ -85,6 +85,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(crate::tenants::router())
         .merge(crate::auth::routes::router())
         .merge(crate::devices::routes::router())
+        .merge(crate::devices::claims::router())
         .merge(crate::certificates::routes::router())
         .merge(crate::telemetry_metrics::router())
         .merge(crate::telemetry::router())

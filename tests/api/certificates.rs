@@ -714,6 +714,10 @@ certificate_tests! {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
         }
+        // The key reaches the device once; reading it again here needs the delivery mark reset.
+        let again = expect_json(app.get("/devices/self/certificate", &device_token).await, StatusCode::OK).await;
+        assert!(again.get("privateKeyPem").is_none(), "delivered once: {again}");
+        app.execute_sql("UPDATE certificates SET key_delivered_at = NULL").await;
         let bundle = expect_json(app.get("/devices/self/certificate", &device_token).await, StatusCode::OK).await;
         assert_eq!(s(&bundle["privateKeyPem"]), key, "readable from the store it was moved to");
         assert_eq!(service.migrate_store().await.unwrap().moved, 0, "nothing left to move");

@@ -11,7 +11,7 @@ fn id(device: &Value) -> String {
 }
 
 engine_tests! {
-    async fn auto_register_is_idempotent_and_rotates_the_device_token(app) {
+    async fn re_registering_with_the_device_token_rotates_it(app) {
         let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
         let body = json!({ "serialNumber": "SN-1", "macAddress": "AA-BB-CC-00-11-22", "androidId": "a1b2c3", "model": "X96", "manufacturer": "Amlogic", "osVersion": "11", "appVersion": "1.0.0" });
         let first = app.post("/devices/auto-register", &enroll, body.clone()).await;
@@ -24,7 +24,7 @@ engine_tests! {
         let old_token = first["deviceToken"].as_str().unwrap().to_string();
         assert!(old_token.starts_with("herd_dt_"));
 
-        let second = app.post("/devices/auto-register", &enroll, json!({ "macAddress": "aa:bb:cc:00:11:22", "appVersion": "1.1.0" })).await;
+        let second = app.post("/devices/auto-register", &enroll, json!({ "macAddress": "aa:bb:cc:00:11:22", "appVersion": "1.1.0", "deviceToken": old_token })).await;
         let second = expect_json(second, StatusCode::OK).await;
         assert_eq!(second["device"]["id"], device["id"]);
         assert_eq!(second["device"]["appVersion"], "1.1.0");
@@ -264,7 +264,7 @@ engine_tests! {
         assert_eq!(kept["status"], "online");
         assert_eq!(kept["appVersion"], "3.0");
         expect_json(app.post("/devices/connect", &token, json!({})).await, StatusCode::OK).await;
-        let (again, _) = app.register(&enroll, json!({ "serialNumber": "KEEP-1" })).await;
+        let (again, _) = app.register(&enroll, json!({ "serialNumber": "KEEP-1", "deviceToken": token })).await;
         assert_eq!(again["id"], device["id"]);
     }
 }

@@ -53,7 +53,7 @@ engine_tests! {
     async fn every_change_is_recorded_in_order(app) {
         let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
         let (device, token) = app.register(&enroll, json!({ "serialNumber": "EV-1" })).await;
-        app.register(&enroll, json!({ "serialNumber": "EV-1" })).await;
+        app.register(&enroll, json!({ "serialNumber": "EV-1", "deviceToken": token })).await;
         app.post("/devices/connect", &token, json!({})).await;
         app.delete(&format!("/devices/{}", device["id"].as_str().unwrap()), ADMIN_TOKEN).await;
         let events = all_events(&app, ADMIN_TOKEN, "").await;

@@ -15,6 +15,7 @@ mod edge;
 mod events;
 mod monitoring;
 mod presence;
+mod registration;
 mod schema;
 mod settings;
 mod telemetry;

@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use crate::clock::from_millis;
-use crate::ids::{AlertId, CertificateId, DeviceId, RuleId, WebhookId};
+use crate::ids::{AlertId, CertificateId, ClaimId, DeviceId, RuleId, WebhookId};
 use crate::status::{DeviceStatus, KeySource, Metric, Severity};
 
 /// Everything herd announces. Payloads are camelCase JSON objects.
@@ -30,6 +30,25 @@ pub enum Event {
     },
     DeviceDeleted {
         device_id: DeviceId,
+    },
+    /// A registration matched an existing device without proving it is that device; the
+    /// device was not touched and the claim waits for an operator.
+    DeviceClaimCreated {
+        claim_id: ClaimId,
+        device_id: DeviceId,
+    },
+    /// A claim was approved (`decidedBy`: `policy` or the deciding member token's id); the
+    /// claimant's token is now the device's token.
+    DeviceClaimApproved {
+        claim_id: ClaimId,
+        device_id: DeviceId,
+        decided_by: String,
+    },
+    /// A claim was rejected; the device was not touched.
+    DeviceClaimRejected {
+        claim_id: ClaimId,
+        device_id: DeviceId,
+        decided_by: String,
     },
     /// A device certificate was issued (`keySource` `server` or `csr`).
     CertificateIssued {
@@ -99,6 +118,9 @@ pub const KNOWN_TYPES: &[&str] = &[
     "device.reregistered",
     "device.status_changed",
     "device.deleted",
+    "device.claim_created",
+    "device.claim_approved",
+    "device.claim_rejected",
     "certificate.issued",
     "certificate.expiring",
     "certificate.renewed",
@@ -117,6 +139,9 @@ impl Event {
             Event::DeviceReregistered { .. } => "device.reregistered",
             Event::DeviceStatusChanged { .. } => "device.status_changed",
             Event::DeviceDeleted { .. } => "device.deleted",
+            Event::DeviceClaimCreated { .. } => "device.claim_created",
+            Event::DeviceClaimApproved { .. } => "device.claim_approved",
+            Event::DeviceClaimRejected { .. } => "device.claim_rejected",
             Event::CertificateIssued { .. } => "certificate.issued",
             Event::CertificateExpiring { .. } => "certificate.expiring",
             Event::CertificateRenewed { .. } => "certificate.renewed",
@@ -139,6 +164,11 @@ impl Event {
                 "deviceId": device_id, "from": from, "to": to, "lastSeen": last_seen.map(from_millis),
             }),
             Event::DeviceDeleted { device_id } => json!({ "deviceId": device_id }),
+            Event::DeviceClaimCreated { claim_id, device_id } => json!({ "claimId": claim_id, "deviceId": device_id }),
+            Event::DeviceClaimApproved { claim_id, device_id, decided_by }
+            | Event::DeviceClaimRejected { claim_id, device_id, decided_by } => {
+                json!({ "claimId": claim_id, "deviceId": device_id, "decidedBy": decided_by })
+            }
             Event::CertificateIssued { certificate_id, device_id, serial_number, not_after, key_source } => json!({
                 "certificateId": certificate_id, "deviceId": device_id, "serialNumber": serial_number,
                 "notAfter": from_millis(*not_after), "keySource": key_source,

@@ -86,6 +86,10 @@ id_type!(
     CertificateId
 );
 id_type!(
+    /// A pending (or decided) claim on an existing device by an unproven registration.
+    ClaimId
+);
+id_type!(
     /// A webhook subscription.
     WebhookId
 );

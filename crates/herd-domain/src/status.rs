@@ -155,3 +155,26 @@ mod tests {
         assert_eq!(serde_json::from_str::<Metric>("\"temperature\"").unwrap(), Metric::Temperature);
     }
 }
+
+text_enum!(
+    /// Where a claim on an existing device stands (an unproven re-registration, see
+    /// `POST /devices/auto-register`).
+    ClaimStatus "claim status" {
+        /// Waiting for an operator; the claimant's token does not work yet.
+        Pending = "pending",
+        /// The claimant's token became the device's token.
+        Approved = "approved",
+        /// Refused; the device was not touched.
+        Rejected = "rejected",
+    }
+);
+
+text_enum!(
+    /// A tenant's rule for claims on existing devices.
+    ClaimPolicy "claim policy" {
+        /// Every claim waits for an operator (the default).
+        Manual = "manual",
+        /// Claims on devices that were never seen online are approved at once; others wait.
+        ApproveNeverSeen = "approve_never_seen",
+    }
+);

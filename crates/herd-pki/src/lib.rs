@@ -21,6 +21,7 @@
 mod ca;
 mod crl;
 mod csr;
+mod device_key;
 mod error;
 mod hex;
 mod info;
@@ -33,6 +34,7 @@ mod time_conv;
 pub use ca::{CaConfig, CaKeyAlgorithm, CertificateAuthority};
 pub use crl::{Crl, RevocationReason, RevokedEntry, UnknownRevocationReason};
 pub use csr::{CsrError, VerifiedCsr};
+pub use device_key::{DeviceKey, DeviceKeyError, MAX_DEVICE_KEY_PEM};
 pub use error::PkiError;
 pub use info::{parse_certificate, CertificateInfo};
 pub use keys::{generate_rsa_key, DeviceKeyPair};

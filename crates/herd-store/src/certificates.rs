@@ -157,6 +157,23 @@ impl<'s> CertificateStore<'s> {
         .map_err(classify)
     }
 
+    /// Marks a server-generated key as delivered to its device; true only the first time
+    /// (conditional, so two concurrent fetches cannot both get the key).
+    pub async fn take_key_delivery(&self, id: CertificateId, now: i64) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        let updated = with_writer!(self.db(), |pool| sqlx::query(
+            "UPDATE certificates SET key_delivered_at = $1 WHERE tenant_id = $2 AND id = $3 AND key_delivered_at IS NULL"
+        )
+        .bind(now)
+        .bind(&self.tenant)
+        .bind(&id)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(classify)?;
+        Ok(updated == 1)
+    }
+
     /// A device's certificates, oldest first, `page.limit + 1` rows.
     pub async fn list_for_device(&self, device_id: DeviceId, page: &Page) -> Result<Vec<CertificateRow>, StoreError> {
         let sql = format!(

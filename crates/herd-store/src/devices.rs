@@ -7,12 +7,14 @@ use sqlx::FromRow;
 use crate::Json;
 use herd_domain::status::DeviceStatus;
 
+use crate::claims::{ClaimRow, Claimant};
 use crate::credentials::consume_enrollment_use;
 use crate::Page;
 use crate::TenantScope;
 use crate::{classify, Db, StoreError, Tx};
 use crate::{with_reader, with_tx, with_writer};
-use herd_domain::ids::{DeviceId, EnrollmentTokenId, TenantId};
+use herd_domain::ids::{DeviceId, TenantId};
+use herd_domain::status::{ClaimPolicy, ClaimStatus};
 use herd_domain::Event;
 
 /// A device row as stored.
@@ -96,14 +98,46 @@ pub struct DeviceFilter {
 /// The outcome of an auto-registration.
 #[derive(Debug)]
 pub enum Registration {
+    /// A new device.
     Created(DeviceRow),
+    /// The existing device, re-registered with proof (or approved by the tenant's policy).
     Existing(DeviceRow),
+    /// The existing device was not touched: a pending claim waits for an operator.
+    Claimed(ClaimRow),
+}
+
+/// How a registration that matches an existing device proves it is that device.
+pub enum Proof<'a> {
+    /// None: the registration becomes a claim (or the tenant's policy approves it).
+    None,
+    /// A member with at least `operator` registers: trusted as an approval would be.
+    Operator,
+    /// The hash of the device token the caller presented.
+    Token(&'a str),
+    /// A signature over a single-use challenge; `verify` checks it against the device's
+    /// registered public key (PEM).
+    Signature { challenge: &'a str, verify: &'a (dyn Fn(&str) -> bool + Sync) },
+}
+
+/// Who decided a claim when the tenant's policy did.
+const POLICY: &str = "policy";
+
+/// What the registration probe reads of a matching device.
+#[derive(Debug, FromRow)]
+struct Known {
+    id: DeviceId,
+    token_hash: Option<String>,
+    public_key: Option<String>,
+    last_seen: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
     #[error("the identifiers match more than one device")]
     Ambiguous,
+    /// A proof was presented and failed; nothing changed.
+    #[error("{0}")]
+    ProofFailed(&'static str),
     #[error("the enrollment token has expired, been revoked or used up")]
     EnrollmentExhausted,
     #[error(transparent)]
@@ -198,7 +232,7 @@ impl<'s> DeviceStore<'s> {
     ) -> Result<DeviceRow, StoreError> {
         let mut tx = self.db().begin().await?;
         let id = DeviceId::new();
-        self.insert(&mut tx, id, ids, info, name, token_hash, now).await?;
+        self.insert(&mut tx, id, ids, info, name, token_hash, None, now).await?;
         tx.record(
             self.scope.tenant_id(),
             &Event::DeviceRegistered { device_id: id, name: name.to_string(), via: "admin" },
@@ -209,18 +243,21 @@ impl<'s> DeviceStore<'s> {
         Ok(row)
     }
 
-    /// Auto-registration (`POST /devices/auto-register`): idempotent on the identifiers within
-    /// the tenant. Consumes one use of the enrollment token in the same transaction.
+    /// Auto-registration (`POST /devices/auto-register`). New identifiers make a new device.
+    /// Identifiers of an existing device re-register it only with `proof` that the caller is
+    /// that device; without proof the device is not touched and the registration becomes a
+    /// claim (approved at once only when the tenant's policy says so and the device was never
+    /// seen online). A proof that is presented but fails changes nothing, not even the
+    /// enrollment token's use count. Consumes one use of the enrollment token otherwise.
     pub async fn auto_register(
         &self,
-        ids: &Identifiers,
-        info: &DeviceInfo,
-        token_hash: &str,
-        enrollment: Option<EnrollmentTokenId>,
+        claimant: &Claimant<'_>,
+        proof: Proof<'_>,
         now: i64,
     ) -> Result<Registration, RegisterError> {
+        let (ids, info) = (claimant.ids, claimant.info);
         let mut tx = self.db().begin().await?;
-        if let Some(token) = enrollment {
+        if let Some(token) = claimant.enrollment {
             if !consume_enrollment_use(&mut tx, token, now).await? {
                 return Err(RegisterError::EnrollmentExhausted);
             }
@@ -228,12 +265,13 @@ impl<'s> DeviceStore<'s> {
         // One indexed probe per identifier: an OR across the three columns cannot use their
         // unique indexes and scans the tenant (registration slowed to ~60/s at 50,000 devices).
         // UNION also folds a device found by two identifiers into one row.
+        const PROBE: &str = "id, token_hash, public_key, last_seen";
         let sql = format!(
-            "SELECT {COLUMNS} FROM devices WHERE tenant_id = $1 AND serial_number = $2 \
-             UNION SELECT {COLUMNS} FROM devices WHERE tenant_id = $1 AND mac_address = $3 \
-             UNION SELECT {COLUMNS} FROM devices WHERE tenant_id = $1 AND android_id = $4 LIMIT 3"
+            "SELECT {PROBE} FROM devices WHERE tenant_id = $1 AND serial_number = $2 \
+             UNION SELECT {PROBE} FROM devices WHERE tenant_id = $1 AND mac_address = $3 \
+             UNION SELECT {PROBE} FROM devices WHERE tenant_id = $1 AND android_id = $4 LIMIT 3"
         );
-        let found = with_tx!(&mut tx, |conn| sqlx::query_as::<_, DeviceRow>(&sql)
+        let found = with_tx!(&mut tx, |conn| sqlx::query_as::<_, Known>(&sql)
             .bind(self.tenant)
             .bind(&ids.serial_number)
             .bind(&ids.mac_address)
@@ -241,7 +279,7 @@ impl<'s> DeviceStore<'s> {
             .fetch_all(&mut *conn)
             .await)
         .map_err(classify)?;
-        match found.as_slice() {
+        let existing = match found.as_slice() {
             [] => {
                 let id = DeviceId::new();
                 let name = info
@@ -251,43 +289,76 @@ impl<'s> DeviceStore<'s> {
                     .or_else(|| ids.android_id.clone())
                     .or_else(|| ids.mac_address.clone())
                     .unwrap_or_else(|| "device".into());
-                self.insert(&mut tx, id, ids, info, &name, token_hash, now).await?;
+                self.insert(&mut tx, id, ids, info, &name, claimant.token_hash, claimant.public_key, now).await?;
                 let event = Event::DeviceRegistered { device_id: id, name, via: "auto-register" };
                 tx.record(self.scope.tenant_id(), &event, now);
                 let row = self.get_in(&mut tx, id).await?.ok_or(StoreError::Other(sqlx::Error::RowNotFound))?;
                 tx.commit().await?;
-                Ok(Registration::Created(row))
+                return Ok(Registration::Created(row));
             }
-            [existing] => {
-                const SQL: &str = "UPDATE devices SET serial_number = COALESCE($1, serial_number), mac_address = COALESCE($2, mac_address), \
-                    android_id = COALESCE($3, android_id), model = COALESCE($4, model), manufacturer = COALESCE($5, manufacturer), \
-                    os_version = COALESCE($6, os_version), app_version = COALESCE($7, app_version), name = COALESCE($8, name), \
-                    token_hash = $9, updated_at = $10 WHERE tenant_id = $11 AND id = $12";
-                with_tx!(&mut tx, |conn| sqlx::query(SQL)
-                    .bind(&ids.serial_number)
-                    .bind(&ids.mac_address)
-                    .bind(&ids.android_id)
-                    .bind(&info.model)
-                    .bind(&info.manufacturer)
-                    .bind(&info.os_version)
-                    .bind(&info.app_version)
-                    .bind(&info.name)
-                    .bind(token_hash)
-                    .bind(now)
-                    .bind(self.tenant)
-                    .bind(existing.id)
-                    .execute(&mut *conn)
-                    .await
-                    .map(|r| r.rows_affected()))
-                .map_err(classify)?;
-                let device_id = existing.id;
-                tx.record(self.scope.tenant_id(), &Event::DeviceReregistered { device_id }, now);
-                let row = self.get_in(&mut tx, device_id).await?.ok_or(StoreError::Other(sqlx::Error::RowNotFound))?;
+            [existing] => existing,
+            _ => return Err(RegisterError::Ambiguous),
+        };
+        let device_id = existing.id;
+        let proven = match proof {
+            Proof::None => false,
+            Proof::Operator => true,
+            Proof::Token(hash) => {
+                if existing.token_hash.as_deref() != Some(hash) {
+                    return Err(RegisterError::ProofFailed("deviceToken is not this device's current token"));
+                }
+                true
+            }
+            Proof::Signature { challenge, verify } => {
+                let Some(key) = existing.public_key.as_deref() else {
+                    return Err(RegisterError::ProofFailed(
+                        "this device registered no public key; prove it with its deviceToken or ask an operator",
+                    ));
+                };
+                if !crate::claims::consume_challenge(&mut tx, self.tenant, challenge, now).await? {
+                    return Err(RegisterError::ProofFailed(
+                        "the challenge is unknown, used or expired; fetch a new one",
+                    ));
+                }
+                if !verify(key) {
+                    return Err(RegisterError::ProofFailed(
+                        "the signature does not verify with the device's registered key",
+                    ));
+                }
+                true
+            }
+        };
+        let tenant = self.scope.tenant_id();
+        if !proven {
+            let auto = existing.last_seen.is_none()
+                && crate::claims::policy(&mut tx, self.tenant).await? == ClaimPolicy::ApproveNeverSeen;
+            if !auto {
+                let claim =
+                    crate::claims::insert(&mut tx, self.tenant, device_id, claimant, ClaimStatus::Pending, None, now)
+                        .await?;
+                tx.record(tenant, &Event::DeviceClaimCreated { claim_id: claim.id, device_id }, now);
                 tx.commit().await?;
-                Ok(Registration::Existing(row))
+                return Ok(Registration::Claimed(claim));
             }
-            _ => Err(RegisterError::Ambiguous),
+            let claim = crate::claims::insert(
+                &mut tx,
+                self.tenant,
+                device_id,
+                claimant,
+                ClaimStatus::Approved,
+                Some(POLICY),
+                now,
+            )
+            .await?;
+            let event = Event::DeviceClaimApproved { claim_id: claim.id, device_id, decided_by: POLICY.into() };
+            tx.record(tenant, &event, now);
         }
+        let row =
+            reregister_in(&mut tx, self.scope, device_id, ids, info, claimant.public_key, claimant.token_hash, now)
+                .await?;
+        tx.record(tenant, &Event::DeviceReregistered { device_id }, now);
+        tx.commit().await?;
+        Ok(Registration::Existing(row))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -299,12 +370,13 @@ impl<'s> DeviceStore<'s> {
         info: &DeviceInfo,
         name: &str,
         token_hash: &str,
+        public_key: Option<&str>,
         now: i64,
     ) -> Result<(), StoreError> {
         const SQL: &str =
             "INSERT INTO devices (id, tenant_id, name, serial_number, mac_address, android_id, model, manufacturer, \
-            os_version, app_version, location, tags, status, last_seen, token_hash, created_at, updated_at) \
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, $14, $15, $15)";
+            os_version, app_version, location, tags, status, last_seen, token_hash, created_at, updated_at, public_key) \
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, $14, $15, $15, $16)";
         with_tx!(tx, |conn| sqlx::query(SQL)
             .bind(id)
             .bind(self.tenant)
@@ -321,6 +393,7 @@ impl<'s> DeviceStore<'s> {
             .bind(DeviceStatus::Offline)
             .bind(token_hash)
             .bind(now)
+            .bind(public_key)
             .execute(&mut *conn)
             .await
             .map(|r| r.rows_affected()))
@@ -505,6 +578,46 @@ impl<'s> DeviceStore<'s> {
             .await)
         .map_err(classify)
     }
+}
+
+/// Applies a proven (or approved) re-registration to `device_id`: the identifiers and
+/// descriptive fields given, the new token (the old one stops working), and the public key
+/// if one was presented. Answers the device as it is now.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn reregister_in(
+    tx: &mut Tx,
+    scope: &TenantScope,
+    device_id: DeviceId,
+    ids: &Identifiers,
+    info: &DeviceInfo,
+    public_key: Option<&str>,
+    token_hash: &str,
+    now: i64,
+) -> Result<DeviceRow, StoreError> {
+    const SQL: &str =
+        "UPDATE devices SET serial_number = COALESCE($1, serial_number), mac_address = COALESCE($2, mac_address), \
+        android_id = COALESCE($3, android_id), model = COALESCE($4, model), manufacturer = COALESCE($5, manufacturer), \
+        os_version = COALESCE($6, os_version), app_version = COALESCE($7, app_version), name = COALESCE($8, name), \
+        public_key = COALESCE($9, public_key), token_hash = $10, updated_at = $11 WHERE tenant_id = $12 AND id = $13";
+    with_tx!(tx, |conn| sqlx::query(SQL)
+        .bind(&ids.serial_number)
+        .bind(&ids.mac_address)
+        .bind(&ids.android_id)
+        .bind(&info.model)
+        .bind(&info.manufacturer)
+        .bind(&info.os_version)
+        .bind(&info.app_version)
+        .bind(&info.name)
+        .bind(public_key)
+        .bind(token_hash)
+        .bind(now)
+        .bind(scope.tenant_id())
+        .bind(device_id)
+        .execute(&mut *conn)
+        .await
+        .map(|r| r.rows_affected()))
+    .map_err(classify)?;
+    DeviceStore::new(scope).get_in(tx, device_id).await?.ok_or(StoreError::Other(sqlx::Error::RowNotFound))
 }
 
 #[derive(Debug, FromRow)]

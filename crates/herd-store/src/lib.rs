@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod certificates;
+pub mod claims;
 pub mod configurations;
 pub mod credentials;
 pub mod devices;
