@@ -1,0 +1,96 @@
+//! Hardening of the HTTP edge (issue 10): control characters in text, wrong JSON values,
+//! bounded times, file modes of the data directory, event-stream re-authentication and caps,
+//! and the connection limits (header-read timeout, connection cap).
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{engine_tests, expect_json, expect_problem, TestApp, ADMIN_TOKEN};
+
+/// The `field`s of a 422 problem.
+fn fields(problem: &Value) -> Vec<String> {
+    problem["errors"].as_array().map(|e| e.iter().map(|f| f["field"].as_str().unwrap().to_string()).collect()).unwrap_or_default()
+}
+
+/// A registered device of the default tenant; answers its id.
+async fn device(app: &TestApp, serial: &str) -> String {
+    let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
+    let (device, _) = app.register(&enroll, json!({ "serialNumber": serial })).await;
+    device["id"].as_str().unwrap().to_string()
+}
+
+async fn put(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
+    app.request(Method::PUT, path, Some(ADMIN_TOKEN), Some(body)).await
+}
+
+engine_tests! {
+    async fn a_nul_or_control_character_in_text_is_a_422_and_changes_nothing(app) {
+        let id = device(&app, "CTRL-1").await;
+        let path = format!("/devices/{id}/settings");
+        expect_json(put(&app, &path, json!({ "notes": "first\nline\tok" })).await, StatusCode::OK).await;
+
+        let problem = expect_problem(put(&app, &path, json!({ "notes": "a\u{0000}b" })).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(fields(&problem), ["notes"], "{problem}");
+        let problem = expect_problem(put(&app, &path, json!({ "notes": "bell\u{0007}", "tags": ["x\u{001b}"] })).await,
+            StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(fields(&problem), ["notes", "tags[0]"], "{problem}");
+        let settings = expect_json(app.get(&path, ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(settings["notes"], "first\nline\tok", "nothing changed: {settings}");
+        assert_eq!(settings["version"], 1);
+
+        // Names hold no control character at all, not even a tab or DEL.
+        for name in ["a\u{0001}b", "tab\tname", "del\u{007f}", "c1\u{0085}"] {
+            let response = app.patch(&format!("/devices/{id}"), ADMIN_TOKEN, json!({ "name": name })).await;
+            let problem = expect_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+            assert_eq!(fields(&problem), ["name"], "{name:?}: {problem}");
+        }
+        let problem = expect_problem(
+            app.post("/devices", ADMIN_TOKEN, json!({ "name": "x\u{0000}", "serialNumber": "CTRL-2" })).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ).await;
+        assert!(fields(&problem).contains(&"name".to_string()), "{problem}");
+        let device = expect_json(app.get(&format!("/devices/{id}"), ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert!(!device["name"].as_str().unwrap().chars().any(char::is_control), "{device}");
+
+        // Query strings and the enrollment path too.
+        let problem = expect_problem(app.get("/devices?q=a%00b", ADMIN_TOKEN).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(fields(&problem), ["q"], "{problem}");
+        let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
+        let response = app.post("/devices/auto-register", &enroll, json!({ "serialNumber": "NUL\u{0000}" })).await;
+        let problem = expect_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(fields(&problem), ["serialNumber"], "{problem}");
+        let list = expect_json(app.get("/devices", ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(list["items"].as_array().unwrap().len(), 1, "no device was made: {list}");
+    }
+
+    async fn valid_json_with_a_wrong_value_is_a_422_naming_the_field(app) {
+        let id = device(&app, "VAL-1").await;
+        let cases = [
+            (Method::POST, "/tokens".to_string(), json!({ "name": "t", "role": null }), "role"),
+            (Method::POST, "/tokens".to_string(), json!({ "name": "t", "role": 3 }), "role"),
+            (Method::POST, "/tokens".to_string(), json!({ "name": "t", "role": "emperor" }), "role"),
+            (Method::POST, "/tokens".to_string(), json!({ "name": 5, "role": "viewer" }), "name"),
+            (Method::PUT, format!("/devices/{id}/settings"), json!({ "tags": "one" }), "tags"),
+            (Method::PUT, format!("/devices/{id}/settings"), json!({ "version": "1" }), "version"),
+            (Method::PATCH, format!("/devices/{id}"), json!({ "tags": [1] }), "tags[0]"),
+            (Method::POST, "/devices".to_string(), json!({ "serialNumber": true }), "serialNumber"),
+            (Method::POST, "/monitoring-rules".to_string(),
+                json!({ "name": "cpu", "metric": null, "operator": "gt", "threshold": 90, "severity": "warning" }), "metric"),
+            (Method::POST, "/monitoring-rules".to_string(),
+                json!({ "name": "cpu", "metric": "cpu", "operator": "gt", "threshold": "high", "severity": "warning" }), "threshold"),
+            (Method::POST, "/enrollment-tokens".to_string(), json!({ "maxUses": -1 }), "maxUses"),
+            (Method::POST, "/tenants".to_string(), json!({ "name": ["acme"] }), "name"),
+        ];
+        for (method, path, body, field) in cases {
+            let response = app.request(method.clone(), &path, Some(ADMIN_TOKEN), Some(body.clone())).await;
+            let problem = expect_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+            assert_eq!(fields(&problem), [field], "{method} {path} {body}: {problem}");
+        }
+        // Only text that is not JSON is a 400.
+        let response = app.client.post(app.url("/tokens")).bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json").body(r#"{"role": nul}"#).send().await.unwrap();
+        expect_problem(response, StatusCode::BAD_REQUEST).await;
+        let tokens = expect_json(app.get("/tokens", ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert!(tokens["items"].as_array().unwrap().iter().all(|t| t["name"] != "t"), "no token was made: {tokens}");
+    }
+}
