@@ -93,4 +93,39 @@ engine_tests! {
         let tokens = expect_json(app.get("/tokens", ADMIN_TOKEN).await, StatusCode::OK).await;
         assert!(tokens["items"].as_array().unwrap().iter().all(|t| t["name"] != "t"), "no token was made: {tokens}");
     }
+
+    async fn every_time_a_client_sends_is_bounded(app) {
+        let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
+        let (device, device_token) = app.register(&enroll, json!({ "serialNumber": "TIME-1" })).await;
+        let id = device["id"].as_str().unwrap();
+        let extremes = ["-262143-01-01T00:00:00Z", "+262142-12-31T23:59:59Z", "1969-12-31T23:59:59Z", "+10000-01-01T00:00:00Z"];
+        for at in extremes {
+            let q = at.replace('+', "%2B").replace(':', "%3A");
+            for (path, field) in [
+                (format!("/devices/{id}/metrics?to={q}"), "to"),
+                (format!("/devices/{id}/metrics?from={q}"), "from"),
+                (format!("/alerts?since={q}"), "since"),
+            ] {
+                let problem = expect_problem(app.get(&path, ADMIN_TOKEN).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+                assert_eq!(fields(&problem), [field], "{path}: {problem}");
+            }
+            for (token, path, body, field) in [
+                (device_token.as_str(), "/devices/metrics", json!({ "cpu": 1.0, "recordedAt": at }), "recordedAt"),
+                (device_token.as_str(), "/devices/metrics", json!({ "samples": [{ "cpu": 1.0 }, { "cpu": 2.0, "recordedAt": at }] }), "samples[1].recordedAt"),
+                (ADMIN_TOKEN, "/tokens", json!({ "name": "t", "role": "viewer", "expiresAt": at }), "expiresAt"),
+                (ADMIN_TOKEN, "/enrollment-tokens", json!({ "expiresAt": at }), "expiresAt"),
+            ] {
+                let problem = expect_problem(app.post(path, token, body.clone()).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+                assert_eq!(fields(&problem), [field], "{path} {body}: {problem}");
+            }
+        }
+        // The ends of the range itself are times like any other.
+        let path = format!("/devices/{id}/metrics?from=1970-01-01T00%3A00%3A00Z&to=1970-01-02T00%3A00%3A00Z");
+        expect_json(app.get(&path, ADMIN_TOKEN).await, StatusCode::OK).await;
+        let path = format!("/devices/{id}/metrics?to=1970-01-01T00%3A00%3A00Z");
+        expect_json(app.get(&path, ADMIN_TOKEN).await, StatusCode::OK).await;
+        expect_json(app.get("/alerts?since=9999-12-31T23%3A59%3A59Z", ADMIN_TOKEN).await, StatusCode::OK).await;
+        let history = expect_json(app.get(&format!("/devices/{id}/metrics"), ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert!(history["latest"].is_null(), "no sample was stored: {history}");
+    }
 }
