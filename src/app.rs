@@ -56,8 +56,9 @@ impl App {
     }
 
     pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
-        std::fs::create_dir_all(&settings.data_dir)
+        crate::files::create_private_dir(&settings.data_dir)
             .with_context(|| format!("cannot create the data directory {}", settings.data_dir.display()))?;
+        crate::files::secure_sqlite_files(&settings.database_url)?;
         let (db, system) = Db::open(&settings.database_url)
             .await
             .with_context(|| format!("cannot open the database {}", redact(&settings.database_url)))?;

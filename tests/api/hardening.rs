@@ -5,7 +5,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{engine_tests, expect_json, expect_problem, TestApp, ADMIN_TOKEN};
+use crate::helpers::{engine_tests, expect_json, expect_problem, spawn_app_with, Engine, SpawnOptions, TestApp, ADMIN_TOKEN};
 
 /// The `field`s of a 422 problem.
 fn fields(problem: &Value) -> Vec<String> {
@@ -128,4 +128,67 @@ engine_tests! {
         let history = expect_json(app.get(&format!("/devices/{id}/metrics"), ADMIN_TOKEN).await, StatusCode::OK).await;
         assert!(history["latest"].is_null(), "no sample was stored: {history}");
     }
+
+    async fn the_data_directory_and_database_files_are_private(app) {
+        // The test app's own data directory comes from tempfile (already 0700): start a second
+        // app on a directory that does not exist yet, as a first start would.
+        let engine = app.engine;
+        drop(app);
+        let app = spawn_app_with(engine, SpawnOptions {
+            adjust: Box::new(move |settings| {
+                settings.data_dir = settings.data_dir.join("fresh").join("herd-data");
+                if engine == Engine::Sqlite {
+                    settings.database_url = format!("sqlite://{}", settings.data_dir.join("herd.db").display()).into();
+                }
+            }),
+            ..SpawnOptions::default()
+        }).await;
+        // Write something, so that the WAL and shared-memory files exist.
+        device(&app, "MODE-1").await;
+        let data_dir = app.settings.data_dir.clone();
+        let modes = modes_under(&data_dir);
+        assert_eq!(mode_of(&data_dir), 0o700, "{modes:?}");
+        if engine == Engine::Sqlite {
+            for name in ["herd.db", "herd.db-wal", "herd.db-shm"] {
+                assert_eq!(mode_of(&data_dir.join(name)), 0o600, "{name}: {modes:?}");
+            }
+        }
+        for (path, mode) in &modes {
+            let name = path.file_name().unwrap().to_str().unwrap();
+            if path.is_dir() {
+                assert_eq!(*mode, 0o700, "{}", path.display());
+            } else if !(name.ends_with("cert.pem") || name.ends_with(".crl")) {
+                // Keys, the database and everything else herd writes: the owner's only.
+                assert_eq!(*mode & 0o077, 0, "{} is {mode:o}", path.display());
+            }
+        }
+        assert!(modes.iter().any(|(p, m)| p.to_str().unwrap().ends_with("key.pem") && *m == 0o600), "{modes:?}");
+
+        // A database left 0644 by an earlier version is made private at the next start.
+        if engine == Engine::Sqlite {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(data_dir.join("herd.db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+            let app = app.restart().await;
+            assert_eq!(mode_of(&data_dir.join("herd.db")), 0o600);
+            expect_json(app.get("/devices", ADMIN_TOKEN).await, StatusCode::OK).await;
+        }
+    }
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Every directory and file under `dir`, with its mode.
+fn modes_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        found.push((path.clone(), mode_of(&path)));
+        if path.is_dir() {
+            found.extend(modes_under(&path));
+        }
+    }
+    found
 }
