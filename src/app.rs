@@ -39,6 +39,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The webhook deliveries' HTTP client (no redirects, a timeout), built once at start-up.
     pub webhook_client: reqwest::Client,
+    /// Open event streams per token and per tenant, against their caps.
+    pub event_streams: Arc<crate::events::stream::StreamLimits>,
 }
 
 /// A built, not yet running, server.
@@ -81,6 +83,10 @@ impl App {
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let local_addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
+        let event_streams = Arc::new(crate::events::stream::StreamLimits::new(
+            settings.event_streams_per_token,
+            settings.event_streams_per_tenant,
+        ));
         let state = AppState {
             db,
             system: Arc::new(system),
@@ -91,6 +97,7 @@ impl App {
             certificates: Arc::new(certificates),
             shutdown: shutdown.clone(),
             webhook_client,
+            event_streams,
         };
         Ok(App { listener, local_addr, state, shutdown, bootstrap })
     }

@@ -3,9 +3,9 @@
 //! A time outside [`EARLIEST`]..=[`LATEST`] (1970 to 9999) is refused while the request is
 //! read, as a 422 naming the field, before any handler computes with it.
 //!
-//! Each request field of type `DateTime<Utc>` takes one attribute:
-//! `#[serde(deserialize_with = "crate::http::bounded_time::required")]`, or for an
-//! `Option<DateTime<Utc>>` `#[serde(default, deserialize_with = "crate::http::bounded_time::optional")]`.
+//! Each request field of type `Option<DateTime<Utc>>` takes one attribute:
+//! `#[serde(default, deserialize_with = "crate::http::bounded_time::optional")]` (no request
+//! takes a required time today; one would get a `required` twin of [`optional`]).
 //! It works for JSON bodies and query strings alike; `tests/api/hardening.rs` sends the extremes
 //! to every route that takes a time.
 
@@ -28,12 +28,6 @@ pub(crate) fn check(at: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
     } else {
         Ok(at)
     }
-}
-
-/// `deserialize_with` for a required `DateTime<Utc>`.
-pub(crate) fn required<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
-    let at = DateTime::<Utc>::deserialize(deserializer)?;
-    check(at).map_err(serde::de::Error::custom)
 }
 
 /// `deserialize_with` for an `Option<DateTime<Utc>>` (with `#[serde(default)]`).

@@ -2,6 +2,9 @@
 //! bounded times, file modes of the data directory, event-stream re-authentication and caps,
 //! and the connection limits (header-read timeout, connection cap).
 
+use std::time::Duration;
+
+use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -173,7 +176,110 @@ engine_tests! {
             expect_json(app.get("/devices", ADMIN_TOKEN).await, StatusCode::OK).await;
         }
     }
+
+    async fn revoking_a_token_ends_its_open_event_streams(app) {
+        let app = with_settings(app, |s| s.event_stream_recheck_interval = Duration::from_millis(200)).await;
+        let (id, token) = api_token(&app, "viewer").await;
+        let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
+
+        // A stream that is idle when the token is revoked ends within the re-check interval.
+        let idle = app.get("/events/stream", &token).await;
+        assert_eq!(idle.status(), StatusCode::OK);
+        // A stream that is busy sends what was committed before the revocation and nothing after.
+        let busy = app.get("/events/stream", &token).await;
+        let mut busy = Box::pin(busy.bytes_stream());
+        app.register(&enroll, json!({ "serialNumber": "BEFORE-REVOKE" })).await;
+        let before = read_until(&mut busy, |text| text.contains("BEFORE-REVOKE")).await;
+        assert!(before.is_some(), "the live stream delivers");
+
+        assert_eq!(app.delete(&format!("/tokens/{id}"), ADMIN_TOKEN).await.status(), StatusCode::NO_CONTENT);
+        app.register(&enroll, json!({ "serialNumber": "AFTER-REVOKE" })).await;
+        let rest = read_to_end(&mut busy).await;
+        assert!(!rest.contains("AFTER-REVOKE"), "an event after the revocation was sent: {rest}");
+        let rest = read_to_end(&mut Box::pin(idle.bytes_stream())).await;
+        assert!(!rest.contains("AFTER-REVOKE"), "{rest}");
+        expect_problem(app.get("/events/stream", &token).await, StatusCode::UNAUTHORIZED).await;
+    }
+
+    async fn open_event_streams_are_capped_per_token_and_per_tenant(app) {
+        let app = with_settings(app, |s| {
+            s.event_streams_per_token = 2;
+            s.event_streams_per_tenant = 3;
+            s.event_stream_recheck_interval = Duration::from_millis(200);
+        }).await;
+        let (_, a) = api_token(&app, "viewer").await;
+        let (b_id, b) = api_token(&app, "viewer").await;
+        let (_, c) = api_token(&app, "viewer").await;
+        let mut open = Vec::new();
+        for token in [&a, &a] {
+            let response = app.get("/events/stream", token).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            open.push(response);
+        }
+        let problem = expect_problem(app.get("/events/stream", &a).await, StatusCode::TOO_MANY_REQUESTS).await;
+        assert!(problem["detail"].as_str().unwrap().contains("token"), "{problem}");
+        let b_stream = app.get("/events/stream", &b).await;
+        assert_eq!(b_stream.status(), StatusCode::OK);
+        let problem = expect_problem(app.get("/events/stream", &c).await, StatusCode::TOO_MANY_REQUESTS).await;
+        assert!(problem["detail"].as_str().unwrap().contains("tenant"), "{problem}");
+        // Another tenant has caps of its own.
+        let (_, other_admin) = app.create_tenant("other").await;
+        assert_eq!(app.get("/events/stream", &other_admin).await.status(), StatusCode::OK);
+
+        // A stream that ends gives its place back.
+        assert_eq!(app.delete(&format!("/tokens/{b_id}"), ADMIN_TOKEN).await.status(), StatusCode::NO_CONTENT);
+        read_to_end(&mut Box::pin(b_stream.bytes_stream())).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let response = app.get("/events/stream", &c).await;
+            if response.status() == StatusCode::OK {
+                break;
+            }
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert!(tokio::time::Instant::now() < deadline, "the ended stream's place was not given back");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(open);
+    }
 }
+
+/// Restarts `app` with changed settings (same database and data directory).
+async fn with_settings(app: TestApp, change: impl FnOnce(&mut herd::config::Settings)) -> TestApp {
+    let mut app = app;
+    change(&mut app.settings);
+    app.restart().await
+}
+
+/// A new API token of the default tenant: `(id, secret)`.
+async fn api_token(app: &TestApp, role: &str) -> (String, String) {
+    let response = app.post("/tokens", ADMIN_TOKEN, json!({ "name": format!("{role} stream"), "role": role })).await;
+    let body = expect_json(response, StatusCode::CREATED).await;
+    (body["token"]["id"].as_str().unwrap().to_string(), body["secret"].as_str().unwrap().to_string())
+}
+
+/// Reads until `done` holds for the text so far (10 s at most); `None` if the stream ended first.
+async fn read_until<B: AsRef<[u8]>>(stream: &mut (impl futures::Stream<Item = reqwest::Result<B>> + Unpin), done: impl Fn(&str) -> bool) -> Option<String> {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done(&text) {
+        let chunk = tokio::time::timeout_at(deadline, stream.next()).await.expect("the stream went quiet")?;
+        text.push_str(&String::from_utf8_lossy(chunk.ok()?.as_ref()));
+    }
+    Some(text)
+}
+
+/// Reads a stream to its end, which must come within a generous 10 s; answers what it sent.
+async fn read_to_end<B: AsRef<[u8]>>(stream: &mut (impl futures::Stream<Item = reqwest::Result<B>> + Unpin)) -> String {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await.expect("the stream did not end") {
+            Some(Ok(chunk)) => text.push_str(&String::from_utf8_lossy(chunk.as_ref())),
+            Some(Err(_)) | None => return text,
+        }
+    }
+}
+
 
 fn mode_of(path: &std::path::Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
