@@ -126,10 +126,12 @@ impl App {
         let router = crate::http::router(state.clone());
         let jobs = crate::jobs::spawn_all(&state, &shutdown);
         let stop = shutdown.clone();
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-            .context("the HTTP server failed");
+        let limits = crate::http::serve::ConnectionLimits {
+            header_read_timeout: state.settings.header_read_timeout,
+            idle_timeout: state.settings.idle_timeout,
+            max_connections: crate::http::serve::raise_open_file_limit(state.settings.max_connections),
+        };
+        let served = crate::http::serve::serve(listener, router, limits, stop).await.context("the HTTP server failed");
         shutdown.cancel();
         for job in jobs {
             let _ = job.await;

@@ -4,6 +4,7 @@
 pub(crate) mod bounded_time;
 pub(crate) mod error;
 pub(crate) mod extract;
+pub(crate) mod serve;
 pub(crate) mod unread_body;
 
 use std::sync::Arc;

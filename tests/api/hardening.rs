@@ -298,3 +298,81 @@ fn modes_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
     }
     found
 }
+
+/// An app on SQLite with changed settings (the connection limits do not depend on the engine).
+async fn app_with(change: impl FnOnce(&mut herd::config::Settings) + Send + 'static) -> TestApp {
+    spawn_app_with(Engine::Sqlite, SpawnOptions { adjust: Box::new(change), ..SpawnOptions::default() }).await
+}
+
+/// Reads what the server sends until it closes the connection, which must happen within a
+/// generous 10 s.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await.expect("the server kept the connection open") {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&received).into_owned(),
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_finishes_its_headers_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let app = app_with(|s| s.header_read_timeout = Duration::from_millis(300)).await;
+    let mut stream = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: herd\r\nX-Slow: ").await.unwrap();
+    let answer = read_until_closed(&mut stream).await;
+    assert!(!answer.contains("200 OK"), "{answer}");
+    // A connection that sends nothing at all goes the same way.
+    let mut silent = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    read_until_closed(&mut silent).await;
+    // And the server still answers others.
+    expect_json(app.request(Method::GET, "/healthz", None, None).await, StatusCode::OK).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_body_stalls_is_closed_after_the_idle_timeout() {
+    use tokio::io::AsyncWriteExt;
+    // The request timeout (30 s) would end it too, but much later.
+    let app = app_with(|s| s.idle_timeout = Duration::from_millis(300)).await;
+    let mut stream = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    let head = format!(
+        "POST /tokens HTTP/1.1\r\nHost: herd\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"na"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut stream).await;
+    assert!(!answer.contains("201 Created"), "{answer}");
+    expect_json(app.request(Method::GET, "/healthz", None, None).await, StatusCode::OK).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_until_others_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = app_with(|s| {
+        s.max_connections = 2;
+        s.header_read_timeout = Duration::from_secs(60);
+    })
+    .await;
+    // Two connections that hold their slots (they never send a request).
+    let holders = [
+        tokio::net::TcpStream::connect(app.address).await.unwrap(),
+        tokio::net::TcpStream::connect(app.address).await.unwrap(),
+    ];
+    let mut waiting = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    waiting.write_all(b"GET /healthz HTTP/1.1\r\nHost: herd\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(500), waiting.read(&mut byte)).await;
+    assert!(early.is_err(), "a connection beyond the cap was served: {early:?}");
+
+    drop(holders);
+    let answer = read_until_closed(&mut waiting).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    let fresh = reqwest::Client::new();
+    let response = fresh.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
