@@ -131,7 +131,10 @@ async fn stream_events(
     ApiQuery(params): ApiQuery<StreamParams>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let scope = member.require(Role::Viewer)?.clone();
-    let authorization = headers.get(AUTHORIZATION).cloned().ok_or_else(|| ApiError::internal(anyhow::anyhow!("an authenticated request without Authorization")))?;
+    let authorization = headers
+        .get(AUTHORIZATION)
+        .cloned()
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("an authenticated request without Authorization")))?;
     let types = parse_types(params.event_type.as_deref())?;
     let last_event_id = match headers.get("last-event-id") {
         Some(value) => Some(

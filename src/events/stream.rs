@@ -113,7 +113,9 @@ impl Credential {
         parts.headers.insert(AUTHORIZATION, self.authorization.clone());
         let valid = match Member::from_request_parts(&mut parts, state).await {
             Ok(member) => {
-                member.token_id == self.token && member.tenant_id() == self.tenant && member.require(Role::Viewer).is_ok()
+                member.token_id == self.token
+                    && member.tenant_id() == self.tenant
+                    && member.require(Role::Viewer).is_ok()
             }
             Err(ApiError::Internal(error)) => {
                 tracing::warn!(error = format!("{error:#}"), "cannot re-check an event stream's credential; ending it");

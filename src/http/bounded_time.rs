@@ -24,7 +24,10 @@ pub(crate) fn latest() -> DateTime<Utc> {
 /// Refuses a time outside the bounds (the message reaches the client as the field's 422).
 pub(crate) fn check(at: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
     if at < EARLIEST || at > latest() {
-        Err(format!("{} is out of range: times must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z", at.to_rfc3339()))
+        Err(format!(
+            "{} is out of range: times must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z",
+            at.to_rfc3339()
+        ))
     } else {
         Ok(at)
     }
@@ -54,9 +57,14 @@ mod tests {
             let body: Body = serde_json::from_value(serde_json::json!({ "at": good })).unwrap();
             assert!(body.at.is_some(), "{good}");
         }
-        for bad in ["-262143-01-01T00:00:00Z", "+262142-12-31T23:59:59Z", "1969-12-31T23:59:59Z", "+10000-01-01T00:00:00Z"] {
+        for bad in
+            ["-262143-01-01T00:00:00Z", "+262142-12-31T23:59:59Z", "1969-12-31T23:59:59Z", "+10000-01-01T00:00:00Z"]
+        {
             let error = serde_json::from_value::<Body>(serde_json::json!({ "at": bad })).unwrap_err();
-            assert!(error.to_string().contains("out of range") || error.to_string().contains("input"), "{bad}: {error}");
+            assert!(
+                error.to_string().contains("out of range") || error.to_string().contains("input"),
+                "{bad}: {error}"
+            );
         }
         assert!(serde_json::from_value::<Body>(serde_json::json!({})).unwrap().at.is_none());
         assert!(serde_json::from_value::<Body>(serde_json::json!({ "at": null })).unwrap().at.is_none());

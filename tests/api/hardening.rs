@@ -8,11 +8,16 @@ use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{engine_tests, expect_json, expect_problem, spawn_app_with, Engine, SpawnOptions, TestApp, ADMIN_TOKEN};
+use crate::helpers::{
+    engine_tests, expect_json, expect_problem, spawn_app_with, Engine, SpawnOptions, TestApp, ADMIN_TOKEN,
+};
 
 /// The `field`s of a 422 problem.
 fn fields(problem: &Value) -> Vec<String> {
-    problem["errors"].as_array().map(|e| e.iter().map(|f| f["field"].as_str().unwrap().to_string()).collect()).unwrap_or_default()
+    problem["errors"]
+        .as_array()
+        .map(|e| e.iter().map(|f| f["field"].as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
 }
 
 /// A registered device of the default tenant; answers its id.
@@ -258,7 +263,10 @@ async fn api_token(app: &TestApp, role: &str) -> (String, String) {
 }
 
 /// Reads until `done` holds for the text so far (10 s at most); `None` if the stream ended first.
-async fn read_until<B: AsRef<[u8]>>(stream: &mut (impl futures::Stream<Item = reqwest::Result<B>> + Unpin), done: impl Fn(&str) -> bool) -> Option<String> {
+async fn read_until<B: AsRef<[u8]>>(
+    stream: &mut (impl futures::Stream<Item = reqwest::Result<B>> + Unpin),
+    done: impl Fn(&str) -> bool,
+) -> Option<String> {
     let mut text = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !done(&text) {
@@ -279,7 +287,6 @@ async fn read_to_end<B: AsRef<[u8]>>(stream: &mut (impl futures::Stream<Item = r
         }
     }
 }
-
 
 fn mode_of(path: &std::path::Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
@@ -312,7 +319,10 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> String {
     let mut buffer = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await.expect("the server kept the connection open") {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer))
+            .await
+            .expect("the server kept the connection open")
+        {
             Ok(0) | Err(_) => return String::from_utf8_lossy(&received).into_owned(),
             Ok(n) => received.extend_from_slice(&buffer[..n]),
         }
