@@ -447,6 +447,23 @@ impl Settings {
         if let Some(v) = pick("max_connections", &args.max_connections) {
             settings.max_connections = parse_number("max_connections", &v, 1, 1_000_000)? as usize;
         }
+        // hyper watches a busy connection for EOF, so the idle timer also runs while a handler
+        // works (bounded by the request timeout) and between an event stream's keep-alives.
+        // Without a setting of its own it follows a long request timeout.
+        let idle_floor = settings.request_timeout.max(Duration::from_secs(STREAM_KEEP_ALIVE_SECS));
+        if pick("idle_timeout", &args.idle_timeout).is_none() {
+            settings.idle_timeout = settings.idle_timeout.max(idle_floor + Duration::from_secs(30));
+        }
+        if settings.idle_timeout <= idle_floor {
+            return Err(invalid(
+                "idle_timeout",
+                &humantime::format_duration(settings.idle_timeout).to_string(),
+                format!(
+                    "must be longer than request_timeout and than the event stream's {STREAM_KEEP_ALIVE_SECS}s keep-alive ({})",
+                    humantime::format_duration(idle_floor)
+                ),
+            ));
+        }
         if settings.cert_auto_renewal_days >= settings.cert_validity_days {
             return Err(invalid(
                 "cert_auto_renewal_days",
@@ -462,6 +479,9 @@ impl Settings {
         self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://")
     }
 }
+
+/// How often an idle event stream sends a keep-alive comment (`events::routes`).
+pub(crate) const STREAM_KEEP_ALIVE_SECS: u64 = 15;
 
 const KNOWN_KEYS: &[&str] = &[
     "data_dir",
@@ -589,6 +609,20 @@ mod tests {
         assert!(Settings::load(&args).is_err());
         let args = ConfigArgs { cert_store: Some("s3".into()), ..Default::default() };
         assert!(Settings::load(&args).is_err());
+    }
+
+    #[test]
+    fn the_idle_timeout_outlasts_handlers_and_stream_keep_alives() {
+        let args = ConfigArgs { idle_timeout: Some("30s".into()), ..Default::default() };
+        assert!(Settings::load(&args).unwrap_err().to_string().contains("idle_timeout"));
+        let args =
+            ConfigArgs { idle_timeout: Some("20s".into()), request_timeout: Some("10s".into()), ..Default::default() };
+        assert_eq!(Settings::load(&args).unwrap().idle_timeout, Duration::from_secs(20));
+        let args =
+            ConfigArgs { idle_timeout: Some("10s".into()), request_timeout: Some("5s".into()), ..Default::default() };
+        assert!(Settings::load(&args).is_err(), "below the stream keep-alive");
+        let args = ConfigArgs { request_timeout: Some("300s".into()), ..Default::default() };
+        assert_eq!(Settings::load(&args).unwrap().idle_timeout, Duration::from_secs(330), "the default follows");
     }
 
     #[test]

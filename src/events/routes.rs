@@ -160,7 +160,9 @@ async fn stream_events(
         let event = stream.next().await?;
         Some((Ok(event), stream))
     });
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive")))
+    Ok(Sse::new(events).keep_alive(
+        KeepAlive::new().interval(Duration::from_secs(crate::config::STREAM_KEEP_ALIVE_SECS)).text("keep-alive"),
+    ))
 }
 
 struct EventStream {

@@ -139,9 +139,10 @@ pub(crate) async fn serve(
 /// A connection that fails with `TimedOut` once no byte has moved either way for `idle`.
 ///
 /// Activity only records an `Instant`; the one timer is re-armed lazily when it fires early,
-/// so a busy connection costs no timer operations per read or write. The timer only counts
-/// while hyper waits on the connection: a handler that is working holds no timer here (the
-/// request timeout bounds it).
+/// so a busy connection costs no timer operations per read or write. hyper keeps reading a
+/// busy connection to notice a client that left, so the timer also runs while a handler works:
+/// `Settings` therefore requires the idle timeout to outlast the request timeout and the
+/// event stream's keep-alive interval.
 pub(crate) struct IdleTimeout<S> {
     inner: S,
     idle: Duration,
