@@ -39,6 +39,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The webhook deliveries' HTTP client (no redirects, a timeout), built once at start-up.
     pub webhook_client: reqwest::Client,
+    /// Open event streams per token and per tenant, against their caps.
+    pub event_streams: Arc<crate::events::stream::StreamLimits>,
 }
 
 /// A built, not yet running, server.
@@ -56,8 +58,9 @@ impl App {
     }
 
     pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
-        std::fs::create_dir_all(&settings.data_dir)
+        crate::files::create_private_dir(&settings.data_dir)
             .with_context(|| format!("cannot create the data directory {}", settings.data_dir.display()))?;
+        crate::files::secure_sqlite_files(&settings.database_url)?;
         let (db, system) = Db::open(&settings.database_url)
             .await
             .with_context(|| format!("cannot open the database {}", redact(&settings.database_url)))?;
@@ -80,6 +83,10 @@ impl App {
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let local_addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
+        let event_streams = Arc::new(crate::events::stream::StreamLimits::new(
+            settings.event_streams_per_token,
+            settings.event_streams_per_tenant,
+        ));
         let state = AppState {
             db,
             system: Arc::new(system),
@@ -90,6 +97,7 @@ impl App {
             certificates: Arc::new(certificates),
             shutdown: shutdown.clone(),
             webhook_client,
+            event_streams,
         };
         Ok(App { listener, local_addr, state, shutdown, bootstrap })
     }
@@ -118,10 +126,12 @@ impl App {
         let router = crate::http::router(state.clone());
         let jobs = crate::jobs::spawn_all(&state, &shutdown);
         let stop = shutdown.clone();
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-            .context("the HTTP server failed");
+        let limits = crate::http::serve::ConnectionLimits {
+            header_read_timeout: state.settings.header_read_timeout,
+            idle_timeout: state.settings.idle_timeout,
+            max_connections: crate::http::serve::raise_open_file_limit(state.settings.max_connections),
+        };
+        let served = crate::http::serve::serve(listener, router, limits, stop).await.context("the HTTP server failed");
         shutdown.cancel();
         for job in jobs {
             let _ = job.await;

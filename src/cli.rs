@@ -152,7 +152,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
 async fn open(settings: &Settings) -> anyhow::Result<Db> {
     use anyhow::Context;
-    std::fs::create_dir_all(&settings.data_dir)?;
+    crate::files::create_private_dir(&settings.data_dir)?;
+    crate::files::secure_sqlite_files(&settings.database_url)?;
     // The CLI's commands act on whole tenants or the platform, never through a tenant's
     // scope, so the system principal that comes with the handle is not needed here.
     let (db, _system) = Db::open(&settings.database_url)

@@ -103,6 +103,25 @@ pub struct ConfigArgs {
     /// Serve `POST /bench/echo`, the benchmark harness's HTTP ceiling (`true`/`false`).
     #[arg(long, env = "HERD_BENCH_ECHO", global = true)]
     pub bench_echo: Option<String>,
+    /// How often an open event stream re-checks its credential (e.g. `5s`).
+    #[arg(long, env = "HERD_EVENT_STREAM_RECHECK_INTERVAL", global = true)]
+    pub event_stream_recheck_interval: Option<String>,
+    /// Most event streams one token may hold open at once.
+    #[arg(long, env = "HERD_EVENT_STREAMS_PER_TOKEN", global = true)]
+    pub event_streams_per_token: Option<String>,
+    /// Most event streams one tenant may hold open at once (on this instance).
+    #[arg(long, env = "HERD_EVENT_STREAMS_PER_TENANT", global = true)]
+    pub event_streams_per_tenant: Option<String>,
+    /// Longest time a client may take to send a request's headers, and to start the next
+    /// request on a kept-alive connection (e.g. `10s`).
+    #[arg(long, env = "HERD_HEADER_READ_TIMEOUT", global = true)]
+    pub header_read_timeout: Option<String>,
+    /// A connection on which no byte moves either way for this long is closed (e.g. `60s`).
+    #[arg(long, env = "HERD_IDLE_TIMEOUT", global = true)]
+    pub idle_timeout: Option<String>,
+    /// Most HTTP connections served at once; further ones wait to be accepted.
+    #[arg(long, env = "HERD_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<String>,
 }
 
 /// Where device certificates and keys are stored.
@@ -153,6 +172,21 @@ pub struct Settings {
     pub event_retention: Duration,
     pub webhook_allow_private: bool,
     pub webhook_delivery_interval: Duration,
+    /// How often an open `GET /events/stream` re-checks its credential (it also checks before
+    /// each batch of events it sends); a revoked or expired one ends the stream.
+    pub event_stream_recheck_interval: Duration,
+    /// Most open event streams per token (429 beyond).
+    pub event_streams_per_token: usize,
+    /// Most open event streams per tenant on one instance (429 beyond).
+    pub event_streams_per_tenant: usize,
+    /// Longest time to send a request's headers (and to begin the next one on a kept-alive
+    /// connection) before the connection is closed.
+    pub header_read_timeout: Duration,
+    /// A connection with no bytes moving either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Most HTTP connections served at once (further ones wait in the listen queue); lowered
+    /// at start to what the open-file limit allows.
+    pub max_connections: usize,
 }
 
 /// A secret setting (a token or a key). Its `Debug` prints `[redacted]`, so settings printed
@@ -273,6 +307,12 @@ impl Settings {
             event_retention: Duration::from_secs(7 * 86_400),
             webhook_allow_private: false,
             webhook_delivery_interval: Duration::from_secs(1),
+            event_stream_recheck_interval: Duration::from_secs(5),
+            event_streams_per_token: 4,
+            event_streams_per_tenant: 64,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
         }
     }
 
@@ -389,6 +429,41 @@ impl Settings {
         if let Some(v) = pick("webhook_delivery_interval", &args.webhook_delivery_interval) {
             settings.webhook_delivery_interval = parse_duration("webhook_delivery_interval", &v)?;
         }
+        if let Some(v) = pick("event_stream_recheck_interval", &args.event_stream_recheck_interval) {
+            settings.event_stream_recheck_interval = parse_duration("event_stream_recheck_interval", &v)?;
+        }
+        if let Some(v) = pick("event_streams_per_token", &args.event_streams_per_token) {
+            settings.event_streams_per_token = parse_number("event_streams_per_token", &v, 1, 100_000)? as usize;
+        }
+        if let Some(v) = pick("event_streams_per_tenant", &args.event_streams_per_tenant) {
+            settings.event_streams_per_tenant = parse_number("event_streams_per_tenant", &v, 1, 1_000_000)? as usize;
+        }
+        if let Some(v) = pick("header_read_timeout", &args.header_read_timeout) {
+            settings.header_read_timeout = parse_duration("header_read_timeout", &v)?;
+        }
+        if let Some(v) = pick("idle_timeout", &args.idle_timeout) {
+            settings.idle_timeout = parse_duration("idle_timeout", &v)?;
+        }
+        if let Some(v) = pick("max_connections", &args.max_connections) {
+            settings.max_connections = parse_number("max_connections", &v, 1, 1_000_000)? as usize;
+        }
+        // hyper watches a busy connection for EOF, so the idle timer also runs while a handler
+        // works (bounded by the request timeout) and between an event stream's keep-alives.
+        // Without a setting of its own it follows a long request timeout.
+        let idle_floor = settings.request_timeout.max(Duration::from_secs(STREAM_KEEP_ALIVE_SECS));
+        if pick("idle_timeout", &args.idle_timeout).is_none() {
+            settings.idle_timeout = settings.idle_timeout.max(idle_floor + Duration::from_secs(30));
+        }
+        if settings.idle_timeout <= idle_floor {
+            return Err(invalid(
+                "idle_timeout",
+                &humantime::format_duration(settings.idle_timeout).to_string(),
+                format!(
+                    "must be longer than request_timeout and than the event stream's {STREAM_KEEP_ALIVE_SECS}s keep-alive ({})",
+                    humantime::format_duration(idle_floor)
+                ),
+            ));
+        }
         if settings.cert_auto_renewal_days >= settings.cert_validity_days {
             return Err(invalid(
                 "cert_auto_renewal_days",
@@ -404,6 +479,9 @@ impl Settings {
         self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://")
     }
 }
+
+/// How often an idle event stream sends a keep-alive comment (`events::routes`).
+pub(crate) const STREAM_KEEP_ALIVE_SECS: u64 = 15;
 
 const KNOWN_KEYS: &[&str] = &[
     "data_dir",
@@ -434,6 +512,12 @@ const KNOWN_KEYS: &[&str] = &[
     "event_retention",
     "webhook_allow_private",
     "webhook_delivery_interval",
+    "event_stream_recheck_interval",
+    "event_streams_per_token",
+    "event_streams_per_tenant",
+    "header_read_timeout",
+    "idle_timeout",
+    "max_connections",
 ];
 
 fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
@@ -525,6 +609,20 @@ mod tests {
         assert!(Settings::load(&args).is_err());
         let args = ConfigArgs { cert_store: Some("s3".into()), ..Default::default() };
         assert!(Settings::load(&args).is_err());
+    }
+
+    #[test]
+    fn the_idle_timeout_outlasts_handlers_and_stream_keep_alives() {
+        let args = ConfigArgs { idle_timeout: Some("30s".into()), ..Default::default() };
+        assert!(Settings::load(&args).unwrap_err().to_string().contains("idle_timeout"));
+        let args =
+            ConfigArgs { idle_timeout: Some("20s".into()), request_timeout: Some("10s".into()), ..Default::default() };
+        assert_eq!(Settings::load(&args).unwrap().idle_timeout, Duration::from_secs(20));
+        let args =
+            ConfigArgs { idle_timeout: Some("10s".into()), request_timeout: Some("5s".into()), ..Default::default() };
+        assert!(Settings::load(&args).is_err(), "below the stream keep-alive");
+        let args = ConfigArgs { request_timeout: Some("300s".into()), ..Default::default() };
+        assert_eq!(Settings::load(&args).unwrap().idle_timeout, Duration::from_secs(330), "the default follows");
     }
 
     #[test]

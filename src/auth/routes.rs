@@ -124,6 +124,7 @@ pub(crate) struct CreateTokenRequest {
     pub name: String,
     pub role: Role,
     /// When the token stops working; never if absent.
+    #[serde(default, deserialize_with = "crate::http::bounded_time::optional")]
     pub expires_at: Option<DateTime<Utc>>,
 }
 
@@ -233,6 +234,7 @@ async fn revoke_token(
 pub(crate) struct CreateEnrollmentTokenRequest {
     pub name: Option<String>,
     /// When the token stops working; never if absent.
+    #[serde(default, deserialize_with = "crate::http::bounded_time::optional")]
     pub expires_at: Option<DateTime<Utc>>,
     /// How many registrations it allows; unlimited if absent.
     pub max_uses: Option<i64>,

@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::header::AUTHORIZATION;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Json;
@@ -17,6 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::store::{self, EventRow};
+use super::stream::{Credential, StreamPermit};
 use crate::app::AppState;
 use crate::auth::{Member, Role, TenantScope};
 use crate::http::error::ApiError;
@@ -117,9 +119,12 @@ pub(crate) struct StreamParams {
 
 /// Live events as Server-Sent Events. Each has `id: <seq>`; reconnect with `Last-Event-ID` to
 /// resume without gaps. Without it the stream starts with the next event. Comments keep idle
-/// connections alive.
+/// connections alive. The stream ends when its token stops authenticating (re-checked every
+/// `HERD_EVENT_STREAM_RECHECK_INTERVAL` and before each batch); a token or tenant with too
+/// many open streams gets 429.
 #[utoipa::path(get, path = "/events/stream", tag = "events", security(("bearer" = [])), params(StreamParams),
-    responses((status = 200, content_type = "text/event-stream", body = String)))]
+    responses((status = 200, content_type = "text/event-stream", body = String),
+        (status = 429, description = "too many open streams for this token or tenant", body = crate::http::error::Problem)))]
 async fn stream_events(
     State(state): State<AppState>,
     member: Member,
@@ -127,6 +132,10 @@ async fn stream_events(
     ApiQuery(params): ApiQuery<StreamParams>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let scope = member.require(Role::Viewer)?.clone();
+    let authorization = headers
+        .get(AUTHORIZATION)
+        .cloned()
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("an authenticated request without Authorization")))?;
     let types = parse_types(params.event_type.as_deref())?;
     let last_event_id = match headers.get("last-event-id") {
         Some(value) => Some(
@@ -144,12 +153,17 @@ async fn stream_events(
         Some(_) => return Err(ApiError::invalid("after", "must not be negative")),
         None => store::latest_tenant_seq(&scope).await?,
     };
-    let stream = EventStream { scope, types, cursor: start, buffer: VecDeque::new(), state };
+    let permit = state.event_streams.open(member.token_id, member.tenant_id())?;
+    let credential = Credential::new(authorization, &member, state.settings.event_stream_recheck_interval);
+    let stream =
+        EventStream { scope, types, cursor: start, buffer: VecDeque::new(), state, credential, _permit: permit };
     let events = futures::stream::unfold(stream, |mut stream| async move {
         let event = stream.next().await?;
         Some((Ok(event), stream))
     });
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive")))
+    Ok(Sse::new(events).keep_alive(
+        KeepAlive::new().interval(Duration::from_secs(crate::config::STREAM_KEEP_ALIVE_SECS)).text("keep-alive"),
+    ))
 }
 
 struct EventStream {
@@ -158,12 +172,20 @@ struct EventStream {
     cursor: i64,
     buffer: VecDeque<EventRow>,
     state: AppState,
+    /// Presented again every re-check interval and before each batch.
+    credential: Credential,
+    /// Counts this stream against its token's and tenant's caps until the response ends.
+    _permit: StreamPermit,
 }
 
 impl EventStream {
-    /// The next event, waiting for one if needed; `None` ends the stream (server shutdown).
+    /// The next event, waiting for one if needed; `None` ends the stream (server shutdown, or
+    /// a credential that no longer authenticates).
     async fn next(&mut self) -> Option<SseEvent> {
         loop {
+            if self.buffer.is_empty() && self.credential.due() && !self.credential.still_valid(&self.state).await {
+                return None;
+            }
             if let Some(row) = self.buffer.pop_front() {
                 self.cursor = row.tenant_seq;
                 let seq = row.tenant_seq;
@@ -173,6 +195,10 @@ impl EventStream {
             }
             match store::list(&self.scope, self.cursor, &self.types, 100).await {
                 Ok(rows) if !rows.is_empty() => {
+                    // Nothing is sent on a credential revoked since the last check.
+                    if !self.credential.still_valid(&self.state).await {
+                        return None;
+                    }
                     self.buffer.extend(rows);
                     continue;
                 }
@@ -181,7 +207,7 @@ impl EventStream {
             }
             tokio::select! {
                 () = self.state.shutdown.cancelled() => return None,
-                () = tokio::time::sleep(STREAM_POLL) => {}
+                () = tokio::time::sleep(STREAM_POLL.min(self.state.settings.event_stream_recheck_interval)) => {}
             }
         }
     }

@@ -52,6 +52,8 @@ pub(crate) enum ApiError {
     UnsupportedMediaType(String),
     #[error("the request is not valid")]
     Validation(Vec<FieldError>),
+    #[error("{0}")]
+    TooManyRequests(String),
     #[error("the request took too long")]
     Timeout,
     #[error("{0}")]
@@ -72,6 +74,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -88,6 +91,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload-too-large",
             ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
             ApiError::Validation(_) => "validation",
+            ApiError::TooManyRequests(_) => "too-many-requests",
             ApiError::Timeout => "timeout",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -212,6 +216,7 @@ mod tests {
             (ApiError::PayloadTooLarge(1), 413),
             (ApiError::UnsupportedMediaType("x".into()), 415),
             (ApiError::invalid("f", "m"), 422),
+            (ApiError::TooManyRequests("x".into()), 429),
             (ApiError::Timeout, 503),
             (ApiError::Unavailable("x".into()), 503),
             (ApiError::internal(anyhow::anyhow!("secret detail")), 500),

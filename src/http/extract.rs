@@ -91,34 +91,88 @@ fn body_error(rejection: BytesRejection) -> ApiError {
     }
 }
 
-/// Parses JSON, telling syntax errors (400) from shape errors (422 with the field's path).
+/// Parses JSON, telling syntax errors (400) from value errors (422 with the field's path).
+///
+/// The body is first parsed into a [`serde_json::Value`]: only text that is not JSON fails
+/// there (400). Every string in it is then checked for control characters (see
+/// [`check_control_characters`]), and only then is the value turned into `T`, so that a wrong
+/// type, a `null` where a value is needed or an unknown enum text is always a 422 naming the
+/// field, whatever serde_json would have classified it as when reading the text directly.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = match serde_path_to_error::deserialize(&mut deserializer) {
-        Ok(value) => value,
-        Err(error) => {
-            let field = error.path().to_string();
-            let inner = error.into_inner();
-            return match inner.classify() {
-                // A shape error can surface before a syntax error later in the text; only
-                // well-formed JSON earns a 422.
-                serde_json::error::Category::Data if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() => {
-                    let parent = if field == "." { String::new() } else { field };
-                    let message = strip_position(&inner.to_string());
-                    // serde reports a missing field at its parent; name the field itself.
-                    let field = match message.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`')) {
-                        Some(name) if parent.is_empty() => name.to_string(),
-                        Some(name) => format!("{parent}.{name}"),
-                        None => parent,
-                    };
-                    Err(ApiError::invalid(field, message))
-                }
-                _ => Err(ApiError::BadRequest(format!("the body is not valid JSON: {inner}"))),
-            };
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|inner| ApiError::BadRequest(format!("the body is not valid JSON: {inner}")))?;
+    check_control_characters(&value)?;
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let field = error.path().to_string();
+        let parent = if field == "." { String::new() } else { field };
+        let message = strip_position(&error.into_inner().to_string());
+        // serde reports a missing field at its parent; name the field itself.
+        let field = match message.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`')) {
+            Some(name) if parent.is_empty() => name.to_string(),
+            Some(name) => format!("{parent}.{name}"),
+            None if parent.is_empty() => "body".to_string(),
+            None => parent,
+        };
+        ApiError::invalid(field, message)
+    })
+}
+
+/// The control characters free text may hold: tab, line feed and carriage return. Every other
+/// C0 character (NUL above all: PostgreSQL cannot store it in `TEXT`, SQLite would) is refused.
+fn allowed_in_free_text(c: char) -> bool {
+    !matches!(c, '\0'..='\x1f') || matches!(c, '\t' | '\n' | '\r')
+}
+
+/// How many offending fields one answer lists at most.
+const MAX_REPORTED_FIELDS: usize = 20;
+
+/// Refuses (422, naming each field by its JSON path) any string value holding a C0 control
+/// character other than tab, line feed and carriage return, and any object key holding a
+/// control character at all. Names and identifiers are held to the stricter rule (no control
+/// character at all) by each body's [`Validate`] (`FieldErrors::text`).
+pub(crate) fn check_control_characters(value: &serde_json::Value) -> Result<(), ApiError> {
+    let mut errors = super::error::FieldErrors::new();
+    let mut count = 0;
+    walk_strings(value, &mut String::new(), &mut |path, text, is_key| {
+        let bad = if is_key { text.chars().any(char::is_control) } else { !text.chars().all(allowed_in_free_text) };
+        if bad && count < MAX_REPORTED_FIELDS {
+            count += 1;
+            let field = if path.is_empty() { "body".to_string() } else { path.to_string() };
+            errors.add(field, "must not contain control characters");
         }
-    };
-    deserializer.end().map_err(|inner| ApiError::BadRequest(format!("the body is not valid JSON: {inner}")))?;
-    Ok(value)
+    });
+    errors.finish()
+}
+
+/// Calls `visit(path, text, is_key)` for every string and object key in `value`. The depth is
+/// bounded by serde_json's own recursion limit (128), so the recursion is too.
+fn walk_strings(value: &serde_json::Value, path: &mut String, visit: &mut dyn FnMut(&str, &str, bool)) {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => visit(path, text, false),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                walk_strings(item, path, visit);
+                path.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                // A key with control characters is named by its escaped form.
+                path.push_str(&key.escape_default().to_string());
+                visit(path, key, true);
+                walk_strings(item, path, visit);
+                path.truncate(len);
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
 }
 
 /// serde_json appends " at line 1 column 7" to messages; the field path already says where.
@@ -147,6 +201,15 @@ where
             .filter(|(_, value)| !value.is_empty())
             .map(|(key, value)| (key.into_owned(), value.into_owned()))
             .collect();
+        // Query parameters are names, filters, ids and times: no control character belongs in
+        // one (a NUL would even fail on PostgreSQL instead of matching nothing).
+        let mut errors = super::error::FieldErrors::new();
+        for (key, value) in &pairs {
+            if key.chars().any(char::is_control) || value.chars().any(char::is_control) {
+                errors.add(key.escape_default().to_string(), "must not contain control characters");
+            }
+        }
+        errors.finish()?;
         let encoded = form_urlencoded::Serializer::new(String::new()).extend_pairs(&pairs).finish();
         let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(encoded.as_bytes()));
         serde_path_to_error::deserialize(deserializer).map(ApiQuery).map_err(|error| {
@@ -265,6 +328,48 @@ mod tests {
             parse_json::<Sample>(br#"{"serialNumber": "a", "tags": []} trailing"#),
             Err(ApiError::BadRequest(_))
         ));
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct WithRole {
+        role: herd_domain::status::Role,
+        count: Option<u32>,
+    }
+
+    fn field_names(result: Result<impl std::fmt::Debug, ApiError>) -> Vec<String> {
+        match result {
+            Err(ApiError::Validation(errors)) => errors.into_iter().map(|e| e.field).collect(),
+            other => panic!("expected a 422, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn valid_json_with_a_wrong_value_is_a_422_naming_the_field() {
+        // serde_json classifies `null` where an enum is expected as a syntax error when it reads
+        // the text directly; through a `Value` it is the data error it is.
+        assert_eq!(field_names(parse_json::<WithRole>(br#"{"role": null}"#)), ["role"]);
+        assert_eq!(field_names(parse_json::<WithRole>(br#"{"role": 7}"#)), ["role"]);
+        assert_eq!(field_names(parse_json::<WithRole>(br#"{"role": "emperor"}"#)), ["role"]);
+        assert_eq!(field_names(parse_json::<WithRole>(br#"{"role": "admin", "count": -1}"#)), ["count"]);
+        assert_eq!(field_names(parse_json::<WithRole>(br#"{"role": "admin", "count": 1e99}"#)), ["count"]);
+        assert_eq!(field_names(parse_json::<WithRole>(br#""text""#)), ["body"]);
+        assert!(matches!(parse_json::<WithRole>(br#"{"role": nul}"#), Err(ApiError::BadRequest(_))));
+        assert!(matches!(parse_json::<WithRole>(b""), Err(ApiError::BadRequest(_))));
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_every_string_and_key() {
+        let nul = br#"{"serialNumber": "a\u0000b", "tags": ["ok", "x\u001by"]}"#;
+        assert_eq!(field_names(parse_json::<Sample>(nul)), ["serialNumber", "tags[1]"]);
+        let nested = br#"{"serialNumber": "a", "tags": [], "extra": {"deep": ["\u0007"]}}"#;
+        assert_eq!(field_names(parse_json::<Sample>(nested)), ["extra.deep[0]"]);
+        let key = br#"{"serialNumber": "a", "tags": [], "k\u0000": 1}"#;
+        assert_eq!(field_names(parse_json::<Sample>(key)), ["k\\u{0}"]);
+        // Tab, line feed and carriage return are free text's own; DEL and C1 are left to the
+        // stricter per-field checks of names.
+        let fine = br#"{"serialNumber": "line one\r\n\tline two \u007f \u0085", "tags": []}"#;
+        assert!(parse_json::<Sample>(fine).is_ok());
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The HTTP edge: the root router (which only merges the features' routers), the middleware
 //! stack, problem+json errors and the extractors that produce them.
 
+pub(crate) mod bounded_time;
 pub(crate) mod error;
 pub(crate) mod extract;
+pub(crate) mod serve;
 pub(crate) mod unread_body;
 
 use std::sync::Arc;

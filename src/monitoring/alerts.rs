@@ -97,6 +97,7 @@ pub(crate) struct AlertListParams {
     /// Only this device's alerts.
     pub device_id: Option<String>,
     /// Only alerts opened at or after this time (RFC 3339).
+    #[serde(default, deserialize_with = "crate::http::bounded_time::optional")]
     pub since: Option<DateTime<Utc>>,
     /// How many items to return (1–500, default 50).
     #[param(minimum = 1, maximum = 500)]

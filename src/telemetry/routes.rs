@@ -42,6 +42,7 @@ pub(crate) struct SampleDto {
     pub ram: Option<f64>,
     pub storage: Option<f64>,
     pub temperature: Option<f64>,
+    #[serde(default, deserialize_with = "crate::http::bounded_time::optional")]
     pub recorded_at: Option<DateTime<Utc>>,
 }
 
@@ -54,6 +55,7 @@ pub(crate) struct MetricsBody {
     pub ram: Option<f64>,
     pub storage: Option<f64>,
     pub temperature: Option<f64>,
+    #[serde(default, deserialize_with = "crate::http::bounded_time::optional")]
     pub recorded_at: Option<DateTime<Utc>>,
     pub samples: Option<Vec<SampleDto>>,
 }
@@ -219,9 +221,11 @@ fn gone() -> ApiError {
 #[into_params(parameter_in = Query)]
 pub(crate) struct HistoryParams {
     /// Start (inclusive, RFC 3339). Default: 24 hours before `to`.
+    #[serde(default, deserialize_with = "crate::http::bounded_time::optional")]
     pub from: Option<DateTime<Utc>>,
     /// End (exclusive, RFC 3339). Default: now plus the accepted clock skew (5 minutes), so the
     /// newest samples are in.
+    #[serde(default, deserialize_with = "crate::http::bounded_time::optional")]
     pub to: Option<DateTime<Utc>>,
     /// `1m`, `5m`, `1h` or `1d`. Default: the finest that gives at most 1440 buckets.
     pub bucket: Option<String>,

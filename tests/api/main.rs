@@ -13,6 +13,7 @@ mod connections;
 mod devices;
 mod edge;
 mod events;
+mod hardening;
 mod monitoring;
 mod presence;
 mod registration;
