@@ -166,7 +166,7 @@ engine_tests! {
             let problem = expect_problem(app.post("/devices/auto-register", &enroll, body).await, StatusCode::UNPROCESSABLE_ENTITY).await;
             assert!(crate::helpers::error_fields(&problem).contains(&field.to_string()), "{field}: {problem}");
         }
-        let truncated = ("-----BEGIN PUBLIC KEY-----\nMFwwDQYJKoZIhvcNAQEBBQADSwAwSAJBAMEh\n-----END PUBLIC KEY-----\n");
+        let truncated = "-----BEGIN PUBLIC KEY-----\nMFwwDQYJKoZIhvcNAQEBBQADSwAwSAJBAMEh\n-----END PUBLIC KEY-----\n";
         expect_problem(app.post("/devices/auto-register", &enroll, json!({ "serialNumber": "NEW", "publicKey": truncated })).await, StatusCode::UNPROCESSABLE_ENTITY).await;
     }
 
