@@ -62,9 +62,9 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     if s[0] & 0xe000 != 0x2000 {
         return false;
     }
-    let refused = (s[0] == 0x2001 && s[1] < 0x0200)       // IETF protocol assignments 2001::/23 (Teredo, benchmarking, ORCHID …)
-        || (s[0] == 0x2001 && s[1] == 0x0db8)             // documentation
-        || (s[0] & 0xfff0) == 0x3ff0; // documentation 3fff::/20
+    // IETF protocol assignments 2001::/23 (Teredo, benchmarking, ORCHID …) and documentation
+    // 2001:db8::/32 and 3fff::/20.
+    let refused = (s[0] == 0x2001 && (s[1] < 0x0200 || s[1] == 0x0db8)) || (s[0] & 0xfff0) == 0x3ff0;
     !refused
 }
 
