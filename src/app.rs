@@ -37,8 +37,9 @@ pub struct AppState {
     pub certificates: Arc<crate::certificates::CertificateService>,
     /// Cancelled at shutdown; long-lived responses (event streams) end with it.
     pub shutdown: CancellationToken,
-    /// The webhook deliveries' HTTP client (no redirects, a timeout), built once at start-up.
-    pub webhook_client: reqwest::Client,
+    /// The webhook deliveries' HTTP client (public targets only unless allowed, no redirects, no
+    /// proxy, a timeout), built once at start-up.
+    pub webhook_client: crate::webhooks::client::WebhookClient,
     /// Open event streams per token and per tenant, against their caps.
     pub event_streams: Arc<crate::events::stream::StreamLimits>,
 }
@@ -76,8 +77,8 @@ impl App {
         let certificates = crate::certificates::CertificateService::start(&db, &settings, to_millis(clock.now()))
             .await
             .context("cannot start the certificate authority")?;
-        let webhook_client =
-            crate::webhooks::delivery::client().context("cannot build the HTTP client for webhook deliveries")?;
+        let webhook_client = crate::webhooks::client::WebhookClient::new(settings.webhook_allow_private)
+            .context("cannot build the HTTP client for webhook deliveries")?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;

@@ -6,12 +6,15 @@
 //! with a lease by a conditional UPDATE (`SKIP LOCKED`), so each attempt is made by one
 //! instance. A worker that dies mid-attempt leaves a lease that runs out and is retried.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use rand::Rng;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use sha2::Sha256;
 
+use super::client::WebhookClient;
 use super::store::{self, AttemptResult, DeliveryRow};
 use super::{DISABLE_AFTER_FAILURES, MAX_ATTEMPTS};
 use crate::events::routes::EventDto;
@@ -19,35 +22,34 @@ use crate::events::Event;
 use crate::store::{Db, StoreError};
 use herd_store::{System, TenantScope};
 
-/// Per-request timeout of a delivery.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
-/// At most this much of a receiver's answer is read (and the first 200 bytes kept on failure).
-pub const RESPONSE_CAP: usize = 64 * 1024;
 /// How long a claimed delivery belongs to its worker.
 const LEASE_MS: i64 = 60_000;
 /// Deliveries claimed per step.
 const CLAIM: i64 = 32;
 
-/// The HTTP client deliveries use: no redirects (a redirect could lead anywhere), a timeout.
-/// Built once at start-up, which fails if it cannot be: a default client would silently
-/// follow redirects and wait forever.
-pub fn client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(TIMEOUT)
-        .user_agent(concat!("herd-webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()
-}
-
-/// `sha256=<hex>` of the HMAC-SHA256 of `body` under `secret`.
-pub fn signature(secret: &str, body: &[u8]) -> String {
-    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
+/// The MAC of one delivery: HMAC-SHA256 under `key` of `{id}.{timestamp}.{body}`, the signed
+/// content of the Standard Webhooks scheme. Binding the id and the timestamp lets a receiver
+/// refuse a replayed delivery (an old timestamp) and an id moved onto another body.
+pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
+    let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
         Ok(mac) => mac,
         // HMAC takes keys of any length; this arm cannot happen.
-        Err(_) => return String::new(),
+        Err(_) => return Vec::new(),
     };
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
     mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// The signature headers of a delivery: `webhook-signature: v1,<base64>` (Standard Webhooks)
+/// and `X-Herd-Signature: sha256=<hex>`, both of the same [`sign`] MAC. The key is the webhook's
+/// secret as shown at creation, its UTF-8 bytes.
+pub fn signature_headers(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> (String, String) {
+    let mac = sign(secret.as_bytes(), id, timestamp, body);
+    (format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(&mac)), format!("sha256={}", hex::encode(&mac)))
 }
 
 /// Exponential backoff with ±20 % jitter: 5 s, 10 s, 20 s … capped at one hour.
@@ -99,7 +101,7 @@ pub struct DeliverOutcome {
 pub async fn deliver_due(
     db: &Db,
     system: &System,
-    client: &reqwest::Client,
+    client: &WebhookClient,
     metrics: &crate::telemetry_metrics::HttpMetrics,
     now: i64,
 ) -> Result<DeliverOutcome, StoreError> {
@@ -149,12 +151,13 @@ pub async fn deliver_due(
 
 type Sent = (bool, Option<i64>, Option<String>, i64);
 
-/// One POST of one event at `now` (milliseconds; `X-Herd-Timestamp` is it in seconds).
-/// Network failures and non-2xx answers are failures, not errors.
+/// One POST of one event at `now` (milliseconds; the timestamp headers are it in seconds).
+/// Network failures and non-2xx answers are failures, not errors. A failure records the status
+/// code and a fixed message, never anything the receiver sent.
 async fn attempt(
     db: &Db,
     system: &System,
-    client: &reqwest::Client,
+    client: &WebhookClient,
     delivery: &DeliveryRow,
     now: i64,
 ) -> Result<Sent, StoreError> {
@@ -166,48 +169,41 @@ async fn attempt(
     else {
         return Ok((false, None, Some("the event is past its retention".into()), 0));
     };
-    let body = serde_json::to_vec(&EventDto::from(event)).unwrap_or_default();
-    let started = Instant::now();
-    let response = client
-        .post(&webhook.url)
-        .header("content-type", "application/json")
-        .header("x-herd-signature", signature(&webhook.secret, &body))
-        .header("x-herd-event-id", delivery.event_id.to_string())
-        .header("x-herd-event-type", &delivery.event_type)
-        .header("x-herd-delivery-id", delivery.id.to_string())
-        .header("x-herd-timestamp", now.div_euclid(1000).to_string())
-        .body(body)
-        .send()
-        .await;
-    let mut response = match response {
-        Ok(response) => response,
-        Err(error) => {
-            let kind = if error.is_timeout() { "timed out" } else { "could not connect" };
-            return Ok((false, None, Some(format!("{kind}: {error}")), elapsed_ms(started)));
-        }
+    let Ok(url) = reqwest::Url::parse(&webhook.url) else {
+        return Ok((false, None, Some("the webhook's stored URL does not parse".into()), 0));
     };
-    let status = response.status();
-    // Read (and discard) at most RESPONSE_CAP bytes so a huge answer cannot tie us up.
-    let mut kept = Vec::new();
-    let mut read = 0usize;
-    while read < RESPONSE_CAP {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                read += chunk.len();
-                if kept.len() < 200 {
-                    kept.extend_from_slice(&chunk[..chunk.len().min(200 - kept.len())]);
-                }
-            }
-            _ => break,
-        }
+    let body = serde_json::to_vec(&EventDto::from(event)).unwrap_or_default();
+    let id = delivery.event_id.to_string();
+    let timestamp = now.div_euclid(1000);
+    let (standard_signature, herd_signature) = signature_headers(&webhook.secret, &id, timestamp, &body);
+    let headers = [
+        ("content-type", "application/json".to_string()),
+        ("webhook-id", id.clone()),
+        ("webhook-timestamp", timestamp.to_string()),
+        ("webhook-signature", standard_signature),
+        ("x-herd-signature", herd_signature),
+        ("x-herd-event-id", id),
+        ("x-herd-event-type", delivery.event_type.clone()),
+        ("x-herd-delivery-id", delivery.id.to_string()),
+        ("x-herd-timestamp", timestamp.to_string()),
+    ];
+    let mut map = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        // Ids, numbers and known event types: always valid header values.
+        let Ok(value) = HeaderValue::try_from(value) else {
+            return Ok((false, None, Some(format!("could not build the {name} header")), 0));
+        };
+        map.insert(HeaderName::from_static(name), value);
     }
+    let started = Instant::now();
+    let sent = client.post(&url, map, body).await;
     let duration_ms = elapsed_ms(started);
-    if status.is_success() {
-        Ok((true, Some(i64::from(status.as_u16())), None, duration_ms))
-    } else {
-        let text = String::from_utf8_lossy(&kept).to_string();
-        Ok((false, Some(i64::from(status.as_u16())), Some(format!("answered {status}: {text}")), duration_ms))
-    }
+    Ok(match sent {
+        Ok(status) if status.is_success() => (true, Some(i64::from(status.as_u16())), None, duration_ms),
+        // The status line's canonical text (from the code), not the reason phrase the receiver sent.
+        Ok(status) => (false, Some(i64::from(status.as_u16())), Some(format!("answered {status}")), duration_ms),
+        Err(error) => (false, None, Some(error.to_string()), duration_ms),
+    })
 }
 
 fn elapsed_ms(started: Instant) -> i64 {
@@ -219,10 +215,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signatures_are_hex_hmac_sha256() {
-        // RFC 4231 test case 2.
-        let mac = signature("Jefe", b"what do ya want for nothing?");
-        assert_eq!(mac, "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    fn signatures_follow_the_standard_webhooks_scheme() {
+        // The example of the Standard Webhooks specification (its key is the base64 part of
+        // its `whsec_` secret; herd's key is its secret's bytes, which `signature_headers` uses).
+        let key = base64::engine::general_purpose::STANDARD.decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let mac = sign(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD.encode(mac),
+            "g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[test]
+    fn both_signature_headers_carry_one_mac_over_id_timestamp_and_body() {
+        let (standard, herd) = signature_headers("Jefe", "evt", 1_700_000_000, b"{}");
+        let mac = sign(b"Jefe", "evt", 1_700_000_000, b"{}");
+        assert_eq!(standard, format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(&mac)));
+        assert_eq!(herd, format!("sha256={}", hex::encode(&mac)));
+        // Each part is covered.
+        assert_ne!(signature_headers("Jefe", "evt", 1_700_000_001, b"{}"), (standard.clone(), herd.clone()));
+        assert_ne!(signature_headers("Jefe", "evu", 1_700_000_000, b"{}"), (standard.clone(), herd.clone()));
+        assert_ne!(signature_headers("Jefe", "evt", 1_700_000_000, b"{ }"), (standard.clone(), herd.clone()));
+        assert_ne!(signature_headers("Jeff", "evt", 1_700_000_000, b"{}"), (standard, herd));
     }
 
     #[test]
