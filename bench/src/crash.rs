@@ -157,11 +157,8 @@ pub async fn run(settings: CrashSettings) -> Result<Vec<EngineOutcome>> {
     }
     for outcome in &outcomes {
         for (index, round) in outcome.rounds.iter().enumerate() {
-            let verdict = if round.lost.is_empty() {
-                "all found".to_string()
-            } else {
-                format!("{} LOST", round.lost.len())
-            };
+            let verdict =
+                if round.lost.is_empty() { "all found".to_string() } else { format!("{} LOST", round.lost.len()) };
             println!(
                 "{:<10} round {}: killed after {:.1} s; acknowledged {} writes ({} in flight at the kill); \
                  after restart checked {} writes of all rounds: {verdict}",
@@ -202,7 +199,8 @@ async fn run_engine(
     let engine = if admin_url.is_some() { "postgresql" } else { "sqlite" };
     eprintln!("== crash check on {engine}: {} kill rounds, {} workers", settings.rounds, settings.concurrency);
     let suffix = Alphanumeric.sample_string(&mut rand::thread_rng(), 10);
-    let data_dir = DataDir { path: std::env::temp_dir().join(format!("herd-crash-{suffix}")), keep: settings.keep_data };
+    let data_dir =
+        DataDir { path: std::env::temp_dir().join(format!("herd-crash-{suffix}")), keep: settings.keep_data };
     std::fs::create_dir_all(&data_dir.path).with_context(|| format!("creating {}", data_dir.path.display()))?;
     // Declared after the data directory and before the server: dropped before the first and
     // after the second.
@@ -466,8 +464,8 @@ impl Worker {
     async fn cycle(&mut self, serial: u64) -> Result<(), Stopped> {
         let tag = self.load.tag.clone();
         let mac = serial.to_be_bytes();
-        let registration = Request::new(Method::POST, "/devices/auto-register").bearer(Arc::clone(&self.load.secret)).json(
-            &json!({
+        let registration =
+            Request::new(Method::POST, "/devices/auto-register").bearer(Arc::clone(&self.load.secret)).json(&json!({
                 "serialNumber": format!("CRASH-{tag}-{serial:09}"),
                 "macAddress": format!("02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", mac[3], mac[4], mac[5], mac[6], mac[7]),
                 "androidId": format!("c{}{serial:010x}", tag.to_lowercase()),
@@ -476,8 +474,7 @@ impl Worker {
                 "osVersion": "Android TV 12",
                 "appVersion": "1.0.0",
                 "name": format!("crash-{serial}"),
-            }),
-        );
+            }));
         let response = self.send(&registration).await?;
         if response.status != StatusCode::CREATED {
             return Err(self.reject("POST /devices/auto-register", &response));
@@ -526,8 +523,8 @@ impl Worker {
         }
 
         let server_key = serial % 2 == 0;
-        let mut request =
-            Request::new(Method::POST, format!("/devices/{device_id}/certificates")).bearer(Arc::clone(&self.load.admin));
+        let mut request = Request::new(Method::POST, format!("/devices/{device_id}/certificates"))
+            .bearer(Arc::clone(&self.load.admin));
         if !server_key {
             let csrs = &self.load.csrs;
             if let Some(csr) = csrs.get(usize::try_from(serial).unwrap_or(0) % csrs.len().max(1)) {
@@ -546,7 +543,9 @@ impl Worker {
             return Err(self.reject("POST /devices/{id}/certificates (no certificate.id or certificatePem)", &response));
         };
         if private_key_pem.is_some() != server_key {
-            return Err(self.reject("POST /devices/{id}/certificates (privateKeyPem present for a CSR or missing)", &response));
+            return Err(
+                self.reject("POST /devices/{id}/certificates (privateKeyPem present for a CSR or missing)", &response)
+            );
         }
         let key = private_key_pem.map(|pem| ServerKey {
             private_key_pem: pem.to_string(),
@@ -574,11 +573,18 @@ enum Check {
 
 /// Looks up everything in the ledger through the restarted server. Returns how many writes were
 /// checked and a description of each one missing.
-async fn verify(load: &Arc<Load>, addr: SocketAddr, data_dir: &Path, concurrency: usize) -> Result<(Counts, Vec<String>)> {
+async fn verify(
+    load: &Arc<Load>,
+    addr: SocketAddr,
+    data_dir: &Path,
+    concurrency: usize,
+) -> Result<(Counts, Vec<String>)> {
     let checks: Arc<Vec<Check>> = {
         let ledger = lock(&load.ledger);
-        let devices =
-            ledger.devices.iter().map(|device| Check::Device { id: device.id.clone(), batches: device.batches.clone() });
+        let devices = ledger
+            .devices
+            .iter()
+            .map(|device| Check::Device { id: device.id.clone(), batches: device.batches.clone() });
         let certificates = (0..ledger.certificates.len()).map(|index| Check::Certificate { index });
         Arc::new(devices.chain(certificates).collect())
     };
@@ -659,18 +665,30 @@ async fn check_device(connection: &mut Connection, admin: &Arc<str>, id: &str, b
     Ok(lost)
 }
 
-async fn check_certificate(connection: &mut Connection, load: &Load, index: usize, data_dir: &Path) -> Result<Vec<String>> {
+async fn check_certificate(
+    connection: &mut Connection,
+    load: &Load,
+    index: usize,
+    data_dir: &Path,
+) -> Result<Vec<String>> {
     let (id, device_id, key) = {
         let ledger = lock(&load.ledger);
         let certificate = ledger.certificates.get(index).context("certificate index out of range")?;
-        let key = certificate.key.as_ref().map(|key| (key.private_key_pem.clone(), key.certificate_pem.clone(), key.pair_checked));
+        let key = certificate
+            .key
+            .as_ref()
+            .map(|key| (key.private_key_pem.clone(), key.certificate_pem.clone(), key.pair_checked));
         (certificate.id.clone(), certificate.device_id.clone(), key)
     };
     let mut lost = Vec::new();
-    let response =
-        connection.send(&Request::new(Method::GET, format!("/certificates/{id}")).bearer(Arc::clone(&load.admin))).await?;
+    let response = connection
+        .send(&Request::new(Method::GET, format!("/certificates/{id}")).bearer(Arc::clone(&load.admin)))
+        .await?;
     if response.status != StatusCode::OK {
-        lost.push(format!("certificate {id} of device {device_id}: GET /certificates/{id} answered {}", response.status));
+        lost.push(format!(
+            "certificate {id} of device {device_id}: GET /certificates/{id} answered {}",
+            response.status
+        ));
         return Ok(lost);
     }
     let body = response.json()?;
