@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use clap::{Parser, ValueEnum};
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
 /// Flags of `herd-bench`.
 #[derive(Debug, Parser)]
@@ -19,6 +19,10 @@ use clap::{Parser, ValueEnum};
              from this process."
 )]
 pub struct Args {
+    /// A check to run instead of the benchmark.
+    #[command(subcommand)]
+    pub command: Option<Check>,
+
     /// Small fleet, short phases, one run: proves the harness works in under two minutes.
     #[arg(long)]
     pub quick: bool,
@@ -79,6 +83,52 @@ pub struct Args {
     /// Keep the server's data directory (and its log) instead of deleting it at the end.
     #[arg(long)]
     pub keep_data: bool,
+}
+
+/// Checks that run instead of the benchmark.
+#[derive(Debug, Subcommand)]
+pub enum Check {
+    /// Crash durability: load, `kill -9` in the middle, restart, and every acknowledged write is
+    /// there (SQLite; PostgreSQL too with --database-url). Exits non-zero on any lost write.
+    Crash(CrashArgs),
+}
+
+/// Flags of `herd-bench crash`.
+#[derive(Debug, ClapArgs)]
+pub struct CrashArgs {
+    /// A herd binary to run instead of building one with `cargo build --release --bin herd`.
+    #[arg(long, value_name = "PATH")]
+    pub herd_bin: Option<PathBuf>,
+
+    /// Also check PostgreSQL: an admin URL through which a fresh database `herd_crash_<pid>` is
+    /// created (and dropped at the end). An unreachable server is an error, never a skip.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// Kill rounds per engine.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub rounds: usize,
+
+    /// Concurrent workers of the load.
+    #[arg(long, default_value_t = 8, value_name = "C")]
+    pub concurrency: usize,
+
+    /// Keep the data directories (with the server logs) instead of deleting them.
+    #[arg(long)]
+    pub keep_data: bool,
+}
+
+impl CrashArgs {
+    /// The settings of the crash check.
+    pub fn settings(self) -> crate::crash::CrashSettings {
+        crate::crash::CrashSettings {
+            herd_bin: self.herd_bin,
+            database_url: self.database_url,
+            rounds: self.rounds,
+            concurrency: self.concurrency,
+            keep_data: self.keep_data,
+        }
+    }
 }
 
 /// One measured area of the server. The harness always runs them in the order listed here, whatever
@@ -245,6 +295,17 @@ mod tests {
         let settings = parse(&["--phases", "sweep,heartbeat,sweep"]);
         assert_eq!(settings.phases, vec![Phase::Heartbeat, Phase::Sweep]);
         assert!(!settings.runs_phase(Phase::Metrics));
+    }
+
+    #[test]
+    fn crash_is_a_subcommand_with_its_own_flags() {
+        let args = Args::parse_from(["herd-bench", "crash", "--herd-bin", "h", "--rounds", "2"]);
+        let Some(Check::Crash(crash)) = args.command else { panic!("crash subcommand not parsed") };
+        let settings = crash.settings();
+        assert_eq!(settings.rounds, 2);
+        assert_eq!(settings.concurrency, 8);
+        assert!(settings.database_url.is_none());
+        assert!(Args::parse_from(["herd-bench", "--quick"]).command.is_none());
     }
 
     #[test]

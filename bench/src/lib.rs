@@ -6,6 +6,9 @@
 //! JSON results. It never asserts timings: aims are reported, and a phase whose endpoint the
 //! server lacks is `n/a (not in this build)`.
 //!
+//! `crash` is the crash-durability check (`herd-bench crash`), which shares the server, client and
+//! database guards.
+//!
 //! Code map: `cli` (flags), `server` (the process under test), `postgres` (fresh database),
 //! `http` + `load` (client and load generator), `fleet` (registered devices), `context` (what
 //! phases share), `phases::*` (one module per measured area), `node_peer` (the seed's stack),
@@ -15,6 +18,7 @@
 
 pub mod cli;
 pub mod context;
+pub mod crash;
 pub mod fleet;
 pub mod http;
 pub mod load;
@@ -43,6 +47,14 @@ use crate::server::{HerdServer, ServerOptions};
 pub async fn run_until_interrupted(settings: Settings) -> Result<Report> {
     tokio::select! {
         result = run(settings) => result,
+        signal = interrupted() => Err(anyhow!("interrupted by {signal}; the server was stopped")),
+    }
+}
+
+/// [`crash::run`], abandoned on Ctrl-C or SIGTERM (the guards stop herd and drop the database).
+pub async fn crash_until_interrupted(settings: crash::CrashSettings) -> Result<Vec<crash::EngineOutcome>> {
+    tokio::select! {
+        result = crash::run(settings) => result,
         signal = interrupted() => Err(anyhow!("interrupted by {signal}; the server was stopped")),
     }
 }

@@ -11,7 +11,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = herd_bench::cli::Args::parse();
+    let mut args = herd_bench::cli::Args::parse();
+    if let Some(herd_bench::cli::Check::Crash(crash)) = args.command.take() {
+        return crash_check(crash.settings());
+    }
     let settings = match herd_bench::cli::Settings::from_args(args) {
         Ok(settings) => settings,
         Err(error) => {
@@ -34,6 +37,30 @@ fn main() -> ExitCode {
         }
         Err(error) => {
             eprintln!("herd-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn crash_check(settings: herd_bench::crash::CrashSettings) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("herd-bench: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(herd_bench::crash_until_interrupted(settings)) {
+        Ok(outcomes) if outcomes.iter().all(|outcome| outcome.nothing_lost()) => {
+            println!("crash check: every acknowledged write survived every kill");
+            ExitCode::SUCCESS
+        }
+        Ok(_) => {
+            eprintln!("herd-bench crash: acknowledged writes were LOST (see above)");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("herd-bench crash: {error:#}");
             ExitCode::FAILURE
         }
     }

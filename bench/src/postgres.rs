@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use rand::distributions::{Alphanumeric, DistString};
 
-/// A database `herd_bench_<random>` that exists until this value is dropped.
+/// A database (`herd_bench_<random>`, or a name of the caller's) that exists until this value is dropped.
 pub struct FreshDatabase {
     admin_url: String,
     name: String,
@@ -17,10 +17,18 @@ pub struct FreshDatabase {
 }
 
 impl FreshDatabase {
-    /// Creates the database through `admin_url` (any database the role can connect to).
+    /// Creates the database `herd_bench_<random>` through `admin_url` (any database the role can
+    /// connect to).
     pub fn create(admin_url: &str) -> Result<FreshDatabase> {
         let suffix = Alphanumeric.sample_string(&mut rand::thread_rng(), 12).to_lowercase();
-        let name = format!("herd_bench_{suffix}");
+        FreshDatabase::create_named(admin_url, format!("herd_bench_{suffix}"))
+    }
+
+    /// Creates the database `name` (lowercase letters, digits and `_` only) through `admin_url`.
+    pub fn create_named(admin_url: &str, name: String) -> Result<FreshDatabase> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            bail!("not a plain database name: {name:?}");
+        }
         let url = with_database(admin_url, &name)?;
         psql(admin_url, &format!("CREATE DATABASE {name}")).with_context(|| format!("creating database {name}"))?;
         eprintln!("created PostgreSQL database {name}");

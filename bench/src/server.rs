@@ -75,6 +75,8 @@ pub struct HerdServer {
     data_dir: PathBuf,
     log_path: PathBuf,
     bootstrap_token: Arc<str>,
+    /// Whether the data directory was made by this guard (and is removed by it unless kept).
+    owns_data: bool,
     keep_data: bool,
     /// Set once the process is gone and the data directory handled, so drop after `stop` is a no-op.
     stopped: bool,
@@ -87,11 +89,35 @@ impl HerdServer {
         let data_dir = std::env::temp_dir().join(format!("herd-bench-{suffix}"));
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+        let bootstrap_token: Arc<str> = Alphanumeric.sample_string(&mut rand::thread_rng(), 48).into();
+        let mut server = match HerdServer::start_in(options, &data_dir, bootstrap_token).await {
+            Ok(server) => server,
+            Err(error) => {
+                if !keep_data {
+                    let _ = std::fs::remove_dir_all(&data_dir);
+                }
+                return Err(error);
+            }
+        };
+        server.owns_data = true;
+        server.keep_data = keep_data;
+        Ok(server)
+    }
+
+    /// Starts `herd serve` on an existing data directory (which the caller owns: it is never
+    /// removed by this guard) with the given bootstrap token, on a free loopback port, and waits
+    /// until `/readyz` answers 200. The crash check restarts herd this way after killing it.
+    pub async fn start_in(options: &ServerOptions, data_dir: &Path, bootstrap_token: Arc<str>) -> Result<HerdServer> {
+        let data_dir = data_dir.to_path_buf();
         let log_path = data_dir.join("server.log");
-        let log = File::create(&log_path).with_context(|| format!("creating server log {}", log_path.display()))?;
+        // Appended to, so the log of a killed server survives its restart.
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening server log {}", log_path.display()))?;
         let log_for_stderr = log.try_clone().context("duplicating the server log handle")?;
         let addr = free_loopback_port()?;
-        let bootstrap_token: Arc<str> = Alphanumeric.sample_string(&mut rand::thread_rng(), 48).into();
 
         let mut command = Command::new(&options.binary);
         command
@@ -117,7 +143,16 @@ impl HerdServer {
             None => command.env_remove("HERD_DATABASE_URL"),
         };
         let child = command.spawn().with_context(|| format!("starting {} serve", options.binary.display()))?;
-        let mut server = HerdServer { child, addr, data_dir, log_path, bootstrap_token, keep_data, stopped: false };
+        let mut server = HerdServer {
+            child,
+            addr,
+            data_dir,
+            log_path,
+            bootstrap_token,
+            owns_data: false,
+            keep_data: true,
+            stopped: false,
+        };
         server.wait_ready(Duration::from_secs(60)).await?;
         Ok(server)
     }
@@ -190,6 +225,17 @@ impl HerdServer {
         self.terminate()
     }
 
+    /// Kills the server with SIGKILL (no shutdown of any kind: what a power cut leaves) and waits
+    /// for it to be gone. The data directory is left as the process left it.
+    pub fn kill(mut self) -> Result<()> {
+        self.stopped = true;
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            kill(Pid::from_raw(pid), Signal::SIGKILL).context("sending SIGKILL to herd")?;
+        }
+        self.child.wait().context("waiting for the killed herd")?;
+        Ok(())
+    }
+
     fn terminate(&mut self) -> Result<()> {
         if self.stopped {
             return Ok(());
@@ -215,7 +261,9 @@ impl HerdServer {
                 }
             }
         }
-        if self.keep_data {
+        if !self.owns_data {
+            Ok(())
+        } else if self.keep_data {
             eprintln!("kept the server's data directory: {}", self.data_dir.display());
             Ok(())
         } else {

@@ -196,7 +196,7 @@ impl Workload for IssueCertificate {
 }
 
 /// `{"csr": "<PEM>"}` bodies for [`CSR_POOL`] fresh RSA-2048 keys, made with the openssl CLI.
-fn make_csrs() -> Result<Arc<[Bytes]>> {
+pub(crate) fn make_csrs() -> Result<Arc<[Bytes]>> {
     let directory = std::env::temp_dir();
     (0..CSR_POOL)
         .map(|index| {
