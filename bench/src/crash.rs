@@ -522,7 +522,7 @@ impl Worker {
             lock(&self.load.ledger).devices[index].batches.push(minute);
         }
 
-        let server_key = serial % 2 == 0;
+        let server_key = serial.is_multiple_of(2);
         let mut request = Request::new(Method::POST, format!("/devices/{device_id}/certificates"))
             .bearer(Arc::clone(&self.load.admin));
         if !server_key {
