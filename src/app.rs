@@ -39,6 +39,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The webhook deliveries' HTTP client (no redirects, a timeout), built once at start-up.
     pub webhook_client: reqwest::Client,
+    /// Bounds on `POST /auth/login`: hashing concurrency, rates and locks (see `auth::limits`).
+    pub login_limits: Arc<crate::auth::limits::LoginLimits>,
 }
 
 /// A built, not yet running, server.
@@ -75,6 +77,12 @@ impl App {
             .context("cannot start the certificate authority")?;
         let webhook_client =
             crate::webhooks::delivery::client().context("cannot build the HTTP client for webhook deliveries")?;
+        // The hash that unknown usernames are checked against, made now rather than by the
+        // first login (which would make it on an async worker, while other logins wait).
+        tokio::task::spawn_blocking(crate::auth::tokens::dummy_password_hash)
+            .await
+            .context("cannot compute the dummy password hash")?;
+        let login_limits = Arc::new(crate::auth::limits::LoginLimits::new(settings.login.clone()));
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -90,6 +98,7 @@ impl App {
             certificates: Arc::new(certificates),
             shutdown: shutdown.clone(),
             webhook_client,
+            login_limits,
         };
         Ok(App { listener, local_addr, state, shutdown, bootstrap })
     }
@@ -118,7 +127,8 @@ impl App {
         let router = crate::http::router(state.clone());
         let jobs = crate::jobs::spawn_all(&state, &shutdown);
         let stop = shutdown.clone();
-        let served = axum::serve(listener, router)
+        // `ConnectInfo<SocketAddr>`: login rate limits count per source address.
+        let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
             .context("the HTTP server failed");
