@@ -42,6 +42,8 @@ pub struct AppState {
     pub webhook_client: crate::webhooks::client::WebhookClient,
     /// Open event streams per token and per tenant, against their caps.
     pub event_streams: Arc<crate::events::stream::StreamLimits>,
+    /// Bounds on `POST /auth/login`: hashing concurrency, rates and locks (see `auth::limits`).
+    pub login_limits: Arc<crate::auth::limits::LoginLimits>,
 }
 
 /// A built, not yet running, server.
@@ -79,6 +81,12 @@ impl App {
             .context("cannot start the certificate authority")?;
         let webhook_client = crate::webhooks::client::WebhookClient::new(settings.webhook_allow_private)
             .context("cannot build the HTTP client for webhook deliveries")?;
+        // The hash that unknown usernames are checked against, made now rather than by the
+        // first login (which would make it on an async worker, while other logins wait).
+        tokio::task::spawn_blocking(crate::auth::tokens::dummy_password_hash)
+            .await
+            .context("cannot compute the dummy password hash")?;
+        let login_limits = Arc::new(crate::auth::limits::LoginLimits::new(settings.login.clone()));
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -99,6 +107,7 @@ impl App {
             shutdown: shutdown.clone(),
             webhook_client,
             event_streams,
+            login_limits,
         };
         Ok(App { listener, local_addr, state, shutdown, bootstrap })
     }

@@ -122,6 +122,57 @@ pub struct ConfigArgs {
     /// Most HTTP connections served at once; further ones wait to be accepted.
     #[arg(long, env = "HERD_MAX_CONNECTIONS", global = true)]
     pub max_connections: Option<String>,
+    /// Password hashes (logins) run at once. Default: the number of cores.
+    #[arg(long, env = "HERD_LOGIN_HASH_CONCURRENCY", global = true)]
+    pub login_hash_concurrency: Option<String>,
+    /// Logins that may wait for a hashing turn; beyond them 503. Default: 4 × the concurrency.
+    #[arg(long, env = "HERD_LOGIN_HASH_QUEUE", global = true)]
+    pub login_hash_queue: Option<String>,
+    /// Login attempts per source address (IPv6: per /64) per minute; beyond them 429.
+    #[arg(long, env = "HERD_LOGIN_RATE_PER_ADDRESS", global = true)]
+    pub login_rate_per_address: Option<String>,
+    /// Login attempts per username per minute; beyond them 429.
+    #[arg(long, env = "HERD_LOGIN_RATE_PER_USERNAME", global = true)]
+    pub login_rate_per_username: Option<String>,
+    /// Consecutive failed logins that lock a username (0: never lock).
+    #[arg(long, env = "HERD_LOGIN_LOCK_AFTER", global = true)]
+    pub login_lock_after: Option<String>,
+    /// The window those failures must fall in (e.g. `15m`).
+    #[arg(long, env = "HERD_LOGIN_LOCK_WINDOW", global = true)]
+    pub login_lock_window: Option<String>,
+    /// How long a locked username is refused (e.g. `15m`).
+    #[arg(long, env = "HERD_LOGIN_LOCK_DURATION", global = true)]
+    pub login_lock_duration: Option<String>,
+}
+
+/// The limits on `POST /auth/login` (see `auth::limits`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginLimitSettings {
+    /// Password hashes running at once.
+    pub hash_concurrency: usize,
+    /// Logins waiting for a hashing turn; more are answered 503.
+    pub hash_queue: usize,
+    pub attempts_per_address_per_minute: u32,
+    pub attempts_per_username_per_minute: u32,
+    /// Consecutive failures that lock a username (0: never).
+    pub lock_after: u32,
+    pub lock_window: Duration,
+    pub lock_duration: Duration,
+}
+
+impl Default for LoginLimitSettings {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+        Self {
+            hash_concurrency: cores,
+            hash_queue: 4 * cores,
+            attempts_per_address_per_minute: 60,
+            attempts_per_username_per_minute: 20,
+            lock_after: 10,
+            lock_window: Duration::from_secs(15 * 60),
+            lock_duration: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 /// Where device certificates and keys are stored.
@@ -187,6 +238,7 @@ pub struct Settings {
     /// Most HTTP connections served at once (further ones wait in the listen queue); lowered
     /// at start to what the open-file limit allows.
     pub max_connections: usize,
+    pub login: LoginLimitSettings,
 }
 
 /// A secret setting (a token or a key). Its `Debug` prints `[redacted]`, so settings printed
@@ -313,6 +365,7 @@ impl Settings {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
+            login: LoginLimitSettings::default(),
         }
     }
 
@@ -464,6 +517,30 @@ impl Settings {
                 ),
             ));
         }
+        let queue_given = pick("login_hash_queue", &args.login_hash_queue);
+        if let Some(v) = pick("login_hash_concurrency", &args.login_hash_concurrency) {
+            settings.login.hash_concurrency = parse_number("login_hash_concurrency", &v, 1, 1024)? as usize;
+            settings.login.hash_queue = 4 * settings.login.hash_concurrency;
+        }
+        if let Some(v) = queue_given {
+            settings.login.hash_queue = parse_number("login_hash_queue", &v, 0, 100_000)? as usize;
+        }
+        if let Some(v) = pick("login_rate_per_address", &args.login_rate_per_address) {
+            settings.login.attempts_per_address_per_minute = parse_number("login_rate_per_address", &v, 1, 1_000_000)?;
+        }
+        if let Some(v) = pick("login_rate_per_username", &args.login_rate_per_username) {
+            settings.login.attempts_per_username_per_minute =
+                parse_number("login_rate_per_username", &v, 1, 1_000_000)?;
+        }
+        if let Some(v) = pick("login_lock_after", &args.login_lock_after) {
+            settings.login.lock_after = parse_number("login_lock_after", &v, 0, 1_000_000)?;
+        }
+        if let Some(v) = pick("login_lock_window", &args.login_lock_window) {
+            settings.login.lock_window = parse_duration("login_lock_window", &v)?;
+        }
+        if let Some(v) = pick("login_lock_duration", &args.login_lock_duration) {
+            settings.login.lock_duration = parse_duration("login_lock_duration", &v)?;
+        }
         if settings.cert_auto_renewal_days >= settings.cert_validity_days {
             return Err(invalid(
                 "cert_auto_renewal_days",
@@ -518,6 +595,13 @@ const KNOWN_KEYS: &[&str] = &[
     "header_read_timeout",
     "idle_timeout",
     "max_connections",
+    "login_hash_concurrency",
+    "login_hash_queue",
+    "login_rate_per_address",
+    "login_rate_per_username",
+    "login_lock_after",
+    "login_lock_window",
+    "login_lock_duration",
 ];
 
 fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {

@@ -5,6 +5,8 @@
 //! See ARCHITECTURE.md for the map of modules and the invariants they keep.
 #![forbid(unsafe_code)]
 
+/// The bounds on `POST /auth/login` (in `AppState`; tests take its hashing turns).
+pub use auth::limits as login_limits;
 pub use herd_domain::{clock, ids};
 pub use herd_store as store;
 

@@ -7,6 +7,7 @@
 //! name a tenant it was not authenticated for: it never reads a tenant id from the path or the
 //! body.
 
+pub mod limits;
 pub(crate) mod routes;
 pub(crate) use herd_store::credentials as store;
 pub(crate) mod tokens;

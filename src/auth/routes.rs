@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::limits::FailureOutcome;
 use super::store::{self, EnrollmentTokenRow, NewToken, TokenRow, UserRow};
 use super::tokens::{self, TokenKind};
 use super::MemberTokenKind;
@@ -58,24 +59,45 @@ pub(crate) struct LoginResponse {
     pub user: UserDto,
 }
 
-/// Log in with a username and password; answers a session token.
+/// Log in with a username and password; answers a session token. Bounded (see
+/// `auth::limits`): 429 with `Retry-After` beyond the rate of an address or a username or while
+/// a username is locked after repeated failures, 503 with `Retry-After` when every hashing turn
+/// is taken.
 #[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = LoginResponse)))]
+    responses((status = 200, body = LoginResponse),
+        (status = 429, description = "too many attempts, or the username is locked for a while"),
+        (status = 503, description = "too many logins at once; retry after `Retry-After` seconds")))]
 async fn login(
     axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
+    let limits = &state.login_limits;
+    let limit_key = body.username.as_str();
+    limits.check_attempt(peer.ip(), limit_key, to_millis(state.clock.now()))?;
+    let slot = limits.hash_slot().await?;
     let user = store::find_user_by_username(&state.db, &body.username).await?;
     let stored =
         user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| tokens::dummy_password_hash().to_string());
     let password = body.password.clone();
-    let matches = tokio::task::spawn_blocking(move || tokens::verify_password(&password, &stored))
+    // The slot moves into the blocking task: it is held while the hash runs, even if this
+    // request is dropped meanwhile.
+    let matches = tokio::task::spawn_blocking(move || tokens::verify_password(&slot, &password, &stored))
         .await
         .map_err(ApiError::internal)?;
     let user = match user {
         Some(user) if matches => user,
-        _ => return Err(ApiError::Unauthorized("wrong username or password".into())),
+        user => {
+            let now = state.clock.now();
+            if let FailureOutcome::Locked { until } = limits.record_failure(limit_key, to_millis(now)) {
+                if let Some(user) = &user {
+                    store::record_user_locked(&state.db, user, until, to_millis(now)).await?;
+                }
+            }
+            return Err(ApiError::Unauthorized("wrong username or password".into()));
+        }
     };
+    limits.record_success(limit_key);
     let now = state.clock.now();
     let expires_at = now + chrono::Duration::from_std(state.settings.session_ttl).map_err(ApiError::internal)?;
     let secret = tokens::generate(TokenKind::Member);

@@ -67,7 +67,9 @@ pub(crate) fn hash_password(password: &str) -> anyhow::Result<String> {
 }
 
 /// Checks a password against a stored argon2 hash. CPU-heavy: call it from `spawn_blocking`.
-pub(crate) fn verify_password(password: &str, stored: &str) -> bool {
+/// It takes a hashing turn of [`LoginLimits`](super::limits::LoginLimits) as proof that the
+/// number of hashes running at once is bounded.
+pub(crate) fn verify_password(_turn: &super::limits::HashSlot, password: &str, stored: &str) -> bool {
     match PasswordHash::new(stored) {
         Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
         Err(_) => false,
@@ -102,8 +104,10 @@ mod tests {
     fn passwords_verify() {
         let stored = hash_password("correct horse").unwrap();
         assert!(stored.starts_with("$argon2id$"));
-        assert!(verify_password("correct horse", &stored));
-        assert!(!verify_password("wrong", &stored));
-        assert!(!verify_password("x", "not a hash"));
+        let limits = super::super::limits::LoginLimits::new(crate::config::LoginLimitSettings::default());
+        let turn = limits.try_hash_slot().unwrap();
+        assert!(verify_password(&turn, "correct horse", &stored));
+        assert!(!verify_password(&turn, "wrong", &stored));
+        assert!(!verify_password(&turn, "x", "not a hash"));
     }
 }

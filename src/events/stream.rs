@@ -15,6 +15,9 @@ use crate::app::AppState;
 use crate::auth::{Member, Role};
 use crate::http::error::ApiError;
 
+/// What a stream refused at its cap is told to wait before trying again.
+const STREAM_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// Counts of open event streams on this instance, against the caps of the settings
 /// (`HERD_EVENT_STREAMS_PER_TOKEN`, `HERD_EVENT_STREAMS_PER_TENANT`).
 pub struct StreamLimits {
@@ -40,16 +43,16 @@ impl StreamLimits {
     pub(crate) fn open(self: &Arc<Self>, token: TokenId, tenant: TenantId) -> Result<StreamPermit, ApiError> {
         let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if open.by_token.get(&token).copied().unwrap_or(0) >= self.per_token {
-            return Err(ApiError::TooManyRequests(format!(
-                "this token already has {} event streams open; close one first",
-                self.per_token
-            )));
+            return Err(ApiError::TooManyRequests {
+                detail: format!("this token already has {} event streams open; close one first", self.per_token),
+                retry_after: STREAM_RETRY_AFTER,
+            });
         }
         if open.by_tenant.get(&tenant).copied().unwrap_or(0) >= self.per_tenant {
-            return Err(ApiError::TooManyRequests(format!(
-                "this tenant already has {} event streams open; close one first",
-                self.per_tenant
-            )));
+            return Err(ApiError::TooManyRequests {
+                detail: format!("this tenant already has {} event streams open; close one first", self.per_tenant),
+                retry_after: STREAM_RETRY_AFTER,
+            });
         }
         *open.by_token.entry(token).or_default() += 1;
         *open.by_tenant.entry(tenant).or_default() += 1;
@@ -142,9 +145,9 @@ mod tests {
         let (a, b, c) = (TokenId::new(), TokenId::new(), TokenId::new());
         let first = limits.open(a, tenant).unwrap();
         let _second = limits.open(a, tenant).unwrap();
-        assert!(matches!(limits.open(a, tenant), Err(ApiError::TooManyRequests(_))), "per token");
+        assert!(matches!(limits.open(a, tenant), Err(ApiError::TooManyRequests { .. })), "per token");
         let _third = limits.open(b, tenant).unwrap();
-        assert!(matches!(limits.open(c, tenant), Err(ApiError::TooManyRequests(_))), "per tenant");
+        assert!(matches!(limits.open(c, tenant), Err(ApiError::TooManyRequests { .. })), "per tenant");
         let _elsewhere = limits.open(c, other_tenant).unwrap();
         drop(first);
         let _again = limits.open(c, tenant).unwrap();

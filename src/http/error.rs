@@ -52,12 +52,16 @@ pub(crate) enum ApiError {
     UnsupportedMediaType(String),
     #[error("the request is not valid")]
     Validation(Vec<FieldError>),
-    #[error("{0}")]
-    TooManyRequests(String),
     #[error("the request took too long")]
     Timeout,
     #[error("{0}")]
     Unavailable(String),
+    /// 429: the caller must slow down; `Retry-After` says for how long.
+    #[error("{detail}")]
+    TooManyRequests { detail: String, retry_after: std::time::Duration },
+    /// 503: the server is at a bound it keeps to protect itself; `Retry-After` says when to retry.
+    #[error("{detail}")]
+    Overloaded { detail: String, retry_after: std::time::Duration },
     #[error("internal error: {0:#}")]
     Internal(anyhow::Error),
 }
@@ -74,8 +78,10 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Timeout | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout | ApiError::Unavailable(_) | ApiError::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -91,9 +97,10 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload-too-large",
             ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
             ApiError::Validation(_) => "validation",
-            ApiError::TooManyRequests(_) => "too-many-requests",
             ApiError::Timeout => "timeout",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::TooManyRequests { .. } => "too-many-requests",
+            ApiError::Overloaded { .. } => "overloaded",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -125,6 +132,12 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = match &self {
+            ApiError::TooManyRequests { retry_after, .. } | ApiError::Overloaded { retry_after, .. } => {
+                Some(retry_after.as_secs().max(1))
+            }
+            _ => None,
+        };
         let detail = match &self {
             ApiError::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "request failed");
@@ -148,6 +161,9 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"herd\""));
+        }
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -216,9 +232,10 @@ mod tests {
             (ApiError::PayloadTooLarge(1), 413),
             (ApiError::UnsupportedMediaType("x".into()), 415),
             (ApiError::invalid("f", "m"), 422),
-            (ApiError::TooManyRequests("x".into()), 429),
             (ApiError::Timeout, 503),
             (ApiError::Unavailable("x".into()), 503),
+            (ApiError::TooManyRequests { detail: "x".into(), retry_after: std::time::Duration::from_secs(3) }, 429),
+            (ApiError::Overloaded { detail: "x".into(), retry_after: std::time::Duration::from_secs(3) }, 503),
             (ApiError::internal(anyhow::anyhow!("secret detail")), 500),
         ];
         for (error, status) in cases {
@@ -232,6 +249,17 @@ mod tests {
     fn unauthorized_carries_www_authenticate() {
         let response = ApiError::Unauthorized("no".into()).into_response();
         assert!(response.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
+
+    #[test]
+    fn limits_carry_retry_after() {
+        let response =
+            ApiError::TooManyRequests { detail: "x".into(), retry_after: std::time::Duration::from_millis(200) }
+                .into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let response =
+            ApiError::Overloaded { detail: "x".into(), retry_after: std::time::Duration::from_secs(7) }.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "7");
     }
 
     #[tokio::test]

@@ -4,7 +4,10 @@ use chrono::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{engine_tests, error_fields, expect_json, expect_problem, ClockExt, ADMIN_TOKEN};
+use crate::helpers::{
+    engine_tests, error_fields, expect_json, expect_problem, spawn_app_with, ClockExt, Engine, SpawnOptions, TestApp,
+    ADMIN_TOKEN,
+};
 
 engine_tests! {
     async fn roles_gate_what_a_token_may_do(app) {
@@ -165,4 +168,156 @@ engine_tests! {
         let response = app.client.get(app.url("/devices")).header("authorization", long).send().await.unwrap();
         expect_problem(response, StatusCode::UNAUTHORIZED).await;
     }
+}
+
+// ---- Login limits (issue 10, finding 3): bounded hashing, rates, locks. ----
+
+/// Runs a login-limits scenario on both engines, with the limits `adjust` sets.
+macro_rules! login_limit_tests {
+    ($($name:ident => $scenario:ident,)*) => {
+        mod login_limits_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$scenario(crate::helpers::Engine::Sqlite).await;
+                }
+            )*
+        }
+        mod login_limits_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if !crate::helpers::postgres_variant_runs() {
+                        return;
+                    }
+                    super::$scenario(crate::helpers::Engine::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+login_limit_tests! {
+    logins_beyond_the_hashing_bound_get_503_with_retry_after => hashing_bound_scenario,
+    logins_beyond_the_rate_of_an_address_or_username_get_429 => rate_limit_scenario,
+    repeated_failures_lock_a_user_and_the_lock_expires => lock_scenario,
+}
+
+async fn limited_app(
+    engine: Engine,
+    adjust: impl FnOnce(&mut herd::config::LoginLimitSettings) + Send + 'static,
+) -> TestApp {
+    let options = SpawnOptions {
+        adjust: Box::new(move |settings: &mut herd::config::Settings| adjust(&mut settings.login)),
+        ..SpawnOptions::default()
+    };
+    spawn_app_with(engine, options).await
+}
+
+async fn login(app: &TestApp, username: &str, password: &str) -> reqwest::Response {
+    app.request(reqwest::Method::POST, "/auth/login", None, Some(json!({ "username": username, "password": password })))
+        .await
+}
+
+/// A refusal with its `Retry-After` (whole seconds, at least one); answers the seconds.
+async fn expect_retry_after(response: reqwest::Response, status: StatusCode) -> u64 {
+    let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+    let problem = expect_problem(response, status).await;
+    let seconds: u64 = retry_after.unwrap_or_else(|| panic!("no Retry-After on {problem}")).parse().unwrap();
+    assert!(seconds >= 1, "{problem}");
+    seconds
+}
+
+async fn hashing_bound_scenario(engine: Engine) {
+    let app = limited_app(engine, |login| {
+        login.hash_concurrency = 1;
+        login.hash_queue = 0;
+    })
+    .await;
+    // The only hashing turn is taken and nobody may wait: a login is turned away at once.
+    let slot = app.state.login_limits.try_hash_slot().expect("the one turn is free");
+    expect_retry_after(login(&app, "nobody", "guess").await, StatusCode::SERVICE_UNAVAILABLE).await;
+    drop(slot);
+    expect_problem(login(&app, "nobody", "guess").await, StatusCode::UNAUTHORIZED).await;
+
+    // Many at once for unknown users: each is checked (401) or turned away (503 with
+    // Retry-After); none waits without bound, none fails otherwise.
+    let attempts = (0..24).map(|i| {
+        let app = &app;
+        async move { login(app, &format!("ghost-{i}"), "guess").await }
+    });
+    let mut refused = 0;
+    for response in futures::future::join_all(attempts).await {
+        match response.status() {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::SERVICE_UNAVAILABLE => {
+                refused += 1;
+                expect_retry_after(response, StatusCode::SERVICE_UNAVAILABLE).await;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(refused < 24, "the free turn must serve somebody");
+}
+
+async fn rate_limit_scenario(engine: Engine) {
+    let app = limited_app(engine, |login| {
+        login.attempts_per_address_per_minute = 4;
+        login.attempts_per_username_per_minute = 2;
+    })
+    .await;
+    // Per username: the third attempt within the minute is refused, whoever the username is.
+    expect_problem(login(&app, "target", "one").await, StatusCode::UNAUTHORIZED).await;
+    expect_problem(login(&app, "target", "two").await, StatusCode::UNAUTHORIZED).await;
+    let seconds = expect_retry_after(login(&app, "target", "three").await, StatusCode::TOO_MANY_REQUESTS).await;
+    assert!(seconds <= 60);
+    // Per address: four attempts a minute from 127.0.0.1, whatever the usernames.
+    expect_problem(login(&app, "other", "x").await, StatusCode::UNAUTHORIZED).await;
+    expect_retry_after(login(&app, "third", "x").await, StatusCode::TOO_MANY_REQUESTS).await;
+    // The windows end.
+    app.clock.advance(Duration::seconds(61));
+    expect_problem(login(&app, "target", "four").await, StatusCode::UNAUTHORIZED).await;
+}
+
+async fn lock_scenario(engine: Engine) {
+    let app = limited_app(engine, |login| {
+        login.lock_after = 3;
+        login.lock_window = std::time::Duration::from_secs(15 * 60);
+        login.lock_duration = std::time::Duration::from_secs(15 * 60);
+    })
+    .await;
+    let response = app
+        .post("/users", ADMIN_TOKEN, json!({ "username": "locky", "password": "the right one", "role": "viewer" }))
+        .await;
+    let user_id = expect_json(response, StatusCode::CREATED).await["user"]["id"].as_str().unwrap().to_string();
+
+    // A success ends a run of failures.
+    expect_problem(login(&app, "locky", "wrong").await, StatusCode::UNAUTHORIZED).await;
+    expect_problem(login(&app, "locky", "wrong").await, StatusCode::UNAUTHORIZED).await;
+    expect_json(login(&app, "locky", "the right one").await, StatusCode::OK).await;
+    for _ in 0..3 {
+        expect_problem(login(&app, "locky", "wrong").await, StatusCode::UNAUTHORIZED).await;
+    }
+    // Locked: even the right password is refused, with the time left.
+    let seconds = expect_retry_after(login(&app, "locky", "the right one").await, StatusCode::TOO_MANY_REQUESTS).await;
+    assert!(seconds > 14 * 60 && seconds <= 15 * 60, "{seconds}");
+    let events = expect_json(app.get("/events?type=user.locked", ADMIN_TOKEN).await, StatusCode::OK).await;
+    let items = events["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{events}");
+    assert_eq!(items[0]["data"]["userId"], user_id.as_str());
+    assert_eq!(items[0]["data"]["username"], "locky");
+    let until = chrono::DateTime::parse_from_rfc3339(items[0]["data"]["until"].as_str().unwrap()).unwrap();
+    assert_eq!(until.with_timezone(&chrono::Utc), app.clock.now_plus(Duration::minutes(15)));
+
+    // An unknown username locks the same way (a lock tells nothing about who exists), without an event.
+    for _ in 0..3 {
+        expect_problem(login(&app, "nobody-here", "wrong").await, StatusCode::UNAUTHORIZED).await;
+    }
+    expect_retry_after(login(&app, "nobody-here", "wrong").await, StatusCode::TOO_MANY_REQUESTS).await;
+    let events = expect_json(app.get("/events?type=user.locked", ADMIN_TOKEN).await, StatusCode::OK).await;
+    assert_eq!(events["items"].as_array().unwrap().len(), 1);
+
+    // The lock expires.
+    app.clock.advance(Duration::minutes(16));
+    expect_json(login(&app, "locky", "the right one").await, StatusCode::OK).await;
 }

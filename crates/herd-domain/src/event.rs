@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use crate::clock::from_millis;
-use crate::ids::{AlertId, CertificateId, ClaimId, DeviceId, RuleId, WebhookId};
+use crate::ids::{AlertId, CertificateId, ClaimId, DeviceId, RuleId, UserId, WebhookId};
 use crate::status::{DeviceStatus, KeySource, Metric, Severity};
 
 /// Everything herd announces. Payloads are camelCase JSON objects.
@@ -89,6 +89,13 @@ pub enum Event {
         url: String,
         reason: String,
     },
+    /// Repeated failed logins locked a user until `until` (milliseconds); logins for the user
+    /// are refused without checking a password until then.
+    UserLocked {
+        user_id: UserId,
+        username: String,
+        until: i64,
+    },
     /// A monitoring rule was breached and a new alert opened (`monitoring`).
     AlertOpened {
         alert_id: AlertId,
@@ -129,6 +136,7 @@ pub const KNOWN_TYPES: &[&str] = &[
     "alert.opened",
     "alert.resolved",
     "webhook.disabled",
+    "user.locked",
 ];
 
 impl Event {
@@ -148,6 +156,7 @@ impl Event {
             Event::CertificateExpired { .. } => "certificate.expired",
             Event::CertificateRevoked { .. } => "certificate.revoked",
             Event::WebhookDisabled { .. } => "webhook.disabled",
+            Event::UserLocked { .. } => "user.locked",
             Event::AlertOpened { .. } => "alert.opened",
             Event::AlertResolved { .. } => "alert.resolved",
         }
@@ -188,6 +197,9 @@ impl Event {
             }),
             Event::WebhookDisabled { webhook_id, url, reason } => {
                 json!({ "webhookId": webhook_id, "url": url, "reason": reason })
+            }
+            Event::UserLocked { user_id, username, until } => {
+                json!({ "userId": user_id, "username": username, "until": from_millis(*until) })
             }
             Event::AlertOpened { alert_id, device_id, rule_id, metric, severity, value, threshold } => json!({
                 "alertId": alert_id, "deviceId": device_id, "ruleId": rule_id, "metric": metric,

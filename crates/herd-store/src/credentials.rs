@@ -390,3 +390,12 @@ pub async fn create_session(db: &Db, user: &UserRow, hash: &str, expires_at: i64
     insert_token(&mut tx, tenant_id, &token, hash, now).await?;
     tx.commit().await
 }
+
+/// Announces that repeated failed logins locked `user` until `until` (the lock itself lives in
+/// the server's memory): a `user.locked` event of the user's tenant, through the outbox.
+pub async fn record_user_locked(db: &Db, user: &UserRow, until: i64, now: i64) -> Result<(), StoreError> {
+    let event = herd_domain::event::Event::UserLocked { user_id: user.id, username: user.username.clone(), until };
+    let mut tx = db.begin().await?;
+    tx.record(user.tenant_id, &event, now);
+    tx.commit().await
+}
