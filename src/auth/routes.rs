@@ -34,6 +34,9 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct LoginRequest {
+    /// The name of the tenant to sign in to (usernames are unique per tenant); `default`, the
+    /// tenant created at first start, when absent.
+    pub tenant: Option<String>,
     pub username: String,
     pub password: String,
 }
@@ -41,6 +44,7 @@ pub(crate) struct LoginRequest {
 impl Validate for LoginRequest {
     fn validate(&self) -> Result<(), ApiError> {
         let mut errors = FieldErrors::new();
+        errors.text("tenant", self.tenant.as_deref(), 64);
         errors.text("username", Some(&self.username), 128);
         if self.password.is_empty() || self.password.len() > 1024 {
             errors.add("password", "must be between 1 and 1024 bytes");
@@ -58,14 +62,16 @@ pub(crate) struct LoginResponse {
     pub user: UserDto,
 }
 
-/// Log in with a username and password; answers a session token.
+/// Log in to a tenant (by name; `default` when absent) with a username and password; answers
+/// a session token. An unknown tenant, an unknown user and a wrong password answer alike.
 #[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = LoginResponse)))]
 async fn login(
     axum::extract::State(state): axum::extract::State<AppState>,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    let user = store::find_user_by_username(&state.db, &body.username).await?;
+    let tenant = body.tenant.as_deref().unwrap_or(crate::tenants::DEFAULT_TENANT_NAME);
+    let user = store::find_user_by_username(&state.db, tenant, &body.username).await?;
     let stored =
         user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| tokens::dummy_password_hash().to_string());
     let password = body.password.clone();
@@ -406,7 +412,13 @@ async fn create_user(
         .map_err(ApiError::internal)?;
     let row =
         store::create_user(scope, body.username.trim(), &hash, body.role, to_millis(state.clock.now())).await.map_err(
-            |e| if e.is_unique_on("username") { ApiError::Conflict("this username is taken".into()) } else { e.into() },
+            |e| {
+                if e.is_unique_on("username") {
+                    ApiError::Conflict("this username is taken in this tenant".into())
+                } else {
+                    e.into()
+                }
+            },
         )?;
     Ok((StatusCode::CREATED, Json(CreatedUser { user: row.into() })))
 }
