@@ -412,13 +412,7 @@ async fn create_user(
         .map_err(ApiError::internal)?;
     let row =
         store::create_user(scope, body.username.trim(), &hash, body.role, to_millis(state.clock.now())).await.map_err(
-            |e| {
-                if e.is_unique_on("username") {
-                    ApiError::Conflict("this username is taken in this tenant".into())
-                } else {
-                    e.into()
-                }
-            },
+            |e| if e.is_unique_on("username") { ApiError::Conflict("this username is taken".into()) } else { e.into() },
         )?;
     Ok((StatusCode::CREATED, Json(CreatedUser { user: row.into() })))
 }

@@ -62,8 +62,10 @@ const SCRAPE_TOKEN: &str = "scrape-token-for-tests-0123";
 /// admin's token, since the figures cover every tenant).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_token_is_required_when_configured() {
-    let options =
-        SpawnOptions { adjust: Box::new(|settings| settings.metrics_token = Some(SCRAPE_TOKEN.into())), ..Default::default() };
+    let options = SpawnOptions {
+        adjust: Box::new(|settings| settings.metrics_token = Some(SCRAPE_TOKEN.into())),
+        ..Default::default()
+    };
     let app = spawn_app_with(Engine::Sqlite, options).await;
     for token in [None, Some(ADMIN_TOKEN), Some("scrape-token-for-tests-012"), Some("scrape-token-for-tests-01234")] {
         let response = app.request(Method::GET, "/metrics", token, None).await;
