@@ -128,6 +128,11 @@ fn init_tracing(format: Option<LogFormat>) {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let database = redact(&settings.database_url);
+    if settings.metrics_token.is_none() {
+        tracing::warn!(
+            "GET /metrics is public and shows device counts over all tenants; set HERD_METRICS_TOKEN to require a scrape token"
+        );
+    }
     let app = App::build(settings).await?;
     match app.bootstrap() {
         Bootstrap::AlreadyDone => {}

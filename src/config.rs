@@ -79,6 +79,9 @@ pub struct ConfigArgs {
     /// Key-encryption key for private keys stored in the database (64 hex characters).
     #[arg(long, env = "HERD_KEY_ENCRYPTION_KEY", global = true, hide_env_values = true)]
     pub key_encryption_key: Option<Secret>,
+    /// Bearer token that `GET /metrics` requires (unset: `/metrics` is public).
+    #[arg(long, env = "HERD_METRICS_TOKEN", global = true, hide_env_values = true)]
+    pub metrics_token: Option<Secret>,
     /// Longest time a request may take before it is answered 503 (e.g. `30s`).
     #[arg(long, env = "HERD_REQUEST_TIMEOUT", global = true)]
     pub request_timeout: Option<String>,
@@ -215,6 +218,9 @@ pub struct Settings {
     pub log_format: Option<LogFormat>,
     pub bootstrap_token: Option<Secret>,
     pub key_encryption_key: Option<Secret>,
+    /// The scrape token `GET /metrics` requires; `None` leaves `/metrics` public (the figures
+    /// then include device counts over all tenants, which the start-up log warns about).
+    pub metrics_token: Option<Secret>,
     pub request_timeout: Duration,
     pub body_limit: usize,
     pub session_ttl: Duration,
@@ -351,6 +357,7 @@ impl Settings {
             log_format: None,
             bootstrap_token: None,
             key_encryption_key: None,
+            metrics_token: None,
             request_timeout: Duration::from_secs(30),
             body_limit: 1024 * 1024,
             session_ttl: Duration::from_secs(12 * 3600),
@@ -458,6 +465,12 @@ impl Settings {
             settings.bootstrap_token = Some(v.into());
         }
         settings.key_encryption_key = pick("key_encryption_key", &exposed(&args.key_encryption_key)).map(Secret::from);
+        if let Some(v) = pick("metrics_token", &exposed(&args.metrics_token)) {
+            if v.len() < 16 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid("metrics_token", "<hidden>", "must be at least 16 characters without spaces"));
+            }
+            settings.metrics_token = Some(v.into());
+        }
         if let Some(v) = pick("request_timeout", &args.request_timeout) {
             settings.request_timeout = parse_duration("request_timeout", &v)?;
         }
@@ -581,6 +594,7 @@ const KNOWN_KEYS: &[&str] = &[
     "log_format",
     "bootstrap_token",
     "key_encryption_key",
+    "metrics_token",
     "request_timeout",
     "body_limit",
     "session_ttl",
@@ -693,6 +707,8 @@ mod tests {
         assert!(Settings::load(&args).is_err());
         let args = ConfigArgs { cert_store: Some("s3".into()), ..Default::default() };
         assert!(Settings::load(&args).is_err());
+        let args = ConfigArgs { metrics_token: Some("short".into()), ..Default::default() };
+        assert!(Settings::load(&args).unwrap_err().to_string().contains("metrics_token"));
     }
 
     #[test]
@@ -726,18 +742,20 @@ mod tests {
 
     #[test]
     fn secrets_never_show_in_debug_output() {
-        let (token, kek) = ("bootstrap-secret-0123456789", "ab".repeat(32));
+        let (token, kek, scrape) = ("bootstrap-secret-0123456789", "ab".repeat(32), "metrics-scrape-secret-42");
         let args = ConfigArgs {
             data_dir: Some("/tmp/x".into()),
             bootstrap_token: Some(token.into()),
             key_encryption_key: Some(kek.as_str().into()),
+            metrics_token: Some(scrape.into()),
             ..Default::default()
         };
         let settings = Settings::load(&args).unwrap();
         assert_eq!(settings.bootstrap_token.as_ref().map(Secret::expose), Some(token));
         assert_eq!(settings.key_encryption_key.as_ref().map(Secret::expose), Some(kek.as_str()));
+        assert_eq!(settings.metrics_token.as_ref().map(Secret::expose), Some(scrape));
         for printed in [format!("{settings:?}"), format!("{settings:#?}"), format!("{args:?}")] {
-            assert!(!printed.contains(token) && !printed.contains(&kek), "{printed}");
+            assert!(!printed.contains(token) && !printed.contains(&kek) && !printed.contains(scrape), "{printed}");
             assert!(printed.contains("[redacted]"), "{printed}");
         }
     }

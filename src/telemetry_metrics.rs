@@ -3,13 +3,16 @@
 //!
 //! Each [`crate::app::App`] owns its registry (no global recorder), so several apps in one
 //! test process keep separate figures.
+//!
+//! With `HERD_METRICS_TOKEN` set, a scrape must present `Authorization: Bearer <token>`; without
+//! it `/metrics` is public (and its device counts cover every tenant), which the start-up log says.
 
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -20,6 +23,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::app::AppState;
+use crate::config::{Secret, Settings};
 use crate::http::error::ApiError;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -127,13 +131,22 @@ pub(crate) fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
 }
 
 /// Prometheus metrics (OpenMetrics text): requests by route, latency, devices by status.
+/// When `HERD_METRICS_TOKEN` is set, the scrape must present it as a bearer token.
 #[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
+    responses((status = 200, content_type = "application/openmetrics-text", body = String),
+        (status = 401, description = "`HERD_METRICS_TOKEN` is set and the request does not present it")))]
 pub(crate) async fn serve(
     State(db): State<herd_store::Db>,
+    State(settings): State<Arc<Settings>>,
     State(heartbeats): State<Arc<crate::presence::HeartbeatBuffer>>,
     State(metrics): State<Arc<crate::telemetry_metrics::HttpMetrics>>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if let Some(expected) = &settings.metrics_token {
+        if !presents_token(&headers, expected) {
+            return Err(ApiError::Unauthorized("/metrics needs the scrape token (HERD_METRICS_TOKEN)".into()));
+        }
+    }
     let counts = crate::devices::store::count_by_status(&db).await?;
     for status in herd_domain::status::DeviceStatus::ALL {
         let n = counts.iter().find(|(s, _)| s == status).map(|(_, n)| *n).unwrap_or(0);
@@ -143,4 +156,41 @@ pub(crate) async fn serve(
     metrics.event_backlog.set(crate::webhooks::store::backlog(&db).await?);
     let text = metrics.encode().map_err(|e| ApiError::internal(anyhow::anyhow!("cannot encode metrics: {e}")))?;
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
+}
+
+/// True when the request's `Authorization: Bearer …` is the scrape token. The two are compared
+/// as SHA-256 digests, byte by byte without an early exit, so the time taken tells a caller
+/// nothing about how much of a guess was right.
+fn presents_token(headers: &HeaderMap, expected: &Secret) -> bool {
+    use sha2::{Digest, Sha256};
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let presented = Sha256::digest(presented.as_bytes());
+    let expected = Sha256::digest(expected.expose().as_bytes());
+    presented.iter().zip(expected.iter()).fold(0u8, |differ, (a, b)| differ | (a ^ b)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_authorization(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn only_the_exact_bearer_token_is_accepted() {
+        let expected = Secret::from("scrape-token-0123456789");
+        assert!(presents_token(&with_authorization("Bearer scrape-token-0123456789"), &expected));
+        assert!(!presents_token(&with_authorization("Bearer scrape-token-012345678"), &expected));
+        assert!(!presents_token(&with_authorization("Bearer scrape-token-0123456789x"), &expected));
+        assert!(!presents_token(&with_authorization("Basic scrape-token-0123456789"), &expected));
+        assert!(!presents_token(&with_authorization("scrape-token-0123456789"), &expected));
+        assert!(!presents_token(&HeaderMap::new(), &expected));
+    }
 }

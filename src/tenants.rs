@@ -89,6 +89,9 @@ pub enum Bootstrap {
     CreatedWithTokenFile(PathBuf),
 }
 
+/// The name of the tenant that bootstrap creates; a login that names no tenant signs in to it.
+pub(crate) const DEFAULT_TENANT_NAME: &str = "default";
+
 /// On an empty database, creates the platform admin and the `default` tenant (DESIGN.md
 /// "Principals"). Safe when several instances start at once: the tenant name is unique.
 pub(crate) async fn bootstrap(
@@ -100,7 +103,7 @@ pub(crate) async fn bootstrap(
     if store::count(db).await? > 0 {
         return Ok(Bootstrap::AlreadyDone);
     }
-    match create(db, "default", configured_token.map(str::to_string), true, now).await {
+    match create(db, DEFAULT_TENANT_NAME, configured_token.map(str::to_string), true, now).await {
         Ok((_, secret)) => match configured_token {
             Some(_) => Ok(Bootstrap::CreatedWithConfiguredToken),
             None => {

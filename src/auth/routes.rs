@@ -35,6 +35,9 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct LoginRequest {
+    /// The name of the tenant to sign in to (usernames are unique per tenant); `default`, the
+    /// tenant created at first start, when absent.
+    pub tenant: Option<String>,
     pub username: String,
     pub password: String,
 }
@@ -42,6 +45,7 @@ pub(crate) struct LoginRequest {
 impl Validate for LoginRequest {
     fn validate(&self) -> Result<(), ApiError> {
         let mut errors = FieldErrors::new();
+        errors.text("tenant", self.tenant.as_deref(), 64);
         errors.text("username", Some(&self.username), 128);
         if self.password.is_empty() || self.password.len() > 1024 {
             errors.add("password", "must be between 1 and 1024 bytes");
@@ -59,10 +63,11 @@ pub(crate) struct LoginResponse {
     pub user: UserDto,
 }
 
-/// Log in with a username and password; answers a session token. Bounded (see
-/// `auth::limits`): 429 with `Retry-After` beyond the rate of an address or a username or while
-/// a username is locked after repeated failures, 503 with `Retry-After` when every hashing turn
-/// is taken.
+/// Log in to a tenant (by name; `default` when absent) with a username and password; answers
+/// a session token. An unknown tenant, an unknown user and a wrong password answer alike.
+/// Bounded (see `auth::limits`): 429 with `Retry-After` beyond the rate of an address or a
+/// username or while a username is locked after repeated failures, 503 with `Retry-After` when
+/// every hashing turn is taken.
 #[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = LoginResponse),
         (status = 429, description = "too many attempts, or the username is locked for a while"),
@@ -72,11 +77,13 @@ async fn login(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
+    let tenant = body.tenant.as_deref().unwrap_or(crate::tenants::DEFAULT_TENANT_NAME);
     let limits = &state.login_limits;
-    let limit_key = body.username.as_str();
-    limits.check_attempt(peer.ip(), limit_key, to_millis(state.clock.now()))?;
+    // Usernames are per tenant, so rates and locks count per (tenant, username).
+    let limit_key = format!("{tenant}/{}", body.username);
+    limits.check_attempt(peer.ip(), &limit_key, to_millis(state.clock.now()))?;
     let slot = limits.hash_slot().await?;
-    let user = store::find_user_by_username(&state.db, &body.username).await?;
+    let user = store::find_user_by_username(&state.db, tenant, &body.username).await?;
     let stored =
         user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| tokens::dummy_password_hash().to_string());
     let password = body.password.clone();
@@ -89,7 +96,7 @@ async fn login(
         Some(user) if matches => user,
         user => {
             let now = state.clock.now();
-            if let FailureOutcome::Locked { until } = limits.record_failure(limit_key, to_millis(now)) {
+            if let FailureOutcome::Locked { until } = limits.record_failure(&limit_key, to_millis(now)) {
                 if let Some(user) = &user {
                     store::record_user_locked(&state.db, user, until, to_millis(now)).await?;
                 }
@@ -97,7 +104,7 @@ async fn login(
             return Err(ApiError::Unauthorized("wrong username or password".into()));
         }
     };
-    limits.record_success(limit_key);
+    limits.record_success(&limit_key);
     let now = state.clock.now();
     let expires_at = now + chrono::Duration::from_std(state.settings.session_ttl).map_err(ApiError::internal)?;
     let secret = tokens::generate(TokenKind::Member);

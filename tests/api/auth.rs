@@ -95,6 +95,49 @@ engine_tests! {
         expect_problem(app.get("/auth/me", &token).await, StatusCode::UNAUTHORIZED).await;
     }
 
+    async fn usernames_are_scoped_to_their_tenant(app) {
+        let (acme_id, acme_admin) = app.create_tenant("acme").await;
+        let me = expect_json(app.get("/auth/me", ADMIN_TOKEN).await, StatusCode::OK).await;
+        let default_id = me["tenantId"].as_str().unwrap().to_string();
+        // The same username in two tenants: another tenant's names neither conflict nor show.
+        let ours = app.post("/users", ADMIN_TOKEN, json!({ "username": "ops", "password": "default password", "role": "admin" })).await;
+        let ours = expect_json(ours, StatusCode::CREATED).await;
+        let theirs = app.post("/users", &acme_admin, json!({ "username": "ops", "password": "acme password", "role": "viewer" })).await;
+        let theirs = expect_json(theirs, StatusCode::CREATED).await;
+        // Within one tenant a username stays unique.
+        let again = app.post("/users", &acme_admin, json!({ "username": "ops", "password": "another password", "role": "viewer" })).await;
+        expect_problem(again, StatusCode::CONFLICT).await;
+
+        let login = |body: serde_json::Value| app.request(reqwest::Method::POST, "/auth/login", None, Some(body));
+        let signed_in = [
+            (json!({ "tenant": "acme", "username": "ops", "password": "acme password" }), &acme_id, &theirs),
+            (json!({ "tenant": "default", "username": "ops", "password": "default password" }), &default_id, &ours),
+            // No tenant named: the default tenant.
+            (json!({ "username": "ops", "password": "default password" }), &default_id, &ours),
+        ];
+        for (body, tenant_id, user) in signed_in {
+            let session = expect_json(login(body.clone()).await, StatusCode::OK).await;
+            let me = expect_json(app.get("/auth/me", session["token"].as_str().unwrap()).await, StatusCode::OK).await;
+            assert_eq!(me["tenantId"].as_str(), Some(tenant_id.as_str()), "{body}");
+            assert_eq!(me["userId"], user["user"]["id"], "{body}");
+        }
+
+        // A wrong tenant, an unknown tenant and an unknown user read exactly like a wrong password.
+        let wrong_password = expect_problem(login(json!({ "tenant": "acme", "username": "ops", "password": "wrong" })).await, StatusCode::UNAUTHORIZED).await;
+        for body in [
+            json!({ "tenant": "acme", "username": "ops", "password": "default password" }),
+            json!({ "username": "ops", "password": "acme password" }),
+            json!({ "tenant": "nowhere", "username": "ops", "password": "acme password" }),
+            json!({ "tenant": "acme", "username": "nobody", "password": "acme password" }),
+        ] {
+            let problem = expect_problem(login(body.clone()).await, StatusCode::UNAUTHORIZED).await;
+            assert_eq!(problem["detail"], wrong_password["detail"], "{body}");
+            assert_eq!(problem["title"], wrong_password["title"], "{body}");
+        }
+        let problem = expect_problem(login(json!({ "tenant": "", "username": "ops", "password": "x" })).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(error_fields(&problem), vec!["tenant"]);
+    }
+
     async fn deleting_a_user_ends_their_sessions(app) {
         let response = app.post("/users", ADMIN_TOKEN, json!({ "username": "temp", "password": "password123", "role": "viewer" })).await;
         let id = expect_json(response, StatusCode::CREATED).await["user"]["id"].as_str().unwrap().to_string();

@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{engine_tests, expect_json, expect_problem, ADMIN_TOKEN};
+use crate::helpers::{engine_tests, expect_json, expect_problem, spawn_app_with, Engine, SpawnOptions, ADMIN_TOKEN};
 
 engine_tests! {
     async fn probes_need_no_credential(app) {
@@ -54,4 +54,36 @@ engine_tests! {
         let response = app.get("/devices", ADMIN_TOKEN).await;
         assert!(response.headers().contains_key("x-request-id"), "every response carries a request id");
     }
+}
+
+const SCRAPE_TOKEN: &str = "scrape-token-for-tests-0123";
+
+/// With `HERD_METRICS_TOKEN` set, `/metrics` answers only the scrape token (not even a tenant
+/// admin's token, since the figures cover every tenant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_token_is_required_when_configured() {
+    let options = SpawnOptions {
+        adjust: Box::new(|settings| settings.metrics_token = Some(SCRAPE_TOKEN.into())),
+        ..Default::default()
+    };
+    let app = spawn_app_with(Engine::Sqlite, options).await;
+    for token in [None, Some(ADMIN_TOKEN), Some("scrape-token-for-tests-012"), Some("scrape-token-for-tests-01234")] {
+        let response = app.request(Method::GET, "/metrics", token, None).await;
+        assert!(response.headers().contains_key("www-authenticate"), "{token:?}");
+        let problem = expect_problem(response, StatusCode::UNAUTHORIZED).await;
+        assert!(!problem.to_string().contains("herd_devices"), "{problem}");
+    }
+    let response = app.request(Method::GET, "/metrics", Some(SCRAPE_TOKEN), None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.text().await.unwrap().contains("herd_devices"));
+}
+
+/// Without `HERD_METRICS_TOKEN`, `/metrics` stays public, as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_public_without_a_token() {
+    let app = spawn_app_with(Engine::Sqlite, SpawnOptions::default()).await;
+    assert!(app.settings.metrics_token.is_none());
+    let response = app.request(Method::GET, "/metrics", None, None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.text().await.unwrap().contains("herd_devices"));
 }

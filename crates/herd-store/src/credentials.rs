@@ -368,11 +368,19 @@ pub async fn delete_user(scope: &TenantScope, id: UserId) -> Result<bool, StoreE
     Ok(result.map_err(classify)? == 1)
 }
 
-/// Login looks a user up by name before any tenant is known.
-pub async fn find_user_by_username(db: &Db, username: &str) -> Result<Option<UserRow>, StoreError> {
-    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1");
-    with_reader!(db, |pool| sqlx::query_as::<_, UserRow>(&sql).bind(username).fetch_optional(pool).await)
-        .map_err(classify)
+/// Login looks a user up by the tenant's name and the username before any credential is
+/// known. Usernames are unique per tenant (`users_tenant_username_uq`), so the pair names at
+/// most one user; an unknown tenant and an unknown user both answer `None`.
+pub async fn find_user_by_username(db: &Db, tenant_name: &str, username: &str) -> Result<Option<UserRow>, StoreError> {
+    let sql = format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = (SELECT id FROM tenants WHERE name = $1) AND username = $2"
+    );
+    with_reader!(db, |pool| sqlx::query_as::<_, UserRow>(&sql)
+        .bind(tenant_name)
+        .bind(username)
+        .fetch_optional(pool)
+        .await)
+    .map_err(classify)
 }
 
 /// Opens a login session for a user found by [`find_user_by_username`].
