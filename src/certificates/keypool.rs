@@ -5,12 +5,13 @@
 //! dedicated thread keeps up to `size` keys ready in a bounded channel, and a request that finds
 //! the pool empty generates its key with `spawn_blocking`. The thread starts on the first
 //! request for a key (a server whose devices all bring CSRs never spends CPU on it) and ends
-//! when the pool is dropped (its channel closes).
+//! when the pool is dropped (its channel closes). At most one on-demand generation per core
+//! runs at once; further requests wait for a turn (security finding 3: costly work is bounded).
 
 use std::sync::{Mutex, OnceLock};
 
 use herd_pki::DeviceKeyPair;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 /// Pre-generated keys of one size.
 pub struct KeyPool {
@@ -19,12 +20,15 @@ pub struct KeyPool {
     /// Created with the refill thread on first use. A std `Mutex`: it is held only for a
     /// non-blocking `try_recv`, never across an await.
     ready: OnceLock<Mutex<mpsc::Receiver<DeviceKeyPair>>>,
+    /// Turns for on-demand generation: one per core.
+    generating: Semaphore,
 }
 
 impl KeyPool {
     /// A pool of `size` RSA keys of `bits` bits; `size` 0 generates every key on demand.
     pub fn new(bits: u32, size: usize) -> Self {
-        Self { bits, size, ready: OnceLock::new() }
+        let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+        Self { bits, size, ready: OnceLock::new(), generating: Semaphore::new(cores) }
     }
 
     /// A fresh key: from the pool when one is ready, else generated off the async workers.
@@ -35,9 +39,15 @@ impl KeyPool {
                 return Ok(key);
             }
         }
+        let _turn = self.generating.acquire().await?;
         let bits = self.bits;
         let key = tokio::task::spawn_blocking(move || herd_pki::generate_rsa_key(bits)).await??;
         Ok(key)
+    }
+
+    /// How many on-demand generations could start right now.
+    pub fn free_generation_turns(&self) -> usize {
+        self.generating.available_permits()
     }
 
     fn receiver(&self) -> Option<&Mutex<mpsc::Receiver<DeviceKeyPair>>> {

@@ -138,6 +138,9 @@ pub struct CertificateService {
     vault: Vault,
     /// Pre-generated RSA device keys, so that a request does not wait ~45 ms for one.
     keys: KeyPool,
+    /// One CRL signer at a time per instance: a burst of `GET /ca/crl` on a stale CRL signs
+    /// it once, the others read the fresh one (security finding 3).
+    crl_signer: tokio::sync::Mutex<()>,
     organization: String,
     country: String,
     validity_days: u32,
@@ -158,6 +161,7 @@ impl CertificateService {
             db: db.clone(),
             vault,
             keys: KeyPool::new(settings.cert_key_size, settings.cert_key_pool_size),
+            crl_signer: tokio::sync::Mutex::new(()),
             organization: settings.cert_organization.clone(),
             country: settings.cert_country.clone(),
             validity_days: settings.cert_validity_days,
@@ -452,21 +456,34 @@ impl CertificateService {
     /// The current CRL (`GET /ca/crl`), re-signed first when a revocation made it stale or its
     /// `nextUpdate` is near.
     pub async fn crl(&self, now: i64) -> Result<herd_pki::Crl, CertificateError> {
+        if let Some(crl) = self.fresh_crl(now).await? {
+            return Ok(crl);
+        }
+        let _signer = self.crl_signer.lock().await;
+        // Whoever held the signer before us may have just published a fresh one.
+        if let Some(crl) = self.fresh_crl(now).await? {
+            return Ok(crl);
+        }
+        self.publish_crl(now).await
+    }
+
+    /// The stored CRL, if no revocation made it stale and its `nextUpdate` is not near.
+    async fn fresh_crl(&self, now: i64) -> Result<Option<herd_pki::Crl>, CertificateError> {
         let state = store::crl_state(&self.db).await?;
         let now_seconds = now.div_euclid(1000);
         let fresh =
             !state.stale && state.next_update.is_some_and(|next| next - now_seconds > CRL_REFRESH_MARGIN_SECONDS);
-        if let (true, Some(der_base64)) = (fresh, &state.der_base64) {
-            let der = base64::engine::general_purpose::STANDARD
-                .decode(der_base64)
-                .map_err(|error| CertificateError::Internal(anyhow::anyhow!("stored CRL is not base64: {error}")))?;
-            let pem = pem::encode_config(
-                &pem::Pem::new("X509 CRL", der.clone()),
-                pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-            );
-            return Ok(herd_pki::Crl { der, pem });
-        }
-        self.publish_crl(now).await
+        let (true, Some(der_base64)) = (fresh, &state.der_base64) else {
+            return Ok(None);
+        };
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(der_base64)
+            .map_err(|error| CertificateError::Internal(anyhow::anyhow!("stored CRL is not base64: {error}")))?;
+        let pem = pem::encode_config(
+            &pem::Pem::new("X509 CRL", der.clone()),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        );
+        Ok(Some(herd_pki::Crl { der, pem }))
     }
 
     /// Signs and stores a new CRL with every revoked, unexpired certificate; each CRL gets the

@@ -347,6 +347,18 @@ certificate_tests! {
         assert_eq!(server["certificate"]["keySource"], "server");
     }
 
+    async fn a_burst_of_crl_requests_signs_one_crl(app) {
+        // Security finding 3: costly work behind an unauthenticated route is bounded. A stale
+        // CRL asked for by many clients at once is signed once; they all get that one.
+        crl_der(&app).await;
+        app.clock.advance(Duration::days(5)); // past nextUpdate minus the refresh margin
+        let requests = (0..16).map(|_| crl_der(&app));
+        let crls = futures::future::join_all(requests).await;
+        let numbers: std::collections::BTreeSet<_> =
+            crls.iter().map(|crl| x509_parser::parse_x509_crl(crl).unwrap().1.crl_number().cloned()).collect();
+        assert_eq!(numbers.len(), 1, "one signature for the burst: {numbers:?}");
+    }
+
     async fn revocation_is_final_and_the_crl_lists_it(app) {
         let (device_id, _) = device(&app, ADMIN_TOKEN, "Screen").await;
         let (_, csr_pem) = csr(&rcgen::PKCS_ECDSA_P256_SHA256);
@@ -722,6 +734,17 @@ certificate_tests! {
         assert_eq!(s(&bundle["privateKeyPem"]), key, "readable from the store it was moved to");
         assert_eq!(service.migrate_store().await.unwrap().moved, 0, "nothing left to move");
     }
+}
+
+/// On-demand key generation runs in bounded turns (one per core) and gives each turn back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_keys_take_turns_and_give_them_back() {
+    let pool = herd::certificates::keypool::KeyPool::new(2048, 0);
+    let turns = pool.free_generation_turns();
+    assert!(turns >= 1);
+    let keys = futures::future::join_all((0..turns * 2 + 1).map(|_| pool.take())).await;
+    assert!(keys.iter().all(Result::is_ok));
+    assert_eq!(pool.free_generation_turns(), turns, "every turn is given back");
 }
 
 /// The key pool hands out distinct, valid keys and refills in the background.
