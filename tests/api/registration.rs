@@ -194,6 +194,22 @@ engine_tests! {
         expect_json(app.post("/devices/auto-register", &operator, json!({ "serialNumber": "NEVER-1" })).await, StatusCode::OK).await;
     }
 
+    async fn an_approval_that_would_duplicate_an_identifier_changes_nothing(app) {
+        let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
+        let (device, token) = app.register(&enroll, json!({ "serialNumber": "DUP-1" })).await;
+        let pending = expect_json(app.post("/devices/auto-register", &enroll, json!({ "serialNumber": "DUP-1", "macAddress": "aa:bb:cc:dd:ee:01" })).await, StatusCode::ACCEPTED).await;
+        let claim_id = s(&pending["claim"]["id"]);
+        // Meanwhile another device takes the MAC address the claim would add.
+        expect_json(app.post("/devices", ADMIN_TOKEN, json!({ "name": "Other", "macAddress": "aa:bb:cc:dd:ee:01" })).await, StatusCode::CREATED).await;
+        expect_problem(app.post(&format!("/device-claims/{claim_id}/approve"), ADMIN_TOKEN, json!({})).await, StatusCode::CONFLICT).await;
+        let claim = expect_json(app.get(&format!("/device-claims/{claim_id}"), ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(claim["status"], "pending", "the failed approval rolled back");
+        expect_json(app.post("/devices/connect", &token, json!({})).await, StatusCode::OK).await;
+        let kept = expect_json(app.get(&format!("/devices/{}", s(&device["id"])), ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(kept["macAddress"], Value::Null);
+        assert!(events_of(&app, "device.claim_approved").await.is_empty());
+    }
+
     async fn another_tenants_claims_answer_like_missing_ones(app) {
         let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
         app.register(&enroll, json!({ "serialNumber": "MINE" })).await;
