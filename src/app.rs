@@ -44,6 +44,8 @@ pub struct AppState {
     pub event_streams: Arc<crate::events::stream::StreamLimits>,
     /// Bounds on `POST /auth/login`: hashing concurrency, rates and locks (see `auth::limits`).
     pub login_limits: Arc<crate::auth::limits::LoginLimits>,
+    /// Devices whose command polls wait on this instance (see `commands::waiters`).
+    pub command_waiters: Arc<crate::commands::waiters::Waiters>,
 }
 
 /// A built, not yet running, server.
@@ -108,6 +110,7 @@ impl App {
             webhook_client,
             event_streams,
             login_limits,
+            command_waiters: Arc::default(),
         };
         Ok(App { listener, local_addr, state, shutdown, bootstrap })
     }

@@ -14,6 +14,7 @@ pub mod app;
 mod auth;
 pub mod certificates;
 pub mod cli;
+pub mod commands;
 pub mod config;
 mod configurations;
 mod devices;

@@ -9,6 +9,7 @@ mod invariants;
 
 mod auth;
 mod certificates;
+mod commands;
 mod connections;
 mod devices;
 mod edge;
