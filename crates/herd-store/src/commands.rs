@@ -627,6 +627,18 @@ pub async fn cancel_all(scope: &TenantScope, id: CommandId, now: i64) -> Result<
     Ok(Some(cancelled))
 }
 
+/// Deletes a deleted device's executions, in the transaction that deletes the device. (Their
+/// commands keep their `total`; an uploaded screenshot's blob is not deleted.)
+pub(crate) async fn delete_for_device(tx: &mut Tx, scope: &TenantScope, device_id: DeviceId) -> Result<(), StoreError> {
+    with_tx!(tx, |conn| sqlx::query("DELETE FROM command_executions WHERE tenant_id = $1 AND device_id = $2")
+        .bind(scope.tenant_id())
+        .bind(device_id)
+        .execute(&mut *conn)
+        .await
+        .map(drop))
+    .map_err(classify)
+}
+
 /// What one run of [`expire_due`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ExpiryOutcome {

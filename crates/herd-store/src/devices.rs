@@ -501,6 +501,8 @@ impl<'s> DeviceStore<'s> {
         tx.record(self.scope.tenant_id(), &Event::DeviceDeleted { device_id: id }, now);
         // Its certificates die with it: revoked (cessationOfOperation) in the same transaction.
         crate::certificates::revoke_for_deleted_device(&mut tx, self.scope, id, now).await?;
+        // Its commands go with it (command_executions has no foreign key to cascade).
+        crate::commands::delete_for_device(&mut tx, self.scope, id).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -23,9 +23,13 @@ CREATE TABLE commands (
 );
 CREATE INDEX commands_tenant_idx ON commands (tenant_id, id);
 
+-- No foreign keys: checking them costs a lookup and, on PostgreSQL, a row lock on every
+-- targeted device for each execution a bulk command inserts (measured: two thirds of a
+-- 100,000-device insert). The command row is written in the same transaction; a deleted
+-- device's executions are deleted with it (DeviceStore::delete).
 CREATE TABLE command_executions (
-    command_id       TEXT NOT NULL REFERENCES commands (id) ON DELETE CASCADE,
-    device_id        TEXT NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
+    command_id       TEXT NOT NULL,
+    device_id        TEXT NOT NULL,
     tenant_id        TEXT NOT NULL,
     state            TEXT NOT NULL,
     queued_at        BIGINT NOT NULL,
