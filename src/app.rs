@@ -44,6 +44,8 @@ pub struct AppState {
     pub event_streams: Arc<crate::events::stream::StreamLimits>,
     /// Bounds on `POST /auth/login`: hashing concurrency, rates and locks (see `auth::limits`).
     pub login_limits: Arc<crate::auth::limits::LoginLimits>,
+    /// Uploaded files (screenshots, packages): local files or an S3 bucket (see `blobs`).
+    pub blobs: crate::blobs::BlobStore,
 }
 
 /// A built, not yet running, server.
@@ -87,6 +89,8 @@ impl App {
             .await
             .context("cannot compute the dummy password hash")?;
         let login_limits = Arc::new(crate::auth::limits::LoginLimits::new(settings.login.clone()));
+        let blobs = crate::blobs::BlobStore::from_settings(&settings).context("cannot open the blob store")?;
+        blobs.check().await.context("cannot use the blob store")?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -108,6 +112,7 @@ impl App {
             webhook_client,
             event_streams,
             login_limits,
+            blobs,
         };
         Ok(App { listener, local_addr, state, shutdown, bootstrap })
     }
