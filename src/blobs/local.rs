@@ -22,8 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use super::{clamp_range, content_key, BlobBody, BlobError, StoredBlob, READ_CHUNK};
 use crate::files::create_private_dir;
 
-/// Temporary files older than this are left over from a crash (no upload takes this long
-/// without writing to its file... and one that does only fails, it never stores a wrong blob).
+/// Temporary files older than this at start are left over from a crash: the previous process,
+/// whose uploads they were, is gone.
 const STALE_TEMP_AGE: chrono::Duration = chrono::Duration::hours(1);
 
 pub(super) struct LocalStore {
@@ -59,10 +59,8 @@ impl LocalStore {
         options.write(true).create_new(true);
         #[cfg(unix)]
         options.mode(0o600);
-        let mut file = options
-            .open(&temp_path)
-            .await
-            .with_context(|| format!("cannot create {}", temp_path.display()))?;
+        let mut file =
+            options.open(&temp_path).await.with_context(|| format!("cannot create {}", temp_path.display()))?;
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
         while let Some(chunk) = body.next().await {
@@ -133,7 +131,9 @@ impl LocalStore {
             Ok(metadata) if metadata.is_file() => {}
             Ok(_) => return Ok(()),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(error) => return Err(anyhow::Error::new(error).context(format!("cannot delete the blob {key}")).into()),
+            Err(error) => {
+                return Err(anyhow::Error::new(error).context(format!("cannot delete the blob {key}")).into())
+            }
         }
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
@@ -152,10 +152,13 @@ fn move_into_place(temp: TempFile, final_path: &Path) -> anyhow::Result<()> {
         // Content-addressed: the file there has these very bytes. The guard removes ours.
         return Ok(());
     }
-    std::fs::rename(temp.path(), final_path).with_context(|| format!("cannot move a blob to {}", final_path.display()))?;
+    std::fs::rename(temp.path(), final_path)
+        .with_context(|| format!("cannot move a blob to {}", final_path.display()))?;
     temp.disarm();
     // The rename is durable once the directory is: a crash after the answer keeps the blob.
-    std::fs::File::open(parent).and_then(|dir| dir.sync_all()).with_context(|| format!("cannot sync {}", parent.display()))
+    std::fs::File::open(parent)
+        .and_then(|dir| dir.sync_all())
+        .with_context(|| format!("cannot sync {}", parent.display()))
 }
 
 /// Removes the temporary files in `tmp` last modified more than [`STALE_TEMP_AGE`] before `now`:
@@ -286,7 +289,8 @@ mod tests {
     async fn same_content_twice_is_one_file_and_an_empty_body_is_a_blob() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::local(dir.path().to_path_buf()).unwrap();
-        let first = store.put_stream("p", chunks(vec![Ok(b"hello ".to_vec()), Ok(b"world".to_vec())]), 100).await.unwrap();
+        let first =
+            store.put_stream("p", chunks(vec![Ok(b"hello ".to_vec()), Ok(b"world".to_vec())]), 100).await.unwrap();
         let second = store.put_stream("p", chunks(vec![Ok(b"hello world".to_vec())]), 100).await.unwrap();
         assert_eq!(first, second);
         assert_eq!(files_under(dir.path()), vec![dir.path().join(&first.key)]);
@@ -308,7 +312,8 @@ mod tests {
 
         let over = store.put_stream("p", chunks(vec![Ok(vec![1; 60]), Ok(vec![2; 41])]), 100).await;
         assert!(matches!(over, Err(BlobError::TooLarge { limit: 100 })), "{over:?}");
-        let failing = store.put_stream("p", chunks(vec![Ok(vec![1; 60]), Err("connection reset"), Ok(vec![2])]), 100).await;
+        let failing =
+            store.put_stream("p", chunks(vec![Ok(vec![1; 60]), Err("connection reset"), Ok(vec![2])]), 100).await;
         assert!(matches!(&failing, Err(BlobError::Body(message)) if message == "connection reset"), "{failing:?}");
         assert_eq!(files_under(dir.path()), Vec::<PathBuf>::new());
 
@@ -344,9 +349,15 @@ mod tests {
         let leftover = dir.path().join(".tmp").join("crashed.part");
         std::fs::write(&leftover, "half a body").unwrap();
         let written: DateTime<Utc> = std::fs::metadata(&leftover).unwrap().modified().unwrap().into();
-        assert_eq!(remove_stale_temp_files(&dir.path().join(".tmp"), written + chrono::Duration::minutes(59)).unwrap(), 0);
+        assert_eq!(
+            remove_stale_temp_files(&dir.path().join(".tmp"), written + chrono::Duration::minutes(59)).unwrap(),
+            0
+        );
         assert!(leftover.exists(), "an upload in progress keeps its file");
-        assert_eq!(remove_stale_temp_files(&dir.path().join(".tmp"), written + chrono::Duration::minutes(61)).unwrap(), 1);
+        assert_eq!(
+            remove_stale_temp_files(&dir.path().join(".tmp"), written + chrono::Duration::minutes(61)).unwrap(),
+            1
+        );
         assert!(!leftover.exists());
     }
 }
