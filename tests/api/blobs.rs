@@ -1,7 +1,8 @@
 //! The blob store on S3: the checks the local backend's unit tests make (put, get, ranges,
 //! size, delete, content stored once, a body over the limit or failing halfway storing nothing,
 //! key rules), plus a multipart-sized upload, aborted uploads that S3 does not keep, presigned
-//! URLs fetched with a plain client, and the start-up check refusing a wrong bucket or endpoint.
+//! URLs fetched with a plain client, the start-up check refusing a wrong bucket or endpoint, and
+//! the app choosing its store from its settings.
 //!
 //! Each test starts its own moto server (`python3 -m moto.server`, `moto[server]` from PyPI;
 //! `.ci/run` installs it) on a free loopback port and kills it when done. Without moto a local run
@@ -12,9 +13,12 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
+use herd::app::App;
 use herd::blobs::{BlobError, BlobStore};
-use herd::config::S3Settings;
+use herd::config::{BlobStoreSettings, S3Settings, Settings};
 use sha2::{Digest, Sha256};
+
+use crate::helpers::{spawn_app, spawn_app_with, Engine, SpawnOptions};
 
 const BUCKET: &str = "herd-blobs";
 const MIB: usize = 1024 * 1024;
@@ -292,4 +296,33 @@ async fn the_start_up_check_refuses_a_missing_bucket_or_an_unreachable_endpoint(
     let error = format!("{:#}", BlobStore::s3(&closed).unwrap().check().await.unwrap_err());
     assert!(error.contains(BUCKET) && error.contains(&format!("127.0.0.1:{port}")), "{error}");
     assert!(started.elapsed() < Duration::from_secs(45), "a wrong endpoint fails the start quickly");
+}
+
+#[tokio::test]
+async fn the_app_keeps_blobs_where_its_settings_say() {
+    let app = spawn_app(Engine::Sqlite).await;
+    assert_eq!(app.state.blobs.backend_name(), "file");
+    let stored = app.state.blobs.put_stream("t/x/screenshots", chunks(vec![Ok(b"png".to_vec())]), 10).await.unwrap();
+    let file = app.settings.data_dir.join("blobs").join(&stored.key);
+    assert_eq!(std::fs::read(file).unwrap(), b"png");
+
+    let Some(moto) = Moto::start().await else { return };
+    let s3 = moto.settings(BUCKET);
+    let options = SpawnOptions {
+        adjust: Box::new(move |settings| settings.blob_store = BlobStoreSettings::S3(s3)),
+        ..Default::default()
+    };
+    let app = spawn_app_with(Engine::Sqlite, options).await;
+    assert_eq!(app.state.blobs.backend_name(), "s3");
+    let stored = app.state.blobs.put_stream("t/x/screenshots", chunks(vec![Ok(b"png".to_vec())]), 10).await.unwrap();
+    assert_eq!(moto.object_keys().await, vec![format!("herd-test/{}", stored.key)]);
+
+    // A bucket that is not there stops the start, with the reason.
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::defaults_for(data_dir.path());
+    settings.listen = "127.0.0.1:0".parse().unwrap();
+    settings.cert_key_pool_size = 0;
+    settings.blob_store = BlobStoreSettings::S3(moto.settings("no-such-bucket"));
+    let error = format!("{:#}", App::build(settings).await.err().expect("the start fails"));
+    assert!(error.contains("blob store") && error.contains("no-such-bucket"), "{error}");
 }
