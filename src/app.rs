@@ -44,6 +44,8 @@ pub struct AppState {
     pub event_streams: Arc<crate::events::stream::StreamLimits>,
     /// Bounds on `POST /auth/login`: hashing concurrency, rates and locks (see `auth::limits`).
     pub login_limits: Arc<crate::auth::limits::LoginLimits>,
+    /// Devices whose command polls wait on this instance (see `commands::waiters`).
+    pub command_waiters: Arc<crate::commands::waiters::Waiters>,
     /// Uploaded files (screenshots, packages): local files or an S3 bucket (see `blobs`).
     pub blobs: crate::blobs::BlobStore,
 }
@@ -112,6 +114,7 @@ impl App {
             webhook_client,
             event_streams,
             login_limits,
+            command_waiters: Arc::default(),
             blobs,
         };
         Ok(App { listener, local_addr, state, shutdown, bootstrap })

@@ -103,6 +103,12 @@ pub struct ConfigArgs {
     /// How often due webhook deliveries are sent (e.g. `1s`).
     #[arg(long, env = "HERD_WEBHOOK_DELIVERY_INTERVAL", global = true)]
     pub webhook_delivery_interval: Option<String>,
+    /// How often undelivered commands past `expiresAt` expire and overdue ones fail (e.g. `5s`).
+    #[arg(long, env = "HERD_COMMAND_EXPIRY_INTERVAL", global = true)]
+    pub command_expiry_interval: Option<String>,
+    /// Largest screenshot a device may upload as a command's result, in bytes.
+    #[arg(long, env = "HERD_SCREENSHOT_MAX_BYTES", global = true)]
+    pub screenshot_max_bytes: Option<String>,
     /// Serve `POST /bench/echo`, the benchmark harness's HTTP ceiling (`true`/`false`).
     #[arg(long, env = "HERD_BENCH_ECHO", global = true)]
     pub bench_echo: Option<String>,
@@ -273,6 +279,10 @@ pub struct Settings {
     pub event_retention: Duration,
     pub webhook_allow_private: bool,
     pub webhook_delivery_interval: Duration,
+    /// How often the command expiry job runs.
+    pub command_expiry_interval: Duration,
+    /// Largest screenshot upload, in bytes.
+    pub screenshot_max_bytes: usize,
     /// How often an open `GET /events/stream` re-checks its credential (it also checks before
     /// each batch of events it sends); a revoked or expired one ends the stream.
     pub event_stream_recheck_interval: Duration,
@@ -412,6 +422,8 @@ impl Settings {
             event_retention: Duration::from_secs(7 * 86_400),
             webhook_allow_private: false,
             webhook_delivery_interval: Duration::from_secs(1),
+            command_expiry_interval: Duration::from_secs(5),
+            screenshot_max_bytes: 10 * 1024 * 1024,
             event_stream_recheck_interval: Duration::from_secs(5),
             event_streams_per_token: 4,
             event_streams_per_tenant: 64,
@@ -542,6 +554,12 @@ impl Settings {
         if let Some(v) = pick("webhook_delivery_interval", &args.webhook_delivery_interval) {
             settings.webhook_delivery_interval = parse_duration("webhook_delivery_interval", &v)?;
         }
+        if let Some(v) = pick("command_expiry_interval", &args.command_expiry_interval) {
+            settings.command_expiry_interval = parse_duration("command_expiry_interval", &v)?;
+        }
+        if let Some(v) = pick("screenshot_max_bytes", &args.screenshot_max_bytes) {
+            settings.screenshot_max_bytes = parse_number("screenshot_max_bytes", &v, 1024, 256 * 1024 * 1024)? as usize;
+        }
         if let Some(v) = pick("event_stream_recheck_interval", &args.event_stream_recheck_interval) {
             settings.event_stream_recheck_interval = parse_duration("event_stream_recheck_interval", &v)?;
         }
@@ -657,6 +675,8 @@ const KNOWN_KEYS: &[&str] = &[
     "event_retention",
     "webhook_allow_private",
     "webhook_delivery_interval",
+    "command_expiry_interval",
+    "screenshot_max_bytes",
     "event_stream_recheck_interval",
     "event_streams_per_token",
     "event_streams_per_tenant",

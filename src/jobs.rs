@@ -59,6 +59,19 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHand
             Ok(())
         }
     }));
+    let commands = state.clone();
+    jobs.push(run_every("command-expiry", state.settings.command_expiry_interval, shutdown.clone(), move || {
+        let state = commands.clone();
+        async move {
+            let now = crate::clock::to_millis(state.clock.now());
+            crate::commands::expire_due(&state, now).await.map(drop).map_err(Into::into)
+        }
+    }));
+    jobs.push(tokio::spawn(crate::commands::waiters::listen(
+        state.db.clone(),
+        state.command_waiters.clone(),
+        shutdown.clone(),
+    )));
     jobs
 }
 

@@ -61,6 +61,8 @@ pub(crate) struct DeviceAuth {
     pub device_id: DeviceId,
     /// The device's row as read while authenticating (the heartbeat answers from it).
     pub device: devices::store::DeviceRow,
+    /// Its queued commands, counted in the same read (the heartbeat answer says it).
+    pub pending_commands: i64,
 }
 
 /// Who may auto-register a device: an enrollment token or a member with at least `operator`.
@@ -144,6 +146,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
                 scope: owner.scope,
                 device_id: owner.device.id,
                 device: owner.device,
+                pending_commands: owner.pending_commands,
             })))
         }
     }

@@ -268,6 +268,9 @@ impl Validate for ConnectDeviceDto {
 pub(crate) struct ConnectResponse {
     pub device: DeviceDto,
     pub server_time: DateTime<Utc>,
+    /// How many commands wait for this device: when above zero, fetch them with
+    /// `GET /devices/self/commands` (see docs/device-protocol.md).
+    pub pending_commands: i64,
 }
 
 /// A partial update: absent fields stay, `null` clears an optional field.
@@ -601,13 +604,17 @@ async fn connect(
         heartbeats.record(device.device_id, tenant, millis);
         let mut row = device.device;
         row.last_seen = Some(row.last_seen.map_or(millis, |seen| seen.max(millis)));
-        return Ok(Json(ConnectResponse { device: row.into(), server_time: now }));
+        return Ok(Json(ConnectResponse {
+            device: row.into(),
+            server_time: now,
+            pending_commands: device.pending_commands,
+        }));
     }
     let row = DeviceStore::new(&device.scope)
         .connect(device.device_id, &report, millis)
         .await?
         .ok_or_else(|| ApiError::Unauthorized("this device no longer exists".into()))?;
-    Ok(Json(ConnectResponse { device: row.into(), server_time: now }))
+    Ok(Json(ConnectResponse { device: row.into(), server_time: now, pending_commands: device.pending_commands }))
 }
 
 /// The calling device's own record (device token).

@@ -102,9 +102,20 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|inner| ApiError::BadRequest(format!("the body is not valid JSON: {inner}")))?;
     check_control_characters(&value)?;
+    from_value(value, "")
+}
+
+/// Turns an already checked JSON value into `T`; a mismatch is a 422 naming the field by its
+/// path below `prefix` (`""` for a whole body, e.g. `"payload"` for a part of one).
+pub(crate) fn from_value<T: DeserializeOwned>(value: serde_json::Value, prefix: &str) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|error| {
         let field = error.path().to_string();
-        let parent = if field == "." { String::new() } else { field };
+        let parent = match (prefix, field.as_str()) {
+            ("", ".") => String::new(),
+            (prefix, ".") => prefix.to_string(),
+            ("", field) => field.to_string(),
+            (prefix, field) => format!("{prefix}.{field}"),
+        };
         let message = strip_position(&error.into_inner().to_string());
         // serde reports a missing field at its parent; name the field itself.
         let field = match message.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`')) {
@@ -216,6 +227,29 @@ where
             let field = error.path().to_string();
             ApiError::invalid(if field == "." { "query".into() } else { field }, error.into_inner().to_string())
         })
+    }
+}
+
+/// Two ids in the path (`/devices/{id}/commands/{commandId}`), in order. Anything that does not
+/// parse is a 404, as for [`IdPath`].
+#[derive(Debug)]
+pub(crate) struct IdsPath<A, B>(pub A, pub B);
+
+impl<S, A, B> FromRequestParts<S> for IdsPath<A, B>
+where
+    S: Send + Sync,
+    A: FromStr + Send,
+    B: FromStr + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path((a, b)): axum::extract::Path<(String, String)> =
+            axum::extract::Path::from_request_parts(parts, state).await.map_err(|_| ApiError::not_found("resource"))?;
+        match (a.parse(), b.parse()) {
+            (Ok(a), Ok(b)) => Ok(IdsPath(a, b)),
+            _ => Err(ApiError::not_found("resource")),
+        }
     }
 }
 

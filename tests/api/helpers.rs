@@ -216,6 +216,10 @@ pub(crate) async fn spawn_app(engine: Engine) -> TestApp {
 }
 
 pub(crate) async fn spawn_app_with(engine: Engine, options: SpawnOptions) -> TestApp {
+    // `HERD_TEST_LOG=herd=debug` shows the server's log (e.g. the cause of a 500) in a test's output.
+    if let Ok(filter) = std::env::var("HERD_TEST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
     let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
     let mut settings = Settings::defaults_for(data_dir.path());
     settings.listen = "127.0.0.1:0".parse().expect("address");

@@ -73,6 +73,7 @@ fn only_jobs_act_as_the_system_principal() {
         "src/app.rs",
         "src/jobs.rs",
         "src/certificates/monitor.rs",
+        "src/commands/expiry.rs",
         "src/monitoring/mod.rs",
         "src/presence/mod.rs",
         "src/webhooks/delivery.rs",

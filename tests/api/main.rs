@@ -10,6 +10,7 @@ mod invariants;
 mod auth;
 mod blobs;
 mod certificates;
+mod commands;
 mod connections;
 mod devices;
 mod edge;

@@ -5,8 +5,8 @@
 use serde_json::{json, Value};
 
 use crate::clock::from_millis;
-use crate::ids::{AlertId, CertificateId, ClaimId, DeviceId, RuleId, UserId, WebhookId};
-use crate::status::{DeviceStatus, KeySource, Metric, Severity};
+use crate::ids::{AlertId, CertificateId, ClaimId, CommandId, DeviceId, RuleId, UserId, WebhookId};
+use crate::status::{CommandState, CommandType, DeviceStatus, KeySource, Metric, Severity};
 
 /// Everything herd announces. Payloads are camelCase JSON objects.
 #[derive(Debug, Clone)]
@@ -117,6 +117,31 @@ pub enum Event {
         /// `recovered`, `rule_disabled` or `rule_deleted`.
         reason: &'static str,
     },
+    /// A command was queued for `total` devices (`deviceId` set when it names one device).
+    CommandQueued {
+        command_id: CommandId,
+        command_type: CommandType,
+        device_id: Option<DeviceId>,
+        total: i64,
+    },
+    /// One device's execution of a command moved to `to` (`delivered`, `running`, `succeeded`,
+    /// `failed` or `expired`; the event type is `command.<to>`). `error` is the device's message
+    /// for `failed`, or why herd failed it (no result within the timeout).
+    CommandTransition {
+        command_id: CommandId,
+        command_type: CommandType,
+        device_id: DeviceId,
+        to: CommandState,
+        error: Option<String>,
+    },
+    /// An operator cancelled `cancelled` undelivered executions of a command (`deviceId` set
+    /// when one device's execution was cancelled).
+    CommandCancelled {
+        command_id: CommandId,
+        command_type: CommandType,
+        device_id: Option<DeviceId>,
+        cancelled: i64,
+    },
 }
 
 /// Every event type herd emits or will emit; webhook subscriptions are checked against it.
@@ -137,6 +162,13 @@ pub const KNOWN_TYPES: &[&str] = &[
     "alert.resolved",
     "webhook.disabled",
     "user.locked",
+    "command.queued",
+    "command.delivered",
+    "command.running",
+    "command.succeeded",
+    "command.failed",
+    "command.expired",
+    "command.cancelled",
 ];
 
 impl Event {
@@ -159,6 +191,17 @@ impl Event {
             Event::UserLocked { .. } => "user.locked",
             Event::AlertOpened { .. } => "alert.opened",
             Event::AlertResolved { .. } => "alert.resolved",
+            Event::CommandQueued { .. } => "command.queued",
+            Event::CommandTransition { to, .. } => match to {
+                CommandState::Queued => "command.queued",
+                CommandState::Delivered => "command.delivered",
+                CommandState::Running => "command.running",
+                CommandState::Succeeded => "command.succeeded",
+                CommandState::Failed => "command.failed",
+                CommandState::Expired => "command.expired",
+                CommandState::Cancelled => "command.cancelled",
+            },
+            Event::CommandCancelled { .. } => "command.cancelled",
         }
     }
 
@@ -208,6 +251,16 @@ impl Event {
             Event::AlertResolved { alert_id, device_id, metric, severity, value, reason } => json!({
                 "alertId": alert_id, "deviceId": device_id, "metric": metric, "severity": severity,
                 "value": value, "reason": reason,
+            }),
+            Event::CommandQueued { command_id, command_type, device_id, total } => json!({
+                "commandId": command_id, "type": command_type, "deviceId": device_id, "total": total,
+            }),
+            Event::CommandTransition { command_id, command_type, device_id, to, error } => json!({
+                "commandId": command_id, "type": command_type, "deviceId": device_id, "state": to,
+                "error": error,
+            }),
+            Event::CommandCancelled { command_id, command_type, device_id, cancelled } => json!({
+                "commandId": command_id, "type": command_type, "deviceId": device_id, "cancelled": cancelled,
             }),
         }
     }

@@ -94,6 +94,10 @@ id_type!(
     WebhookId
 );
 id_type!(
+    /// A remote command: sent to one device or to many (then each device has an execution).
+    CommandId
+);
+id_type!(
     /// One delivery of one event to one webhook.
     DeliveryId
 );

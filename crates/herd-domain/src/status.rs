@@ -126,6 +126,52 @@ text_enum!(
     }
 );
 
+text_enum!(
+    /// What a remote command asks a device to do. Each type has its own payload (see the
+    /// server's `commands` module, which validates it).
+    CommandType "command type" {
+        Reboot = "reboot",
+        RestartApp = "restart_app",
+        LaunchApp = "launch_app",
+        OpenUrl = "open_url",
+        SetVolume = "set_volume",
+        SetBrightness = "set_brightness",
+        Screenshot = "screenshot",
+        ClearCache = "clear_cache",
+        InstallPackage = "install_package",
+        /// A vendor extension: `{name, payload}`, passed through.
+        Custom = "custom",
+    }
+);
+
+text_enum!(
+    /// Where one device's execution of a command stands.
+    /// `queued → delivered → running → succeeded | failed`, or `expired` (not delivered before
+    /// `expiresAt`) or `cancelled` (by an operator, before delivery).
+    CommandState "command state" {
+        /// Waiting for the device to fetch it.
+        Queued = "queued",
+        /// Handed to the device, not yet acknowledged (handed again after the redelivery delay).
+        Delivered = "delivered",
+        /// The device started it (and may report progress).
+        Running = "running",
+        Succeeded = "succeeded",
+        /// The device reported an error, or no result came within the command's timeout.
+        Failed = "failed",
+        /// Not delivered before its `expiresAt`.
+        Expired = "expired",
+        /// Cancelled by an operator before delivery.
+        Cancelled = "cancelled",
+    }
+);
+
+impl CommandState {
+    /// True for the states nothing leaves.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Expired | Self::Cancelled)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

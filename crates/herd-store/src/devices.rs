@@ -625,6 +625,7 @@ struct TokenOwnerRow {
     tenant_id: TenantId,
     #[sqlx(flatten)]
     device: DeviceRow,
+    pending_commands: i64,
 }
 
 /// A device authenticated by its token: the scope of its tenant and its whole row.
@@ -632,16 +633,28 @@ struct TokenOwnerRow {
 pub struct TokenOwner {
     pub scope: TenantScope,
     pub device: DeviceRow,
+    /// Its commands waiting to be fetched (queued), counted in the same read.
+    pub pending_commands: i64,
 }
 
 /// Cross-tenant by necessity: a device token is how a request's tenant becomes known, so this
 /// lookup is one of the places that make a [`TenantScope`]. Returns the whole row, so that a
 /// heartbeat needs no second read.
 pub async fn find_by_token_hash(db: &Db, hash: &str) -> Result<Option<TokenOwner>, StoreError> {
-    let sql = format!("SELECT tenant_id, {COLUMNS} FROM devices WHERE token_hash = $1");
+    // The waiting count is a probe of a partial index that holds only live commands, so the
+    // heartbeat can say "fetch your commands" without a second round trip.
+    let sql = format!(
+        "SELECT tenant_id, {COLUMNS}, (SELECT COUNT(*) FROM command_executions c WHERE c.device_id = devices.id \
+         AND c.state IN ('queued', 'delivered') AND c.state = 'queued') AS pending_commands \
+         FROM devices WHERE token_hash = $1"
+    );
     let row = with_reader!(db, |pool| sqlx::query_as::<_, TokenOwnerRow>(&sql).bind(hash).fetch_optional(pool).await)
         .map_err(classify)?;
-    Ok(row.map(|row| TokenOwner { scope: TenantScope::new(db.clone(), row.tenant_id), device: row.device }))
+    Ok(row.map(|row| TokenOwner {
+        scope: TenantScope::new(db.clone(), row.tenant_id),
+        device: row.device,
+        pending_commands: row.pending_commands,
+    }))
 }
 
 /// Devices per status across all tenants, for `GET /metrics`.

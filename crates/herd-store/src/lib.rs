@@ -20,6 +20,7 @@
 
 pub mod certificates;
 pub mod claims;
+pub mod commands;
 pub mod configurations;
 pub mod credentials;
 pub mod devices;
