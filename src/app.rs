@@ -46,6 +46,8 @@ pub struct AppState {
     pub login_limits: Arc<crate::auth::limits::LoginLimits>,
     /// Devices whose command polls wait on this instance (see `commands::waiters`).
     pub command_waiters: Arc<crate::commands::waiters::Waiters>,
+    /// Uploaded files (screenshots, packages): local files or an S3 bucket (see `blobs`).
+    pub blobs: crate::blobs::BlobStore,
 }
 
 /// A built, not yet running, server.
@@ -89,6 +91,8 @@ impl App {
             .await
             .context("cannot compute the dummy password hash")?;
         let login_limits = Arc::new(crate::auth::limits::LoginLimits::new(settings.login.clone()));
+        let blobs = crate::blobs::BlobStore::from_settings(&settings).context("cannot open the blob store")?;
+        blobs.check().await.context("cannot use the blob store")?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -111,6 +115,7 @@ impl App {
             event_streams,
             login_limits,
             command_waiters: Arc::default(),
+            blobs,
         };
         Ok(App { listener, local_addr, state, shutdown, bootstrap })
     }

@@ -152,6 +152,27 @@ pub struct ConfigArgs {
     /// How long a locked username is refused (e.g. `15m`).
     #[arg(long, env = "HERD_LOGIN_LOCK_DURATION", global = true)]
     pub login_lock_duration: Option<String>,
+    /// Where uploaded files (screenshots, packages) are kept: `file` (`<data-dir>/blobs`) or `s3`.
+    #[arg(long, env = "HERD_BLOB_STORE", global = true)]
+    pub blob_store: Option<String>,
+    /// The S3 bucket (required with `blob_store = s3`).
+    #[arg(long, env = "HERD_S3_BUCKET", global = true)]
+    pub s3_bucket: Option<String>,
+    /// The S3 endpoint of a non-AWS store (e.g. `http://127.0.0.1:9000`); unset: AWS.
+    #[arg(long, env = "HERD_S3_ENDPOINT", global = true)]
+    pub s3_endpoint: Option<String>,
+    /// The S3 region. Default: `us-east-1`.
+    #[arg(long, env = "HERD_S3_REGION", global = true)]
+    pub s3_region: Option<String>,
+    /// The S3 access key id (with the secret access key; unset: the instance's credentials).
+    #[arg(long, env = "HERD_S3_ACCESS_KEY_ID", global = true)]
+    pub s3_access_key_id: Option<String>,
+    /// The S3 secret access key.
+    #[arg(long, env = "HERD_S3_SECRET_ACCESS_KEY", global = true, hide_env_values = true)]
+    pub s3_secret_access_key: Option<Secret>,
+    /// A key prefix inside the bucket (e.g. `herd/`), so the bucket can hold other things too.
+    #[arg(long, env = "HERD_S3_PREFIX", global = true)]
+    pub s3_prefix: Option<String>,
 }
 
 /// The limits on `POST /auth/login` (see `auth::limits`).
@@ -189,6 +210,29 @@ impl Default for LoginLimitSettings {
 pub enum CertStoreKind {
     File,
     Database,
+}
+
+/// Where blobs (uploaded files) are kept (see `blobs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobStoreSettings {
+    /// Files under `<data-dir>/blobs`.
+    File,
+    /// An S3-compatible bucket.
+    S3(S3Settings),
+}
+
+/// An S3-compatible bucket for blobs. Its `Debug` hides the secret access key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// `http(s)://host:port` of a non-AWS store; `None` for AWS itself.
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Both or neither of the keys; neither uses the environment's credentials (instance role).
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    /// Key prefix inside the bucket, without slashes at either end.
+    pub prefix: Option<String>,
 }
 
 /// How log lines are written.
@@ -255,6 +299,8 @@ pub struct Settings {
     /// at start to what the open-file limit allows.
     pub max_connections: usize,
     pub login: LoginLimitSettings,
+    /// Where blobs (screenshots, packages) are kept.
+    pub blob_store: BlobStoreSettings,
 }
 
 /// A secret setting (a token or a key). Its `Debug` prints `[redacted]`, so settings printed
@@ -385,6 +431,7 @@ impl Settings {
             idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
             login: LoginLimitSettings::default(),
+            blob_store: BlobStoreSettings::File,
         }
     }
 
@@ -572,6 +619,13 @@ impl Settings {
         if let Some(v) = pick("login_lock_duration", &args.login_lock_duration) {
             settings.login.lock_duration = parse_duration("login_lock_duration", &v)?;
         }
+        if let Some(v) = pick("blob_store", &args.blob_store) {
+            settings.blob_store = match v.as_str() {
+                "file" => BlobStoreSettings::File,
+                "s3" => BlobStoreSettings::S3(parse_s3_settings(args, &pick)?),
+                _ => return Err(invalid("blob_store", &v, "must be `file` or `s3`")),
+            };
+        }
         if settings.cert_auto_renewal_days >= settings.cert_validity_days {
             return Err(invalid(
                 "cert_auto_renewal_days",
@@ -636,6 +690,13 @@ const KNOWN_KEYS: &[&str] = &[
     "login_lock_after",
     "login_lock_window",
     "login_lock_duration",
+    "blob_store",
+    "s3_bucket",
+    "s3_endpoint",
+    "s3_region",
+    "s3_access_key_id",
+    "s3_secret_access_key",
+    "s3_prefix",
 ];
 
 fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
@@ -653,6 +714,42 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
         values.insert(key, text);
     }
     Ok(values)
+}
+
+/// The `s3_*` settings of `blob_store = s3`: a bucket is required, an endpoint is a URL, the
+/// keys come as a pair, and the prefix follows the blob key rules.
+fn parse_s3_settings(
+    args: &ConfigArgs,
+    pick: &dyn Fn(&str, &Option<String>) -> Option<String>,
+) -> Result<S3Settings, ConfigError> {
+    let bucket = pick("s3_bucket", &args.s3_bucket)
+        .filter(|bucket| !bucket.trim().is_empty())
+        .ok_or_else(|| invalid("s3_bucket", "", "is required when blob_store is `s3` (HERD_S3_BUCKET)"))?;
+    if !bucket.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')) {
+        return Err(invalid("s3_bucket", &bucket, "must be an S3 bucket name"));
+    }
+    let endpoint = pick("s3_endpoint", &args.s3_endpoint).map(|endpoint| endpoint.trim_end_matches('/').to_string());
+    if let Some(endpoint) = &endpoint {
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(invalid("s3_endpoint", endpoint, "must start with http:// or https://"));
+        }
+    }
+    let region = non_empty("s3_region", pick("s3_region", &args.s3_region).unwrap_or_else(|| "us-east-1".into()))?;
+    let secret = args.s3_secret_access_key.as_ref().map(|s| s.expose().to_string());
+    let access_key_id = pick("s3_access_key_id", &args.s3_access_key_id);
+    let secret_access_key = pick("s3_secret_access_key", &secret).map(Secret::from);
+    if access_key_id.is_some() != secret_access_key.is_some() {
+        return Err(invalid("s3_access_key_id", "<hidden>", "needs s3_secret_access_key, and the other way round"));
+    }
+    let prefix = pick("s3_prefix", &args.s3_prefix)
+        .map(|prefix| prefix.trim_matches('/').to_string())
+        .filter(|prefix| !prefix.is_empty());
+    if let Some(prefix) = &prefix {
+        if crate::blobs::validate_key(prefix).is_err() {
+            return Err(invalid("s3_prefix", prefix, "may hold only A-Z a-z 0-9 . _ - and / between segments"));
+        }
+    }
+    Ok(S3Settings { bucket, endpoint, region, access_key_id, secret_access_key, prefix })
 }
 
 fn default_database_url(data_dir: &Path) -> String {
@@ -778,6 +875,47 @@ mod tests {
             assert!(!printed.contains(token) && !printed.contains(&kek) && !printed.contains(scrape), "{printed}");
             assert!(printed.contains("[redacted]"), "{printed}");
         }
+    }
+
+    #[test]
+    fn the_blob_store_is_files_or_an_s3_bucket() {
+        let s = Settings::load(&ConfigArgs::default()).unwrap();
+        assert_eq!(s.blob_store, BlobStoreSettings::File);
+        let args = ConfigArgs { blob_store: Some("s3".into()), ..Default::default() };
+        let error = Settings::load(&args).unwrap_err().to_string();
+        assert!(error.contains("s3_bucket") && error.contains("required"), "{error}");
+        let args = ConfigArgs { blob_store: Some("ftp".into()), ..Default::default() };
+        assert!(Settings::load(&args).unwrap_err().to_string().contains("blob_store"));
+
+        let secret = "s3-secret-key-do-not-print";
+        let args = ConfigArgs {
+            blob_store: Some("s3".into()),
+            s3_bucket: Some("herd-blobs".into()),
+            s3_endpoint: Some("http://127.0.0.1:9000/".into()),
+            s3_access_key_id: Some("herd".into()),
+            s3_secret_access_key: Some(secret.into()),
+            s3_prefix: Some("/herd/prod/".into()),
+            ..Default::default()
+        };
+        let s = Settings::load(&args).unwrap();
+        let BlobStoreSettings::S3(s3) = &s.blob_store else { panic!("{:?}", s.blob_store) };
+        assert_eq!(s3.bucket, "herd-blobs");
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s3.region, "us-east-1");
+        assert_eq!(s3.prefix.as_deref(), Some("herd/prod"));
+        assert_eq!(s3.secret_access_key.as_ref().map(Secret::expose), Some(secret));
+        for printed in [format!("{s:?}"), format!("{args:?}")] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+
+        let half = ConfigArgs { s3_secret_access_key: None, ..args.clone() };
+        assert!(Settings::load(&half).unwrap_err().to_string().contains("s3_secret_access_key"));
+        let bad_endpoint = ConfigArgs { s3_endpoint: Some("127.0.0.1:9000".into()), ..args.clone() };
+        assert!(Settings::load(&bad_endpoint).unwrap_err().to_string().contains("s3_endpoint"));
+        let bad_prefix = ConfigArgs { s3_prefix: Some("a/../b".into()), ..args.clone() };
+        assert!(Settings::load(&bad_prefix).unwrap_err().to_string().contains("s3_prefix"));
+        let file = ConfigArgs { blob_store: Some("file".into()), ..args };
+        assert_eq!(Settings::load(&file).unwrap().blob_store, BlobStoreSettings::File, "s3_* alone choose nothing");
     }
 
     #[test]

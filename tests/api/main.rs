@@ -8,6 +8,7 @@ mod helpers;
 mod invariants;
 
 mod auth;
+mod blobs;
 mod certificates;
 mod commands;
 mod connections;
