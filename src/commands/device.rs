@@ -47,6 +47,7 @@ pub(crate) fn device_router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_own_command))
         .routes(routes!(report_progress))
         .routes(routes!(report_result))
+        .routes(routes!(super::screenshots::upload_screenshot))
 }
 
 /// `?wait=30s&limit=10`.
@@ -91,7 +92,7 @@ pub(crate) struct DeviceCommandDto {
 }
 
 impl DeviceCommandDto {
-    fn new(row: ExecutionRow) -> Result<Self, ApiError> {
+    pub(super) fn new(row: ExecutionRow) -> Result<Self, ApiError> {
         let result_due_by = match row.state {
             CommandState::Delivered | CommandState::Running => row.due_at.map(time),
             _ => None,

@@ -14,6 +14,7 @@
 pub(crate) mod device;
 mod expiry;
 pub(crate) mod payload;
+mod screenshots;
 pub mod waiters;
 
 pub use expiry::expire_due;
@@ -61,6 +62,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(send_to_device, list_device_commands))
         .routes(routes!(get_device_command))
         .routes(routes!(cancel_device_command))
+        .routes(routes!(screenshots::get_screenshot))
         .routes(routes!(send_bulk, list_commands))
         .routes(routes!(get_command))
         .routes(routes!(list_executions))

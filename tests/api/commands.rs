@@ -403,6 +403,61 @@ engine_tests! {
         let detail = |text: &str| serde_json::from_str::<Value>(text).unwrap()["detail"].clone();
         assert_eq!(detail(&answers[0]), detail(&answers[1]), "another tenant's command reads like a missing one");
     }
+    async fn a_screenshot_is_uploaded_checked_and_read_back(app) {
+        let mut app = app;
+        app.settings.screenshot_max_bytes = 4096;
+        let app = app.restart().await;
+        let fleet = devices(&app, 2, "shot").await;
+        let (device, token) = &fleet[0];
+        let command = send_ok(&app, device, json!({ "type": "screenshot" })).await;
+        let upload = |bytes: Vec<u8>, content_type: &'static str, token: String, command: String| {
+            let request = app.client.put(app.url(&format!("/devices/self/commands/{command}/screenshot")));
+            async move { request.bearer_auth(token).header("content-type", content_type).body(bytes).send().await.unwrap() }
+        };
+        let png: Vec<u8> = b"\x89PNG\r\n\x1a\n".iter().copied().chain((0..200u8).cycle().take(1000)).collect();
+        // Not delivered yet: refused before the body is read.
+        expect_problem(upload(png.clone(), "image/png", token.clone(), command.clone()).await, StatusCode::CONFLICT).await;
+        assert_eq!(poll(&app, token, "").await.len(), 1);
+        // Wrong type, wrong bytes, too large, another device: refused, nothing attached.
+        expect_problem(upload(png.clone(), "text/plain", token.clone(), command.clone()).await, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+        let problem = expect_problem(upload(png.clone(), "image/jpeg", token.clone(), command.clone()).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(error_fields(&problem), vec!["body"]);
+        let mut big = png.clone();
+        big.resize(5000, 0);
+        expect_problem(upload(big, "image/png", token.clone(), command.clone()).await, StatusCode::PAYLOAD_TOO_LARGE).await;
+        expect_problem(upload(png.clone(), "image/png", fleet[1].1.clone(), command.clone()).await, StatusCode::NOT_FOUND).await;
+        assert!(execution(&app, device, &command).await["screenshot"].is_null());
+
+        let uploaded = expect_json(upload(png.clone(), "image/png", token.clone(), command.clone()).await, StatusCode::OK).await;
+        assert_eq!(uploaded["state"], "delivered");
+        expect_json(app.post(&format!("/devices/self/commands/{command}/result"), token, json!({ "status": "succeeded", "result": { "width": 1920 } })).await, StatusCode::OK).await;
+        let seen = execution(&app, device, &command).await;
+        assert_eq!(seen["screenshot"]["contentType"], "image/png");
+        assert_eq!(seen["screenshot"]["size"], png.len());
+        let url = seen["screenshot"]["url"].as_str().unwrap().to_string();
+        let image = app.get(&url, ADMIN_TOKEN).await;
+        assert_eq!(image.status(), StatusCode::OK);
+        assert_eq!(image.headers()["content-type"], "image/png");
+        assert_eq!(image.bytes().await.unwrap().to_vec(), png);
+        // Finished: no more uploads; another tenant cannot read it.
+        expect_problem(upload(png.clone(), "image/png", token.clone(), command.clone()).await, StatusCode::CONFLICT).await;
+        let (_, other_admin) = app.create_tenant("peeking").await;
+        expect_problem(app.get(&url, &other_admin).await, StatusCode::NOT_FOUND).await;
+        // Only a screenshot command takes an image.
+        let reboot = send_ok(&app, device, json!({ "type": "reboot" })).await;
+        poll(&app, token, "").await;
+        expect_problem(upload(png.clone(), "image/png", token.clone(), reboot).await, StatusCode::CONFLICT).await;
+    }
+
+    async fn a_deleted_devices_commands_go_with_it(app) {
+        let fleet = devices(&app, 2, "gone").await;
+        let created = expect_json(app.post("/commands", ADMIN_TOKEN, json!({ "type": "reboot", "target": { "all": true } })).await, StatusCode::CREATED).await;
+        let command = created["id"].as_str().unwrap();
+        assert_eq!(app.delete(&format!("/devices/{}", fleet[0].0), ADMIN_TOKEN).await.status(), StatusCode::NO_CONTENT);
+        let summary = expect_json(app.get(&format!("/commands/{command}"), ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(summary["counts"]["queued"], 1, "{summary}");
+        assert_eq!(summary["total"], 2, "the total says how many it was sent to");
+    }
 }
 
 /// With two instances on one PostgreSQL, a command queued through one wakes the device's long
