@@ -20,6 +20,7 @@ use crate::http::error::{FieldError, Problem};
         (name = "health", description = "Probes and metrics"),
         (name = "presence", description = "Online/offline status"),
         (name = "events", description = "The event history, stream and webhooks"),
+        (name = "commands", description = "Remote commands: queued, delivered by long poll, acknowledged and reported"),
     )
 )]
 struct BaseDoc;
