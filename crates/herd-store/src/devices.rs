@@ -259,8 +259,7 @@ impl<'s> DeviceStore<'s> {
         let mut tx = self.db().begin().await?;
         // The enrollment token's use is counted last, just before each commit: its row lock
         // serialises every registration through that token, so it is held for the commit only,
-        // not across the probe, the insert and the reads (on PostgreSQL that lock held across
-        // four round trips capped one token at ~160 registrations a second).
+        // not across the probe, the insert and the reads.
         // One indexed probe per identifier: an OR across the three columns cannot use their
         // unique indexes and scans the tenant (registration slowed to ~60/s at 50,000 devices).
         // UNION also folds a device found by two identifiers into one row.

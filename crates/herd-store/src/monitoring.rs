@@ -570,14 +570,14 @@ impl<'s> MonitoringStore<'s> {
         self.get_alert(id).await
     }
 
-    /// The overview's figures: device counts from `device_counts` (kept by triggers, migration
-    /// 0006), alerts of the
+    /// The overview's figures: device counts from `device_counts` (kept by triggers, migrations
+    /// 0006 and 0012; summed over its shards), alerts of the
     /// last 24 hours and the newest ones from the `(tenant_id, created_at)` index. Never reads
     /// `metric_samples`.
     pub async fn overview(&self, now: i64) -> Result<Overview, StoreError> {
         let counts = async {
             with_reader!(self.db(), |pool| sqlx::query_as::<_, (DeviceStatus, i64)>(
-                "SELECT status, n FROM device_counts WHERE tenant_id = $1"
+                "SELECT status, CAST(SUM(n) AS BIGINT) FROM device_counts WHERE tenant_id = $1 GROUP BY status"
             )
             .bind(&self.tenant)
             .fetch_all(pool)
