@@ -143,15 +143,18 @@ async fn poll(
         let notified = registration.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        let turn = waiters.database_turn().await;
         let now = to_millis(clock.now());
         let redeliver_before = now - REDELIVER_AFTER.as_millis() as i64;
         if store::has_waiting(scope, device.device_id, now, redeliver_before).await? {
             let rows = store::deliver(scope, device.device_id, now, redeliver_before, i64::from(limit)).await?;
             if !rows.is_empty() {
+                drop(turn);
                 let items = rows.into_iter().map(DeviceCommandDto::new).collect::<Result<Vec<_>, _>>()?;
                 return Ok(Json(PollResponse { items }));
             }
         }
+        drop(turn);
         if tokio::time::Instant::now() >= deadline {
             return Ok(Json(PollResponse { items: Vec::new() }));
         }
