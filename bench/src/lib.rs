@@ -101,6 +101,11 @@ pub async fn run(settings: Settings) -> Result<Report> {
         binary,
         database_url: database.as_ref().map(|database| database.url().to_string()),
         presence_threshold: phases::sweep::PRESENCE_THRESHOLD,
+        // The commands phase parks one long poll per device, each on a connection of its own.
+        max_connections: usize::try_from(settings.n_devices)
+            .unwrap_or(usize::MAX)
+            .saturating_add(phases::commands::SPARE_SERVER_CONNECTIONS)
+            .max(server::DEFAULT_MAX_CONNECTIONS),
     };
     let server = HerdServer::start(&options, settings.keep_data).await?;
     eprintln!(
@@ -134,6 +139,7 @@ pub async fn run(settings: Settings) -> Result<Report> {
         eprintln!("== phase {phase:?}");
         let result = match phase {
             Phase::Heartbeat => phases::heartbeat::run(&mut bench).await,
+            Phase::Commands => phases::commands::run(&mut bench).await,
             Phase::Registration => phases::registration::run(&mut bench).await,
             Phase::Metrics => phases::metrics::run(&mut bench).await,
             Phase::Certificates => phases::certificates::run(&mut bench).await,
