@@ -86,11 +86,11 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
 
     let mut phase = PhaseReport::new("commands");
     let mut create_ms = Figure::new(format!("bulk create ({} devices)", format_count(n)), "ms");
-    let mut all_delivered = Figure::new("fan-out: every device has it", "s");
-    let mut all_succeeded = Figure::new("fan-out: every result acknowledged", "s");
+    let mut all_delivered = Figure::new("fan-out until all delivered", "s");
+    let mut all_succeeded = Figure::new("fan-out until all succeeded", "s");
     let mut delivery_p50 = Figure::new("delivery latency p50", "ms");
     let mut delivery_p99 = Figure::new("delivery latency p99", "ms");
-    let mut results_rate = Figure::new("results acknowledged", "results/s");
+    let mut results_rate = Figure::new("result throughput", "results/s");
 
     let sampler = bench.server.sample_rss();
     let (events, mut inbox) = mpsc::unbounded_channel();
@@ -145,7 +145,7 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
         target.describe()
     ));
     phase.notes.push(
-        "results acknowledged: results per second from the first delivery to the last acknowledged result"
+        "result throughput: results acknowledged per second, from the first delivery to the last acknowledged result"
             .to_string(),
     );
     Ok(vec![phase])
