@@ -97,12 +97,8 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
     let mut fleet = JoinSet::new();
     let parking = Arc::new(Semaphore::new(PARKING_CONCURRENCY));
     for device in &devices {
-        let simulated = SimulatedDevice {
-            addr,
-            device: device.clone(),
-            events: events.clone(),
-            parking: Arc::clone(&parking),
-        };
+        let simulated =
+            SimulatedDevice { addr, device: device.clone(), events: events.clone(), parking: Arc::clone(&parking) };
         fleet.spawn(simulated.run());
     }
     drop(events);
@@ -252,7 +248,8 @@ struct SimulatedDevice {
 impl SimulatedDevice {
     async fn run(self) {
         if let Err(error) = self.serve().await {
-            let _ = self.events.send(Event::GaveUp { device: Arc::clone(&self.device.id), error: format!("{error:#}") });
+            let _ =
+                self.events.send(Event::GaveUp { device: Arc::clone(&self.device.id), error: format!("{error:#}") });
         }
     }
 
@@ -280,12 +277,19 @@ impl SimulatedDevice {
 
     /// Sends `request` until it answers 2xx, at most [`MAX_DEVICE_FAILURES`] times, each within
     /// `wait` + [`REQUEST_SLACK`]. Returns when the answer arrived, and the answer.
-    async fn send(&self, connection: &mut Connection, request: &Request, wait: Duration) -> Result<(Instant, Response)> {
+    async fn send(
+        &self,
+        connection: &mut Connection,
+        request: &Request,
+        wait: Duration,
+    ) -> Result<(Instant, Response)> {
         let mut failures = 0;
         loop {
             let error = match tokio::time::timeout(wait + REQUEST_SLACK, connection.send(request)).await {
                 Ok(Ok(response)) if response.status.is_success() => return Ok((Instant::now(), response)),
-                Ok(Ok(response)) => format!("{} {}: {}: {}", request.method, request.path, response.status, response.excerpt()),
+                Ok(Ok(response)) => {
+                    format!("{} {}: {}: {}", request.method, request.path, response.status, response.excerpt())
+                }
                 Ok(Err(error)) => format!("{error:#}"),
                 Err(_) => {
                     // The abandoned request leaves the connection mid-exchange: start afresh.
@@ -332,8 +336,11 @@ fn commands_in(response: &Response) -> Result<Vec<String>> {
 /// Waits until every device has its connection open and its first poll answered.
 async fn park(inbox: &mut mpsc::UnboundedReceiver<Event>, n_devices: u64) -> Result<()> {
     let parked = Arc::new(AtomicU64::new(0));
-    let progress =
-        Progress::start(format!("parking {} devices", format_count(n_devices)), Arc::clone(&parked), Stop::Jobs(n_devices));
+    let progress = Progress::start(
+        format!("parking {} devices", format_count(n_devices)),
+        Arc::clone(&parked),
+        Stop::Jobs(n_devices),
+    );
     let deadline = tokio::time::Instant::now() + run_deadline(n_devices);
     while parked.load(Ordering::Relaxed) < n_devices {
         let event = tokio::time::timeout_at(deadline, inbox.recv())
@@ -498,10 +505,8 @@ mod tests {
 
     #[test]
     fn reads_command_ids_from_a_poll() {
-        let response = Response {
-            status: StatusCode::OK,
-            body: r#"{"items":[{"id":"c1","type":"reboot"},{"id":"c2"}]}"#.into(),
-        };
+        let response =
+            Response { status: StatusCode::OK, body: r#"{"items":[{"id":"c1","type":"reboot"},{"id":"c2"}]}"#.into() };
         assert_eq!(commands_in(&response).expect("ids"), vec!["c1", "c2"]);
         let empty = Response { status: StatusCode::OK, body: r#"{"items":[]}"#.into() };
         assert!(commands_in(&empty).expect("ids").is_empty());
