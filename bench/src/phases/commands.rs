@@ -93,7 +93,8 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
     let mut results_rate = Figure::new("result throughput", "results/s");
 
     let sampler = bench.server.sample_rss();
-    let (events, mut inbox) = mpsc::unbounded_channel();
+    let (events, receiver) = mpsc::unbounded_channel();
+    let mut inbox = Inbox { receiver, n_devices: n, retried: 0, first_retry_error: None };
     let mut fleet = JoinSet::new();
     let parking = Arc::new(Semaphore::new(PARKING_CONCURRENCY));
     for device in &devices {
@@ -131,6 +132,7 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
     // Dropping the tasks closes every device's connection (and with it its open poll).
     fleet.abort_all();
     phase.observe_rss(sampler.finish());
+    phase.observe_errors(inbox.retried, inbox.first_retry_error.as_ref());
 
     phase.figures = vec![create_ms, all_delivered, all_succeeded, delivery_p50, delivery_p99, results_rate];
     phase.notes.push(format!(
@@ -232,8 +234,48 @@ enum Event {
     Delivered { command: String, at: Instant },
     /// The server acknowledged its result for this command.
     Succeeded { command: String, at: Instant },
+    /// One of its requests failed; it tries again (up to [`MAX_DEVICE_FAILURES`] in a row).
+    Retried { error: String },
     /// It failed [`MAX_DEVICE_FAILURES`] requests in a row and stopped.
     GaveUp { device: Arc<str>, error: String },
+}
+
+/// The coordinator's end of the devices' events: counts retried requests on the way and turns a
+/// device that gave up into the phase's error.
+struct Inbox {
+    receiver: mpsc::UnboundedReceiver<Event>,
+    n_devices: u64,
+    /// Requests that failed and were tried again, and the first such failure.
+    retried: u64,
+    first_retry_error: Option<String>,
+}
+
+impl Inbox {
+    /// The next delivery, result or parking, or the error that ends the phase; `late` says what
+    /// was missing when `deadline` passes first.
+    async fn next(&mut self, deadline: tokio::time::Instant, late: impl Fn() -> anyhow::Error) -> Result<Event> {
+        loop {
+            let event = match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
+                Ok(Some(event)) => event,
+                Ok(None) => bail!("every simulated device stopped"),
+                Err(_) => return Err(late()),
+            };
+            match event {
+                Event::Retried { error } => {
+                    self.retried += 1;
+                    self.first_retry_error.get_or_insert(error);
+                }
+                Event::GaveUp { device, error } => {
+                    bail!(
+                        "simulated device {device} gave up: {error} (with {} parked polls: is the server's \
+                         connection limit, HERD_MAX_CONNECTIONS or its open-file limit, below that?)",
+                        format_count(self.n_devices)
+                    )
+                }
+                event => return Ok(event),
+            }
+        }
+    }
 }
 
 /// One device: polls, reports every command it gets as succeeded, polls again, until aborted.
@@ -306,6 +348,7 @@ impl SimulatedDevice {
             if failures >= MAX_DEVICE_FAILURES {
                 bail!("{failures} failures in a row, the last: {error}");
             }
+            let _ = self.events.send(Event::Retried { error });
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -334,7 +377,7 @@ fn commands_in(response: &Response) -> Result<Vec<String>> {
 }
 
 /// Waits until every device has its connection open and its first poll answered.
-async fn park(inbox: &mut mpsc::UnboundedReceiver<Event>, n_devices: u64) -> Result<()> {
+async fn park(inbox: &mut Inbox, n_devices: u64) -> Result<()> {
     let parked = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(
         format!("parking {} devices", format_count(n_devices)),
@@ -343,35 +386,20 @@ async fn park(inbox: &mut mpsc::UnboundedReceiver<Event>, n_devices: u64) -> Res
     );
     let deadline = tokio::time::Instant::now() + run_deadline(n_devices);
     while parked.load(Ordering::Relaxed) < n_devices {
-        let event = tokio::time::timeout_at(deadline, inbox.recv())
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "only {} of {} devices could open a connection and poll within {} s",
-                    format_count(parked.load(Ordering::Relaxed)),
-                    format_count(n_devices),
-                    run_deadline(n_devices).as_secs()
-                )
-            })?
-            .ok_or_else(|| anyhow!("every simulated device stopped"))?;
-        match event {
-            Event::Parked => {
-                parked.fetch_add(1, Ordering::Relaxed);
-            }
-            Event::GaveUp { device, error } => return Err(gave_up(&device, &error, n_devices)),
-            Event::Delivered { .. } | Event::Succeeded { .. } => {}
+        let late = || {
+            anyhow!(
+                "only {} of {} devices could open a connection and poll within {} s",
+                format_count(parked.load(Ordering::Relaxed)),
+                format_count(n_devices),
+                run_deadline(n_devices).as_secs()
+            )
+        };
+        if let Event::Parked = inbox.next(deadline, late).await? {
+            parked.fetch_add(1, Ordering::Relaxed);
         }
     }
     progress.finish();
     Ok(())
-}
-
-fn gave_up(device: &str, error: &str, n_devices: u64) -> anyhow::Error {
-    anyhow!(
-        "simulated device {device} gave up: {error} (with {} parked polls: is the server's connection limit, \
-         HERD_MAX_CONNECTIONS or its open-file limit, below that?)",
-        format_count(n_devices)
-    )
 }
 
 /// What one run measured, relative to just before the POST.
@@ -392,7 +420,7 @@ async fn fan_out(
     admin_token: Arc<str>,
     target: &Target,
     n_devices: u64,
-    inbox: &mut mpsc::UnboundedReceiver<Event>,
+    inbox: &mut Inbox,
     label: String,
 ) -> Result<FanOut> {
     let request = Request::new(Method::POST, "/commands").bearer(admin_token).json(&target.body());
@@ -421,18 +449,16 @@ async fn fan_out(
     let mut foreign_events = 0;
     let deadline = tokio::time::Instant::now() + run_deadline(n_devices);
     while succeeded.load(Ordering::Relaxed) < n_devices {
-        let event = match tokio::time::timeout_at(deadline, inbox.recv()).await {
-            Ok(Some(event)) => event,
-            Ok(None) => bail!("every simulated device stopped"),
-            Err(_) => bail!(
+        let late = || {
+            anyhow!(
                 "command {command_id}: after {} s, {} of {} devices had it and {} results were acknowledged",
                 run_deadline(n_devices).as_secs(),
                 format_count(delivered),
                 format_count(n_devices),
                 format_count(succeeded.load(Ordering::Relaxed))
-            ),
+            )
         };
-        match event {
+        match inbox.next(deadline, late).await? {
             Event::Delivered { command, at } if command == command_id => {
                 let latency = at.saturating_duration_since(sent);
                 delivery_us.saturating_record(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1));
@@ -445,8 +471,7 @@ async fn fan_out(
                 succeeded.fetch_add(1, Ordering::Relaxed);
             }
             Event::Delivered { .. } | Event::Succeeded { .. } => foreign_events += 1,
-            Event::Parked => {}
-            Event::GaveUp { device, error } => return Err(gave_up(&device, &error, n_devices)),
+            Event::Parked | Event::Retried { .. } | Event::GaveUp { .. } => {}
         }
     }
     progress.finish();
