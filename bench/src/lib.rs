@@ -104,6 +104,7 @@ pub async fn run(settings: Settings) -> Result<Report> {
         // The commands phase parks one long poll per device, each on a connection of its own.
         max_connections: usize::try_from(settings.n_devices)
             .unwrap_or(usize::MAX)
+            .saturating_mul(2)
             .saturating_add(phases::commands::SPARE_SERVER_CONNECTIONS)
             .max(server::DEFAULT_MAX_CONNECTIONS),
     };

@@ -40,11 +40,17 @@ const ROUTE: &str = "GET /devices/self/commands (the device's long poll) and POS
 /// timeout (the harness starts herd with 300 s), so the server never shortens it.
 pub const POLL_WAIT: Duration = Duration::from_secs(25);
 
-/// A request gets this long beyond what it asked to wait before the device calls it lost.
-const REQUEST_SLACK: Duration = Duration::from_secs(15);
+/// A request gets this long beyond what it asked to wait before the device calls it lost. Longer
+/// than herd's wait for a database connection (its pool answers 500 after 15 s), so a device does
+/// not abandon a connection the server is still working on and open another: at 10,000 devices
+/// that storm of new connections overflows the listen queue.
+const REQUEST_SLACK: Duration = Duration::from_secs(45);
 
 /// A device that fails this many requests in a row gives up, and the phase fails with its error.
-const MAX_DEVICE_FAILURES: u32 = 3;
+const MAX_DEVICE_FAILURES: u32 = 5;
+
+/// Pause after a device's first failed request; doubled after each further one in a row.
+const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Devices opening their connection (and first poll) at once: a burst of 10,000 connects would
 /// overflow the listen queue and wait out SYN retransmits instead of measuring anything.
@@ -54,7 +60,9 @@ const PARKING_CONCURRENCY: usize = 256;
 /// results file, psql).
 const SPARE_FILE_DESCRIPTORS: u64 = 256;
 
-/// Extra connections the server is allowed beyond the parked devices (`HERD_MAX_CONNECTIONS`).
+/// Extra connections the server is allowed beyond the parked devices (`HERD_MAX_CONNECTIONS` is
+/// twice `--devices` plus this): a device whose request timed out reconnects while the server may
+/// still hold its old connection.
 pub const SPARE_SERVER_CONNECTIONS: usize = 1_024;
 
 /// How long one run may take before it fails: generous, it only keeps a broken run from hanging.
@@ -349,7 +357,7 @@ impl SimulatedDevice {
                 bail!("{failures} failures in a row, the last: {error}");
             }
             let _ = self.events.send(Event::Retried { error });
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(RETRY_BACKOFF * 2u32.pow(failures - 1)).await;
         }
     }
 }
@@ -543,5 +551,8 @@ mod tests {
     fn every_run_has_a_deadline() {
         assert_eq!(run_deadline(2_000), Duration::from_secs(100));
         assert_eq!(run_deadline(10_000), Duration::from_secs(260));
+        // A device gives up within a bounded time: its retries back off 0.25, 0.5, 1, 2 s.
+        let backoff: Duration = (1..MAX_DEVICE_FAILURES).map(|failures| RETRY_BACKOFF * 2u32.pow(failures - 1)).sum();
+        assert_eq!(backoff, Duration::from_millis(3_750));
     }
 }
