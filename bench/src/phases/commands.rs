@@ -41,9 +41,9 @@ const ROUTE: &str = "GET /devices/self/commands (the device's long poll) and POS
 pub const POLL_WAIT: Duration = Duration::from_secs(25);
 
 /// A request gets this long beyond what it asked to wait before the device calls it lost. Longer
-/// than herd's wait for a database connection (its pool answers 500 after 15 s), so a device does
-/// not abandon a connection the server is still working on and open another: at 10,000 devices
-/// that storm of new connections overflows the listen queue.
+/// than herd's waits for a database connection (10 s on PostgreSQL, 30 s for SQLite's writer,
+/// then a 500), so a device does not abandon a connection the server is still working on and open
+/// another: at 10,000 devices that storm of new connections overflows the listen queue.
 const REQUEST_SLACK: Duration = Duration::from_secs(45);
 
 /// A device that fails this many requests in a row gives up, and the phase fails with its error.
