@@ -108,6 +108,13 @@ pub async fn run(settings: Settings) -> Result<Report> {
             .saturating_add(phases::commands::SPARE_SERVER_CONNECTIONS)
             .max(server::DEFAULT_MAX_CONNECTIONS),
     };
+    if settings.runs_phase(Phase::Commands) {
+        // Before herd starts, so that it inherits a hard limit raised for the parked devices; a
+        // limit that cannot be raised far enough fails the commands phase, with this message.
+        if let Err(error) = phases::commands::raise_open_file_limit(settings.n_devices) {
+            eprintln!("herd-bench: {error:#}");
+        }
+    }
     let server = HerdServer::start(&options, settings.keep_data).await?;
     eprintln!(
         "{herd_version} listening on {} (pid {}, data in {})",
