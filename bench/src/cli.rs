@@ -32,8 +32,8 @@ pub struct Args {
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
 
-    /// Distinct devices the heartbeat and metrics phases spread their load over
-    /// [default: 10000, quick: 2000].
+    /// Distinct devices the heartbeat and metrics phases spread their load over, and devices
+    /// parked in a long poll by the commands phase [default: 10000, quick: 2000].
     #[arg(long, value_name = "N")]
     pub devices: Option<u64>,
 
@@ -132,12 +132,15 @@ impl CrashArgs {
 }
 
 /// One measured area of the server. The harness always runs them in the order listed here, whatever
-/// the order on the command line: the presence sweep comes last because it grows the fleet to a
-/// million devices and takes them all offline.
+/// the order on the command line: commands come right after heartbeats, while the tenant holds
+/// exactly the `--devices` fleet (so the bulk command can target the whole tenant); the presence
+/// sweep comes last because it grows the fleet to a million devices and takes them all offline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum Phase {
     /// `POST /bench/echo` (the HTTP ceiling) and `POST /devices/connect`, interleaved.
     Heartbeat,
+    /// `POST /commands` to every device of a fleet parked in `GET /devices/self/commands?wait=`.
+    Commands,
     /// `POST /devices/auto-register` with fresh identifiers.
     Registration,
     /// `POST /devices/metrics`, one sample and batches.
@@ -152,8 +155,15 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in execution order.
-    pub const ALL: [Phase; 6] =
-        [Phase::Heartbeat, Phase::Registration, Phase::Metrics, Phase::Certificates, Phase::Overview, Phase::Sweep];
+    pub const ALL: [Phase; 7] = [
+        Phase::Heartbeat,
+        Phase::Commands,
+        Phase::Registration,
+        Phase::Metrics,
+        Phase::Certificates,
+        Phase::Overview,
+        Phase::Sweep,
+    ];
 }
 
 /// Everything a run needs to know, with `--quick` defaults applied.
@@ -294,6 +304,9 @@ mod tests {
     fn phases_run_in_fixed_order() {
         let settings = parse(&["--phases", "sweep,heartbeat,sweep"]);
         assert_eq!(settings.phases, vec![Phase::Heartbeat, Phase::Sweep]);
+        let settings = parse(&["--phases", "registration,commands,heartbeat"]);
+        assert_eq!(settings.phases, vec![Phase::Heartbeat, Phase::Commands, Phase::Registration]);
+        assert!(parse(&[]).runs_phase(Phase::Commands));
         assert!(!settings.runs_phase(Phase::Metrics));
     }
 

@@ -212,6 +212,7 @@ async fn run_engine(
         binary: binary.to_path_buf(),
         database_url: database.as_ref().map(|database| database.url().to_string()),
         presence_threshold: Duration::from_secs(300),
+        max_connections: crate::server::DEFAULT_MAX_CONNECTIONS,
     };
     let admin: Arc<str> = Alphanumeric.sample_string(&mut rand::thread_rng(), 48).into();
     let mut server = HerdServer::start_in(&options, &data_dir.path, Arc::clone(&admin)).await?;

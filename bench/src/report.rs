@@ -410,6 +410,8 @@ pub fn format_number(value: f64, unit: &str) -> String {
         "ms" | "s" | "x" => {
             if value.abs() < 1.0 && unit == "s" {
                 format!("{value:.3}")
+            } else if value.abs() >= 1_000.0 {
+                format_count(value.round() as u64)
             } else if value.abs() >= 100.0 {
                 format!("{value:.0}")
             } else if value.abs() >= 10.0 {
@@ -469,6 +471,7 @@ mod tests {
         assert_eq!(format_count(1_234_567), "1,234,567");
         assert_eq!(format_value(12_345.4, "req/s"), "12,345 req/s");
         assert_eq!(format_value(3.214, "ms"), "3.21 ms");
+        assert_eq!(format_value(31_736.4, "ms"), "31,736 ms");
         assert_eq!(format_value(0.5, "x"), "0.50x");
     }
 

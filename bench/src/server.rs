@@ -66,7 +66,13 @@ pub struct ServerOptions {
     /// Online devices not seen for this long are stale (`HERD_PRESENCE_THRESHOLD`). Short, so the
     /// sweep phase does not wait five minutes; the periodic sweep is pushed out of the way.
     pub presence_threshold: Duration,
+    /// Connections herd serves at once (`HERD_MAX_CONNECTIONS`); herd itself caps it by its
+    /// open-file limit.
+    pub max_connections: usize,
 }
+
+/// herd's own default of `HERD_MAX_CONNECTIONS`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4_096;
 
 /// A running herd server; stopped when dropped.
 pub struct HerdServer {
@@ -133,6 +139,7 @@ impl HerdServer {
             // A sweep of a million devices is one long request; measure it instead of cutting
             // it off at the default 30 s.
             .env("HERD_REQUEST_TIMEOUT", "300s")
+            .env("HERD_MAX_CONNECTIONS", options.max_connections.to_string())
             // herd reads ./herd.toml when present; run it where there is none.
             .current_dir(&data_dir)
             .stdin(Stdio::null())

@@ -53,7 +53,7 @@ async fn every_phase_measures_when_present_and_is_na_when_absent() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).expect("results written")).expect("JSON");
     let _ = std::fs::remove_file(&out);
-    for name in ["ceiling", "heartbeat", "registration", "metrics", "certificates", "overview", "sweep"] {
+    for name in ["ceiling", "heartbeat", "commands", "registration", "metrics", "certificates", "overview", "sweep"] {
         let phase = phase(&json, name);
         assert_eq!(phase["available"], true, "{name}: {phase}");
         let figures = phase["figures"].as_array().expect("figures");
@@ -64,6 +64,9 @@ async fn every_phase_measures_when_present_and_is_na_when_absent() {
         assert_eq!(phase["requestErrors"], 0, "{name}: {phase}");
     }
     assert_eq!(phase(&json, "heartbeat")["figures"][0]["runs"].as_array().map(Vec::len), Some(2));
+    // Two runs, each one bulk command that every parked device received and answered.
+    assert_eq!(phase(&json, "commands")["figures"][0]["name"], "bulk create (40 devices)");
+    assert_eq!(phase(&json, "commands")["figures"][1]["runs"].as_array().map(Vec::len), Some(2));
     assert_eq!(phase(&json, "certificates (seed peer)")["available"], true);
     assert!(phase(&json, "sweep")["notes"].as_array().is_some_and(Vec::is_empty), "sweep counts match");
     assert_eq!(json["database"], "sqlite");
@@ -72,7 +75,8 @@ async fn every_phase_measures_when_present_and_is_na_when_absent() {
     std::env::set_var("FAKE_HERD_ROUTES", "minimal");
     let out = out_path("minimal");
     let mut minimal = settings(out.clone());
-    minimal.phases = vec![Phase::Heartbeat, Phase::Registration, Phase::Metrics, Phase::Overview, Phase::Sweep];
+    minimal.phases =
+        vec![Phase::Heartbeat, Phase::Commands, Phase::Registration, Phase::Metrics, Phase::Overview, Phase::Sweep];
     let report = herd_bench::run(minimal).await.expect("harness runs");
     std::env::remove_var("FAKE_HERD_ROUTES");
     let _ = std::fs::remove_file(&out);

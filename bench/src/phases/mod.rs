@@ -5,6 +5,7 @@
 //! caller so one broken phase does not hide the others.
 
 pub mod certificates;
+pub mod commands;
 pub mod heartbeat;
 pub mod metrics;
 pub mod overview;

@@ -22,6 +22,11 @@ const [host, port] = process.env.HERD_LISTEN.split(':');
 const devicesByToken = new Map();
 const online = new Set();
 let samples = 0;
+// Remote commands: per device id, its executions ({id, state}) in order; per command id, the
+// device ids it went to; per device id, the answer function of a poll that waits.
+const executionsByDevice = new Map();
+const commands = new Map();
+const waitingPolls = new Map();
 
 function send(res, status, body) {
   const text = body === undefined ? '' : JSON.stringify(body);
@@ -70,6 +75,64 @@ const server = http.createServer((req, res) => {
     if (req.method === 'POST' && /^\/devices\/[^/]+\/certificates$/.test(req.url)) {
       if (bearer(req) !== admin) return send(res, 401, { title: 'Unauthorized' });
       return send(res, 201, { certificate: { id: crypto.randomUUID() }, csr: Boolean(body && body.csr) });
+    }
+    if (route === 'GET /commands?limit=1') {
+      if (bearer(req) !== admin) return send(res, 401, { title: 'Unauthorized' });
+      return send(res, 200, { items: [] });
+    }
+    if (route === 'POST /commands') {
+      if (bearer(req) !== admin) return send(res, 401, { title: 'Unauthorized' });
+      const all = [...devicesByToken.values()].map((d) => d.id);
+      const targets = body.target.all ? all : body.target.deviceIds;
+      const id = crypto.randomUUID();
+      commands.set(id, targets);
+      for (const deviceId of targets) {
+        if (!executionsByDevice.has(deviceId)) executionsByDevice.set(deviceId, []);
+        executionsByDevice.get(deviceId).push({ id, type: body.type, state: 'queued' });
+        const wake = waitingPolls.get(deviceId);
+        if (wake) wake();
+      }
+      return send(res, 201, { id, total: targets.length, counts: { queued: targets.length } });
+    }
+    const commandMatch = /^\/commands\/([^/?]+)$/.exec(req.url);
+    if (req.method === 'GET' && commandMatch) {
+      const targets = commands.get(commandMatch[1]);
+      if (!targets) return send(res, 404, { title: 'Not Found' });
+      const counts = { queued: 0, delivered: 0, running: 0, succeeded: 0, failed: 0, expired: 0, cancelled: 0 };
+      for (const deviceId of targets) {
+        const execution = executionsByDevice.get(deviceId).find((e) => e.id === commandMatch[1]);
+        counts[execution.state] += 1;
+      }
+      return send(res, 200, { id: commandMatch[1], counts, done: counts.queued + counts.delivered === 0 });
+    }
+    const pollMatch = /^\/devices\/self\/commands\?wait=(\d+)s&limit=\d+$/.exec(req.url);
+    if (req.method === 'GET' && pollMatch) {
+      if (!device) return send(res, 401, { title: 'Unauthorized' });
+      const answer = () => {
+        const queued = (executionsByDevice.get(device.id) || []).filter((e) => e.state === 'queued');
+        if (queued.length === 0) return false;
+        waitingPolls.delete(device.id);
+        clearTimeout(timer);
+        for (const execution of queued) execution.state = 'delivered';
+        send(res, 200, { items: queued.map(({ id, type, state }) => ({ id, type, payload: {}, state })) });
+        return true;
+      };
+      let timer;
+      if (answer()) return undefined;
+      timer = setTimeout(() => {
+        waitingPolls.delete(device.id);
+        send(res, 200, { items: [] });
+      }, Number(pollMatch[1]) * 1000);
+      waitingPolls.set(device.id, answer);
+      return undefined;
+    }
+    const resultMatch = /^\/devices\/self\/commands\/([^/]+)\/result$/.exec(req.url);
+    if (req.method === 'POST' && resultMatch) {
+      if (!device) return send(res, 401, { title: 'Unauthorized' });
+      const execution = (executionsByDevice.get(device.id) || []).find((e) => e.id === resultMatch[1]);
+      if (!execution) return send(res, 404, { title: 'Not Found' });
+      execution.state = body.status;
+      return send(res, 200, { id: execution.id, state: execution.state });
     }
     if (route === 'POST /admin/presence/sweep') {
       const marked = online.size;
