@@ -56,6 +56,7 @@ pub struct HttpMetrics {
     heartbeats_buffered: Gauge,
     webhook_failures: Counter,
     event_backlog: Gauge,
+    command_polls_waiting: Gauge,
 }
 
 impl std::fmt::Debug for HttpMetrics {
@@ -82,11 +83,17 @@ impl Default for HttpMetrics {
         let heartbeats_buffered = Gauge::default();
         let webhook_failures = Counter::default();
         let event_backlog = Gauge::default();
+        let command_polls_waiting = Gauge::default();
         registry.register("presence_sweep_duration_seconds", "Duration of presence sweeps", sweep_duration.clone());
         registry.register("presence_marked_offline", "Devices marked offline by the sweep", marked_offline.clone());
         registry.register("heartbeats_buffered", "Heartbeats waiting to be written", heartbeats_buffered.clone());
         registry.register("webhook_delivery_failures", "Failed webhook delivery attempts", webhook_failures.clone());
         registry.register("event_backlog", "Webhook deliveries not yet delivered", event_backlog.clone());
+        registry.register(
+            "command_polls_waiting",
+            "Devices whose command long poll waits on this instance",
+            command_polls_waiting.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -97,6 +104,7 @@ impl Default for HttpMetrics {
             heartbeats_buffered,
             webhook_failures,
             event_backlog,
+            command_polls_waiting,
         }
     }
 }
@@ -140,6 +148,7 @@ pub(crate) async fn serve(
     State(settings): State<Arc<Settings>>,
     State(heartbeats): State<Arc<crate::presence::HeartbeatBuffer>>,
     State(metrics): State<Arc<crate::telemetry_metrics::HttpMetrics>>,
+    State(waiters): State<Arc<crate::commands::waiters::Waiters>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if let Some(expected) = &settings.metrics_token {
@@ -153,6 +162,7 @@ pub(crate) async fn serve(
         metrics.devices.get_or_create(&StatusLabels { status: status.as_str().into() }).set(n);
     }
     metrics.heartbeats_buffered.set(heartbeats.len() as i64);
+    metrics.command_polls_waiting.set(waiters.waiting() as i64);
     metrics.event_backlog.set(crate::webhooks::store::backlog(&db).await?);
     let text = metrics.encode().map_err(|e| ApiError::internal(anyhow::anyhow!("cannot encode metrics: {e}")))?;
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())

@@ -214,6 +214,8 @@ engine_tests! {
         };
         tokio::time::sleep(StdDuration::from_millis(300)).await;
         assert!(!waiting.is_finished(), "an empty poll waits");
+        let metrics = app.request(reqwest::Method::GET, "/metrics", None, None).await.text().await.unwrap();
+        assert!(metrics.contains("herd_command_polls_waiting 1"), "{metrics}");
         // Another device's command does not end this poll.
         send_ok(&app, &fleet[1].0, json!({ "type": "reboot" })).await;
         tokio::time::sleep(StdDuration::from_millis(200)).await;
