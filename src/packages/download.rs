@@ -170,7 +170,10 @@ async fn serve(blobs: &BlobStore, row: &PackageRow, headers: &HeaderMap) -> Resu
         HeaderValue::from_str(&format!("attachment; filename=\"{}-{}\"", row.name, row.version))
             .unwrap_or_else(|_| HeaderValue::from_static("attachment")),
     );
-    h.insert(HeaderName::from_static("digest"), HeaderValue::from_str(&format!("sha-256={digest}")).map_err(ApiError::internal)?);
+    h.insert(
+        HeaderName::from_static("digest"),
+        HeaderValue::from_str(&format!("sha-256={digest}")).map_err(ApiError::internal)?,
+    );
     h.insert(
         HeaderName::from_static("repr-digest"),
         HeaderValue::from_str(&format!("sha-256=:{digest}:")).map_err(ApiError::internal)?,

@@ -165,7 +165,8 @@ impl UploadParams {
         if target_models.len() > MAX_MODELS
             || target_models.iter().any(|m| m.len() > MAX_NAME || m.chars().any(char::is_control))
         {
-            errors.add("targetModels", format!("must list at most {MAX_MODELS} models of at most {MAX_NAME} characters"));
+            errors
+                .add("targetModels", format!("must list at most {MAX_MODELS} models of at most {MAX_NAME} characters"));
         }
         let notes = self.notes.clone().filter(|n| !n.is_empty());
         if notes.as_ref().is_some_and(|n| n.chars().count() > MAX_NOTES) {
