@@ -136,7 +136,7 @@ engine_tests! {
         let any_path = format!("/devices/self/packages/{}/download", any["id"].as_str().unwrap());
         assert_eq!(download(&app, &any_path, &other, &[]).await.status(), StatusCode::OK);
         // A member token is not a device token, and another tenant's device sees nothing.
-        assert_eq!(download(&app, &path, ADMIN_TOKEN, &[]).await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(download(&app, &path, ADMIN_TOKEN, &[]).await.status(), StatusCode::FORBIDDEN);
         let (_, other_admin) = app.create_tenant("pkg-other").await;
         let enroll = app.enrollment_token(&other_admin, json!({})).await;
         let (_, foreign) = app.register(&enroll, json!({ "serialNumber": "pkg-3", "model": "X96" })).await;
