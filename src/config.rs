@@ -109,6 +109,9 @@ pub struct ConfigArgs {
     /// Largest screenshot a device may upload as a command's result, in bytes.
     #[arg(long, env = "HERD_SCREENSHOT_MAX_BYTES", global = true)]
     pub screenshot_max_bytes: Option<String>,
+    /// Largest software package an operator may upload, in bytes.
+    #[arg(long, env = "HERD_PACKAGE_MAX_BYTES", global = true)]
+    pub package_max_bytes: Option<String>,
     /// Serve `POST /bench/echo`, the benchmark harness's HTTP ceiling (`true`/`false`).
     #[arg(long, env = "HERD_BENCH_ECHO", global = true)]
     pub bench_echo: Option<String>,
@@ -283,6 +286,8 @@ pub struct Settings {
     pub command_expiry_interval: Duration,
     /// Largest screenshot upload, in bytes.
     pub screenshot_max_bytes: usize,
+    /// Largest package upload, in bytes.
+    pub package_max_bytes: u64,
     /// How often an open `GET /events/stream` re-checks its credential (it also checks before
     /// each batch of events it sends); a revoked or expired one ends the stream.
     pub event_stream_recheck_interval: Duration,
@@ -424,6 +429,7 @@ impl Settings {
             webhook_delivery_interval: Duration::from_secs(1),
             command_expiry_interval: Duration::from_secs(5),
             screenshot_max_bytes: 10 * 1024 * 1024,
+            package_max_bytes: 2 * 1024 * 1024 * 1024,
             event_stream_recheck_interval: Duration::from_secs(5),
             event_streams_per_token: 4,
             event_streams_per_tenant: 64,
@@ -560,6 +566,13 @@ impl Settings {
         if let Some(v) = pick("screenshot_max_bytes", &args.screenshot_max_bytes) {
             settings.screenshot_max_bytes = parse_number("screenshot_max_bytes", &v, 1024, 256 * 1024 * 1024)? as usize;
         }
+        if let Some(v) = pick("package_max_bytes", &args.package_max_bytes) {
+            let n: u64 = v.trim().parse().map_err(|e| invalid("package_max_bytes", &v, e))?;
+            if !(1024..=1 << 40).contains(&n) {
+                return Err(invalid("package_max_bytes", &v, "must be between 1024 and 1099511627776"));
+            }
+            settings.package_max_bytes = n;
+        }
         if let Some(v) = pick("event_stream_recheck_interval", &args.event_stream_recheck_interval) {
             settings.event_stream_recheck_interval = parse_duration("event_stream_recheck_interval", &v)?;
         }
@@ -677,6 +690,7 @@ const KNOWN_KEYS: &[&str] = &[
     "webhook_delivery_interval",
     "command_expiry_interval",
     "screenshot_max_bytes",
+    "package_max_bytes",
     "event_stream_recheck_interval",
     "event_streams_per_token",
     "event_streams_per_tenant",

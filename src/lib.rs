@@ -26,6 +26,7 @@ mod http;
 pub mod jobs;
 pub mod monitoring;
 mod openapi;
+mod packages;
 pub mod presence;
 mod settings;
 pub mod shutdown;

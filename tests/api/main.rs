@@ -17,6 +17,7 @@ mod edge;
 mod events;
 mod hardening;
 mod monitoring;
+mod packages;
 mod presence;
 mod registration;
 mod schema;

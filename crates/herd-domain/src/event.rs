@@ -5,8 +5,8 @@
 use serde_json::{json, Value};
 
 use crate::clock::from_millis;
-use crate::ids::{AlertId, CertificateId, ClaimId, CommandId, DeviceId, RuleId, UserId, WebhookId};
-use crate::status::{CommandState, CommandType, DeviceStatus, KeySource, Metric, Severity};
+use crate::ids::{AlertId, CertificateId, ClaimId, CommandId, DeviceId, PackageId, RuleId, UserId, WebhookId};
+use crate::status::{CommandState, CommandType, DeviceStatus, KeySource, Metric, PackageKind, Severity};
 
 /// Everything herd announces. Payloads are camelCase JSON objects.
 #[derive(Debug, Clone)]
@@ -142,6 +142,22 @@ pub enum Event {
         device_id: Option<DeviceId>,
         cancelled: i64,
     },
+    /// A software package was uploaded.
+    PackageCreated {
+        package_id: PackageId,
+        kind: PackageKind,
+        name: String,
+        version: String,
+        version_code: i64,
+        sha256: String,
+        size: i64,
+    },
+    /// A software package was deleted.
+    PackageDeleted {
+        package_id: PackageId,
+        name: String,
+        version_code: i64,
+    },
 }
 
 /// Every event type herd emits or will emit; webhook subscriptions are checked against it.
@@ -169,6 +185,8 @@ pub const KNOWN_TYPES: &[&str] = &[
     "command.failed",
     "command.expired",
     "command.cancelled",
+    "package.created",
+    "package.deleted",
 ];
 
 impl Event {
@@ -202,6 +220,8 @@ impl Event {
                 CommandState::Cancelled => "command.cancelled",
             },
             Event::CommandCancelled { .. } => "command.cancelled",
+            Event::PackageCreated { .. } => "package.created",
+            Event::PackageDeleted { .. } => "package.deleted",
         }
     }
 
@@ -261,6 +281,13 @@ impl Event {
             }),
             Event::CommandCancelled { command_id, command_type, device_id, cancelled } => json!({
                 "commandId": command_id, "type": command_type, "deviceId": device_id, "cancelled": cancelled,
+            }),
+            Event::PackageCreated { package_id, kind, name, version, version_code, sha256, size } => json!({
+                "packageId": package_id, "kind": kind, "name": name, "version": version,
+                "versionCode": version_code, "sha256": sha256, "size": size,
+            }),
+            Event::PackageDeleted { package_id, name, version_code } => json!({
+                "packageId": package_id, "name": name, "versionCode": version_code,
             }),
         }
     }

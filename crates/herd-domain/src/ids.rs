@@ -101,3 +101,7 @@ id_type!(
     /// One delivery of one event to one webhook.
     DeliveryId
 );
+id_type!(
+    /// A software package (an APK, a firmware image, a file) uploaded for devices to download.
+    PackageId
+);

@@ -224,3 +224,12 @@ text_enum!(
         ApproveNeverSeen = "approve_never_seen",
     }
 );
+
+text_enum!(
+    /// What a software package is: an Android app, a firmware image, or any other file.
+    PackageKind "package kind" {
+        Apk = "apk",
+        Firmware = "firmware",
+        File = "file",
+    }
+);

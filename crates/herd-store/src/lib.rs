@@ -26,6 +26,7 @@ pub mod credentials;
 pub mod devices;
 pub mod events;
 pub mod monitoring;
+pub mod packages;
 pub mod presence;
 pub mod settings;
 pub mod telemetry;

@@ -1,0 +1,218 @@
+//! Package downloads, for members (`GET /packages/{id}/download`) and for the devices a package
+//! targets (`GET /devices/self/packages/{id}/download`): the artifact streamed from the blob
+//! store with single HTTP ranges (206, or 416 with `Content-Range: bytes */size`), a strong
+//! `ETag` (the SHA-256), `If-None-Match` (304), `If-Range`, and the whole artifact's digest in
+//! `Digest` and `Repr-Digest` (RFC 9530), so a device can resume an interrupted download and
+//! check what it got.
+
+use std::ops::Range;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+
+use super::store::{self, PackageRow};
+use crate::auth::{DeviceAuth, Member, Role};
+use crate::blobs::{BlobError, BlobStore};
+use crate::http::error::ApiError;
+use crate::http::extract::IdPath;
+use herd_domain::ids::PackageId;
+
+/// Download a package's artifact (viewer and up). Supports `Range` (one range), `If-Range`,
+/// `If-None-Match`; see the device route for the headers.
+#[utoipa::path(get, path = "/packages/{id}/download", tag = "packages", security(("bearer" = [])),
+    params(("id" = String, Path, description = "package id")),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "the requested range"), (status = 304, description = "the ETag matched"),
+        (status = 416, description = "the range is not within the artifact")))]
+pub(super) async fn member_download(
+    State(blobs): State<BlobStore>,
+    member: Member,
+    IdPath(id): IdPath<PackageId>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let scope = member.require(Role::Viewer)?;
+    let row = store::get(scope, id).await?.ok_or_else(|| ApiError::not_found("package"))?;
+    serve(&blobs, &row, &headers).await
+}
+
+/// Download a package's artifact (device token): only a package whose `targetModels` is empty
+/// or names the device's model (else 404). `ETag` is `"<sha256>"`; resume with
+/// `Range: bytes=<have>-` and `If-Range: <ETag>`; check the whole file against `Repr-Digest`.
+#[utoipa::path(get, path = "/devices/self/packages/{id}/download", tag = "packages", security(("bearer" = [])),
+    params(("id" = String, Path, description = "package id")),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "the requested range"), (status = 304, description = "the ETag matched"),
+        (status = 416, description = "the range is not within the artifact")))]
+pub(super) async fn device_download(
+    State(blobs): State<BlobStore>,
+    device: DeviceAuth,
+    IdPath(id): IdPath<PackageId>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let row = store::get(&device.scope, id)
+        .await?
+        .filter(|row| row.targets(device.device.model.as_deref()))
+        .ok_or_else(|| ApiError::not_found("package"))?;
+    serve(&blobs, &row, &headers).await
+}
+
+/// What a `Range` header asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Wanted {
+    /// No (usable) range: the whole artifact.
+    All,
+    /// One satisfiable range (end exclusive).
+    Part(Range<u64>),
+    /// A range that starts past the end.
+    Unsatisfiable,
+}
+
+/// Parses one `bytes=` range against `size`. Anything else (another unit, several ranges, bad
+/// syntax) is answered with the whole artifact, as RFC 9110 allows.
+fn wanted(range: Option<&str>, size: u64) -> Wanted {
+    let Some(spec) = range.and_then(|r| r.trim().strip_prefix("bytes=")) else {
+        return Wanted::All;
+    };
+    if spec.contains(',') {
+        return Wanted::All;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return Wanted::All;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    if first.is_empty() {
+        // A suffix: the last n bytes.
+        let Ok(n) = last.parse::<u64>() else {
+            return Wanted::All;
+        };
+        if n == 0 || size == 0 {
+            return Wanted::Unsatisfiable;
+        }
+        return Wanted::Part(size.saturating_sub(n)..size);
+    }
+    let Ok(start) = first.parse::<u64>() else {
+        return Wanted::All;
+    };
+    let end = if last.is_empty() {
+        size
+    } else {
+        match last.parse::<u64>() {
+            Ok(last) if last >= start => last.saturating_add(1).min(size),
+            _ => return Wanted::All,
+        }
+    };
+    if start >= size {
+        return Wanted::Unsatisfiable;
+    }
+    Wanted::Part(start..end)
+}
+
+/// Whether an `If-None-Match` value lists `etag` (or is `*`); weak comparison, as RFC 9110 says.
+fn none_match(value: &str, etag: &str) -> bool {
+    value.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
+}
+
+async fn serve(blobs: &BlobStore, row: &PackageRow, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let etag = format!("\"{}\"", row.sha256);
+    let digest = hex::decode(&row.sha256).map_err(ApiError::internal)?;
+    let digest = base64::engine::general_purpose::STANDARD.encode(digest);
+    let size = u64::try_from(row.size).unwrap_or(0);
+    let common = |response: &mut Response| -> Result<(), ApiError> {
+        let h = response.headers_mut();
+        h.insert(header::ETAG, HeaderValue::from_str(&etag).map_err(ApiError::internal)?);
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+        Ok(())
+    };
+    if let Some(value) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        if none_match(value, &etag) {
+            let mut response = StatusCode::NOT_MODIFIED.into_response();
+            common(&mut response)?;
+            return Ok(response);
+        }
+    }
+    // If-Range: the range only while the artifact is the one the client has (strong ETag; a
+    // date never matches, since packages carry no Last-Modified).
+    let range_allowed =
+        headers.get(header::IF_RANGE).is_none_or(|v| v.to_str().is_ok_and(|v| v.trim() == etag.as_str()));
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).filter(|_| range_allowed);
+    let part = match wanted(range, size) {
+        Wanted::All => None,
+        Wanted::Part(part) => Some(part),
+        Wanted::Unsatisfiable => {
+            let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            common(&mut response)?;
+            response.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{size}")).map_err(ApiError::internal)?,
+            );
+            return Ok(response);
+        }
+    };
+    let blob = match blobs.get(&row.blob_key, part.clone()).await {
+        Ok(blob) => blob,
+        Err(BlobError::NotFound) => return Err(ApiError::not_found("package")),
+        Err(BlobError::RangeNotSatisfiable { size }) => {
+            return Err(ApiError::internal(anyhow::anyhow!("the stored artifact has {size} bytes, not {}", row.size)))
+        }
+        Err(other) => return Err(ApiError::internal(anyhow::Error::from(other))),
+    };
+    let mut response = Body::from_stream(blob.stream).into_response();
+    common(&mut response)?;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_str(&row.content_type).map_err(ApiError::internal)?);
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&format!("attachment; filename=\"{}-{}\"", row.name, row.version))
+            .unwrap_or_else(|_| HeaderValue::from_static("attachment")),
+    );
+    h.insert(
+        HeaderName::from_static("digest"),
+        HeaderValue::from_str(&format!("sha-256={digest}")).map_err(ApiError::internal)?,
+    );
+    h.insert(
+        HeaderName::from_static("repr-digest"),
+        HeaderValue::from_str(&format!("sha-256=:{digest}:")).map_err(ApiError::internal)?,
+    );
+    match part {
+        None => {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(blob.size));
+        }
+        Some(part) => {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(part.end - part.start));
+            h.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes {}-{}/{}", part.start, part.end - 1, blob.size))
+                    .map_err(ApiError::internal)?,
+            );
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        }
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{wanted, Wanted};
+
+    #[test]
+    fn ranges_parse_as_rfc_9110_says() {
+        assert_eq!(wanted(None, 10), Wanted::All);
+        assert_eq!(wanted(Some("bytes=0-0"), 10), Wanted::Part(0..1));
+        assert_eq!(wanted(Some("bytes=2-5"), 10), Wanted::Part(2..6));
+        assert_eq!(wanted(Some("bytes=5-"), 10), Wanted::Part(5..10));
+        assert_eq!(wanted(Some("bytes=5-100"), 10), Wanted::Part(5..10));
+        assert_eq!(wanted(Some("bytes=-3"), 10), Wanted::Part(7..10));
+        assert_eq!(wanted(Some("bytes=-30"), 10), Wanted::Part(0..10));
+        assert_eq!(wanted(Some("bytes=10-"), 10), Wanted::Unsatisfiable);
+        assert_eq!(wanted(Some("bytes=-0"), 10), Wanted::Unsatisfiable);
+        assert_eq!(wanted(Some("bytes=0-1,4-5"), 10), Wanted::All);
+        assert_eq!(wanted(Some("bytes=5-2"), 10), Wanted::All);
+        assert_eq!(wanted(Some("items=0-1"), 10), Wanted::All);
+        assert_eq!(wanted(Some("bytes=0-"), 0), Wanted::Unsatisfiable);
+    }
+}

@@ -1,0 +1,226 @@
+//! Software packages: upload with metadata, version-code monotonicity, validation before the
+//! body, size limits and failed uploads that store nothing, range downloads for members and
+//! targeted devices (resume, ETag, If-Range, 416), roles, cross-tenant 404s and deletion.
+
+use std::path::Path;
+
+use reqwest::StatusCode;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{engine_tests, error_fields, expect_json, expect_problem, TestApp, ADMIN_TOKEN};
+
+fn artifact(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+async fn upload(app: &TestApp, token: &str, query: &str, body: Vec<u8>) -> reqwest::Response {
+    app.client
+        .post(app.url(&format!("/packages?{query}")))
+        .bearer_auth(token)
+        .header("content-type", "application/vnd.android.package-archive")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn download(app: &TestApp, path: &str, token: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = app.client.get(app.url(path)).bearer_auth(token);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+/// Files under `<data-dir>/blobs`, temporary ones left out.
+fn blob_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| {
+            let path = entry.path();
+            if path.file_name().is_some_and(|n| n == ".tmp") {
+                0
+            } else if path.is_dir() {
+                blob_files(&path)
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+async fn package_count(app: &TestApp, token: &str) -> usize {
+    expect_json(app.get("/packages", token).await, StatusCode::OK).await["items"].as_array().unwrap().len()
+}
+
+engine_tests! {
+    async fn a_package_is_uploaded_and_downloaded_in_ranges(app) {
+        let bytes = artifact(300_000);
+        let query = "name=player&version=2.4.1&versionCode=241&kind=apk&targetModels=X96,H96&notes=Faster";
+        let created = expect_json(upload(&app, ADMIN_TOKEN, query, bytes.clone()).await, StatusCode::CREATED).await;
+        assert_eq!(created["sha256"], hex_sha256(&bytes));
+        assert_eq!(created["size"], bytes.len());
+        assert_eq!(created["kind"], "apk");
+        assert_eq!(created["versionCode"], 241);
+        assert_eq!(created["targetModels"], json!(["X96", "H96"]));
+        assert_eq!(created["notes"], "Faster");
+        let id = created["id"].as_str().unwrap();
+        assert_eq!(expect_json(app.get(&format!("/packages/{id}"), ADMIN_TOKEN).await, StatusCode::OK).await["sha256"], created["sha256"]);
+        let listed = expect_json(app.get("/packages?name=player", ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+        assert_eq!(expect_json(app.get("/packages?name=other", ADMIN_TOKEN).await, StatusCode::OK).await["items"], json!([]));
+
+        let path = format!("/packages/{id}/download");
+        let whole = download(&app, &path, ADMIN_TOKEN, &[]).await;
+        assert_eq!(whole.status(), StatusCode::OK);
+        let etag = whole.headers()["etag"].to_str().unwrap().to_string();
+        assert_eq!(etag, format!("\"{}\"", hex_sha256(&bytes)));
+        assert_eq!(whole.headers()["accept-ranges"], "bytes");
+        assert_eq!(whole.headers()["content-type"], "application/vnd.android.package-archive");
+        assert_eq!(whole.headers()["content-length"], bytes.len().to_string().as_str());
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&bytes));
+        assert_eq!(whole.headers()["repr-digest"], format!("sha-256=:{b64}:").as_str());
+        assert_eq!(whole.headers()["digest"], format!("sha-256={b64}").as_str());
+        assert_eq!(whole.bytes().await.unwrap().to_vec(), bytes);
+
+        let size = bytes.len();
+        for (range, from, to) in [("bytes=0-9", 0, 10), ("bytes=1000-1999", 1000, 2000), ("bytes=299990-", 299_990, size), ("bytes=-5", size - 5, size), ("bytes=299999-500000", 299_999, size)] {
+            let part = download(&app, &path, ADMIN_TOKEN, &[("range", range)]).await;
+            assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+            assert_eq!(part.headers()["content-range"], format!("bytes {from}-{}/{size}", to - 1).as_str());
+            assert_eq!(part.bytes().await.unwrap().to_vec(), bytes[from..to].to_vec(), "{range}");
+        }
+        let unsatisfiable = download(&app, &path, ADMIN_TOKEN, &[("range", "bytes=300000-")]).await;
+        assert_eq!(unsatisfiable.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(unsatisfiable.headers()["content-range"], format!("bytes */{size}").as_str());
+        let several = download(&app, &path, ADMIN_TOKEN, &[("range", "bytes=0-1,5-6")]).await;
+        assert_eq!(several.status(), StatusCode::OK);
+
+        // A download interrupted at 123,457 bytes resumes from there (If-Range with the ETag)
+        // and the pieces hash to the artifact's SHA-256.
+        let first = download(&app, &path, ADMIN_TOKEN, &[("range", "bytes=0-123456")]).await.bytes().await.unwrap();
+        let rest = download(&app, &path, ADMIN_TOKEN, &[("range", "bytes=123457-"), ("if-range", &etag)]).await;
+        assert_eq!(rest.status(), StatusCode::PARTIAL_CONTENT);
+        let mut hasher = Sha256::new();
+        hasher.update(&first);
+        hasher.update(rest.bytes().await.unwrap());
+        assert_eq!(hex::encode(hasher.finalize()), created["sha256"].as_str().unwrap());
+        // If-Range with another ETag: the whole artifact. If-None-Match with this one: 304.
+        let changed = download(&app, &path, ADMIN_TOKEN, &[("range", "bytes=5-"), ("if-range", "\"other\"")]).await;
+        assert_eq!(changed.status(), StatusCode::OK);
+        assert_eq!(changed.bytes().await.unwrap().len(), size);
+        let cached = download(&app, &path, ADMIN_TOKEN, &[("if-none-match", &etag)]).await;
+        assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(cached.headers()["etag"], etag.as_str());
+    }
+
+    async fn devices_download_only_packages_for_their_model(app) {
+        let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
+        let (_, x96) = app.register(&enroll, json!({ "serialNumber": "pkg-1", "model": "X96" })).await;
+        let (_, other) = app.register(&enroll, json!({ "serialNumber": "pkg-2", "model": "T95" })).await;
+        let bytes = artifact(5000);
+        let targeted = expect_json(upload(&app, ADMIN_TOKEN, "name=fw&version=1&versionCode=1&kind=firmware&targetModels=X96", bytes.clone()).await, StatusCode::CREATED).await;
+        let any = expect_json(upload(&app, ADMIN_TOKEN, "name=any&version=1&versionCode=1&kind=file", artifact(10)).await, StatusCode::CREATED).await;
+        let path = format!("/devices/self/packages/{}/download", targeted["id"].as_str().unwrap());
+        expect_problem(download(&app, &path, &other, &[]).await, StatusCode::NOT_FOUND).await;
+        let got = download(&app, &path, &x96, &[("range", "bytes=100-")]).await;
+        assert_eq!(got.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(got.bytes().await.unwrap().to_vec(), bytes[100..].to_vec());
+        let any_path = format!("/devices/self/packages/{}/download", any["id"].as_str().unwrap());
+        assert_eq!(download(&app, &any_path, &other, &[]).await.status(), StatusCode::OK);
+        // A member token is not a device token, and another tenant's device sees nothing.
+        assert_eq!(download(&app, &path, ADMIN_TOKEN, &[]).await.status(), StatusCode::FORBIDDEN);
+        let (_, other_admin) = app.create_tenant("pkg-other").await;
+        let enroll = app.enrollment_token(&other_admin, json!({})).await;
+        let (_, foreign) = app.register(&enroll, json!({ "serialNumber": "pkg-3", "model": "X96" })).await;
+        expect_problem(download(&app, &path, &foreign, &[]).await, StatusCode::NOT_FOUND).await;
+    }
+
+    async fn version_codes_only_go_up_and_metadata_is_checked_before_the_body(app) {
+        expect_json(upload(&app, ADMIN_TOKEN, "name=player&version=1.0&versionCode=10&kind=apk", artifact(100)).await, StatusCode::CREATED).await;
+        for code in ["10", "9"] {
+            let query = format!("name=player&version=0.9&versionCode={code}&kind=apk");
+            expect_problem(upload(&app, ADMIN_TOKEN, &query, artifact(101)).await, StatusCode::CONFLICT).await;
+        }
+        expect_json(upload(&app, ADMIN_TOKEN, "name=player&version=1.1&versionCode=11&kind=apk", artifact(102)).await, StatusCode::CREATED).await;
+        let blobs = app.data_dir().join("blobs");
+        let before = blob_files(&blobs);
+        for (query, field) in [
+            ("version=1&versionCode=1&kind=apk", "name"),
+            ("name=bad name&version=1&versionCode=1&kind=apk", "name"),
+            ("name=a&versionCode=1&kind=apk", "version"),
+            ("name=a&version=1&versionCode=x&kind=apk", "versionCode"),
+            ("name=a&version=1&versionCode=-1&kind=apk", "versionCode"),
+            ("name=a&version=1&versionCode=1&kind=deb", "kind"),
+            ("name=a&version=1&versionCode=1", "kind"),
+        ] {
+            let problem = expect_problem(upload(&app, ADMIN_TOKEN, query, artifact(103)).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+            assert_eq!(error_fields(&problem), vec![field.to_string()], "{query}");
+        }
+        assert_eq!(package_count(&app, ADMIN_TOKEN).await, 2);
+        assert_eq!(blob_files(&blobs), before, "nothing stored");
+    }
+
+    async fn too_large_and_broken_uploads_store_nothing(app) {
+        let mut app = app;
+        app.settings.package_max_bytes = 4096;
+        let app = app.restart().await;
+        let blobs = app.data_dir().join("blobs");
+        expect_problem(upload(&app, ADMIN_TOKEN, "name=big&version=1&versionCode=1&kind=file", artifact(5000)).await, StatusCode::PAYLOAD_TOO_LARGE).await;
+        // Without a Content-Length the limit is enforced while streaming.
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..5).map(|_| Ok(artifact(1000))).collect();
+        let response = app.client.post(app.url("/packages?name=big&version=1&versionCode=1&kind=file")).bearer_auth(ADMIN_TOKEN)
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks))).send().await.unwrap();
+        expect_problem(response, StatusCode::PAYLOAD_TOO_LARGE).await;
+        // A body that fails halfway.
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(artifact(1000)), Ok(artifact(1000)), Err(std::io::Error::other("cut"))];
+        let sent = app.client.post(app.url("/packages?name=cut&version=1&versionCode=1&kind=file")).bearer_auth(ADMIN_TOKEN)
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks))).send().await;
+        if let Ok(response) = sent {
+            assert!(!response.status().is_success(), "{}", response.status());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(package_count(&app, ADMIN_TOKEN).await, 0);
+        assert_eq!(blob_files(&blobs), 0, "nothing stored");
+        expect_json(upload(&app, ADMIN_TOKEN, "name=cut&version=1&versionCode=1&kind=file", artifact(4096)).await, StatusCode::CREATED).await;
+    }
+
+    async fn roles_tenants_and_deletion(app) {
+        let viewer = app.api_token(ADMIN_TOKEN, "viewer").await;
+        let operator = app.api_token(ADMIN_TOKEN, "operator").await;
+        expect_problem(upload(&app, &viewer, "name=a&version=1&versionCode=1&kind=file", artifact(10)).await, StatusCode::FORBIDDEN).await;
+        let bytes = artifact(2000);
+        let first = expect_json(upload(&app, &operator, "name=a&version=1&versionCode=1&kind=file", bytes.clone()).await, StatusCode::CREATED).await;
+        // The same content under another version shares the blob.
+        let second = expect_json(upload(&app, &operator, "name=a&version=2&versionCode=2&kind=file", bytes.clone()).await, StatusCode::CREATED).await;
+        let (first, second) = (first["id"].as_str().unwrap().to_string(), second["id"].as_str().unwrap().to_string());
+        assert_eq!(download(&app, &format!("/packages/{first}/download"), &viewer, &[]).await.status(), StatusCode::OK);
+        expect_problem(app.delete(&format!("/packages/{first}"), &viewer).await, StatusCode::FORBIDDEN).await;
+
+        let (_, other) = app.create_tenant("pkg-peek").await;
+        expect_problem(app.get(&format!("/packages/{first}"), &other).await, StatusCode::NOT_FOUND).await;
+        expect_problem(download(&app, &format!("/packages/{first}/download"), &other, &[]).await, StatusCode::NOT_FOUND).await;
+        expect_problem(app.delete(&format!("/packages/{first}"), &other).await, StatusCode::NOT_FOUND).await;
+        assert_eq!(package_count(&app, &other).await, 0);
+
+        assert_eq!(app.delete(&format!("/packages/{first}"), &operator).await.status(), StatusCode::NO_CONTENT);
+        expect_problem(app.get(&format!("/packages/{first}"), ADMIN_TOKEN).await, StatusCode::NOT_FOUND).await;
+        let kept = download(&app, &format!("/packages/{second}/download"), ADMIN_TOKEN, &[]).await;
+        assert_eq!(kept.bytes().await.unwrap().to_vec(), bytes, "the shared blob is kept");
+        let blobs = app.data_dir().join("blobs");
+        assert_eq!(blob_files(&blobs), 1);
+        assert_eq!(app.delete(&format!("/packages/{second}"), &operator).await.status(), StatusCode::NO_CONTENT);
+        assert_eq!(blob_files(&blobs), 0, "the last package's blob is deleted");
+        let events = expect_json(app.get("/events?type=package.deleted", ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(events["items"].as_array().unwrap().len(), 2);
+        let events = expect_json(app.get("/events?type=package.created", ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(events["items"].as_array().unwrap().len(), 2);
+    }
+}
