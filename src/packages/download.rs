@@ -165,6 +165,8 @@ async fn serve(blobs: &BlobStore, row: &PackageRow, headers: &HeaderMap) -> Resu
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_str(&row.content_type).map_err(ApiError::internal)?);
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    // Whatever type an uploader named, a browser never runs the artifact as a page of herd's.
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; sandbox"));
     h.insert(
         header::CONTENT_DISPOSITION,
         HeaderValue::from_str(&format!("attachment; filename=\"{}-{}\"", row.name, row.version))
