@@ -52,6 +52,16 @@ async fn events_of(app: &TestApp, kind: &str) -> Vec<Value> {
     page["items"].as_array().unwrap().clone()
 }
 
+/// Waits (up to 10 s) until `n` devices' polls wait on `app`: a poll is registered before the
+/// command it should wake is sent, whatever the machine's speed.
+async fn until_waiting(app: &TestApp, n: usize) {
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(10);
+    while app.state.command_waiters.waiting() != n {
+        assert!(std::time::Instant::now() < deadline, "{n} polls never waited");
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+}
+
 async fn expire(app: &TestApp) -> herd::store::commands::ExpiryOutcome {
     herd::commands::expire_due(&app.state, to_millis(herd::clock::Clock::now(app.clock.as_ref()))).await.unwrap()
 }
@@ -212,14 +222,14 @@ engine_tests! {
                 (response.status(), response.json::<Value>().await.unwrap(), started.elapsed())
             })
         };
-        tokio::time::sleep(StdDuration::from_millis(300)).await;
+        until_waiting(&app, 1).await;
         assert!(!waiting.is_finished(), "an empty poll waits");
         let metrics = app.request(reqwest::Method::GET, "/metrics", None, None).await.text().await.unwrap();
         assert!(metrics.contains("herd_command_polls_waiting 1"), "{metrics}");
         // Another device's command does not end this poll.
         send_ok(&app, &fleet[1].0, json!({ "type": "reboot" })).await;
-        tokio::time::sleep(StdDuration::from_millis(200)).await;
-        assert!(!waiting.is_finished(), "another device's command does not wake this one");
+        until_waiting(&app, 1).await;
+        assert!(!waiting.is_finished(), "another device's command does not end this poll");
         let command = send_ok(&app, &device, json!({ "type": "open_url", "payload": { "url": "https://example.com/lobby" } })).await;
         let (status, body, elapsed) = waiting.await.unwrap();
         assert_eq!(status, StatusCode::OK);
@@ -473,8 +483,9 @@ async fn a_command_queued_on_one_instance_wakes_a_poll_on_another() {
     let second = first.second_instance().await;
     let fleet = devices(&first, 1, "cluster").await;
     let (device, token) = fleet[0].clone();
-    // The second instance's listener is up once a notification it did not send reaches it;
-    // give it a moment to connect before the poll starts.
+    // The second instance's listener connects at its start; should it still be connecting, it
+    // wakes every poll once connected, so the test passes either way, but this gives the NOTIFY
+    // path the time it needs to be the one tested.
     tokio::time::sleep(StdDuration::from_millis(300)).await;
     let waiting = {
         let (client, url) = (second.client.clone(), second.url("/devices/self/commands?wait=25s"));
@@ -484,7 +495,7 @@ async fn a_command_queued_on_one_instance_wakes_a_poll_on_another() {
             (response.json::<Value>().await.unwrap(), started.elapsed())
         })
     };
-    tokio::time::sleep(StdDuration::from_millis(300)).await;
+    until_waiting(&second, 1).await;
     assert!(!waiting.is_finished());
     let command = send_ok(&first, &device, json!({ "type": "reboot" })).await;
     let (body, elapsed) = waiting.await.unwrap();
@@ -498,7 +509,7 @@ async fn a_command_queued_on_one_instance_wakes_a_poll_on_another() {
             async move { client.get(url).bearer_auth(token).send().await.unwrap().json::<Value>().await.unwrap() },
         )
     };
-    tokio::time::sleep(StdDuration::from_millis(300)).await;
+    until_waiting(&second, 1).await;
     let bulk = expect_json(
         first.post("/commands", ADMIN_TOKEN, json!({ "type": "screenshot", "target": { "all": true } })).await,
         StatusCode::CREATED,
