@@ -332,14 +332,11 @@ impl ExecutionDto {
     }
 }
 
-fn execution_list(rows: Vec<ExecutionRow>, limit: u32, cursor: impl Fn(&ExecutionRow) -> String) -> ListResult {
-    let more = rows.len() > limit as usize;
-    let mut rows = rows;
-    rows.truncate(limit as usize);
-    let next_cursor =
-        if more { rows.last().map(|row| crate::http::extract::encode_cursor(&cursor(row))) } else { None };
-    let items = rows.into_iter().map(ExecutionDto::new).collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(ListResponse { items, next_cursor }))
+/// A page of executions; `key` is the list's cursor column (a command or a device id).
+fn execution_list(rows: Vec<ExecutionRow>, limit: u32, key: impl Fn(&ExecutionRow) -> String) -> ListResult {
+    let keyed =
+        rows.into_iter().map(|row| Ok((key(&row), ExecutionDto::new(row)?))).collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(Json(ListResponse::from_rows(keyed, limit, |(key, _)| key.clone(), |(_, dto)| dto)))
 }
 
 type ListResult = Result<Json<ListResponse<ExecutionDto>>, ApiError>;
@@ -530,13 +527,10 @@ async fn list_commands(
 ) -> Result<Json<ListResponse<CommandDto>>, ApiError> {
     let scope = member.require(Role::Viewer)?;
     let page = params.page()?;
-    let mut rows = store::list(scope, &page).await?;
-    let more = rows.len() > page.limit as usize;
-    rows.truncate(page.limit as usize);
-    let next_cursor =
-        if more { rows.last().map(|row| crate::http::extract::encode_cursor(&row.id.to_string())) } else { None };
-    let items = rows.into_iter().map(|row| CommandDto::new(row, None)).collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(ListResponse { items, next_cursor }))
+    let rows = store::list(scope, &page).await?;
+    let keyed =
+        rows.into_iter().map(|row| Ok((row.id, CommandDto::new(row, None)?))).collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(Json(ListResponse::from_rows(keyed, page.limit, |(id, _)| *id, |(_, dto)| dto)))
 }
 
 /// One command with its executions counted by state (viewer and up).
