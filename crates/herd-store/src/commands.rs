@@ -267,20 +267,7 @@ pub async fn executions(
     state: Option<CommandState>,
     page: &Page,
 ) -> Result<Vec<ExecutionRow>, StoreError> {
-    let after = page.after.as_deref().unwrap_or("");
-    let sql = format!(
-        "{EXECUTION_SELECT} WHERE e.tenant_id = $1 AND e.command_id = $2 AND e.device_id > $3 \
-         AND ($4 IS NULL OR e.state = $4) ORDER BY e.device_id LIMIT $5"
-    );
-    with_reader!(scope.db(), |pool| sqlx::query_as::<_, ExecutionRow>(&sql)
-        .bind(scope.tenant_id())
-        .bind(id)
-        .bind(after)
-        .bind(state.map(|s| s.as_str()))
-        .bind(i64::from(page.limit) + 1)
-        .fetch_all(pool)
-        .await)
-    .map_err(classify)
+    list_executions(scope, ("command_id", "device_id"), &id.to_string(), state, page).await
 }
 
 /// A device's executions in command order (the page's cursor is a command id), optionally only
@@ -291,14 +278,25 @@ pub async fn for_device(
     state: Option<CommandState>,
     page: &Page,
 ) -> Result<Vec<ExecutionRow>, StoreError> {
+    list_executions(scope, ("device_id", "command_id"), &device_id.to_string(), state, page).await
+}
+
+/// The executions whose `fixed.0` column is `value`, ordered (and paged) by the `fixed.1` column.
+async fn list_executions(
+    scope: &TenantScope,
+    (fixed, order): (&str, &str),
+    value: &str,
+    state: Option<CommandState>,
+    page: &Page,
+) -> Result<Vec<ExecutionRow>, StoreError> {
     let after = page.after.as_deref().unwrap_or("");
     let sql = format!(
-        "{EXECUTION_SELECT} WHERE e.tenant_id = $1 AND e.device_id = $2 AND e.command_id > $3 \
-         AND ($4 IS NULL OR e.state = $4) ORDER BY e.command_id LIMIT $5"
+        "{EXECUTION_SELECT} WHERE e.tenant_id = $1 AND e.{fixed} = $2 AND e.{order} > $3 \
+         AND ($4 IS NULL OR e.state = $4) ORDER BY e.{order} LIMIT $5"
     );
     with_reader!(scope.db(), |pool| sqlx::query_as::<_, ExecutionRow>(&sql)
         .bind(scope.tenant_id())
-        .bind(device_id)
+        .bind(value)
         .bind(after)
         .bind(state.map(|s| s.as_str()))
         .bind(i64::from(page.limit) + 1)
