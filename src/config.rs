@@ -106,6 +106,10 @@ pub struct ConfigArgs {
     /// How often undelivered commands past `expiresAt` expire and overdue ones fail (e.g. `5s`).
     #[arg(long, env = "HERD_COMMAND_EXPIRY_INTERVAL", global = true)]
     pub command_expiry_interval: Option<String>,
+    /// How often running rollouts advance: notify due devices, start soaked waves, pause on
+    /// failures (e.g. `5s`).
+    #[arg(long, env = "HERD_ROLLOUT_INTERVAL", global = true)]
+    pub rollout_interval: Option<String>,
     /// Largest screenshot a device may upload as a command's result, in bytes.
     #[arg(long, env = "HERD_SCREENSHOT_MAX_BYTES", global = true)]
     pub screenshot_max_bytes: Option<String>,
@@ -284,6 +288,8 @@ pub struct Settings {
     pub webhook_delivery_interval: Duration,
     /// How often the command expiry job runs.
     pub command_expiry_interval: Duration,
+    /// How often the rollout job runs.
+    pub rollout_interval: Duration,
     /// Largest screenshot upload, in bytes.
     pub screenshot_max_bytes: usize,
     /// Largest package upload, in bytes.
@@ -428,6 +434,7 @@ impl Settings {
             webhook_allow_private: false,
             webhook_delivery_interval: Duration::from_secs(1),
             command_expiry_interval: Duration::from_secs(5),
+            rollout_interval: Duration::from_secs(5),
             screenshot_max_bytes: 10 * 1024 * 1024,
             package_max_bytes: 2 * 1024 * 1024 * 1024,
             event_stream_recheck_interval: Duration::from_secs(5),
@@ -563,6 +570,9 @@ impl Settings {
         if let Some(v) = pick("command_expiry_interval", &args.command_expiry_interval) {
             settings.command_expiry_interval = parse_duration("command_expiry_interval", &v)?;
         }
+        if let Some(v) = pick("rollout_interval", &args.rollout_interval) {
+            settings.rollout_interval = parse_duration("rollout_interval", &v)?;
+        }
         if let Some(v) = pick("screenshot_max_bytes", &args.screenshot_max_bytes) {
             settings.screenshot_max_bytes = parse_number("screenshot_max_bytes", &v, 1024, 256 * 1024 * 1024)? as usize;
         }
@@ -689,6 +699,7 @@ const KNOWN_KEYS: &[&str] = &[
     "webhook_allow_private",
     "webhook_delivery_interval",
     "command_expiry_interval",
+    "rollout_interval",
     "screenshot_max_bytes",
     "package_max_bytes",
     "event_stream_recheck_interval",

@@ -67,6 +67,14 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHand
             crate::commands::expire_due(&state, now).await.map(drop).map_err(Into::into)
         }
     }));
+    let rollouts = state.clone();
+    jobs.push(run_every("rollouts", state.settings.rollout_interval, shutdown.clone(), move || {
+        let state = rollouts.clone();
+        async move {
+            let now = crate::clock::to_millis(state.clock.now());
+            crate::rollouts::engine::run_due(&state, now).await.map(drop).map_err(Into::into)
+        }
+    }));
     jobs.push(tokio::spawn(crate::commands::waiters::listen(
         state.db.clone(),
         state.command_waiters.clone(),

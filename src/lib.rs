@@ -28,6 +28,7 @@ pub mod monitoring;
 mod openapi;
 mod packages;
 pub mod presence;
+pub mod rollouts;
 mod settings;
 pub mod shutdown;
 pub mod telemetry;

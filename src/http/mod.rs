@@ -80,6 +80,7 @@ fn device_router() -> OpenApiRouter<AppState> {
         .merge(crate::certificates::routes::device_router())
         .merge(crate::commands::device::device_router())
         .merge(crate::packages::device_router())
+        .merge(crate::rollouts::device::device_router())
 }
 
 /// The whole application: every feature's routes, the OpenAPI document, the middleware.
@@ -101,6 +102,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(crate::webhooks::routes::router())
         .merge(crate::commands::router())
         .merge(crate::packages::router())
+        .merge(crate::rollouts::router())
         .merge(device_router())
         .split_for_parts();
     let document = Arc::new(crate::openapi::finish(document));

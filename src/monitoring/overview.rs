@@ -4,7 +4,9 @@
 //! reads no samples: device counts come from `device_counts` (a row per tenant and status, kept
 //! by triggers on `devices`), the alerts of the last 24 hours and the newest ones from the
 //! `(tenant_id, created_at)` index of `alerts` (the seed derived its alerts from DeviceMetrics on every call; here evaluation at
-//! ingest has already turned samples into alerts). The three queries run concurrently.
+//! ingest has already turned samples into alerts). The queries run concurrently; the updates
+//! summary counts rollouts by state and the devices of unfinished rollouts (an index range of
+//! `rollout_devices` per running or paused rollout).
 
 use axum::extract::State;
 use axum::Json;
@@ -21,6 +23,7 @@ use crate::auth::{Member, Role};
 use crate::clock::to_millis;
 use crate::http::error::ApiError;
 use crate::http::time;
+use herd_domain::status::RolloutState;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(stats_overview))
@@ -39,6 +42,22 @@ pub(crate) struct StatsOverview {
     pub alerts_last_24h: i64,
     /// The newest alerts (at most 10), newest first.
     pub recent_alerts: Vec<RecentAlert>,
+    /// Software updates: rollouts by state, and the devices of running and paused rollouts
+    /// by update state.
+    pub updates: UpdatesSummary,
+}
+
+/// The updates part of the overview.
+#[derive(Debug, Default, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UpdatesSummary {
+    pub ready: i64,
+    pub running: i64,
+    pub paused: i64,
+    pub completed: i64,
+    pub cancelled: i64,
+    /// Devices of running and paused rollouts, by update state.
+    pub devices: crate::rollouts::UpdateCounts,
 }
 
 /// One alert of the overview.
@@ -84,12 +103,29 @@ async fn stats_overview(
     member: Member,
 ) -> Result<Json<StatsOverview>, ApiError> {
     let scope = member.require(Role::Viewer)?;
-    let overview = MonitoringStore::new(scope).overview(to_millis(clock.now())).await?;
+    let store = MonitoringStore::new(scope);
+    let (overview, updates) =
+        tokio::try_join!(store.overview(to_millis(clock.now())), crate::rollouts::store::summary(scope))?;
+    let mut summary = UpdatesSummary::default();
+    for (state, n) in updates.0 {
+        let slot = match state {
+            RolloutState::Ready => &mut summary.ready,
+            RolloutState::Running => &mut summary.running,
+            RolloutState::Paused => &mut summary.paused,
+            RolloutState::Completed => &mut summary.completed,
+            RolloutState::Cancelled => &mut summary.cancelled,
+        };
+        *slot += n;
+    }
+    for (state, n) in updates.1 {
+        summary.devices.add(state, n);
+    }
     Ok(Json(StatsOverview {
         total: overview.total,
         active: overview.online,
         offline: overview.offline,
         alerts_last_24h: overview.alerts_last_24h,
         recent_alerts: overview.recent.into_iter().map(RecentAlert::from).collect(),
+        updates: summary,
     }))
 }

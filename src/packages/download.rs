@@ -38,8 +38,9 @@ pub(super) async fn member_download(
     serve(&blobs, &row, &headers).await
 }
 
-/// Download a package's artifact (device token): only a package whose `targetModels` is empty
-/// or names the device's model (else 404). `ETag` is `"<sha256>"`; resume with
+/// Download a package's artifact (device token): only a package that a rollout sent the
+/// device (notified or later) and whose `targetModels` is empty or names the device's model
+/// (else 404). `ETag` is `"<sha256>"`; resume with
 /// `Range: bytes=<have>-` and `If-Range: <ETag>`; check the whole file against `Repr-Digest`.
 #[utoipa::path(get, path = "/devices/self/packages/{id}/download", tag = "packages", security(("bearer" = [])),
     params(("id" = String, Path, description = "package id")),
@@ -56,6 +57,10 @@ pub(super) async fn device_download(
         .await?
         .filter(|row| row.targets(device.device.model.as_deref()))
         .ok_or_else(|| ApiError::not_found("package"))?;
+    // Only a device that a rollout sent the package (notified or later) may fetch it.
+    if !crate::rollouts::store::device_may_download(&device.scope, device.device_id, id).await? {
+        return Err(ApiError::not_found("package"));
+    }
     serve(&blobs, &row, &headers).await
 }
 

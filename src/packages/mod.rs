@@ -325,7 +325,7 @@ async fn get_package(member: Member, IdPath(id): IdPath<PackageId>) -> Result<Js
 }
 
 /// Delete a package (operator and up), and its artifact unless another package of the tenant
-/// has the same content.
+/// has the same content. 409 while a ready, running or paused rollout sends it.
 #[utoipa::path(delete, path = "/packages/{id}", tag = "packages", security(("bearer" = [])),
     params(("id" = String, Path, description = "package id")), responses((status = 204)))]
 async fn delete_package(
@@ -335,6 +335,11 @@ async fn delete_package(
     IdPath(id): IdPath<PackageId>,
 ) -> Result<StatusCode, ApiError> {
     let scope = member.require(Role::Operator)?;
+    if crate::rollouts::store::package_in_use(scope, id).await? {
+        return Err(ApiError::Conflict(
+            "a ready, running or paused rollout sends this package: cancel it first".into(),
+        ));
+    }
     let (row, shared) =
         store::delete(scope, id, to_millis(clock.now())).await?.ok_or_else(|| ApiError::not_found("package"))?;
     if !shared {

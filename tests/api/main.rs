@@ -20,6 +20,7 @@ mod monitoring;
 mod packages;
 mod presence;
 mod registration;
+mod rollouts;
 mod schema;
 mod settings;
 mod telemetry;

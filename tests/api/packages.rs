@@ -1,6 +1,6 @@
 //! Software packages: upload with metadata, version-code monotonicity, validation before the
 //! body, size limits and failed uploads that store nothing, range downloads for members and
-//! targeted devices (resume, ETag, If-Range, 416), roles, cross-tenant 404s and deletion.
+//! the devices a rollout sent the package (resume, ETag, If-Range, 416), roles, cross-tenant 404s and deletion.
 
 use std::path::Path;
 
@@ -121,20 +121,23 @@ engine_tests! {
         assert_eq!(cached.headers()["etag"], etag.as_str());
     }
 
-    async fn devices_download_only_packages_for_their_model(app) {
+    async fn devices_download_only_packages_a_rollout_sent_them(app) {
         let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
-        let (_, x96) = app.register(&enroll, json!({ "serialNumber": "pkg-1", "model": "X96" })).await;
-        let (_, other) = app.register(&enroll, json!({ "serialNumber": "pkg-2", "model": "T95" })).await;
+        let (x96_device, x96) = app.register(&enroll, json!({ "serialNumber": "pkg-1", "model": "X96" })).await;
+        let (other_device, other) = app.register(&enroll, json!({ "serialNumber": "pkg-2", "model": "T95" })).await;
         let bytes = artifact(5000);
         let targeted = expect_json(upload(&app, ADMIN_TOKEN, "name=fw&version=1&versionCode=1&kind=firmware&targetModels=X96", bytes.clone()).await, StatusCode::CREATED).await;
-        let any = expect_json(upload(&app, ADMIN_TOKEN, "name=any&version=1&versionCode=1&kind=file", artifact(10)).await, StatusCode::CREATED).await;
         let path = format!("/devices/self/packages/{}/download", targeted["id"].as_str().unwrap());
+        // Before a rollout sends it, no device may fetch it, whatever its model.
+        expect_problem(download(&app, &path, &x96, &[]).await, StatusCode::NOT_FOUND).await;
+        let body = json!({ "packageId": targeted["id"], "target": { "deviceIds": [x96_device["id"], other_device["id"]] }, "waves": [100], "start": true });
+        let rollout = expect_json(app.post("/rollouts", ADMIN_TOKEN, body).await, StatusCode::CREATED).await;
+        // The T95 box was skipped (the package targets X96 only): still 404 for it.
+        assert_eq!(rollout["counts"]["skipped"], 1, "{rollout}");
         expect_problem(download(&app, &path, &other, &[]).await, StatusCode::NOT_FOUND).await;
         let got = download(&app, &path, &x96, &[("range", "bytes=100-")]).await;
         assert_eq!(got.status(), StatusCode::PARTIAL_CONTENT);
         assert_eq!(got.bytes().await.unwrap().to_vec(), bytes[100..].to_vec());
-        let any_path = format!("/devices/self/packages/{}/download", any["id"].as_str().unwrap());
-        assert_eq!(download(&app, &any_path, &other, &[]).await.status(), StatusCode::OK);
         // A member token is not a device token, and another tenant's device sees nothing.
         assert_eq!(download(&app, &path, ADMIN_TOKEN, &[]).await.status(), StatusCode::FORBIDDEN);
         let (_, other_admin) = app.create_tenant("pkg-other").await;

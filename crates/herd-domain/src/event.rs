@@ -5,8 +5,12 @@
 use serde_json::{json, Value};
 
 use crate::clock::from_millis;
-use crate::ids::{AlertId, CertificateId, ClaimId, CommandId, DeviceId, PackageId, RuleId, UserId, WebhookId};
-use crate::status::{CommandState, CommandType, DeviceStatus, KeySource, Metric, PackageKind, Severity};
+use crate::ids::{
+    AlertId, CertificateId, ClaimId, CommandId, DeviceId, PackageId, RolloutId, RuleId, UserId, WebhookId,
+};
+use crate::status::{
+    CommandState, CommandType, DeviceStatus, KeySource, Metric, PackageKind, RolloutState, Severity, UpdateState,
+};
 
 /// Everything herd announces. Payloads are camelCase JSON objects.
 #[derive(Debug, Clone)]
@@ -158,6 +162,61 @@ pub enum Event {
         name: String,
         version_code: i64,
     },
+    /// A rollout was created (`ready`) for `total` devices.
+    RolloutCreated {
+        rollout_id: RolloutId,
+        package_id: PackageId,
+        total: i64,
+        waves: i64,
+    },
+    /// A rollout changed state (`rollout.<to>`: started, paused, resumed, completed, cancelled).
+    /// `reason` says why herd paused it; `by` is the member token that acted (none when herd did).
+    RolloutTransition {
+        rollout_id: RolloutId,
+        package_id: PackageId,
+        kind: RolloutChange,
+        wave: i64,
+        reason: Option<String>,
+        by: Option<String>,
+    },
+    /// A rollout's next wave started (`wave` counts from 0) with `size` devices.
+    RolloutWaveStarted {
+        rollout_id: RolloutId,
+        package_id: PackageId,
+        wave: i64,
+        size: i64,
+    },
+    /// One device's update in a rollout moved from `from` to `to`.
+    DeviceUpdateStateChanged {
+        rollout_id: RolloutId,
+        package_id: PackageId,
+        device_id: DeviceId,
+        from: UpdateState,
+        to: UpdateState,
+        reason: Option<String>,
+    },
+}
+
+/// What a [`Event::RolloutTransition`] did; its event type is `rollout.<this>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutChange {
+    Started,
+    Paused,
+    Resumed,
+    Completed,
+    Cancelled,
+}
+
+impl RolloutChange {
+    /// The state the rollout is in afterwards.
+    pub fn state(self) -> RolloutState {
+        match self {
+            Self::Started | Self::Resumed => RolloutState::Running,
+            Self::Paused => RolloutState::Paused,
+            Self::Completed => RolloutState::Completed,
+            Self::Cancelled => RolloutState::Cancelled,
+        }
+    }
 }
 
 /// Every event type herd emits or will emit; webhook subscriptions are checked against it.
@@ -187,6 +246,14 @@ pub const KNOWN_TYPES: &[&str] = &[
     "command.cancelled",
     "package.created",
     "package.deleted",
+    "rollout.created",
+    "rollout.started",
+    "rollout.wave_started",
+    "rollout.paused",
+    "rollout.resumed",
+    "rollout.completed",
+    "rollout.cancelled",
+    "device.update_state_changed",
 ];
 
 impl Event {
@@ -222,6 +289,16 @@ impl Event {
             Event::CommandCancelled { .. } => "command.cancelled",
             Event::PackageCreated { .. } => "package.created",
             Event::PackageDeleted { .. } => "package.deleted",
+            Event::RolloutCreated { .. } => "rollout.created",
+            Event::RolloutTransition { kind, .. } => match kind {
+                RolloutChange::Started => "rollout.started",
+                RolloutChange::Paused => "rollout.paused",
+                RolloutChange::Resumed => "rollout.resumed",
+                RolloutChange::Completed => "rollout.completed",
+                RolloutChange::Cancelled => "rollout.cancelled",
+            },
+            Event::RolloutWaveStarted { .. } => "rollout.wave_started",
+            Event::DeviceUpdateStateChanged { .. } => "device.update_state_changed",
         }
     }
 
@@ -288,6 +365,20 @@ impl Event {
             }),
             Event::PackageDeleted { package_id, name, version_code } => json!({
                 "packageId": package_id, "name": name, "versionCode": version_code,
+            }),
+            Event::RolloutCreated { rollout_id, package_id, total, waves } => json!({
+                "rolloutId": rollout_id, "packageId": package_id, "total": total, "waves": waves,
+            }),
+            Event::RolloutTransition { rollout_id, package_id, kind, wave, reason, by } => json!({
+                "rolloutId": rollout_id, "packageId": package_id, "state": kind.state(), "wave": wave,
+                "reason": reason, "by": by,
+            }),
+            Event::RolloutWaveStarted { rollout_id, package_id, wave, size } => json!({
+                "rolloutId": rollout_id, "packageId": package_id, "wave": wave, "size": size,
+            }),
+            Event::DeviceUpdateStateChanged { rollout_id, package_id, device_id, from, to, reason } => json!({
+                "rolloutId": rollout_id, "packageId": package_id, "deviceId": device_id, "from": from,
+                "to": to, "reason": reason,
             }),
         }
     }

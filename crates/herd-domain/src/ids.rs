@@ -105,3 +105,7 @@ id_type!(
     /// A software package (an APK, a firmware image, a file) uploaded for devices to download.
     PackageId
 );
+id_type!(
+    /// A staged rollout of one package to a target, in waves.
+    RolloutId
+);

@@ -177,6 +177,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_device_moves_its_update_forward_or_to_failed_and_never_back() {
+        use UpdateState::*;
+        assert!(Notified.device_may_move_to(Downloading));
+        assert!(Notified.device_may_move_to(Installed), "steps may be left out");
+        assert!(Downloading.device_may_move_to(Downloading), "progress while downloading");
+        assert!(Installing.device_may_move_to(Failed));
+        assert!(Installed.device_may_move_to(Installed), "a repeated final report");
+        assert!(!Installing.device_may_move_to(Downloading), "backwards");
+        assert!(!Pending.device_may_move_to(Downloading), "not told yet");
+        assert!(!Installed.device_may_move_to(Failed));
+        assert!(!Failed.device_may_move_to(Installed));
+        assert!(!Skipped.device_may_move_to(Downloading));
+        assert!(!Cancelled.device_may_move_to(Downloading));
+        assert!(!Notified.device_may_move_to(Pending));
+    }
+
+    #[test]
     fn every_value_round_trips_and_unknown_text_is_an_error() {
         for role in Role::ALL {
             assert_eq!(role.as_str().parse::<Role>(), Ok(*role));
@@ -233,3 +250,84 @@ text_enum!(
         File = "file",
     }
 );
+
+text_enum!(
+    /// Where a rollout stands. `ready` (created) → `running` (waves advance) ⇄ `paused`
+    /// (by an operator, or by herd when a wave's failures cross the threshold) → `completed`;
+    /// `cancelled` from any state but `completed`.
+    RolloutState "rollout state" {
+        Ready = "ready",
+        Running = "running",
+        Paused = "paused",
+        Completed = "completed",
+        Cancelled = "cancelled",
+    }
+);
+
+impl RolloutState {
+    /// True for the states nothing leaves.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Cancelled)
+    }
+}
+
+text_enum!(
+    /// Where one device's update of a rollout stands:
+    /// `pending → notified → downloading → downloaded → installing → installed | failed`,
+    /// or `skipped` (already at or above the version, another model) or `cancelled` (the
+    /// rollout was cancelled before the device started downloading).
+    UpdateState "update state" {
+        /// In a wave that has not reached it yet (or outside its maintenance window).
+        Pending = "pending",
+        /// herd queued an `install_package` command for it.
+        Notified = "notified",
+        Downloading = "downloading",
+        Downloaded = "downloaded",
+        Installing = "installing",
+        Installed = "installed",
+        /// The device reported a failure (with a reason).
+        Failed = "failed",
+        /// Not sent: the device already has this version or a newer one, or is another model.
+        Skipped = "skipped",
+        /// The rollout was cancelled before the device started.
+        Cancelled = "cancelled",
+    }
+);
+
+impl UpdateState {
+    /// True for the states nothing leaves.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Installed | Self::Failed | Self::Skipped | Self::Cancelled)
+    }
+
+    /// The position along `pending → … → installed`; a device report may only move forward.
+    /// `None` for the states that are not on that line (`failed`, `skipped`, `cancelled`).
+    pub fn step(self) -> Option<u8> {
+        match self {
+            Self::Pending => Some(0),
+            Self::Notified => Some(1),
+            Self::Downloading => Some(2),
+            Self::Downloaded => Some(3),
+            Self::Installing => Some(4),
+            Self::Installed => Some(5),
+            Self::Failed | Self::Skipped | Self::Cancelled => None,
+        }
+    }
+
+    /// Whether a device may report `to` while its update is in `self`: forward along the line
+    /// from `notified` (steps may be left out), `failed` from any state a device has been told
+    /// about, and the same state again (a progress update, or a repeat).
+    pub fn device_may_move_to(self, to: UpdateState) -> bool {
+        if self == to {
+            return !matches!(self, Self::Pending | Self::Skipped | Self::Cancelled);
+        }
+        match (self.step(), to) {
+            (Some(from), UpdateState::Failed) => (1..5).contains(&from),
+            (Some(from), to) => match to.step() {
+                Some(step) => from >= 1 && step > from && step >= 2,
+                None => false,
+            },
+            (None, _) => false,
+        }
+    }
+}

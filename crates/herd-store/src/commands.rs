@@ -124,14 +124,33 @@ pub async fn create(
     origin: &str,
     now: i64,
 ) -> Result<Option<CommandRow>, StoreError> {
-    let id = CommandId::new();
-    let tenant = scope.tenant_id();
     let mut tx = scope.db().begin().await?;
+    let row = create_in(&mut tx, scope.tenant_id(), CommandId::new(), command, origin, now).await?;
+    if row.is_some() {
+        tx.commit().await?;
+    }
+    Ok(row)
+}
+
+/// [`create`] inside a caller's transaction (a rollout queues its `install_package` commands
+/// with the devices' state change), under a command id the caller chose.
+pub(crate) async fn create_in(
+    tx: &mut Tx,
+    tenant: TenantId,
+    id: CommandId,
+    command: &NewCommand<'_>,
+    origin: &str,
+    now: i64,
+) -> Result<Option<CommandRow>, StoreError> {
+    let engine = match &tx.conn {
+        crate::TxConn::Postgres(_) => Engine::Postgres,
+        crate::TxConn::Sqlite(_) => Engine::Sqlite,
+    };
     let sql = format!(
         "INSERT INTO commands (tenant_id, {COMMAND_COLUMNS}) VALUES ($9, $1, $2, $3, $4, 0, $5, $6, $7, $8, NULL) \
          RETURNING {COMMAND_COLUMNS}"
     );
-    let mut row: CommandRow = with_tx!(&mut tx, |conn| sqlx::query_as::<_, CommandRow>(&sql)
+    let mut row: CommandRow = with_tx!(tx, |conn| sqlx::query_as::<_, CommandRow>(&sql)
         .bind(id)
         .bind(command.command_type)
         .bind(command.payload)
@@ -150,11 +169,11 @@ pub async fn create(
         Target::Devices(ids) => {
             let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
             let json = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
-            let sql = match scope.db().engine() {
+            let sql = match engine {
                 Engine::Postgres => format!("{INSERT} AND d.id IN (SELECT jsonb_array_elements_text($5::jsonb))"),
                 Engine::Sqlite => format!("{INSERT} AND d.id IN (SELECT value FROM json_each($5))"),
             };
-            with_tx!(&mut tx, |conn| sqlx::query(&sql)
+            with_tx!(tx, |conn| sqlx::query(&sql)
                 .bind(id)
                 .bind(now)
                 .bind(command.expires_at)
@@ -169,7 +188,7 @@ pub async fn create(
                 "{INSERT} AND ($5 IS NULL OR d.status = $5) AND ($6 IS NULL OR EXISTS (SELECT 1 FROM device_tags t \
                  WHERE t.tenant_id = d.tenant_id AND t.device_id = d.id AND t.tag = $6))"
             );
-            with_tx!(&mut tx, |conn| sqlx::query(&sql)
+            with_tx!(tx, |conn| sqlx::query(&sql)
                 .bind(id)
                 .bind(now)
                 .bind(command.expires_at)
@@ -186,7 +205,7 @@ pub async fn create(
         return Ok(None);
     }
     let total = i64::try_from(inserted).unwrap_or(i64::MAX);
-    with_tx!(&mut tx, |conn| sqlx::query("UPDATE commands SET total = $1 WHERE id = $2")
+    with_tx!(tx, |conn| sqlx::query("UPDATE commands SET total = $1 WHERE id = $2")
         .bind(total)
         .bind(id)
         .execute(&mut *conn)
@@ -204,8 +223,7 @@ pub async fn create(
         now,
     );
     let woken = single.map_or_else(|| "*".to_string(), |device| device.to_string());
-    notify(&mut tx, &format!("{origin} {tenant} {woken}")).await?;
-    tx.commit().await?;
+    notify(tx, &format!("{origin} {tenant} {woken}")).await?;
     Ok(Some(row))
 }
 
@@ -623,6 +641,74 @@ pub async fn cancel_all(scope: &TenantScope, id: CommandId, now: i64) -> Result<
     }
     tx.commit().await?;
     Ok(Some(cancelled))
+}
+
+/// Cancels a command's undelivered executions inside a caller's transaction (a cancelled
+/// rollout's `install_package` commands), with one `command.cancelled` event when any were.
+pub(crate) async fn cancel_queued_in(tx: &mut Tx, tenant: TenantId, id: CommandId, now: i64) -> Result<(), StoreError> {
+    let cancelled = with_tx!(tx, |conn| sqlx::query(
+        "UPDATE command_executions SET state = 'cancelled', finished_at = $1, updated_at = $1, due_at = NULL \
+         WHERE tenant_id = $2 AND command_id = $3 AND state = 'queued'"
+    )
+    .bind(now)
+    .bind(tenant)
+    .bind(id)
+    .execute(&mut *conn)
+    .await
+    .map(|r| r.rows_affected()))
+    .map_err(classify)?;
+    if cancelled > 0 {
+        let cancelled = i64::try_from(cancelled).unwrap_or(i64::MAX);
+        tx.record(
+            tenant,
+            &Event::CommandCancelled {
+                command_id: id,
+                command_type: CommandType::InstallPackage,
+                device_id: None,
+                cancelled,
+            },
+            now,
+        );
+    }
+    Ok(())
+}
+
+/// Ends one device's `install_package` execution as succeeded when the device reports on the
+/// update it announced (the notification did its work), inside the report's transaction;
+/// nothing when it had already ended.
+pub(crate) async fn finish_notification_in(
+    tx: &mut Tx,
+    tenant: TenantId,
+    id: CommandId,
+    device_id: DeviceId,
+    now: i64,
+) -> Result<(), StoreError> {
+    let ended = with_tx!(tx, |conn| sqlx::query(
+        "UPDATE command_executions SET state = 'succeeded', finished_at = $1, updated_at = $1, due_at = NULL \
+         WHERE tenant_id = $2 AND command_id = $3 AND device_id = $4 AND state IN ('queued', 'delivered', 'running')"
+    )
+    .bind(now)
+    .bind(tenant)
+    .bind(id)
+    .bind(device_id)
+    .execute(&mut *conn)
+    .await
+    .map(|r| r.rows_affected()))
+    .map_err(classify)?;
+    if ended > 0 {
+        tx.record(
+            tenant,
+            &Event::CommandTransition {
+                command_id: id,
+                command_type: CommandType::InstallPackage,
+                device_id,
+                to: CommandState::Succeeded,
+                error: None,
+            },
+            now,
+        );
+    }
+    Ok(())
 }
 
 /// Deletes a deleted device's executions, in the transaction that deletes the device. (Their

@@ -504,6 +504,7 @@ impl<'s> DeviceStore<'s> {
         crate::certificates::revoke_for_deleted_device(&mut tx, self.scope, id, now).await?;
         // Its commands go with it (command_executions has no foreign key to cascade).
         crate::commands::delete_for_device(&mut tx, self.scope, id).await?;
+        crate::rollouts::delete_for_device(&mut tx, self.scope, id).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -28,6 +28,7 @@ pub mod events;
 pub mod monitoring;
 pub mod packages;
 pub mod presence;
+pub mod rollouts;
 pub mod settings;
 pub mod telemetry;
 pub mod tenants;
