@@ -72,7 +72,7 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHand
         let state = rollouts.clone();
         async move {
             let now = crate::clock::to_millis(state.clock.now());
-            crate::rollouts::engine::run_due(&state, now).await.map(drop).map_err(Into::into)
+            crate::rollouts::run_due(&state, now).await.map(drop).map_err(Into::into)
         }
     }));
     jobs.push(tokio::spawn(crate::commands::waiters::listen(

@@ -1,4 +1,4 @@
-//! The rollout policy and the rollout job's step. [`advance`] moves one running rollout as far
+//! The rollout policy. [`advance`] moves one running rollout as far
 //! as it can go now: pause it if a started wave's failures cross the threshold; notify (or skip)
 //! the pending devices of the waves so far whose maintenance window is open; once none is
 //! pending, start the soak; after the soak, start the next wave — or complete the rollout after
@@ -25,7 +25,7 @@ const CHUNK: i64 = 5_000;
 const COMMAND_EXPIRY_MS: i64 = 30 * 24 * 3600 * 1000;
 const COMMAND_TIMEOUT_MS: i64 = 7 * 24 * 3600 * 1000;
 
-/// What one [`run_due`] pass did.
+/// What advancing did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Advanced {
     /// Running rollouts looked at.
@@ -34,26 +34,13 @@ pub struct Advanced {
     pub skipped: usize,
 }
 
-/// The rollout job's step: [`advance`] every running rollout of every tenant. A rollout whose
-/// step fails is logged and retried at the next tick; the others go on.
-pub async fn run_due(state: &AppState, now: i64) -> Result<Advanced, StoreError> {
-    let running = store::running(&state.db, &state.system).await?;
-    let mut total = Advanced { rollouts: running.len(), ..Advanced::default() };
-    for (id, tenant) in running {
-        let scope = TenantScope::for_system(&state.system, &state.db, tenant);
-        match advance(state, &scope, id, now).await {
-            Ok(done) => {
-                total.notified += done.notified;
-                total.skipped += done.skipped;
-            }
-            Err(error) => tracing::warn!(%error, rollout = %id, "cannot advance a rollout"),
-        }
-    }
-    Ok(total)
-}
-
 /// Moves one rollout as far as it can go at `now` (nothing unless it is running).
-pub async fn advance(state: &AppState, scope: &TenantScope, id: RolloutId, now: i64) -> Result<Advanced, StoreError> {
+pub(crate) async fn advance(
+    state: &AppState,
+    scope: &TenantScope,
+    id: RolloutId,
+    now: i64,
+) -> Result<Advanced, StoreError> {
     let mut done = Advanced { rollouts: 1, ..Advanced::default() };
     // Each turn either stops or starts a later wave, so a rollout of n waves needs n + 1.
     for _ in 0..=super::MAX_WAVES {

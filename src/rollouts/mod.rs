@@ -13,11 +13,15 @@
 //! not target. An optional maintenance window holds a device's notification until its local
 //! time (its settings' timezone, else UTC) is inside the window.
 //!
-//! `engine` holds that policy and the job step; `store` (herd-store) the SQL, where every
+//! `engine` holds that policy, `job` the job step ([`run_due`]); `store` (herd-store) the SQL, where every
 //! transition is a conditional UPDATE so any number of instances make each once.
 
 pub(crate) mod device;
-pub mod engine;
+pub(crate) mod engine;
+mod job;
+
+pub use engine::Advanced;
+pub use job::run_due;
 
 pub(crate) use herd_store::rollouts as store;
 

@@ -288,7 +288,10 @@ engine_tests! {
     async fn the_overview_counts_a_scripted_scenario(app) {
         let (_, admin) = app.create_tenant("overview").await;
         let empty = expect_json(app.get("/devices/stats/overview", &admin).await, StatusCode::OK).await;
-        assert_eq!(empty, json!({ "total": 0, "active": 0, "offline": 0, "alertsLast24h": 0, "recentAlerts": [] }));
+        let no_updates = json!({ "ready": 0, "running": 0, "paused": 0, "completed": 0, "cancelled": 0, "devices": {
+            "pending": 0, "notified": 0, "downloading": 0, "downloaded": 0, "installing": 0, "installed": 0,
+            "failed": 0, "skipped": 0, "cancelled": 0 } });
+        assert_eq!(empty, json!({ "total": 0, "active": 0, "offline": 0, "alertsLast24h": 0, "recentAlerts": [], "updates": no_updates }));
 
         let (a, a_token) = device(&app, &admin, "O-1").await;
         let (_, b_token) = device(&app, &admin, "O-2").await;
