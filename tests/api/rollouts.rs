@@ -464,6 +464,19 @@ engine_tests! {
         assert_eq!(events_of(&app, "rollout.wave_started").await.len(), 3);
         let notified = events_of(&app, "device.update_state_changed").await;
         assert_eq!(notified.len(), 40, "one event per device");
+        // A step that read the same pending devices before another moved them moves none and
+        // queues nothing (the store's dispatch, called as a late step would).
+        let me = expect_json(app.get("/auth/me", ADMIN_TOKEN).await, StatusCode::OK).await;
+        let tenant: herd::ids::TenantId = me["tenantId"].as_str().unwrap().parse().unwrap();
+        let scope = herd::store::TenantScope::for_system(&app.state.system, &app.state.db, tenant);
+        let row = herd::store::rollouts::get(&scope, id.parse().unwrap()).await.unwrap().unwrap();
+        let late = herd::store::rollouts::Dispatch {
+            notify: vec![devices[0].0.parse().unwrap()],
+            skip: vec![("late".into(), vec![devices[1].0.parse().unwrap()])],
+        };
+        let notification = herd::store::rollouts::Notification { payload: "{}", expires_at: i64::MAX / 2, timeout_ms: 1000, origin: "test" };
+        let now = to_millis(herd::clock::Clock::now(app.clock.as_ref()));
+        assert_eq!(herd::store::rollouts::dispatch(&scope, &row, &late, &notification, now).await.unwrap(), (0, 0));
         // Every device got exactly one install_package command.
         for (_, token) in &devices {
             let polled = expect_json(app.get("/devices/self/commands", token).await, StatusCode::OK).await;
