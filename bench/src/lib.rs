@@ -30,6 +30,7 @@ pub mod probe;
 pub mod progress;
 pub mod report;
 pub mod server;
+pub mod static_serve;
 
 use std::time::Instant;
 
@@ -152,6 +153,7 @@ pub async fn run(settings: Settings) -> Result<Report> {
             Phase::Metrics => phases::metrics::run(&mut bench).await,
             Phase::Certificates => phases::certificates::run(&mut bench).await,
             Phase::Overview => phases::overview::run(&mut bench).await,
+            Phase::Download => phases::download::run(&mut bench).await,
             Phase::Sweep => phases::sweep::run(&mut bench).await,
         };
         match result {

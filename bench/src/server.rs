@@ -316,7 +316,8 @@ pub struct RssSampler {
 }
 
 impl RssSampler {
-    fn start(pid: u32) -> RssSampler {
+    /// Starts sampling the process `pid`.
+    pub fn start(pid: u32) -> RssSampler {
         let peak_kib = Arc::new(AtomicU64::new(read_status_kib(pid, "VmRSS:").unwrap_or(0)));
         let peak = Arc::clone(&peak_kib);
         let task = tokio::spawn(async move {
