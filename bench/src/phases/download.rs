@@ -34,7 +34,7 @@ use tokio::task::JoinSet;
 use crate::context::Bench;
 use crate::probe::is_missing_route;
 use crate::report::{format_count, Figure, PhaseReport};
-use crate::server::RssSampler;
+use crate::server::{cpu_seconds, RssSampler};
 use crate::static_serve::{self, DownloadConnection, StaticServer};
 
 const ROUTE: &str = "POST /packages and GET /packages/{id}/download";
@@ -108,6 +108,8 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
     let mut ceiling_rate = Figure::new("static route, same bytes (ceiling)", "MiB/s");
     let mut ratio = Figure::new("herd / ceiling", "x");
     let mut slowest = Figure::new("herd: slowest client's download", "s");
+    let mut herd_cpu = Figure::new("herd CPU per GiB served", "ms");
+    let mut ceiling_cpu = Figure::new("static route CPU per GiB served", "ms");
     let mut rss_before_figure = Figure::new("server RSS before the phase", "MiB");
     let mut rss_peak = Figure::new("server RSS peak while downloading", "MiB");
     if let Some(rss) = rss_before {
@@ -126,7 +128,11 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
             plain = Some(download_ceiling(&ceiling, &download, run, runs, &mut ceiling_rss).await?);
         }
         let sampler = bench.server.sample_rss();
+        let cpu_before = cpu_seconds(bench.server.pid());
         let herd = download.run(addr, &herd_path, &format!("herd download run {run}/{runs}")).await?;
+        if let Some(ms) = cpu_ms_per_gib(cpu_before, cpu_seconds(bench.server.pid()), herd.bytes) {
+            herd_cpu.push(ms);
+        }
         let peak = sampler.finish();
         phase.observe_rss(peak);
         if let Some(peak) = peak {
@@ -136,6 +142,9 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
             Some(plain) => plain,
             None => download_ceiling(&ceiling, &download, run, runs, &mut ceiling_rss).await?,
         };
+        if let Some(ms) = plain.cpu_ms_per_gib {
+            ceiling_cpu.push(ms);
+        }
         herd_rate.push(herd.mib_per_second());
         ceiling_rate.push(plain.mib_per_second());
         slowest.push(herd.elapsed.as_secs_f64());
@@ -146,7 +155,8 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
     drop(ceiling);
     workdir.remove()?;
 
-    phase.figures = vec![upload, herd_rate, ceiling_rate, ratio, slowest, rss_before_figure, rss_peak];
+    phase.figures =
+        vec![upload, herd_rate, ceiling_rate, ratio, slowest, herd_cpu, ceiling_cpu, rss_before_figure, rss_peak];
     phase.notes.push(format!(
         "{clients} clients at once, each with a connection of its own, download the whole {}-byte artifact \
          (pseudo-random) per run; herd: GET /packages/{{id}}/download with a member (admin) token, the serving \
@@ -167,6 +177,19 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
     Ok(vec![phase])
 }
 
+/// What the ceiling's run measured.
+struct CeilingRound {
+    round: Round,
+    /// The static server's CPU time per GiB it served.
+    cpu_ms_per_gib: Option<f64>,
+}
+
+impl CeilingRound {
+    fn mib_per_second(&self) -> f64 {
+        self.round.mib_per_second()
+    }
+}
+
 /// One run of the ceiling's downloads, folding the static server's RSS peak into `rss`.
 async fn download_ceiling(
     ceiling: &StaticServer,
@@ -174,15 +197,23 @@ async fn download_ceiling(
     run: usize,
     runs: usize,
     rss: &mut Option<f64>,
-) -> Result<Round> {
+) -> Result<CeilingRound> {
     let sampler = RssSampler::start(ceiling.pid());
+    let cpu_before = cpu_seconds(ceiling.pid());
     let anonymous = Download { bearer: None, ..download.clone() };
     let round =
         anonymous.run(ceiling.addr(), static_serve::FILE_PATH, &format!("static route run {run}/{runs}")).await?;
+    let cpu_ms_per_gib = cpu_ms_per_gib(cpu_before, cpu_seconds(ceiling.pid()), round.bytes);
     if let Some(peak) = sampler.finish() {
         *rss = Some(rss.map_or(peak, |max| max.max(peak)));
     }
-    Ok(round)
+    Ok(CeilingRound { round, cpu_ms_per_gib })
+}
+
+/// CPU milliseconds a server spent per GiB it served, from its CPU seconds before and after.
+pub fn cpu_ms_per_gib(before: Option<f64>, after: Option<f64>, bytes: u64) -> Option<f64> {
+    let spent = after? - before?;
+    (bytes > 0 && spent >= 0.0).then(|| spent * 1000.0 / (bytes as f64 / (1024.0 * MIB as f64)))
 }
 
 /// One round of downloads: what to fetch, how many clients, what every body must be.
@@ -432,6 +463,13 @@ mod tests {
         assert_eq!(mib_per_second(MIB, Duration::ZERO), 0.0);
         let round = Round { bytes: 100 * 200 * MIB, elapsed: Duration::from_secs(10) };
         assert_eq!(round.mib_per_second(), 2_000.0);
+    }
+
+    #[test]
+    fn cpu_is_per_gib_served() {
+        assert_eq!(cpu_ms_per_gib(Some(1.0), Some(3.0), 4 * 1024 * MIB), Some(500.0));
+        assert_eq!(cpu_ms_per_gib(None, Some(3.0), MIB), None);
+        assert_eq!(cpu_ms_per_gib(Some(1.0), Some(3.0), 0), None);
     }
 
     #[test]
