@@ -19,7 +19,7 @@ use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
              from this process."
 )]
 pub struct Args {
-    /// A check to run instead of the benchmark.
+    /// A check, or the download phase's static server, to run instead of the benchmark.
     #[command(subcommand)]
     pub command: Option<Check>,
 
@@ -93,7 +93,7 @@ pub struct Args {
     pub keep_data: bool,
 }
 
-/// Checks that run instead of the benchmark.
+/// What runs instead of the benchmark: the crash check, and the download phase's static server.
 #[derive(Debug, Subcommand)]
 pub enum Check {
     /// Crash durability: load, `kill -9` in the middle, restart, and every acknowledged write is

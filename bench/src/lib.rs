@@ -12,7 +12,8 @@
 //! Code map: `cli` (flags), `server` (the process under test), `postgres` (fresh database),
 //! `http` + `load` (client and load generator), `fleet` (registered devices), `context` (what
 //! phases share), `phases::*` (one module per measured area), `node_peer` (the seed's stack),
-//! `report` (figures, table, JSON), `machine` (where it ran).
+//! `report` (figures, table, JSON), `machine` (where it ran), `static_serve` (the download
+//! phase's ceiling, `herd-bench static-serve`, and its streaming client).
 
 #![forbid(unsafe_code)]
 
