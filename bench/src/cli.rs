@@ -19,7 +19,7 @@ use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
              from this process."
 )]
 pub struct Args {
-    /// A check to run instead of the benchmark.
+    /// A check, or the download phase's static server, to run instead of the benchmark.
     #[command(subcommand)]
     pub command: Option<Check>,
 
@@ -61,6 +61,14 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub overview_samples: Option<u64>,
 
+    /// Size of the download phase's artifact in MiB [default: 200; quick: 16].
+    #[arg(long, value_name = "MIB")]
+    pub download_mib: Option<u64>,
+
+    /// Clients downloading the artifact at once in the download phase [default: 100; quick: 10].
+    #[arg(long, value_name = "N")]
+    pub download_clients: Option<usize>,
+
     /// Fleet sizes of the presence sweep, comma separated
     /// [default: 100000,1000000; quick: the --devices count].
     #[arg(long, value_delimiter = ',', value_name = "SIZES")]
@@ -85,12 +93,27 @@ pub struct Args {
     pub keep_data: bool,
 }
 
-/// Checks that run instead of the benchmark.
+/// What runs instead of the benchmark: the crash check, and the download phase's static server.
 #[derive(Debug, Subcommand)]
 pub enum Check {
     /// Crash durability: load, `kill -9` in the middle, restart, and every acknowledged write is
     /// there (SQLite; PostgreSQL too with --database-url). Exits non-zero on any lost write.
     Crash(CrashArgs),
+    /// The download phase's ceiling: serves one file on `GET /file` (plain hyper, no auth, no
+    /// database), prints `listening on <addr>` and serves until killed. The phase starts it itself.
+    StaticServe(StaticServeArgs),
+}
+
+/// Flags of `herd-bench static-serve`.
+#[derive(Debug, ClapArgs)]
+pub struct StaticServeArgs {
+    /// The file to serve.
+    #[arg(long, value_name = "PATH")]
+    pub file: PathBuf,
+
+    /// Where to listen (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    pub addr: std::net::SocketAddr,
 }
 
 /// Flags of `herd-bench crash`.
@@ -133,8 +156,10 @@ impl CrashArgs {
 
 /// One measured area of the server. The harness always runs them in the order listed here, whatever
 /// the order on the command line: commands come right after heartbeats, while the tenant holds
-/// exactly the `--devices` fleet (so the bulk command can target the whole tenant); the presence
-/// sweep comes last because it grows the fleet to a million devices and takes them all offline.
+/// exactly the `--devices` fleet (so the bulk command can target the whole tenant); downloads come
+/// after the overview, so the memory they may leave behind does not count in the overview's RSS;
+/// the presence sweep comes last because it grows the fleet to a million devices and takes them
+/// all offline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum Phase {
     /// `POST /bench/echo` (the HTTP ceiling) and `POST /devices/connect`, interleaved.
@@ -149,19 +174,23 @@ pub enum Phase {
     Certificates,
     /// `GET /devices/stats/overview` on a large tenant.
     Overview,
+    /// `GET /packages/{id}/download` of one large artifact by many clients at once, against a
+    /// static route serving the same bytes.
+    Download,
     /// `POST /admin/presence/sweep` over 100k and 1M stale devices.
     Sweep,
 }
 
 impl Phase {
     /// Every phase, in execution order.
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 8] = [
         Phase::Heartbeat,
         Phase::Commands,
         Phase::Registration,
         Phase::Metrics,
         Phase::Certificates,
         Phase::Overview,
+        Phase::Download,
         Phase::Sweep,
     ];
 }
@@ -201,6 +230,13 @@ pub struct Settings {
     pub sweep_sizes: Vec<u64>,
     /// Samples per request in the batched metrics figure.
     pub metrics_batch: usize,
+    /// Bytes of the download phase's artifact.
+    pub download_bytes: u64,
+    /// Clients downloading it at once.
+    pub download_clients: usize,
+    /// The `herd-bench` binary that runs `static-serve` for the download phase; `None`: this
+    /// executable (tests, whose executable is not herd-bench, name it).
+    pub static_server: Option<PathBuf>,
 }
 
 impl Settings {
@@ -221,6 +257,11 @@ impl Settings {
         }
         if runs == 0 {
             bail!("--runs must be at least 1");
+        }
+        let download_mib = args.download_mib.unwrap_or(if quick { 16 } else { 200 });
+        let download_clients = args.download_clients.unwrap_or(if quick { 10 } else { 100 });
+        if download_mib == 0 || download_clients == 0 {
+            bail!("--download-mib and --download-clients must be at least 1");
         }
         if args.sweep_sizes.as_ref().is_some_and(|sizes| sizes.contains(&0)) {
             bail!("--sweep-sizes must be positive");
@@ -256,6 +297,9 @@ impl Settings {
                 }
             }),
             metrics_batch: 100,
+            download_bytes: download_mib.saturating_mul(1024 * 1024),
+            download_clients,
+            static_server: None,
         })
     }
 
@@ -298,12 +342,18 @@ mod tests {
         assert_eq!(full.runs, 3);
         assert_eq!(full.sweep_sizes, vec![100_000, 1_000_000]);
         assert_eq!(full.overview_samples, 10_000_000);
+        assert_eq!((full.download_bytes, full.download_clients), (200 * 1024 * 1024, 100));
+        assert_eq!((quick.download_bytes, quick.download_clients), (16 * 1024 * 1024, 10));
+        let small = parse(&["--download-mib", "1", "--download-clients", "3"]);
+        assert_eq!((small.download_bytes, small.download_clients), (1024 * 1024, 3));
     }
 
     #[test]
     fn phases_run_in_fixed_order() {
         let settings = parse(&["--phases", "sweep,heartbeat,sweep"]);
         assert_eq!(settings.phases, vec![Phase::Heartbeat, Phase::Sweep]);
+        let settings = parse(&["--phases", "sweep,download,overview"]);
+        assert_eq!(settings.phases, vec![Phase::Overview, Phase::Download, Phase::Sweep]);
         let settings = parse(&["--phases", "registration,commands,heartbeat"]);
         assert_eq!(settings.phases, vec![Phase::Heartbeat, Phase::Commands, Phase::Registration]);
         assert!(parse(&[]).runs_phase(Phase::Commands));
@@ -319,11 +369,17 @@ mod tests {
         assert_eq!(settings.concurrency, 8);
         assert!(settings.database_url.is_none());
         assert!(Args::parse_from(["herd-bench", "--quick"]).command.is_none());
+        let args = Args::parse_from(["herd-bench", "static-serve", "--file", "f"]);
+        let Some(Check::StaticServe(serve)) = args.command else { panic!("static-serve not parsed") };
+        assert_eq!(serve.file, PathBuf::from("f"));
+        assert_eq!(serve.addr.to_string(), "127.0.0.1:0");
     }
 
     #[test]
     fn rejects_nonsense() {
         let args = Args::parse_from(["herd-bench", "--duration", "0"]);
+        assert!(Settings::from_args(args).is_err());
+        let args = Args::parse_from(["herd-bench", "--download-clients", "0"]);
         assert!(Settings::from_args(args).is_err());
     }
 }

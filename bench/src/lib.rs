@@ -12,7 +12,8 @@
 //! Code map: `cli` (flags), `server` (the process under test), `postgres` (fresh database),
 //! `http` + `load` (client and load generator), `fleet` (registered devices), `context` (what
 //! phases share), `phases::*` (one module per measured area), `node_peer` (the seed's stack),
-//! `report` (figures, table, JSON), `machine` (where it ran).
+//! `report` (figures, table, JSON), `machine` (where it ran), `static_serve` (the download
+//! phase's ceiling, `herd-bench static-serve`, and its streaming client).
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +31,7 @@ pub mod probe;
 pub mod progress;
 pub mod report;
 pub mod server;
+pub mod static_serve;
 
 use std::time::Instant;
 
@@ -152,6 +154,7 @@ pub async fn run(settings: Settings) -> Result<Report> {
             Phase::Metrics => phases::metrics::run(&mut bench).await,
             Phase::Certificates => phases::certificates::run(&mut bench).await,
             Phase::Overview => phases::overview::run(&mut bench).await,
+            Phase::Download => phases::download::run(&mut bench).await,
             Phase::Sweep => phases::sweep::run(&mut bench).await,
         };
         match result {

@@ -12,8 +12,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let mut args = herd_bench::cli::Args::parse();
-    if let Some(herd_bench::cli::Check::Crash(crash)) = args.command.take() {
-        return crash_check(crash.settings());
+    match args.command.take() {
+        Some(herd_bench::cli::Check::Crash(crash)) => return crash_check(crash.settings()),
+        Some(herd_bench::cli::Check::StaticServe(serve)) => return static_serve(serve),
+        None => {}
     }
     let settings = match herd_bench::cli::Settings::from_args(args) {
         Ok(settings) => settings,
@@ -61,6 +63,23 @@ fn crash_check(settings: herd_bench::crash::CrashSettings) -> ExitCode {
         }
         Err(error) => {
             eprintln!("herd-bench crash: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn static_serve(args: herd_bench::cli::StaticServeArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("herd-bench static-serve: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(herd_bench::static_serve::run(args.file, args.addr)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("herd-bench static-serve: {error:#}");
             ExitCode::FAILURE
         }
     }

@@ -299,6 +299,28 @@ fn read_status_kib(pid: u32, key: &str) -> Option<u64> {
     proc_field(&status, key)?.split_whitespace().next()?.parse().ok()
 }
 
+/// CPU time (user + system, all threads) a process has used so far, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_ticks(&stat).map(|ticks| ticks as f64 / USER_HZ)
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat`'s times: Linux's USER_HZ, 100 on every
+/// architecture herd runs on (the kernel's ABI, whatever its internal HZ).
+const USER_HZ: f64 = 100.0;
+
+/// `utime + stime` (fields 14 and 15) of a `/proc/<pid>/stat` line. The command name (field 2)
+/// is in parentheses and may hold spaces and parentheses itself, so fields are counted after
+/// its last `)`.
+pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, after_name) = stat.rsplit_once(')')?;
+    // After the name: field 3 (state) is the first; utime and stime are fields 14 and 15.
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 fn kib_to_mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -316,7 +338,8 @@ pub struct RssSampler {
 }
 
 impl RssSampler {
-    fn start(pid: u32) -> RssSampler {
+    /// Starts sampling the process `pid`.
+    pub fn start(pid: u32) -> RssSampler {
         let peak_kib = Arc::new(AtomicU64::new(read_status_kib(pid, "VmRSS:").unwrap_or(0)));
         let peak = Arc::clone(&peak_kib);
         let task = tokio::spawn(async move {
@@ -342,5 +365,24 @@ impl RssSampler {
 impl Drop for RssSampler {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cpu_ticks_from_proc_stat() {
+        let stat = "1234 (herd) S 1 1234 1234 0 -1 4194560 2893 0 0 0 750 125 0 0 20 0 55 0 \
+                    6011 123456789 6000 18446744073709551615";
+        assert_eq!(stat_cpu_ticks(stat), Some(875));
+        // A command name with spaces and parentheses does not shift the fields.
+        let odd = "99 (a (b) c) R 1 99 99 0 -1 0 0 0 0 0 3 4 0 0 20 0 1 0 1 1 1";
+        assert_eq!(stat_cpu_ticks(odd), Some(7));
+        assert_eq!(stat_cpu_ticks("99 (short) R 1"), None);
+        assert_eq!(stat_cpu_ticks("no name here"), None);
+        // This process has a stat file whose times parse.
+        assert!(cpu_seconds(std::process::id()).is_some());
     }
 }

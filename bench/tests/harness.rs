@@ -29,6 +29,9 @@ fn settings(out: PathBuf) -> Settings {
         overview_samples: 1_000,
         sweep_sizes: vec![30],
         metrics_batch: 10,
+        download_bytes: 300 * 1024,
+        download_clients: 3,
+        static_server: Some(PathBuf::from(env!("CARGO_BIN_EXE_herd-bench"))),
     }
 }
 
@@ -53,7 +56,9 @@ async fn every_phase_measures_when_present_and_is_na_when_absent() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).expect("results written")).expect("JSON");
     let _ = std::fs::remove_file(&out);
-    for name in ["ceiling", "heartbeat", "commands", "registration", "metrics", "certificates", "overview", "sweep"] {
+    for name in
+        ["ceiling", "heartbeat", "commands", "registration", "metrics", "certificates", "overview", "download", "sweep"]
+    {
         let phase = phase(&json, name);
         assert_eq!(phase["available"], true, "{name}: {phase}");
         let figures = phase["figures"].as_array().expect("figures");
@@ -69,14 +74,24 @@ async fn every_phase_measures_when_present_and_is_na_when_absent() {
     assert_eq!(phase(&json, "commands")["figures"][1]["runs"].as_array().map(Vec::len), Some(2));
     assert_eq!(phase(&json, "certificates (seed peer)")["available"], true);
     assert!(phase(&json, "sweep")["notes"].as_array().is_some_and(Vec::is_empty), "sweep counts match");
+    // Two runs, each herd and the static route, every download checked.
+    assert_eq!(phase(&json, "download")["figures"][1]["name"], "herd download (3 clients × 0.29 MiB)");
+    assert_eq!(phase(&json, "download")["figures"][3]["runs"].as_array().map(Vec::len), Some(2));
     assert_eq!(json["database"], "sqlite");
     assert_eq!(json["herdVersion"], "herd-fake 0.0.0");
 
     std::env::set_var("FAKE_HERD_ROUTES", "minimal");
     let out = out_path("minimal");
     let mut minimal = settings(out.clone());
-    minimal.phases =
-        vec![Phase::Heartbeat, Phase::Commands, Phase::Registration, Phase::Metrics, Phase::Overview, Phase::Sweep];
+    minimal.phases = vec![
+        Phase::Heartbeat,
+        Phase::Commands,
+        Phase::Registration,
+        Phase::Metrics,
+        Phase::Overview,
+        Phase::Download,
+        Phase::Sweep,
+    ];
     let report = herd_bench::run(minimal).await.expect("harness runs");
     std::env::remove_var("FAKE_HERD_ROUTES");
     let _ = std::fs::remove_file(&out);

@@ -27,6 +27,8 @@ let samples = 0;
 const executionsByDevice = new Map();
 const commands = new Map();
 const waitingPolls = new Map();
+// Packages: per id, the artifact's bytes and digest.
+const packages = new Map();
 
 function send(res, status, body) {
   const text = body === undefined ? '' : JSON.stringify(body);
@@ -42,11 +44,32 @@ const server = http.createServer((req, res) => {
   const chunks = [];
   req.on('data', (chunk) => chunks.push(chunk));
   req.on('end', () => {
-    const raw = Buffer.concat(chunks).toString();
-    const body = raw ? JSON.parse(raw) : undefined;
     const route = `${req.method} ${req.url}`;
     if (route === 'GET /readyz') return send(res, 200, { status: 'ready' });
     if (minimal) return send(res, 404);
+    // An upload's body is the artifact itself, not JSON.
+    if (req.method === 'POST' && req.url.startsWith('/packages?')) {
+      if (bearer(req) !== admin) return send(res, 401, { title: 'Unauthorized' });
+      const bytes = Buffer.concat(chunks);
+      const id = crypto.randomUUID();
+      const sha256 = crypto.createHash('sha256').update(bytes).digest('hex');
+      packages.set(id, { bytes, sha256 });
+      return send(res, 201, { id, sha256, size: bytes.length, downloadUrl: `/packages/${id}/download` });
+    }
+    const raw = Buffer.concat(chunks).toString();
+    const body = raw ? JSON.parse(raw) : undefined;
+    if (route === 'GET /packages?limit=1') {
+      if (bearer(req) !== admin) return send(res, 401, { title: 'Unauthorized' });
+      return send(res, 200, { items: [] });
+    }
+    const downloadMatch = /^\/packages\/([^/]+)\/download$/.exec(req.url);
+    if (req.method === 'GET' && downloadMatch) {
+      if (bearer(req) !== admin) return send(res, 401, { title: 'Unauthorized' });
+      const pkg = packages.get(downloadMatch[1]);
+      if (!pkg) return send(res, 404, { title: 'Not Found' });
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': pkg.bytes.length });
+      return res.end(pkg.bytes);
+    }
     if (route === 'POST /bench/echo') return send(res, 200, body);
     if (route === 'POST /enrollment-tokens') {
       if (bearer(req) !== admin) return send(res, 401, { title: 'Unauthorized' });
