@@ -8,7 +8,7 @@
 //! served by `herd-bench static-serve` in a child process. Each run: every client opens its
 //! connection, then all start together; herd's clients send `GET /packages/{id}/download` with
 //! the admin (member) token — the serving code of the device route
-//! `GET /devices/self/packages/{id}/download`, which will require a rollout assignment — and the
+//! `GET /devices/self/packages/{id}/download`, which requires a rollout assignment — and the
 //! ceiling's `GET /file`. Every download's status, `Content-Length` and byte count are checked and
 //! the first client's bytes are hashed against the package's SHA-256, so a broken server cannot
 //! look fast. Bodies are streamed and dropped frame by frame: the clients hold no artifact.
@@ -160,7 +160,7 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
     phase.notes.push(format!(
         "{clients} clients at once, each with a connection of its own, download the whole {}-byte artifact \
          (pseudo-random) per run; herd: GET /packages/{{id}}/download with a member (admin) token, the serving \
-         code of GET /devices/self/packages/{{id}}/download, whose device route will require a rollout \
+         code of GET /devices/self/packages/{{id}}/download, whose device route requires a rollout \
          assignment; every download's byte count checked, one client's SHA-256 checked",
         format_count(size)
     ));
