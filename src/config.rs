@@ -892,7 +892,11 @@ mod tests {
     fn transfers_and_download_urls_have_their_own_bounds() {
         let s = Settings::load(&ConfigArgs::default()).unwrap();
         assert_eq!((s.transfer_timeout, s.download_url_ttl), (Duration::from_secs(3600), Duration::from_secs(900)));
-        let args = ConfigArgs { transfer_timeout: Some("2h".into()), download_url_ttl: Some("1m".into()), ..Default::default() };
+        let args = ConfigArgs {
+            transfer_timeout: Some("2h".into()),
+            download_url_ttl: Some("1m".into()),
+            ..Default::default()
+        };
         let s = Settings::load(&args).unwrap();
         assert_eq!((s.transfer_timeout, s.download_url_ttl), (Duration::from_secs(7200), Duration::from_secs(60)));
         for (args, name) in [

@@ -87,7 +87,12 @@ pub(crate) struct DownloadUrlDto {
     pub expires_at: DateTime<Utc>,
 }
 
-fn link(signer: &DownloadSigner, tenant: herd_domain::ids::TenantId, row: &PackageRow, clock: &dyn Clock) -> DownloadUrlDto {
+fn link(
+    signer: &DownloadSigner,
+    tenant: herd_domain::ids::TenantId,
+    row: &PackageRow,
+    clock: &dyn Clock,
+) -> DownloadUrlDto {
     let signed = signer.sign(tenant, row, clock.now().timestamp());
     DownloadUrlDto {
         url: signed.url,
@@ -243,8 +248,9 @@ async fn serve(
     let etag = format!("\"{}\"", row.sha256);
     let cache_control = match cache {
         CachePolicy::Private => HeaderValue::from_static("private, no-cache"),
-        CachePolicy::PublicFor(seconds) => HeaderValue::from_str(&format!("public, max-age={}", seconds.max(0)))
-            .map_err(ApiError::internal)?,
+        CachePolicy::PublicFor(seconds) => {
+            HeaderValue::from_str(&format!("public, max-age={}", seconds.max(0))).map_err(ApiError::internal)?
+        }
     };
     let digest = hex::decode(&row.sha256).map_err(ApiError::internal)?;
     let digest = base64::engine::general_purpose::STANDARD.encode(digest);
