@@ -107,6 +107,7 @@ impl App {
         let download_signer = Arc::new(crate::packages::DownloadSigner::new(
             certificates.derive_key(crate::packages::DownloadSigner::PURPOSE),
             settings.download_url_ttl,
+            settings.public_url.clone(),
         ));
         let state = AppState {
             db,

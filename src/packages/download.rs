@@ -80,8 +80,9 @@ pub(super) async fn device_download(
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct DownloadUrlDto {
-    /// A path and query (`/downloads/packages/{id}?expires=…&signature=…`), to be resolved
-    /// against the server the caller talks to. It needs no `Authorization` header.
+    /// `/downloads/packages/{id}?expires=…&signature=…`, under `HERD_PUBLIC_URL` when that is
+    /// set, else a path and query to resolve against the server the caller talks to. It needs
+    /// no `Authorization` header.
     pub url: String,
     /// When the link stops working (`HERD_DOWNLOAD_URL_TTL` from now, rounded up to a minute).
     pub expires_at: DateTime<Utc>,

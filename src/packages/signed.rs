@@ -27,15 +27,22 @@ type HmacSha256 = Hmac<Sha256>;
 pub(crate) struct DownloadSigner {
     key: [u8; 32],
     ttl: Duration,
+    /// `HERD_PUBLIC_URL`: links are absolute under it; without it they are a path and query.
+    base: Option<String>,
 }
 
 impl std::fmt::Debug for DownloadSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DownloadSigner").field("key", &"[redacted]").field("ttl", &self.ttl).finish()
+        f.debug_struct("DownloadSigner")
+            .field("key", &"[redacted]")
+            .field("ttl", &self.ttl)
+            .field("base", &self.base)
+            .finish()
     }
 }
 
-/// A signed link: a path and query, relative to the server that handed it out.
+/// A signed link: under `HERD_PUBLIC_URL` when it is set, else a path and query to resolve
+/// against the server that handed it out.
 pub(crate) struct SignedLink {
     pub url: String,
     /// Unix seconds.
@@ -46,8 +53,8 @@ impl DownloadSigner {
     /// The label of this key in `CertificateService::derive_key`.
     pub(crate) const PURPOSE: &'static str = "package download urls";
 
-    pub(crate) fn new(key: [u8; 32], ttl: Duration) -> Self {
-        Self { key, ttl }
+    pub(crate) fn new(key: [u8; 32], ttl: Duration, base: Option<String>) -> Self {
+        Self { key, ttl, base }
     }
 
     fn mac(&self, tenant: TenantId, id: PackageId, sha256: &str, expires: i64) -> HmacSha256 {
@@ -63,7 +70,11 @@ impl DownloadSigner {
         let expires = (now.saturating_add(ttl)).div_euclid(60).saturating_add(1).saturating_mul(60);
         let signature = self.mac(tenant, row.id, &row.sha256, expires).finalize().into_bytes();
         let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature);
-        SignedLink { url: format!("/downloads/packages/{}?expires={expires}&signature={signature}", row.id), expires }
+        let base = self.base.as_deref().unwrap_or("");
+        SignedLink {
+            url: format!("{base}/downloads/packages/{}?expires={expires}&signature={signature}", row.id),
+            expires,
+        }
     }
 
     /// Whether `signature` (base64url) is this key's for `row` of `tenant` and `expires`;
@@ -115,7 +126,7 @@ mod tests {
 
     #[test]
     fn a_link_verifies_only_for_its_package_content_tenant_and_expiry() {
-        let signer = DownloadSigner::new([7; 32], Duration::from_secs(900));
+        let signer = DownloadSigner::new([7; 32], Duration::from_secs(900), None);
         let (tenant, package) = (TenantId::new(), row("ab"));
         let link = signer.sign(tenant, &package, 1_000_030);
         assert!(link.url.starts_with(&format!("/downloads/packages/{}?", package.id)));
@@ -134,8 +145,10 @@ mod tests {
         let mut tampered = signature.clone().into_bytes();
         tampered[0] = if tampered[0] == b'A' { b'B' } else { b'A' };
         assert!(!signer.verify(tenant, &package, expires, std::str::from_utf8(&tampered).unwrap()));
-        let other_key = DownloadSigner::new([8; 32], Duration::from_secs(900));
+        let other_key = DownloadSigner::new([8; 32], Duration::from_secs(900), None);
         assert!(!other_key.verify(tenant, &package, expires, &signature), "another key");
         assert!(!format!("{signer:?}").contains("7, 7"), "the key is not printed");
+        let public = DownloadSigner::new([7; 32], Duration::from_secs(900), Some("https://herd.example".into()));
+        assert_eq!(public.sign(tenant, &package, 1_000_030).url, format!("https://herd.example{}", link.url));
     }
 }

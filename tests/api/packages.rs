@@ -347,10 +347,15 @@ engine_tests! {
             let second = app.second_instance().await;
             assert_eq!(anonymous(&second, &url, &[]).await.bytes().await.unwrap().to_vec(), bytes, "another instance");
         }
+        let mut app = app;
+        app.settings.public_url = Some("https://herd.example".into());
         let app = app.restart().await;
         let again = anonymous(&app, &url, &[]).await;
         assert_eq!(again.status(), StatusCode::OK, "after a restart");
         assert_eq!(again.bytes().await.unwrap().to_vec(), bytes);
+        // With HERD_PUBLIC_URL the link is absolute under it (else a path to resolve).
+        let absolute = expect_json(app.get(&format!("/packages/{id}/download-url"), ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(absolute["url"].as_str().unwrap(), format!("https://herd.example{url}"));
     }
 
     async fn another_tenant_gets_no_link_to_a_package(app) {
