@@ -41,6 +41,7 @@ pub(crate) struct TransferLimits {
 pub(crate) async fn bound(State(limits): State<TransferLimits>, request: Request, next: Next) -> Response {
     let deadline = Instant::now() + limits.total;
     let stalled = Arc::new(AtomicBool::new(false));
+    let overdue = Arc::new(AtomicBool::new(false));
     let stall = Stall {
         limit: limits.stall,
         timer: Box::pin(tokio::time::sleep(limits.stall)),
@@ -48,10 +49,18 @@ pub(crate) async fn bound(State(limits): State<TransferLimits>, request: Request
         flag: stalled.clone(),
     };
     let request = request.map(|body| {
-        Body::new(Bounded { inner: body, stall: Some(stall), deadline: Box::pin(tokio::time::sleep_until(deadline)) })
+        Body::new(Bounded {
+            inner: body,
+            stall: Some(stall),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            overdue: Some(overdue.clone()),
+        })
     });
-    let Ok(response) = tokio::time::timeout_at(deadline, next.run(request)).await else {
-        return ApiError::Timeout.into_response();
+    // The request body fails at the deadline too, and the handler may answer that failure
+    // first: either way the answer is the timeout's.
+    let response = match tokio::time::timeout_at(deadline, next.run(request)).await {
+        Ok(response) if !overdue.load(Ordering::Relaxed) => response,
+        _ => return ApiError::Timeout.into_response(),
     };
     if stalled.load(Ordering::Relaxed) {
         return ApiError::RequestTimeout(format!(
@@ -61,7 +70,12 @@ pub(crate) async fn bound(State(limits): State<TransferLimits>, request: Request
         .into_response();
     }
     response.map(|body| {
-        Body::new(Bounded { inner: body, stall: None, deadline: Box::pin(tokio::time::sleep_until(deadline)) })
+        Body::new(Bounded {
+            inner: body,
+            stall: None,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            overdue: None,
+        })
     })
 }
 
@@ -75,11 +89,13 @@ struct Stall {
     flag: Arc<AtomicBool>,
 }
 
-/// A body that fails at `deadline` and, with a [`Stall`], when no frame came for its limit.
+/// A body that fails at `deadline` (raising `overdue`) and, with a [`Stall`], when no frame
+/// came for its limit.
 struct Bounded {
     inner: Body,
     stall: Option<Stall>,
     deadline: Pin<Box<Sleep>>,
+    overdue: Option<Arc<AtomicBool>>,
 }
 
 impl HttpBody for Bounded {
@@ -101,6 +117,9 @@ impl HttpBody for Bounded {
             return Poll::Ready(frame);
         }
         if this.deadline.as_mut().poll(cx).is_ready() {
+            if let Some(overdue) = &this.overdue {
+                overdue.store(true, Ordering::Relaxed);
+            }
             return Poll::Ready(Some(Err(axum::Error::new("the transfer took longer than HERD_TRANSFER_TIMEOUT"))));
         }
         if let Some(stall) = &mut this.stall {

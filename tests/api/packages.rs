@@ -416,5 +416,17 @@ engine_tests! {
         let listed = expect_json(app.get("/packages?name=stalled", ADMIN_TOKEN).await, StatusCode::OK).await;
         assert_eq!(listed["items"], json!([]));
         assert_eq!(blob_files(&blobs), before, "nothing stored");
+
+        // HERD_TRANSFER_TIMEOUT bounds the whole upload: 8 × 400 ms is past a 2 s bound.
+        let mut app = app;
+        app.settings.transfer_timeout = std::time::Duration::from_secs(2);
+        let app = app.restart().await;
+        let chunks: Vec<Vec<u8>> = (0..8).map(|_| artifact(1000)).collect();
+        let response = slow_upload(&app, "name=long&version=1&versionCode=1&kind=file", chunks, std::time::Duration::from_millis(400)).await.unwrap();
+        expect_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let listed = expect_json(app.get("/packages?name=long", ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(listed["items"], json!([]));
+        assert_eq!(blob_files(&blobs), before, "nothing stored");
     }
 }
