@@ -48,6 +48,8 @@ pub struct AppState {
     pub command_waiters: Arc<crate::commands::waiters::Waiters>,
     /// Uploaded files (screenshots, packages): local files or an S3 bucket (see `blobs`).
     pub blobs: crate::blobs::BlobStore,
+    /// Signs and checks package download links (key derived by the certificate service).
+    pub(crate) download_signer: Arc<crate::packages::DownloadSigner>,
 }
 
 /// A built, not yet running, server.
@@ -102,6 +104,11 @@ impl App {
             settings.event_streams_per_token,
             settings.event_streams_per_tenant,
         ));
+        let download_signer = Arc::new(crate::packages::DownloadSigner::new(
+            certificates.derive_key(crate::packages::DownloadSigner::PURPOSE),
+            settings.download_url_ttl,
+            settings.public_url.clone(),
+        ));
         let state = AppState {
             db,
             system: Arc::new(system),
@@ -116,6 +123,7 @@ impl App {
             login_limits,
             command_waiters: Arc::default(),
             blobs,
+            download_signer,
         };
         Ok(App { listener, local_addr, state, shutdown, bootstrap })
     }

@@ -85,6 +85,12 @@ pub struct ConfigArgs {
     /// Longest time a request may take before it is answered 503 (e.g. `30s`).
     #[arg(long, env = "HERD_REQUEST_TIMEOUT", global = true)]
     pub request_timeout: Option<String>,
+    /// Longest time an artifact upload or download (packages, screenshots) may take (e.g. `1h`).
+    #[arg(long, env = "HERD_TRANSFER_TIMEOUT", global = true)]
+    pub transfer_timeout: Option<String>,
+    /// How long a signed package download URL stays valid (e.g. `15m`; 1m to 24h).
+    #[arg(long, env = "HERD_DOWNLOAD_URL_TTL", global = true)]
+    pub download_url_ttl: Option<String>,
     /// Largest accepted request body in bytes.
     #[arg(long, env = "HERD_BODY_LIMIT", global = true)]
     pub body_limit: Option<String>,
@@ -279,6 +285,11 @@ pub struct Settings {
     /// then include device counts over all tenants, which the start-up log warns about).
     pub metrics_token: Option<Secret>,
     pub request_timeout: Duration,
+    /// The bound of artifact uploads and downloads instead of `request_timeout` (they may
+    /// still not stall: no request-body byte for `request_timeout` fails an upload).
+    pub transfer_timeout: Duration,
+    /// How long a signed package download URL stays valid.
+    pub download_url_ttl: Duration,
     pub body_limit: usize,
     pub session_ttl: Duration,
     pub bench_echo: bool,
@@ -426,6 +437,8 @@ impl Settings {
             key_encryption_key: None,
             metrics_token: None,
             request_timeout: Duration::from_secs(30),
+            transfer_timeout: Duration::from_secs(3600),
+            download_url_ttl: Duration::from_secs(15 * 60),
             body_limit: 1024 * 1024,
             session_ttl: Duration::from_secs(12 * 3600),
             bench_echo: false,
@@ -545,6 +558,23 @@ impl Settings {
         }
         if let Some(v) = pick("request_timeout", &args.request_timeout) {
             settings.request_timeout = parse_duration("request_timeout", &v)?;
+        }
+        if let Some(v) = pick("transfer_timeout", &args.transfer_timeout) {
+            settings.transfer_timeout = parse_duration("transfer_timeout", &v)?;
+        }
+        if settings.transfer_timeout < settings.request_timeout {
+            return Err(invalid(
+                "transfer_timeout",
+                &humantime::format_duration(settings.transfer_timeout).to_string(),
+                "must be at least request_timeout",
+            ));
+        }
+        if let Some(v) = pick("download_url_ttl", &args.download_url_ttl) {
+            let ttl = parse_duration("download_url_ttl", &v)?;
+            if !(Duration::from_secs(60)..=Duration::from_secs(86_400)).contains(&ttl) {
+                return Err(invalid("download_url_ttl", &v, "must be between 1m and 24h"));
+            }
+            settings.download_url_ttl = ttl;
         }
         if let Some(v) = pick("body_limit", &args.body_limit) {
             settings.body_limit = parse_number("body_limit", &v, 1024, 1 << 30)? as usize;
@@ -691,6 +721,8 @@ const KNOWN_KEYS: &[&str] = &[
     "key_encryption_key",
     "metrics_token",
     "request_timeout",
+    "transfer_timeout",
+    "download_url_ttl",
     "body_limit",
     "session_ttl",
     "bench_echo",
@@ -865,6 +897,27 @@ mod tests {
         assert!(Settings::load(&args).is_err(), "below the stream keep-alive");
         let args = ConfigArgs { request_timeout: Some("300s".into()), ..Default::default() };
         assert_eq!(Settings::load(&args).unwrap().idle_timeout, Duration::from_secs(330), "the default follows");
+    }
+
+    #[test]
+    fn transfers_and_download_urls_have_their_own_bounds() {
+        let s = Settings::load(&ConfigArgs::default()).unwrap();
+        assert_eq!((s.transfer_timeout, s.download_url_ttl), (Duration::from_secs(3600), Duration::from_secs(900)));
+        let args = ConfigArgs {
+            transfer_timeout: Some("2h".into()),
+            download_url_ttl: Some("1m".into()),
+            ..Default::default()
+        };
+        let s = Settings::load(&args).unwrap();
+        assert_eq!((s.transfer_timeout, s.download_url_ttl), (Duration::from_secs(7200), Duration::from_secs(60)));
+        for (args, name) in [
+            (ConfigArgs { transfer_timeout: Some("10s".into()), ..Default::default() }, "transfer_timeout"),
+            (ConfigArgs { transfer_timeout: Some("soon".into()), ..Default::default() }, "transfer_timeout"),
+            (ConfigArgs { download_url_ttl: Some("59s".into()), ..Default::default() }, "download_url_ttl"),
+            (ConfigArgs { download_url_ttl: Some("25h".into()), ..Default::default() }, "download_url_ttl"),
+        ] {
+            assert!(Settings::load(&args).unwrap_err().to_string().contains(name), "{name}");
+        }
     }
 
     #[test]

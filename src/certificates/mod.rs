@@ -171,6 +171,23 @@ impl CertificateService {
         })
     }
 
+    /// A 32-byte key for `purpose` (a fixed label), the same on every instance that shares this
+    /// database and across restarts: HMAC-SHA256 keyed with the key-encryption key
+    /// (`HERD_KEY_ENCRYPTION_KEY` or `<data-dir>/kek`) when there is one, else with the CA's
+    /// private key (which every instance of a database must hold: the CA pin refuses another
+    /// CA). The label names the source, so switching it changes the key. Replacing the
+    /// key-encryption key or the CA changes every key derived here.
+    pub(crate) fn derive_key(&self, purpose: &str) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let (source, secret) = match self.vault.kek() {
+            Some(kek) => ("kek", kek.to_vec()),
+            None => ("ca-key", self.ca.private_key_pem().into_bytes()),
+        };
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&secret).expect("HMAC takes a key of any length");
+        mac.update(format!("herd key derivation v1\0{source}\0{purpose}").as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// The CA certificate, PEM (`GET /ca/certificate`).
     pub fn ca_certificate_pem(&self) -> &str {
         self.ca.certificate_pem()

@@ -75,6 +75,11 @@ impl Vault {
         Ok(Vault { kind: settings.cert_store, root, kek })
     }
 
+    /// The key-encryption key, when one is configured or present in the data directory.
+    pub(crate) fn kek(&self) -> Option<&[u8; 32]> {
+        self.kek.as_ref()
+    }
+
     /// The columns that record where a new certificate's private key is. In `database` mode
     /// this seals the key; in `file` mode it records the digest of the file
     /// [`Vault::write_files`] will write.

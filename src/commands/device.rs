@@ -47,7 +47,12 @@ pub(crate) fn device_router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_own_command))
         .routes(routes!(report_progress))
         .routes(routes!(report_result))
-        .routes(routes!(super::screenshots::upload_screenshot))
+}
+
+/// The device's transfers (bounded by `HERD_TRANSFER_TIMEOUT`, see `http::transfer`): the
+/// screenshot upload.
+pub(crate) fn device_transfer_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(super::screenshots::upload_screenshot))
 }
 
 /// `?wait=30s&limit=10`.

@@ -54,6 +54,9 @@ pub(crate) enum ApiError {
     Validation(Vec<FieldError>),
     #[error("the request took too long")]
     Timeout,
+    /// 408: the client stopped sending its request body.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     Unavailable(String),
     /// 429: the caller must slow down; `Retry-After` says for how long.
@@ -81,6 +84,7 @@ impl ApiError {
             ApiError::Timeout | ApiError::Unavailable(_) | ApiError::Overloaded { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -98,6 +102,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
             ApiError::Validation(_) => "validation",
             ApiError::Timeout => "timeout",
+            ApiError::RequestTimeout(_) => "request-timeout",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::TooManyRequests { .. } => "too-many-requests",
             ApiError::Overloaded { .. } => "overloaded",
@@ -233,6 +238,7 @@ mod tests {
             (ApiError::UnsupportedMediaType("x".into()), 415),
             (ApiError::invalid("f", "m"), 422),
             (ApiError::Timeout, 503),
+            (ApiError::RequestTimeout("x".into()), 408),
             (ApiError::Unavailable("x".into()), 503),
             (ApiError::TooManyRequests { detail: "x".into(), retry_after: std::time::Duration::from_secs(3) }, 429),
             (ApiError::Overloaded { detail: "x".into(), retry_after: std::time::Duration::from_secs(3) }, 503),

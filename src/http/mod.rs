@@ -5,6 +5,7 @@ pub(crate) mod bounded_time;
 pub(crate) mod error;
 pub(crate) mod extract;
 pub(crate) mod serve;
+pub(crate) mod transfer;
 pub(crate) mod unread_body;
 
 use std::sync::Arc;
@@ -71,7 +72,8 @@ pub(crate) fn time(millis: i64) -> DateTime<Utc> {
 
 /// Every route a device calls (enrollment, heartbeats, telemetry, its configuration and
 /// certificate), in one router beside the operators' so that device-only transport rules
-/// (mTLS, EST, their own limits) can be layered on it alone.
+/// (mTLS, EST, their own limits) can be layered on it alone; its transfers (uploads and
+/// downloads of artifacts) are in [`device_transfer_router`], which such rules must cover too.
 fn device_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(crate::devices::routes::device_router())
@@ -83,9 +85,23 @@ fn device_router() -> OpenApiRouter<AppState> {
         .merge(crate::rollouts::device::device_router())
 }
 
-/// The whole application: every feature's routes, the OpenAPI document, the middleware.
+/// The device routes that move artifacts (see [`transfer`]).
+fn device_transfer_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(crate::commands::device::device_transfer_router())
+        .merge(crate::packages::device_transfer_router())
+}
+
+/// The whole application: every feature's routes, the OpenAPI document, the middleware. Every
+/// route is bounded by `HERD_REQUEST_TIMEOUT`, except the transfers (artifact uploads and
+/// downloads, merged from the features' `transfer_router()`s), which [`transfer::bound`] bounds
+/// by `HERD_TRANSFER_TIMEOUT` and a stall limit instead.
 pub(crate) fn router(state: AppState) -> Router {
-    let (api_router, document) = OpenApiRouter::with_openapi(crate::openapi::base_document())
+    let (transfer_router, transfer_document) = OpenApiRouter::new()
+        .merge(crate::packages::transfer_router())
+        .merge(device_transfer_router())
+        .split_for_parts();
+    let (api_router, mut document) = OpenApiRouter::with_openapi(crate::openapi::base_document())
         .merge(crate::health::router())
         .merge(crate::tenants::router())
         .merge(crate::auth::routes::router())
@@ -105,6 +121,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(crate::rollouts::router())
         .merge(device_router())
         .split_for_parts();
+    document.merge(transfer_document);
     let document = Arc::new(crate::openapi::finish(document));
 
     let mut router = api_router.route("/openapi.json", get(move || openapi_json(document.clone())));
@@ -114,6 +131,20 @@ pub(crate) fn router(state: AppState) -> Router {
 
     let request_id = HeaderName::from_static("x-request-id");
     let timeout = state.settings.request_timeout;
+    let limits = transfer::TransferLimits { total: state.settings.transfer_timeout, stall: timeout };
+    let router = router
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|error: BoxError| async move {
+                    if error.is::<tower::timeout::error::Elapsed>() {
+                        ApiError::Timeout
+                    } else {
+                        ApiError::internal(anyhow::anyhow!("middleware error: {error}"))
+                    }
+                }))
+                .timeout(timeout),
+        )
+        .merge(transfer_router.layer(middleware::from_fn_with_state(limits, transfer::bound)));
     router
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -129,15 +160,7 @@ pub(crate) fn router(state: AppState) -> Router {
                 .layer(PropagateRequestIdLayer::new(request_id))
                 .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
                     ApiError::internal(anyhow::anyhow!("handler panicked")).into_response()
-                }))
-                .layer(HandleErrorLayer::new(|error: BoxError| async move {
-                    if error.is::<tower::timeout::error::Elapsed>() {
-                        ApiError::Timeout
-                    } else {
-                        ApiError::internal(anyhow::anyhow!("middleware error: {error}"))
-                    }
-                }))
-                .timeout(timeout),
+                })),
         )
         // Outermost, so that it sees every answer given before the request body was read.
         .layer(middleware::from_fn(unread_body::finish_unread_body))

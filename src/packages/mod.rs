@@ -1,10 +1,16 @@
 //! Software packages (OTA artifacts, issue 12 part 1): operators upload an APK, a firmware
 //! image or another file (`POST /packages`, the body streamed into the blob store under
 //! `t/<tenant>/packages/<sha256>`, metadata in query parameters), list, read and delete them;
-//! members and targeted devices download them with HTTP range requests (`download`). A
-//! package's `versionCode` is monotonic per name (see the store). Rollouts are not here.
+//! members and the devices a rollout sent a package download them with HTTP range requests
+//! (`download`), directly or by a short-lived signed link a CDN can serve (`signed`). A
+//! package's `versionCode` is monotonic per name (see the store). Rollouts, which send packages
+//! to devices, are in `rollouts`. The upload and downloads are transfers (`http::transfer`):
+//! bounded by `HERD_TRANSFER_TIMEOUT`, not the request timeout.
 
 mod download;
+mod signed;
+
+pub(crate) use signed::DownloadSigner;
 
 pub(crate) use herd_store::packages as store;
 
@@ -38,16 +44,30 @@ const MAX_VERSION: usize = 64;
 const MAX_MODELS: usize = 100;
 const MAX_NOTES: usize = 4096;
 
-/// The operators' package routes.
+/// The operators' package routes (those bounded by the request timeout).
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(upload, list_packages))
+        .routes(routes!(list_packages))
         .routes(routes!(get_package, delete_package))
+        .routes(routes!(download::member_download_url))
+}
+
+/// The operators' transfers (bounded by `HERD_TRANSFER_TIMEOUT`, see `http::transfer`): the
+/// upload and the download; and the signed-link download, which needs no token at all.
+pub(crate) fn transfer_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(upload))
         .routes(routes!(download::member_download))
+        .routes(routes!(download::signed_download))
 }
 
 /// Devices' package routes.
 pub(crate) fn device_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(download::device_download_url))
+}
+
+/// Devices' package transfers.
+pub(crate) fn device_transfer_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(download::device_download))
 }
 
@@ -68,7 +88,8 @@ pub(crate) struct PackageDto {
     pub sha256: String,
     pub size: i64,
     pub content_type: String,
-    /// Where members download it; devices use `/devices/self/packages/{id}/download`.
+    /// Where members download it; devices use `/devices/self/packages/{id}/download`. A
+    /// short-lived link without a token: `GET /packages/{id}/download-url`.
     pub download_url: String,
     /// The member token that uploaded it.
     pub created_by: String,

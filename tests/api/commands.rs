@@ -5,6 +5,7 @@
 use std::time::Duration as StdDuration;
 
 use chrono::Duration;
+use futures::StreamExt;
 use herd::clock::to_millis;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -459,6 +460,35 @@ engine_tests! {
         let reboot = send_ok(&app, device, json!({ "type": "reboot" })).await;
         poll(&app, token, "").await;
         expect_problem(upload(png.clone(), "image/png", token.clone(), reboot).await, StatusCode::CONFLICT).await;
+    }
+
+    async fn a_slow_screenshot_upload_outlasts_the_request_timeout_but_a_stalled_one_fails(app) {
+        let mut app = app;
+        app.settings.request_timeout = StdDuration::from_secs(1);
+        let app = app.restart().await;
+        let fleet = devices(&app, 1, "slowshot").await;
+        let (device, token) = &fleet[0];
+        let png: Vec<u8> = b"\x89PNG\r\n\x1a\n".iter().copied().chain((0..200u8).cycle().take(3000)).collect();
+        let upload = |command: String, pauses: Vec<u64>| {
+            let chunks: Vec<(u64, Vec<u8>)> = pauses.into_iter().zip(png.chunks(1000).map(<[u8]>::to_vec)).collect();
+            let body = futures::stream::iter(chunks).then(|(pause, chunk)| async move {
+                tokio::time::sleep(StdDuration::from_millis(pause)).await;
+                Ok::<_, std::io::Error>(chunk)
+            });
+            app.client.put(app.url(&format!("/devices/self/commands/{command}/screenshot"))).bearer_auth(token)
+                .header("content-type", "image/png").body(reqwest::Body::wrap_stream(body)).send()
+        };
+        // A stalled body (3 s without a byte, the bound is 1 s): 408, nothing attached.
+        let stalled = send_ok(&app, device, json!({ "type": "screenshot" })).await;
+        poll(&app, token, "").await;
+        let problem = expect_problem(upload(stalled.clone(), vec![0, 3000, 0, 0]).await.unwrap(), StatusCode::REQUEST_TIMEOUT).await;
+        assert!(problem["detail"].as_str().unwrap().contains("nothing was stored"), "{problem}");
+        assert!(execution(&app, device, &stalled).await["screenshot"].is_null());
+        // Four pauses of 400 ms: 1.6 s in all, past the request timeout, each under it.
+        let uploaded = expect_json(upload(stalled.clone(), vec![400, 400, 400, 400]).await.unwrap(), StatusCode::OK).await;
+        assert_eq!(uploaded["state"], "delivered");
+        expect_json(app.post(&format!("/devices/self/commands/{stalled}/result"), token, json!({ "status": "succeeded" })).await, StatusCode::OK).await;
+        assert_eq!(execution(&app, device, &stalled).await["screenshot"]["size"], png.len());
     }
 
     async fn a_deleted_devices_commands_go_with_it(app) {

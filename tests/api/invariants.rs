@@ -91,3 +91,23 @@ fn only_jobs_act_as_the_system_principal() {
     );
     assert!(found.iter().any(|line| line.starts_with("src/jobs.rs:")), "the scan does not see the jobs");
 }
+
+#[test]
+fn devices_reach_packages_only_through_device_package() {
+    // `packages::download::device_package` decides what a device may download (today: its
+    // tenant's package for its model; later: what a rollout assigned it). A device route that
+    // read a package with the device's scope itself would skip that decision.
+    let found = offending_lines(&["store::get(&device", "packages::get(&device", "packages::store::get(&device"], &[]);
+    let reads: Vec<&String> = found.iter().filter(|line| line.starts_with("src/")).collect();
+    assert_eq!(reads.len(), 1, "read packages for a device through device_package:\n{reads:#?}");
+    assert!(reads[0].starts_with("src/packages/download.rs:"), "{reads:#?}");
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/packages/download.rs")).unwrap();
+    let body = text.split("async fn device_package(").nth(1).expect("device_package is in download.rs");
+    let body = body.split("\n}\n").next().unwrap();
+    assert!(body.contains("store::get(&device"), "the one read is device_package's own");
+    for handler in ["async fn device_download(", "async fn device_download_url("] {
+        let handler_body = text.split(handler).nth(1).unwrap_or_else(|| panic!("{handler} is in download.rs"));
+        let handler_body = handler_body.split("\n}\n").next().unwrap();
+        assert!(handler_body.contains("device_package(&device, id)"), "{handler} must call device_package");
+    }
+}

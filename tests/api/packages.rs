@@ -1,9 +1,12 @@
 //! Software packages: upload with metadata, version-code monotonicity, validation before the
 //! body, size limits and failed uploads that store nothing, range downloads for members and
-//! the devices a rollout sent the package (resume, ETag, If-Range, 416), roles, cross-tenant 404s and deletion.
+//! the devices a rollout sent the package (resume, ETag, If-Range, 416), roles, cross-tenant 404s
+//! and deletion; signed download links (no token, ranges, expiry, tampering, restarts, tenants)
+//! and transfer bounds (an upload outlasts the request timeout but not a stall).
 
 use std::path::Path;
 
+use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -57,6 +60,49 @@ fn blob_files(dir: &Path) -> usize {
 
 async fn package_count(app: &TestApp, token: &str) -> usize {
     expect_json(app.get("/packages", token).await, StatusCode::OK).await["items"].as_array().unwrap().len()
+}
+
+/// A signed link's `(path without query, expires, signature)`.
+fn link_parts(url: &str) -> (String, String, String) {
+    let (path, query) = url.split_once('?').expect("a query");
+    let mut expires = String::new();
+    let mut signature = String::new();
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("expires", v)) => expires = v.to_string(),
+            Some(("signature", v)) => signature = v.to_string(),
+            _ => panic!("unexpected {pair}"),
+        }
+    }
+    (path.to_string(), expires, signature)
+}
+
+/// A GET without an `Authorization` header.
+async fn anonymous(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = app.client.get(app.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+/// An upload whose body comes in `chunks` with `pause` before each.
+async fn slow_upload(
+    app: &TestApp,
+    query: &str,
+    chunks: Vec<Vec<u8>>,
+    pause: std::time::Duration,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let body = futures::stream::iter(chunks).then(move |chunk| async move {
+        tokio::time::sleep(pause).await;
+        Ok::<_, std::io::Error>(chunk)
+    });
+    app.client
+        .post(app.url(&format!("/packages?{query}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
 }
 
 engine_tests! {
@@ -225,5 +271,172 @@ engine_tests! {
         assert_eq!(events["items"].as_array().unwrap().len(), 2);
         let events = expect_json(app.get("/events?type=package.created", ADMIN_TOKEN).await, StatusCode::OK).await;
         assert_eq!(events["items"].as_array().unwrap().len(), 2);
+    }
+
+    async fn signed_links_download_without_a_token_until_they_expire(app) {
+        let bytes = artifact(70_000);
+        let created = expect_json(upload(&app, ADMIN_TOKEN, "name=fw&version=1&versionCode=1&kind=firmware&targetModels=X96", bytes.clone()).await, StatusCode::CREATED).await;
+        let id = created["id"].as_str().unwrap().to_string();
+        let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
+        let (x96_device, x96) = app.register(&enroll, json!({ "serialNumber": "sig-1", "model": "X96" })).await;
+        let (t95_device, t95) = app.register(&enroll, json!({ "serialNumber": "sig-2", "model": "T95" })).await;
+        // No link before a rollout sends the package to the device.
+        expect_problem(app.get(&format!("/devices/self/packages/{id}/download-url"), &x96).await, StatusCode::NOT_FOUND).await;
+        let body = json!({ "packageId": id, "target": { "deviceIds": [x96_device["id"], t95_device["id"]] }, "waves": [100], "start": true });
+        let rollout = expect_json(app.post("/rollouts", ADMIN_TOKEN, body).await, StatusCode::CREATED).await;
+
+        // A device gets a link for a package a rollout sent it (the T95 box was skipped: the
+        // package targets X96), and only for that.
+        let device_link = expect_json(app.get(&format!("/devices/self/packages/{id}/download-url"), &x96).await, StatusCode::OK).await;
+        expect_problem(app.get(&format!("/devices/self/packages/{id}/download-url"), &t95).await, StatusCode::NOT_FOUND).await;
+        let viewer = app.api_token(ADMIN_TOKEN, "viewer").await;
+        let member_link = expect_json(app.get(&format!("/packages/{id}/download-url"), &viewer).await, StatusCode::OK).await;
+        // Same package, same minute: the same URL, so a cache keyed on it holds one copy.
+        assert_eq!(device_link["url"], member_link["url"]);
+        let url = device_link["url"].as_str().unwrap().to_string();
+        assert!(url.starts_with(&format!("/downloads/packages/{id}?")), "{url}");
+        // Valid for 15 minutes (rounded up to the minute): the clock is at 12:00:00.
+        assert_eq!(device_link["expiresAt"], "2026-01-01T12:16:00Z");
+
+        let whole = anonymous(&app, &url, &[]).await;
+        assert_eq!(whole.status(), StatusCode::OK);
+        assert_eq!(whole.headers()["cache-control"], "public, max-age=960");
+        assert_eq!(whole.headers()["etag"], format!("\"{}\"", hex_sha256(&bytes)).as_str());
+        assert!(whole.headers().contains_key("repr-digest"));
+        assert_eq!(whole.bytes().await.unwrap().to_vec(), bytes);
+        let part = anonymous(&app, &url, &[("range", "bytes=1000-1999")]).await;
+        assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(part.headers()["content-range"], "bytes 1000-1999/70000");
+        assert_eq!(part.bytes().await.unwrap().to_vec(), bytes[1000..2000].to_vec());
+        let etag = format!("\"{}\"", hex_sha256(&bytes));
+        assert_eq!(anonymous(&app, &url, &[("if-none-match", &etag)]).await.status(), StatusCode::NOT_MODIFIED);
+
+        // Altered links send no byte: another signature, a later expiry, another package.
+        let (path, expires, signature) = link_parts(&url);
+        let mut flipped = signature.clone().into_bytes();
+        flipped[5] = if flipped[5] == b'A' { b'B' } else { b'A' };
+        let flipped = String::from_utf8(flipped).unwrap();
+        let other = expect_json(upload(&app, ADMIN_TOKEN, "name=other&version=1&versionCode=1&kind=file", artifact(10)).await, StatusCode::CREATED).await;
+        let later: i64 = expires.parse::<i64>().unwrap() + 3600;
+        for altered in [
+            format!("{path}?expires={expires}&signature={flipped}"),
+            format!("{path}?expires={later}&signature={signature}"),
+            format!("/downloads/packages/{}?expires={expires}&signature={signature}", other["id"].as_str().unwrap()),
+            format!("{path}?expires={expires}"),
+            format!("{path}?signature={signature}"),
+            format!("{path}?expires=soon&signature={signature}"),
+        ] {
+            let problem = expect_problem(anonymous(&app, &altered, &[]).await, StatusCode::FORBIDDEN).await;
+            assert!(problem["detail"].as_str().unwrap().contains("not valid"), "{altered}: {problem}");
+        }
+
+        // Expired: refused, with no byte.
+        app.clock.advance(chrono::Duration::seconds(959));
+        let last = anonymous(&app, &url, &[("range", "bytes=0-0")]).await;
+        assert_eq!(last.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(last.headers()["cache-control"], "public, max-age=1");
+        app.clock.advance(chrono::Duration::seconds(1));
+        let problem = expect_problem(anonymous(&app, &url, &[]).await, StatusCode::FORBIDDEN).await;
+        assert!(problem["detail"].as_str().unwrap().contains("expired"), "{problem}");
+
+        // A deleted package's link is refused too; the token routes still answer as before.
+        let fresh = expect_json(app.get(&format!("/packages/{id}/download-url"), ADMIN_TOKEN).await, StatusCode::OK).await;
+        let cancel = format!("/rollouts/{}/cancel", rollout["id"].as_str().unwrap());
+        expect_json(app.post(&cancel, ADMIN_TOKEN, json!({})).await, StatusCode::OK).await;
+        assert_eq!(app.delete(&format!("/packages/{id}"), ADMIN_TOKEN).await.status(), StatusCode::NO_CONTENT);
+        expect_problem(anonymous(&app, fresh["url"].as_str().unwrap(), &[]).await, StatusCode::FORBIDDEN).await;
+    }
+
+    async fn signed_links_survive_restarts_and_serve_from_every_instance(app) {
+        let bytes = artifact(3000);
+        let created = expect_json(upload(&app, ADMIN_TOKEN, "name=a&version=1&versionCode=1&kind=file", bytes.clone()).await, StatusCode::CREATED).await;
+        let id = created["id"].as_str().unwrap().to_string();
+        let link = expect_json(app.get(&format!("/packages/{id}/download-url"), ADMIN_TOKEN).await, StatusCode::OK).await;
+        let url = link["url"].as_str().unwrap().to_string();
+        if app.engine == crate::helpers::Engine::Postgres {
+            let second = app.second_instance().await;
+            assert_eq!(anonymous(&second, &url, &[]).await.bytes().await.unwrap().to_vec(), bytes, "another instance");
+        }
+        let mut app = app;
+        app.settings.public_url = Some("https://herd.example".into());
+        let app = app.restart().await;
+        let again = anonymous(&app, &url, &[]).await;
+        assert_eq!(again.status(), StatusCode::OK, "after a restart");
+        assert_eq!(again.bytes().await.unwrap().to_vec(), bytes);
+        // With HERD_PUBLIC_URL the link is absolute under it (else a path to resolve).
+        let absolute = expect_json(app.get(&format!("/packages/{id}/download-url"), ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(absolute["url"].as_str().unwrap(), format!("https://herd.example{url}"));
+    }
+
+    async fn another_tenant_gets_no_link_to_a_package(app) {
+        let created = expect_json(upload(&app, ADMIN_TOKEN, "name=a&version=1&versionCode=1&kind=file", artifact(100)).await, StatusCode::CREATED).await;
+        let id = created["id"].as_str().unwrap();
+        let (_, other_admin) = app.create_tenant("sig-other").await;
+        expect_problem(app.get(&format!("/packages/{id}/download-url"), &other_admin).await, StatusCode::NOT_FOUND).await;
+        let enroll = app.enrollment_token(&other_admin, json!({})).await;
+        let (_, foreign) = app.register(&enroll, json!({ "serialNumber": "sig-3" })).await;
+        expect_problem(app.get(&format!("/devices/self/packages/{id}/download-url"), &foreign).await, StatusCode::NOT_FOUND).await;
+        // A member token is not a device token; no token at all is 401.
+        assert_eq!(app.get(&format!("/devices/self/packages/{id}/download-url"), ADMIN_TOKEN).await.status(), StatusCode::FORBIDDEN);
+        expect_problem(anonymous(&app, &format!("/packages/{id}/download-url"), &[]).await, StatusCode::UNAUTHORIZED).await;
+    }
+
+    async fn uploads_outlast_the_request_timeout_but_not_a_stall(app) {
+        let mut app = app;
+        app.settings.request_timeout = std::time::Duration::from_secs(1);
+        let app = app.restart().await;
+        let blobs = app.data_dir().join("blobs");
+        // Six pauses of 400 ms: 2.4 s in all, over the 1 s request timeout, each under it.
+        let chunks: Vec<Vec<u8>> = (0..6).map(|_| artifact(1000)).collect();
+        let whole: Vec<u8> = chunks.concat();
+        let response = slow_upload(&app, "name=slow&version=1&versionCode=1&kind=file", chunks, std::time::Duration::from_millis(400)).await.unwrap();
+        let created = expect_json(response, StatusCode::CREATED).await;
+        assert_eq!(created["sha256"], hex_sha256(&whole));
+        // Any other route keeps the 1 s request timeout: a JSON body sent as slowly is cut off.
+        let json_chunks: Vec<Vec<u8>> = vec![b"{\"name\":".to_vec(), b"\"slow\",".to_vec(), b"\"role\":\"viewer\"}".to_vec()];
+        let body = futures::stream::iter(json_chunks).then(|chunk| async move {
+            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+            Ok::<_, std::io::Error>(chunk)
+        });
+        let response = app.client.post(app.url("/tokens")).bearer_auth(ADMIN_TOKEN).header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(body)).send().await.unwrap();
+        expect_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+
+        // A body that stops for 3 s fails after 1 s with a 408, and stores nothing.
+        let before = blob_files(&blobs);
+        let chunks = vec![artifact(1000), artifact(1000)];
+        let started = std::time::Instant::now();
+        let body = futures::stream::iter(chunks.into_iter().enumerate()).then(|(i, chunk)| async move {
+            if i > 0 {
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            }
+            Ok::<_, std::io::Error>(chunk)
+        });
+        let sent = app.client.post(app.url("/packages?name=stalled&version=1&versionCode=1&kind=file")).bearer_auth(ADMIN_TOKEN)
+            .body(reqwest::Body::wrap_stream(body)).send().await;
+        match sent {
+            Ok(response) => {
+                let problem = expect_problem(response, StatusCode::REQUEST_TIMEOUT).await;
+                assert!(problem["detail"].as_str().unwrap().contains("no byte"), "{problem}");
+                assert!(started.elapsed() < std::time::Duration::from_millis(2900), "answered at the stall bound");
+            }
+            Err(error) => panic!("the stalled upload got no answer: {error}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let listed = expect_json(app.get("/packages?name=stalled", ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(listed["items"], json!([]));
+        assert_eq!(blob_files(&blobs), before, "nothing stored");
+
+        // HERD_TRANSFER_TIMEOUT bounds the whole upload: 8 × 400 ms is past a 2 s bound.
+        let mut app = app;
+        app.settings.transfer_timeout = std::time::Duration::from_secs(2);
+        let app = app.restart().await;
+        let chunks: Vec<Vec<u8>> = (0..8).map(|_| artifact(1000)).collect();
+        let response = slow_upload(&app, "name=long&version=1&versionCode=1&kind=file", chunks, std::time::Duration::from_millis(400)).await.unwrap();
+        expect_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let listed = expect_json(app.get("/packages?name=long", ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(listed["items"], json!([]));
+        assert_eq!(blob_files(&blobs), before, "nothing stored");
     }
 }

@@ -7,11 +7,11 @@
 
 use sqlx::FromRow;
 
-use herd_domain::ids::PackageId;
+use herd_domain::ids::{PackageId, TenantId};
 use herd_domain::status::PackageKind;
 use herd_domain::Event;
 
-use crate::{classify, with_reader, with_tx, Json, Page, StoreError, TenantScope};
+use crate::{classify, with_reader, with_tx, Db, Json, Page, StoreError, TenantScope};
 
 /// A package as stored.
 #[derive(Debug, Clone, FromRow)]
@@ -140,6 +140,29 @@ pub async fn get(scope: &TenantScope, id: PackageId) -> Result<Option<PackageRow
         .fetch_optional(pool)
         .await)
     .map_err(classify)
+}
+
+/// A package for a signed download link (`GET /downloads/packages/{id}`), which carries no
+/// bearer token: the link is the credential, so this is a credential lookup (like a token-hash
+/// lookup) and reads by id across tenants. It answers the row only when `signature_holds`
+/// accepts it, given the row's own tenant (the link's signature covers the tenant, the id and
+/// the content's SHA-256, so it must be checked against what is stored, never against the
+/// request); otherwise `None`, exactly as for a missing package.
+pub async fn find_for_signed_link(
+    db: &Db,
+    id: PackageId,
+    signature_holds: impl FnOnce(TenantId, &PackageRow) -> bool,
+) -> Result<Option<PackageRow>, StoreError> {
+    #[derive(FromRow)]
+    struct Owned {
+        tenant_id: TenantId,
+        #[sqlx(flatten)]
+        row: PackageRow,
+    }
+    let sql = format!("SELECT tenant_id, {COLUMNS} FROM packages WHERE id = $1");
+    let found = with_reader!(db, |pool| sqlx::query_as::<_, Owned>(&sql).bind(id).fetch_optional(pool).await)
+        .map_err(classify)?;
+    Ok(found.filter(|owned| signature_holds(owned.tenant_id, &owned.row)).map(|owned| owned.row))
 }
 
 /// The tenant's packages (only those named `name` when given), oldest first; `limit + 1` rows.
