@@ -1,8 +1,8 @@
 //! The rollout policy. [`advance`] moves one running rollout as far
 //! as it can go now: pause it if a started wave's failures cross the threshold; notify (or skip)
 //! the pending devices of the waves so far whose maintenance window is open; once none is
-//! pending, start the soak; after the soak, start the next wave — or complete the rollout after
-//! the last. Every write is a conditional transition in the store, so the job may run on every
+//! pending, start the soak; after the soak, start the next wave — or, in the last wave,
+//! complete the rollout once every device has finished. Every write is a conditional transition in the store, so the job may run on every
 //! instance at once (and a request may call [`advance`] while the job does): each transition
 //! and its event happens once.
 
@@ -78,12 +78,13 @@ pub(crate) async fn advance(
         let next = figures.iter().find(|f| f.wave > rollout.current_wave);
         match next {
             None => {
-                // The last wave with devices: complete once every device has finished, or
-                // once it has soaked (devices that never answer do not hold it open forever).
+                // The last wave with devices: complete once every device has finished
+                // (installed, failed, skipped). A device that never answers keeps the rollout
+                // running, and visible as such, until an operator cancels it.
                 let refreshed = store::figures(scope, id, rollout.failures_since).await?;
                 if let Some(reason) = over_threshold(&rollout, &refreshed) {
                     store::conclude(scope, &rollout, RolloutChange::Paused, Some(&reason), now).await?;
-                } else if soaked || refreshed.iter().all(|f| f.finished == f.devices) {
+                } else if refreshed.iter().all(|f| f.finished == f.devices) {
                     store::conclude(scope, &rollout, RolloutChange::Completed, None, now).await?;
                 }
                 return Ok(done);
@@ -163,15 +164,17 @@ async fn notify_pending(
                 Decision::Wait => waiting += 1,
             }
         }
-        let (n, s) = store::dispatch(scope, rollout, &dispatch, &notification, now).await?;
-        notified += n;
+        let (moved, s) = store::dispatch(scope, rollout, &dispatch, &notification, now).await?;
+        // Only the devices that got a command: waking the tenant's every parked poll would
+        // send a fleet of 10,000 to the database for a wave of 100.
+        for device in &moved {
+            state.command_waiters.wake_device(*device);
+        }
+        notified += moved.len();
         skipped += s;
         if !full {
             break;
         }
-    }
-    if notified > 0 {
-        state.command_waiters.wake_tenant(scope.tenant_id());
     }
     Ok((notified, skipped, waiting))
 }

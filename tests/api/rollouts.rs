@@ -292,7 +292,16 @@ engine_tests! {
         // the rollout stays running.
         step(&app).await;
         assert_eq!(rollout(&app, id).await["state"], "running");
-        act(&app, id, "cancel").await;
+        // Nor after it: a device that has not answered keeps the rollout running (visible as
+        // such) until it finishes or an operator cancels.
+        app.clock.advance(Duration::hours(2));
+        step(&app).await;
+        assert_eq!(rollout(&app, id).await["state"], "running");
+        expect_json(report(&app, &fresh.1, id, json!({ "state": "installed" })).await, StatusCode::OK).await;
+        step(&app).await;
+        let done = rollout(&app, id).await;
+        assert_eq!(done["state"], "completed", "{done}");
+        assert_eq!((done["counts"]["installed"].as_i64(), done["counts"]["skipped"].as_i64()), (Some(1), Some(3)));
 
         // With downgrades allowed, the newer device gets it; the one at the version still not.
         let created = create(&app, json!({ "packageId": pkg, "target": { "deviceIds": [same.0, newer.0] }, "waves": [100], "allowDowngrade": true, "start": true })).await;
@@ -476,7 +485,8 @@ engine_tests! {
         };
         let notification = herd::store::rollouts::Notification { payload: "{}", expires_at: i64::MAX / 2, timeout_ms: 1000, origin: "test" };
         let now = to_millis(herd::clock::Clock::now(app.clock.as_ref()));
-        assert_eq!(herd::store::rollouts::dispatch(&scope, &row, &late, &notification, now).await.unwrap(), (0, 0));
+        let (moved, skipped) = herd::store::rollouts::dispatch(&scope, &row, &late, &notification, now).await.unwrap();
+        assert!(moved.is_empty() && skipped == 0, "{moved:?} {skipped}");
         // Every device got exactly one install_package command.
         for (_, token) in &devices {
             let polled = expect_json(app.get("/devices/self/commands", token).await, StatusCode::OK).await;

@@ -529,14 +529,14 @@ pub struct Notification<'a> {
 /// Moves the given devices out of `pending` — only those still pending in a rollout still
 /// running, so two instances dispatching the same devices move each once — queues one
 /// `install_package` command for the notified ones, and records one event per device.
-/// Answers how many were notified and skipped.
+/// Answers the devices it notified and how many it skipped.
 pub async fn dispatch(
     scope: &TenantScope,
     rollout: &RolloutRow,
     dispatch: &Dispatch,
     notification: &Notification<'_>,
     now: i64,
-) -> Result<(usize, usize), StoreError> {
+) -> Result<(Vec<DeviceId>, usize), StoreError> {
     let tenant = scope.tenant_id();
     let mut tx = scope.db().begin().await?;
     let in_list = |engine: Engine, n: usize| match engine {
@@ -578,7 +578,7 @@ pub async fn dispatch(
             );
         }
     }
-    let mut notified = 0;
+    let mut notified = Vec::new();
     if !dispatch.notify.is_empty() {
         let command_id = CommandId::new();
         let sql = format!(
@@ -595,7 +595,6 @@ pub async fn dispatch(
             .fetch_all(&mut *conn)
             .await)
         .map_err(classify)?;
-        notified = moved.len();
         if !moved.is_empty() {
             for device_id in &moved {
                 tx.record(
@@ -611,6 +610,7 @@ pub async fn dispatch(
                     now,
                 );
             }
+            notified.clone_from(&moved);
             let target = crate::commands::Target::Devices(moved);
             let target_json = serde_json::json!({ "rolloutId": rollout.id }).to_string();
             let command = crate::commands::NewCommand {
