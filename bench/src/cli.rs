@@ -132,8 +132,8 @@ impl CrashArgs {
 }
 
 /// One measured area of the server. The harness always runs them in the order listed here, whatever
-/// the order on the command line: commands come right after heartbeats, while the tenant holds
-/// exactly the `--devices` fleet (so the bulk command can target the whole tenant); the presence
+/// the order on the command line: commands and the rollout come right after heartbeats, while the
+/// tenant holds exactly the `--devices` fleet (so they can target the whole tenant); the presence
 /// sweep comes last because it grows the fleet to a million devices and takes them all offline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum Phase {
@@ -141,6 +141,8 @@ pub enum Phase {
     Heartbeat,
     /// `POST /commands` to every device of a fleet parked in `GET /devices/self/commands?wait=`.
     Commands,
+    /// A staged rollout (`POST /rollouts`, waves 1/10/50/100 %) taken by a parked fleet.
+    Rollout,
     /// `POST /devices/auto-register` with fresh identifiers.
     Registration,
     /// `POST /devices/metrics`, one sample and batches.
@@ -155,9 +157,10 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in execution order.
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 8] = [
         Phase::Heartbeat,
         Phase::Commands,
+        Phase::Rollout,
         Phase::Registration,
         Phase::Metrics,
         Phase::Certificates,
