@@ -155,8 +155,8 @@ impl CrashArgs {
 }
 
 /// One measured area of the server. The harness always runs them in the order listed here, whatever
-/// the order on the command line: commands come right after heartbeats, while the tenant holds
-/// exactly the `--devices` fleet (so the bulk command can target the whole tenant); downloads come
+/// the order on the command line: commands and the rollout come right after heartbeats, while the
+/// tenant holds exactly the `--devices` fleet (so they can target the whole tenant); downloads come
 /// after the overview, so the memory they may leave behind does not count in the overview's RSS;
 /// the presence sweep comes last because it grows the fleet to a million devices and takes them
 /// all offline.
@@ -166,6 +166,8 @@ pub enum Phase {
     Heartbeat,
     /// `POST /commands` to every device of a fleet parked in `GET /devices/self/commands?wait=`.
     Commands,
+    /// A staged rollout (`POST /rollouts`, waves 1/10/50/100 %) taken by a parked fleet.
+    Rollout,
     /// `POST /devices/auto-register` with fresh identifiers.
     Registration,
     /// `POST /devices/metrics`, one sample and batches.
@@ -183,9 +185,10 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in execution order.
-    pub const ALL: [Phase; 8] = [
+    pub const ALL: [Phase; 9] = [
         Phase::Heartbeat,
         Phase::Commands,
+        Phase::Rollout,
         Phase::Registration,
         Phase::Metrics,
         Phase::Certificates,

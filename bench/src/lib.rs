@@ -103,14 +103,14 @@ pub async fn run(settings: Settings) -> Result<Report> {
         binary,
         database_url: database.as_ref().map(|database| database.url().to_string()),
         presence_threshold: phases::sweep::PRESENCE_THRESHOLD,
-        // The commands phase parks one long poll per device, each on a connection of its own.
+        // The commands and rollout phases park one long poll per device, each on a connection of its own.
         max_connections: usize::try_from(settings.n_devices)
             .unwrap_or(usize::MAX)
             .saturating_mul(2)
             .saturating_add(phases::commands::SPARE_SERVER_CONNECTIONS)
             .max(server::DEFAULT_MAX_CONNECTIONS),
     };
-    if settings.runs_phase(Phase::Commands) {
+    if settings.runs_phase(Phase::Commands) || settings.runs_phase(Phase::Rollout) {
         // Before herd starts, so that it inherits a hard limit raised for the parked devices; a
         // limit that cannot be raised far enough fails the commands phase, with this message.
         if let Err(error) = phases::commands::raise_open_file_limit(settings.n_devices) {
@@ -150,6 +150,7 @@ pub async fn run(settings: Settings) -> Result<Report> {
         let result = match phase {
             Phase::Heartbeat => phases::heartbeat::run(&mut bench).await,
             Phase::Commands => phases::commands::run(&mut bench).await,
+            Phase::Rollout => phases::rollout::run(&mut bench).await,
             Phase::Registration => phases::registration::run(&mut bench).await,
             Phase::Metrics => phases::metrics::run(&mut bench).await,
             Phase::Certificates => phases::certificates::run(&mut bench).await,

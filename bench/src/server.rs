@@ -71,6 +71,10 @@ pub struct ServerOptions {
     pub max_connections: usize,
 }
 
+/// How often herd's rollout job runs (`HERD_ROLLOUT_INTERVAL`; herd's default is 5 s), so that
+/// the rollout phase's waves start promptly once soaked.
+pub const ROLLOUT_INTERVAL: Duration = Duration::from_millis(200);
+
 /// herd's own default of `HERD_MAX_CONNECTIONS`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4_096;
 
@@ -140,6 +144,7 @@ impl HerdServer {
             // it off at the default 30 s.
             .env("HERD_REQUEST_TIMEOUT", "300s")
             .env("HERD_MAX_CONNECTIONS", options.max_connections.to_string())
+            .env("HERD_ROLLOUT_INTERVAL", format!("{}ms", ROLLOUT_INTERVAL.as_millis()))
             // herd reads ./herd.toml when present; run it where there is none.
             .current_dir(&data_dir)
             .stdin(Stdio::null())

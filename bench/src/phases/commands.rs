@@ -235,7 +235,7 @@ pub fn raise_open_file_limit(n_devices: u64) -> Result<u64> {
 /// How many devices to park under an open-file limit of `limit`: all `n_devices` if they fit;
 /// in quick mode (a check that the harness works, where CI's limit is what it is) as many as fit,
 /// with a note; otherwise an error that says what to raise.
-fn devices_that_fit(n_devices: u64, limit: u64, quick: bool) -> Result<(u64, Option<String>)> {
+pub fn devices_that_fit(n_devices: u64, limit: u64, quick: bool) -> Result<(u64, Option<String>)> {
     let fits = limit.saturating_sub(SPARE_FILE_DESCRIPTORS);
     if n_devices <= fits {
         return Ok((n_devices, None));

@@ -11,6 +11,7 @@ pub mod heartbeat;
 pub mod metrics;
 pub mod overview;
 pub mod registration;
+pub mod rollout;
 pub mod sweep;
 
 use std::sync::Arc;
