@@ -17,6 +17,7 @@ pub mod certificates;
 pub mod cli;
 pub mod commands;
 pub mod config;
+mod console;
 mod configurations;
 mod devices;
 pub mod events;

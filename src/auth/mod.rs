@@ -113,21 +113,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
     let now = to_millis(state.clock.now());
     let db = &state.db;
     match TokenKind::of(token) {
-        TokenKind::Member => {
-            let credential = store::find_member_token(db, &hash, now).await?.ok_or_else(rejected)?;
-            // Recording use is advisory: at most one write a minute per token.
-            if credential.last_used_at.is_none_or(|last| now - last > 60_000) {
-                store::touch_member_token(db, credential.id, now).await?;
-            }
-            Ok(Principal::Member(Member {
-                scope: credential.scope,
-                role: credential.role,
-                platform_admin: credential.platform_admin,
-                token_id: credential.id,
-                user_id: credential.user_id,
-                kind: credential.kind,
-            }))
-        }
+        TokenKind::Member => Ok(Principal::Member(member_by_hash(state, &hash, now).await?)),
         TokenKind::Enrollment => {
             let (scope, token_id) = store::find_usable_enrollment_token(db, &hash, now).await?.ok_or_else(rejected)?;
             Ok(Principal::Enrollment(scope, token_id))
@@ -150,6 +136,34 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
             })))
         }
     }
+}
+
+async fn member_by_hash(state: &AppState, hash: &str, now: i64) -> Result<Member, ApiError> {
+    let db = &state.db;
+    let credential = store::find_member_token(db, hash, now).await?.ok_or_else(rejected)?;
+    // Recording use is advisory: at most one write a minute per token.
+    if credential.last_used_at.is_none_or(|last| now - last > 60_000) {
+        store::touch_member_token(db, credential.id, now).await?;
+    }
+    Ok(Member {
+        scope: credential.scope,
+        role: credential.role,
+        platform_admin: credential.platform_admin,
+        token_id: credential.id,
+        user_id: credential.user_id,
+        kind: credential.kind,
+    })
+}
+
+/// The member a token names when it does not come from an `Authorization` header: the
+/// console's session cookie, and the admin token its set-up form takes. The same lookup as
+/// the header's (revoked, expired and unknown tokens answer 401), so the console's requests
+/// are authorised exactly like the API's.
+pub(crate) async fn member_from_token(state: &AppState, token: &str) -> Result<Member, ApiError> {
+    if token.is_empty() || token.len() > 512 || TokenKind::of(token) != TokenKind::Member {
+        return Err(rejected());
+    }
+    member_by_hash(state, &tokens::hash(token), to_millis(state.clock.now())).await
 }
 
 fn wrong_credential(what: &str) -> ApiError {

@@ -72,7 +72,7 @@ pub(crate) struct LoginResponse {
     responses((status = 200, body = LoginResponse),
         (status = 429, description = "too many attempts, or the username is locked for a while"),
         (status = 503, description = "too many logins at once; retry after `Retry-After` seconds")))]
-async fn login(
+pub(crate) async fn login(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     ApiJson(body): ApiJson<LoginRequest>,
@@ -105,17 +105,23 @@ async fn login(
         }
     };
     limits.record_success(&limit_key);
+    Ok(Json(open_session(&state, &user).await?))
+}
+
+/// Starts a login session for `user` (after its password was checked, or right after an
+/// admin created it in the console's set-up).
+pub(crate) async fn open_session(state: &AppState, user: &UserRow) -> Result<LoginResponse, ApiError> {
     let now = state.clock.now();
     let expires_at = now + chrono::Duration::from_std(state.settings.session_ttl).map_err(ApiError::internal)?;
     let secret = tokens::generate(TokenKind::Member);
-    store::create_session(&state.db, &user, &tokens::hash(&secret), to_millis(expires_at), to_millis(now)).await?;
-    Ok(Json(LoginResponse { token: secret, expires_at, user: UserDto::from(user) }))
+    store::create_session(&state.db, user, &tokens::hash(&secret), to_millis(expires_at), to_millis(now)).await?;
+    Ok(LoginResponse { token: secret, expires_at, user: UserDto::from(user.clone()) })
 }
 
 /// Revoke the credential this request presents (ends a login session).
 #[utoipa::path(post, path = "/auth/logout", tag = "auth", security(("bearer" = [])),
     responses((status = 204, description = "the credential no longer works")))]
-async fn logout(
+pub(crate) async fn logout(
     axum::extract::State(state): axum::extract::State<AppState>,
     member: Member,
 ) -> Result<StatusCode, ApiError> {
@@ -429,17 +435,25 @@ async fn create_user(
     member: Member,
     ApiJson(body): ApiJson<CreateUserRequest>,
 ) -> Result<(StatusCode, Json<CreatedUser>), ApiError> {
+    let row = add_user(&state, &member, body).await?;
+    Ok((StatusCode::CREATED, Json(CreatedUser { user: row.into() })))
+}
+
+/// Creates a user (admin; `body` already validated).
+pub(crate) async fn add_user(state: &AppState, member: &Member, body: CreateUserRequest) -> Result<UserRow, ApiError> {
     let scope = member.require(Role::Admin)?;
-    let password = body.password.clone();
+    let password = body.password;
     let hash = tokio::task::spawn_blocking(move || tokens::hash_password(&password))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    let row =
-        store::create_user(scope, body.username.trim(), &hash, body.role, to_millis(state.clock.now())).await.map_err(
-            |e| if e.is_unique_on("username") { ApiError::Conflict("this username is taken".into()) } else { e.into() },
-        )?;
-    Ok((StatusCode::CREATED, Json(CreatedUser { user: row.into() })))
+    store::create_user(scope, body.username.trim(), &hash, body.role, to_millis(state.clock.now())).await.map_err(|e| {
+        if e.is_unique_on("username") {
+            ApiError::Conflict("this username is taken".into())
+        } else {
+            e.into()
+        }
+    })
 }
 
 /// List the tenant's users (admin).

@@ -539,7 +539,7 @@ pub(crate) struct DeviceListParams {
 /// List the tenant's devices, oldest first.
 #[utoipa::path(get, path = "/devices", tag = "devices", security(("bearer" = [])), params(DeviceListParams),
     responses((status = 200, body = ListResponse<DeviceDto>)))]
-async fn list_devices(
+pub(crate) async fn list_devices(
     State(heartbeats): State<Arc<crate::presence::HeartbeatBuffer>>,
     member: Member,
     ApiQuery(params): ApiQuery<DeviceListParams>,

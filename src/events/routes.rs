@@ -125,7 +125,7 @@ pub(crate) struct StreamParams {
 #[utoipa::path(get, path = "/events/stream", tag = "events", security(("bearer" = [])), params(StreamParams),
     responses((status = 200, content_type = "text/event-stream", body = String),
         (status = 429, description = "too many open streams for this token or tenant", body = crate::http::error::Problem)))]
-async fn stream_events(
+pub(crate) async fn stream_events(
     State(state): State<AppState>,
     member: Member,
     headers: HeaderMap,

@@ -134,6 +134,30 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// What a client is told: internal details are logged here, once, and never shown.
+    pub(crate) fn into_problem(self) -> Problem {
+        let status = self.status();
+        let detail = match &self {
+            ApiError::Internal(error) => {
+                tracing::error!(error = format!("{error:#}"), "request failed");
+                "an internal error occurred; it has been logged".to_string()
+            }
+            other => other.to_string(),
+        };
+        Problem {
+            problem_type: format!("urn:herd:problem:{}", self.slug()),
+            title: status.canonical_reason().unwrap_or("Error").to_string(),
+            status: status.as_u16(),
+            detail,
+            errors: match self {
+                ApiError::Validation(errors) => Some(errors),
+                _ => None,
+            },
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -143,23 +167,7 @@ impl IntoResponse for ApiError {
             }
             _ => None,
         };
-        let detail = match &self {
-            ApiError::Internal(error) => {
-                tracing::error!(error = format!("{error:#}"), "request failed");
-                "an internal error occurred; it has been logged".to_string()
-            }
-            other => other.to_string(),
-        };
-        let problem = Problem {
-            problem_type: format!("urn:herd:problem:{}", self.slug()),
-            title: status.canonical_reason().unwrap_or("Error").to_string(),
-            status: status.as_u16(),
-            detail,
-            errors: match self {
-                ApiError::Validation(errors) => Some(errors),
-                _ => None,
-            },
-        };
+        let problem = self.into_problem();
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();

@@ -98,7 +98,7 @@ impl From<AlertRow> for RecentAlert {
 /// Device counts by presence, alerts of the last 24 hours and the newest alerts.
 #[utoipa::path(get, path = "/devices/stats/overview", tag = "monitoring", security(("bearer" = [])),
     responses((status = 200, body = StatsOverview)))]
-async fn stats_overview(
+pub(crate) async fn stats_overview(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
 ) -> Result<Json<StatsOverview>, ApiError> {

@@ -12,6 +12,7 @@ mod blobs;
 mod certificates;
 mod commands;
 mod connections;
+mod console;
 mod devices;
 mod edge;
 mod events;

@@ -293,7 +293,7 @@ pub async fn revoke_enrollment_token(scope: &TenantScope, id: EnrollmentTokenId,
     Ok(result.map_err(classify)? == 1)
 }
 
-#[derive(Debug, FromRow)]
+#[derive(Debug, Clone, FromRow)]
 pub struct UserRow {
     pub id: UserId,
     pub tenant_id: TenantId,

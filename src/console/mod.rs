@@ -1,0 +1,35 @@
+//! The operator console: server-rendered pages under `/ui/`, for people in a browser.
+//!
+//! Pages are HTML built with `maud` (checked at compile time) and work without JavaScript;
+//! `static/console.js`, herd's own few hundred lines, adds live updates from the event stream
+//! and confirmations. Nothing here reaches the database on its own: every page and every
+//! action calls the same handler the JSON API runs (made `pub(crate)` for that), with the
+//! [`Member`](crate::auth::Member) its session cookie authenticates, so the console can show
+//! and do exactly what that member's API calls could, and the server refuses the rest the same
+//! way. See `session` for the cookie, the CSRF check and sign-in.
+
+mod assets;
+mod devices;
+mod layout;
+mod overview;
+mod session;
+
+use axum::response::Redirect;
+use axum::routing::get;
+use axum::Router;
+
+use crate::app::AppState;
+
+pub(crate) use session::{Console, ConsoleForm};
+
+/// Every console route. `/` sends a browser to the console.
+pub(crate) fn router() -> Router<AppState> {
+    let pages = Router::new()
+        .route("/", get(|| async { Redirect::to("/ui/") }))
+        .route("/ui", get(|| async { Redirect::to("/ui/") }))
+        .merge(assets::router())
+        .merge(session::router())
+        .merge(overview::router())
+        .merge(devices::router());
+    pages.layer(axum::middleware::from_fn(session::headers))
+}
