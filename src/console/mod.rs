@@ -8,11 +8,18 @@
 //! and do exactly what that member's API calls could, and the server refuses the rest the same
 //! way. See `session` for the cookie, the CSRF check and sign-in.
 
+mod access;
+mod alerts;
 mod assets;
+mod certificates;
+mod device;
 mod devices;
+mod events;
 mod layout;
 mod overview;
 mod session;
+mod updates;
+mod webhooks;
 
 use axum::response::Redirect;
 use axum::routing::get;
@@ -30,6 +37,13 @@ pub(crate) fn router() -> Router<AppState> {
         .merge(assets::router())
         .merge(session::router())
         .merge(overview::router())
-        .merge(devices::router());
+        .merge(devices::router())
+        .merge(device::router())
+        .merge(alerts::router())
+        .merge(certificates::router())
+        .merge(updates::router())
+        .merge(access::router())
+        .merge(webhooks::router())
+        .merge(events::router());
     pages.layer(axum::middleware::from_fn(session::headers))
 }
