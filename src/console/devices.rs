@@ -67,14 +67,13 @@ fn filter_form(filters: &Filters, errors: &FormErrors) -> Markup {
             (field(errors, "q", "Search name or serial", html! {
                 input #f-q name="q" type="search" value=(filters.q) placeholder="e.g. lobby or SN-0042";
             }))
-            div.field.narrow {
-                label for="f-status" { "Status" }
+            (field(errors, "status", "Status", html! {
                 select #f-status name="status" {
                     option value="" selected[filters.status.is_empty()] { "Any" }
                     option value="online" selected[filters.status == "online"] { "Online" }
                     option value="offline" selected[filters.status == "offline"] { "Offline" }
                 }
-            }
+            }))
             (field(errors, "tag", "Tag", html! {
                 input #f-tag name="tag" value=(filters.tag) placeholder="e.g. lobby";
             }))
