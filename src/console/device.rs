@@ -71,9 +71,9 @@ fn range_of(view: &View) -> (&'static str, &'static str, i64, &'static str) {
     RANGES.iter().copied().find(|(name, ..)| *name == view.range).unwrap_or(RANGES[0])
 }
 
-/// A device id from the path; one that does not parse is the same 404 page as a missing one.
-fn device_id(console: &Console, raw: &str) -> Result<DeviceId, Response> {
-    raw.parse().map_err(|_| layout::error_page(Some(console), ApiError::not_found("device")))
+/// The 404 page of a device id that does not parse: the same as a missing one.
+fn no_device(console: &Console) -> Response {
+    layout::error_page(Some(console), ApiError::not_found("device"))
 }
 
 /// What a failed form leaves for the page to draw again: the values typed and the errors.
@@ -177,9 +177,8 @@ async fn show(
     Path(raw): Path<String>,
     Query(view): Query<View>,
 ) -> Response {
-    let id = match device_id(&console, &raw) {
-        Ok(id) => id,
-        Err(page) => return page,
+    let Ok(id) = raw.parse::<DeviceId>() else {
+        return no_device(&console);
     };
     render(&state, &console, id, &view, Failed::default()).await
 }
@@ -454,9 +453,8 @@ async fn acknowledge_alert(
     Path((raw, alert)): Path<(String, String)>,
     ConsoleForm { console, .. }: ConsoleForm<serde::de::IgnoredAny>,
 ) -> Response {
-    let id = match device_id(&console, &raw) {
-        Ok(id) => id,
-        Err(page) => return page,
+    let Ok(id) = raw.parse::<DeviceId>() else {
+        return no_device(&console);
     };
     let Ok(alert) = alert.parse::<AlertId>() else {
         return layout::error_page(Some(&console), ApiError::not_found("alert"));
@@ -585,9 +583,8 @@ async fn revoke_certificate(
     Path((raw, certificate)): Path<(String, String)>,
     ConsoleForm { console, form }: ConsoleForm<RevokeForm>,
 ) -> Response {
-    let id = match device_id(&console, &raw) {
-        Ok(id) => id,
-        Err(page) => return page,
+    let Ok(id) = raw.parse::<DeviceId>() else {
+        return no_device(&console);
     };
     let Ok(certificate_id) = certificate.parse::<CertificateId>() else {
         return layout::error_page(Some(&console), ApiError::not_found("certificate"));
@@ -627,9 +624,8 @@ async fn issue_certificate(
     Path(raw): Path<String>,
     ConsoleForm { console, .. }: ConsoleForm<serde::de::IgnoredAny>,
 ) -> Response {
-    let id = match device_id(&console, &raw) {
-        Ok(id) => id,
-        Err(page) => return page,
+    let Ok(id) = raw.parse::<DeviceId>() else {
+        return no_device(&console);
     };
     // No body: herd generates the key and answers it this once.
     let answer = crate::certificates::routes::issue_certificate(
@@ -763,9 +759,8 @@ async fn save_settings(
     Path(raw): Path<String>,
     ConsoleForm { console, form }: ConsoleForm<SettingsForm>,
 ) -> Response {
-    let id = match device_id(&console, &raw) {
-        Ok(id) => id,
-        Err(page) => return page,
+    let Ok(id) = raw.parse::<DeviceId>() else {
+        return no_device(&console);
     };
     let body = PutSettingsDto {
         display_name: optional(&form.display_name),
@@ -873,9 +868,8 @@ async fn save_configuration(
     Path(raw): Path<String>,
     ConsoleForm { console, form }: ConsoleForm<ConfigurationForm>,
 ) -> Response {
-    let id = match device_id(&console, &raw) {
-        Ok(id) => id,
-        Err(page) => return page,
+    let Ok(id) = raw.parse::<DeviceId>() else {
+        return no_device(&console);
     };
     let text = if form.configuration.trim().is_empty() { "{}" } else { form.configuration.as_str() };
     let answer = match serde_json::from_str::<DisplayConfiguration>(text) {
@@ -1031,9 +1025,8 @@ async fn send_command(
     Path(raw): Path<String>,
     ConsoleForm { console, form }: ConsoleForm<CommandForm>,
 ) -> Response {
-    let id = match device_id(&console, &raw) {
-        Ok(id) => id,
-        Err(page) => return page,
+    let Ok(id) = raw.parse::<DeviceId>() else {
+        return no_device(&console);
     };
     let answer = async {
         let command_type = form.command_type.parse::<CommandType>().map_err(|_| {
@@ -1073,9 +1066,8 @@ async fn cancel_command(
     Path((raw, command)): Path<(String, String)>,
     ConsoleForm { console, .. }: ConsoleForm<serde::de::IgnoredAny>,
 ) -> Response {
-    let id = match device_id(&console, &raw) {
-        Ok(id) => id,
-        Err(page) => return page,
+    let Ok(id) = raw.parse::<DeviceId>() else {
+        return no_device(&console);
     };
     let Ok(command_id) = command.parse::<CommandId>() else {
         return layout::error_page(Some(&console), ApiError::not_found("command"));
@@ -1118,8 +1110,8 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
-    fn at(minute: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 1, 1, 12, minute, 0).single().unwrap_or_default()
+    fn at(minute: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).single().unwrap_or_default() + Duration::minutes(minute)
     }
 
     #[test]
