@@ -149,7 +149,7 @@ impl CsrRequest {
     params(("id" = String, Path, description = "device id")), request_body(content = Option<CsrRequest>),
     responses((status = 201, body = CertificateBundle), (status = 404, description = "no such device in this tenant"),
         (status = 422, description = "the CSR is malformed, badly signed or its key too weak")))]
-async fn issue_certificate(
+pub(crate) async fn issue_certificate(
     State(certificates): State<Arc<crate::certificates::CertificateService>>,
     State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
@@ -170,7 +170,7 @@ async fn issue_certificate(
 #[utoipa::path(get, path = "/devices/{id}/certificates", tag = "certificates", security(("bearer" = [])),
     params(("id" = String, Path, description = "device id"), PageParams),
     responses((status = 200, body = ListResponse<CertificateDto>)))]
-async fn list_device_certificates(
+pub(crate) async fn list_device_certificates(
     State(_state): State<AppState>,
     member: Member,
     IdPath(device_id): IdPath<DeviceId>,
@@ -243,7 +243,10 @@ async fn list_certificates(
 #[utoipa::path(get, path = "/certificates/{id}", tag = "certificates", security(("bearer" = [])),
     params(("id" = String, Path, description = "certificate id")),
     responses((status = 200, body = CertificateDto), (status = 404, description = "no such certificate in this tenant")))]
-async fn get_certificate(member: Member, IdPath(id): IdPath<CertificateId>) -> Result<Json<CertificateDto>, ApiError> {
+pub(crate) async fn get_certificate(
+    member: Member,
+    IdPath(id): IdPath<CertificateId>,
+) -> Result<Json<CertificateDto>, ApiError> {
     let scope = member.require(Role::Viewer)?;
     let row = CertificateStore::new(scope).get(id).await?.ok_or_else(|| ApiError::not_found("certificate"))?;
     Ok(Json(row.into()))
@@ -272,7 +275,7 @@ impl Validate for RevokeRequest {
 #[utoipa::path(post, path = "/certificates/{id}/revoke", tag = "certificates", security(("bearer" = [])),
     params(("id" = String, Path, description = "certificate id")), request_body = RevokeRequest,
     responses((status = 200, body = CertificateDto), (status = 409, description = "already revoked")))]
-async fn revoke_certificate(
+pub(crate) async fn revoke_certificate(
     State(certificates): State<Arc<crate::certificates::CertificateService>>,
     State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,

@@ -14,7 +14,7 @@
 pub(crate) mod device;
 mod expiry;
 pub(crate) mod payload;
-mod screenshots;
+pub(crate) mod screenshots;
 pub mod waiters;
 
 pub use expiry::expire_due;
@@ -391,7 +391,7 @@ fn lifetimes(
 #[utoipa::path(post, path = "/devices/{id}/commands", tag = "commands", security(("bearer" = [])),
     params(("id" = String, Path, description = "device id")), request_body = SendCommandDto,
     responses((status = 201, body = ExecutionDto)))]
-async fn send_to_device(
+pub(crate) async fn send_to_device(
     State(clock): State<Arc<dyn Clock>>,
     State(waiters): State<Arc<Waiters>>,
     member: Member,
@@ -428,7 +428,7 @@ async fn send_to_device(
 #[utoipa::path(get, path = "/devices/{id}/commands", tag = "commands", security(("bearer" = [])),
     params(("id" = String, Path, description = "device id"), ExecutionListParams),
     responses((status = 200, body = ListResponse<ExecutionDto>)))]
-async fn list_device_commands(
+pub(crate) async fn list_device_commands(
     member: Member,
     IdPath(device_id): IdPath<DeviceId>,
     ApiQuery(params): ApiQuery<ExecutionListParams>,
@@ -460,7 +460,7 @@ async fn get_device_command(
 #[utoipa::path(post, path = "/devices/{id}/commands/{commandId}/cancel", tag = "commands", security(("bearer" = [])),
     params(("id" = String, Path, description = "device id"), ("commandId" = String, Path, description = "command id")),
     responses((status = 200, body = ExecutionDto)))]
-async fn cancel_device_command(
+pub(crate) async fn cancel_device_command(
     State(clock): State<Arc<dyn Clock>>,
     member: Member,
     IdsPath(device_id, command_id): IdsPath<DeviceId, CommandId>,

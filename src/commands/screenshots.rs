@@ -105,7 +105,7 @@ pub(super) async fn upload_screenshot(
 #[utoipa::path(get, path = "/devices/{id}/commands/{commandId}/screenshot", tag = "commands", security(("bearer" = [])),
     params(("id" = String, Path, description = "device id"), ("commandId" = String, Path, description = "command id")),
     responses((status = 200, content_type = "image/png", body = Vec<u8>)))]
-pub(super) async fn get_screenshot(
+pub(crate) async fn get_screenshot(
     State(blobs): State<BlobStore>,
     member: Member,
     IdsPath(device_id, command_id): IdsPath<DeviceId, CommandId>,

@@ -290,7 +290,7 @@ fn conflict(error: ConfigurationError) -> ApiError {
 /// A device's desired and reported configuration.
 #[utoipa::path(get, path = "/devices/{id}/configuration", tag = "configurations", security(("bearer" = [])),
     params(("id" = String, Path, description = "device id")), responses((status = 200, body = ConfigurationStatusDto)))]
-async fn get_configuration(
+pub(crate) async fn get_configuration(
     member: Member,
     IdPath(id): IdPath<DeviceId>,
 ) -> Result<Json<ConfigurationStatusDto>, ApiError> {
@@ -305,7 +305,7 @@ async fn get_configuration(
 #[utoipa::path(put, path = "/devices/{id}/configuration", tag = "configurations", security(("bearer" = [])),
     request_body = PutConfigurationDto, params(("id" = String, Path, description = "device id")),
     responses((status = 200, body = ConfigurationStatusDto)))]
-async fn put_configuration(
+pub(crate) async fn put_configuration(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     IdPath(id): IdPath<DeviceId>,

@@ -124,7 +124,10 @@ async fn device_in(scope: &TenantScope, id: DeviceId) -> Result<DeviceRow, ApiEr
 /// A device's settings.
 #[utoipa::path(get, path = "/devices/{id}/settings", tag = "settings", security(("bearer" = [])),
     params(("id" = String, Path, description = "device id")), responses((status = 200, body = DeviceSettingsDto)))]
-async fn get_settings(member: Member, IdPath(id): IdPath<DeviceId>) -> Result<Json<DeviceSettingsDto>, ApiError> {
+pub(crate) async fn get_settings(
+    member: Member,
+    IdPath(id): IdPath<DeviceId>,
+) -> Result<Json<DeviceSettingsDto>, ApiError> {
     let scope = member.require(Role::Viewer)?;
     let device = device_in(scope, id).await?;
     let settings = SettingsStore::new(scope).get(id).await?;
@@ -135,7 +138,7 @@ async fn get_settings(member: Member, IdPath(id): IdPath<DeviceId>) -> Result<Js
 /// current one.
 #[utoipa::path(put, path = "/devices/{id}/settings", tag = "settings", security(("bearer" = [])), request_body = PutSettingsDto,
     params(("id" = String, Path, description = "device id")), responses((status = 200, body = DeviceSettingsDto)))]
-async fn put_settings(
+pub(crate) async fn put_settings(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     IdPath(id): IdPath<DeviceId>,

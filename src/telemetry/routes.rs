@@ -319,7 +319,7 @@ pub(crate) struct MetricsHistory {
 #[utoipa::path(get, path = "/devices/{id}/metrics", tag = "telemetry", security(("bearer" = [])),
     params(("id" = String, Path, description = "device id"), HistoryParams),
     responses((status = 200, body = MetricsHistory)))]
-async fn history(
+pub(crate) async fn history(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     IdPath(id): IdPath<DeviceId>,
