@@ -204,7 +204,7 @@ pub(crate) struct CertificateListParams {
 /// The tenant's certificates in the order they expire, soonest first.
 #[utoipa::path(get, path = "/certificates", tag = "certificates", security(("bearer" = [])), params(CertificateListParams),
     responses((status = 200, body = ListResponse<CertificateDto>)))]
-async fn list_certificates(
+pub(crate) async fn list_certificates(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     ApiQuery(params): ApiQuery<CertificateListParams>,
@@ -272,7 +272,7 @@ impl Validate for RevokeRequest {
 #[utoipa::path(post, path = "/certificates/{id}/revoke", tag = "certificates", security(("bearer" = [])),
     params(("id" = String, Path, description = "certificate id")), request_body = RevokeRequest,
     responses((status = 200, body = CertificateDto), (status = 409, description = "already revoked")))]
-async fn revoke_certificate(
+pub(crate) async fn revoke_certificate(
     State(certificates): State<Arc<crate::certificates::CertificateService>>,
     State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,

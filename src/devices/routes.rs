@@ -633,7 +633,7 @@ async fn get_self(
 /// One device of the tenant.
 #[utoipa::path(get, path = "/devices/{id}", tag = "devices", security(("bearer" = [])),
     params(("id" = String, Path, description = "device id")), responses((status = 200, body = DeviceDto)))]
-async fn get_device(
+pub(crate) async fn get_device(
     State(heartbeats): State<Arc<crate::presence::HeartbeatBuffer>>,
     member: Member,
     IdPath(id): IdPath<DeviceId>,

@@ -109,7 +109,7 @@ pub(crate) struct AlertListParams {
 /// The tenant's alerts, newest first.
 #[utoipa::path(get, path = "/alerts", tag = "monitoring", security(("bearer" = [])), params(AlertListParams),
     responses((status = 200, body = ListResponse<AlertDto>)))]
-async fn list_alerts(
+pub(crate) async fn list_alerts(
     member: Member,
     ApiQuery(params): ApiQuery<AlertListParams>,
 ) -> Result<Json<ListResponse<AlertDto>>, ApiError> {
@@ -156,7 +156,7 @@ async fn get_alert(member: Member, IdPath(id): IdPath<AlertId>) -> Result<Json<A
 /// It does not resolve the alert; only the metric coming back within the threshold does.
 #[utoipa::path(post, path = "/alerts/{id}/acknowledge", tag = "monitoring", security(("bearer" = [])),
     params(("id" = String, Path, description = "alert id")), responses((status = 200, body = AlertDto)))]
-async fn acknowledge_alert(
+pub(crate) async fn acknowledge_alert(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     IdPath(id): IdPath<AlertId>,
