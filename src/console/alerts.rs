@@ -269,7 +269,8 @@ async fn rules_page(state: &AppState, console: &Console, cursor: Option<String>,
     let cursor = cursor.filter(|c| !c.is_empty());
     let params = PageParams { limit: Some(RULES_PAGE_SIZE), cursor: cursor.clone() };
     let answer =
-        crate::monitoring::rules::list_rules(State(state.clock.clone()), console.member.clone(), ApiQuery(params)).await;
+        crate::monitoring::rules::list_rules(State(state.clock.clone()), console.member.clone(), ApiQuery(params))
+            .await;
     let rules = match answer {
         Ok(axum::Json(rules)) => rules,
         Err(error) => return layout::error_page(Some(console), error),
@@ -398,10 +399,11 @@ fn rule_form(console: &Console, rule: Option<&RuleDto>, values: &RuleForm, error
     };
     let metrics: Vec<(&str, String)> =
         Metric::ALL.iter().map(|m| (m.as_str(), format!("{} ({})", m.as_str(), unit_name(m.as_str())))).collect();
-    let operators: Vec<(&str, String)> =
-        Operator::ALL.iter().map(|o| (o.as_str(), format!("{} ({})", operator_symbol(o.as_str()), o.as_str()))).collect();
-    let severities: Vec<(&str, String)> =
-        Severity::ALL.iter().map(|s| (s.as_str(), capitalised(s.as_str()))).collect();
+    let operators: Vec<(&str, String)> = Operator::ALL
+        .iter()
+        .map(|o| (o.as_str(), format!("{} ({})", operator_symbol(o.as_str()), o.as_str())))
+        .collect();
+    let severities: Vec<(&str, String)> = Severity::ALL.iter().map(|s| (s.as_str(), capitalised(s.as_str()))).collect();
     html! {
         form.stack method="post" action=(action) {
             (console.csrf_input())
@@ -443,13 +445,7 @@ fn rule_form(console: &Console, rule: Option<&RuleDto>, values: &RuleForm, error
 
 /// Like `layout::field`, for a page with many forms with the same field names: ids carry the
 /// form's `prefix`, so every label points at its own input.
-fn labelled(
-    errors: &FormErrors,
-    prefix: &str,
-    name: &str,
-    label: &str,
-    input: impl FnOnce(&str) -> Markup,
-) -> Markup {
+fn labelled(errors: &FormErrors, prefix: &str, name: &str, label: &str, input: impl FnOnce(&str) -> Markup) -> Markup {
     let id = format!("r-{prefix}-{name}");
     let error = errors.field(name);
     html! {

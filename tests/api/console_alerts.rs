@@ -14,9 +14,11 @@ use crate::telemetry::{device, now, rfc3339};
 /// Opens one alert: a sample over the default "CPU > 90" warning rule (under the critical 95).
 async fn open_cpu_alert(app: &TestApp, serial: &str) -> (String, Value) {
     let (device_id, token) = device(app, ADMIN_TOKEN, serial).await;
-    let sample = json!({ "cpu": 92.5, "ram": 10, "storage": 10, "recordedAt": rfc3339(now(app) - Duration::seconds(30)) });
+    let sample =
+        json!({ "cpu": 92.5, "ram": 10, "storage": 10, "recordedAt": rfc3339(now(app) - Duration::seconds(30)) });
     expect_json(app.post("/devices/metrics", &token, sample).await, StatusCode::OK).await;
-    let alerts = expect_json(app.get(&format!("/alerts?deviceId={device_id}"), ADMIN_TOKEN).await, StatusCode::OK).await;
+    let alerts =
+        expect_json(app.get(&format!("/alerts?deviceId={device_id}"), ADMIN_TOKEN).await, StatusCode::OK).await;
     let items = alerts["items"].as_array().expect("items");
     assert_eq!(items.len(), 1, "{alerts}");
     (device_id, items[0].clone())
