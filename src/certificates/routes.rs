@@ -204,7 +204,7 @@ pub(crate) struct CertificateListParams {
 /// The tenant's certificates in the order they expire, soonest first.
 #[utoipa::path(get, path = "/certificates", tag = "certificates", security(("bearer" = [])), params(CertificateListParams),
     responses((status = 200, body = ListResponse<CertificateDto>)))]
-async fn list_certificates(
+pub(crate) async fn list_certificates(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     ApiQuery(params): ApiQuery<CertificateListParams>,

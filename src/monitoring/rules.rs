@@ -225,7 +225,7 @@ fn tags(tags: &Option<Vec<String>>) -> Option<Vec<String>> {
 /// The tenant's rules, oldest first. The first read creates the default rules.
 #[utoipa::path(get, path = "/monitoring-rules", tag = "monitoring", security(("bearer" = [])), params(PageParams),
     responses((status = 200, body = ListResponse<RuleDto>)))]
-async fn list_rules(
+pub(crate) async fn list_rules(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     ApiQuery(params): ApiQuery<PageParams>,
@@ -245,7 +245,7 @@ async fn list_rules(
 /// Create a rule (admin).
 #[utoipa::path(post, path = "/monitoring-rules", tag = "monitoring", security(("bearer" = [])), request_body = CreateRuleDto,
     responses((status = 201, body = RuleDto)))]
-async fn create_rule(
+pub(crate) async fn create_rule(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     ApiJson(body): ApiJson<CreateRuleDto>,
@@ -277,7 +277,7 @@ async fn get_rule(member: Member, IdPath(id): IdPath<RuleId>) -> Result<Json<Rul
 /// Change a rule (admin). Disabling it, or changing its metric, resolves its open alerts.
 #[utoipa::path(patch, path = "/monitoring-rules/{id}", tag = "monitoring", security(("bearer" = [])), request_body = UpdateRuleDto,
     params(("id" = String, Path, description = "rule id")), responses((status = 200, body = RuleDto)))]
-async fn update_rule(
+pub(crate) async fn update_rule(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     IdPath(id): IdPath<RuleId>,
@@ -321,7 +321,7 @@ async fn update_rule(
 /// Delete a rule (admin). Its open alerts are resolved; its alerts stay in the history.
 #[utoipa::path(delete, path = "/monitoring-rules/{id}", tag = "monitoring", security(("bearer" = [])),
     params(("id" = String, Path, description = "rule id")), responses((status = 204, description = "deleted")))]
-async fn delete_rule(
+pub(crate) async fn delete_rule(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
     member: Member,
     IdPath(id): IdPath<RuleId>,
