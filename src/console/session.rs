@@ -187,16 +187,33 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ConsoleForm<T> {
         let fail = |error: ApiError| layout::error_page(Some(&console), error);
         same_origin(&parts.headers).map_err(fail)?;
         let bytes = form_body(Request::from_parts(parts, body), state).await.map_err(fail)?;
-        let presented = parse_form::<CsrfField>(&bytes).map_err(fail)?.csrf.unwrap_or_default();
-        if !same_secret(&presented, &console.csrf) {
-            return Err(fail(ApiError::Forbidden(
-                "this form is not from your current session; reload the page and try again".into(),
-            )));
-        }
+        let presented = parse_form::<CsrfField>(&bytes).map_err(fail)?.csrf;
+        check_token(&console, presented.as_deref()).map_err(fail)?;
         let form = parse_form::<T>(&bytes).map_err(fail)?;
         Ok(ConsoleForm { console, form })
     }
 }
+
+/// The check every changing form of a signed-in member passes: the browser does not say it
+/// came from another site, and `presented` (its `_csrf` field) is the session's token.
+/// [`ConsoleForm`] runs the same two checks for urlencoded forms; a form it cannot read (a `multipart/form-data`
+/// upload) calls it itself with its first field, before reading any other.
+pub(super) fn check_csrf(console: &Console, headers: &HeaderMap, presented: Option<&str>) -> Result<(), ApiError> {
+    same_origin(headers)?;
+    check_token(console, presented)
+}
+
+fn check_token(console: &Console, presented: Option<&str>) -> Result<(), ApiError> {
+    if !same_secret(presented.unwrap_or_default(), &console.csrf) {
+        return Err(ApiError::Forbidden(
+            "this form is not from your current session; reload the page and try again".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The name of the field that carries the CSRF token.
+pub(super) const CSRF_FIELD_NAME: &str = CSRF_FIELD;
 
 fn session_cookie(state: &AppState, token: &str) -> HeaderValue {
     let secure = state.settings.public_url.as_deref().is_some_and(|url| url.starts_with("https://"));
@@ -216,7 +233,9 @@ fn expired_cookie(name: &str) -> HeaderValue {
 /// The double-submit value of a page without a session: the one the browser already holds,
 /// or a new one (set with the page).
 fn form_secret(headers: &HeaderMap) -> (String, Option<HeaderValue>) {
-    if let Some(existing) = cookie(headers, FORM_COOKIE).filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit())) {
+    if let Some(existing) =
+        cookie(headers, FORM_COOKIE).filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
         return (existing.to_string(), None);
     }
     let fresh = hex::encode(rand::random::<[u8; 16]>());
@@ -323,7 +342,8 @@ async fn sign_in(
         return failed(&form, error.into());
     }
     let tenant = Some(form.tenant.trim().to_string()).filter(|t| !t.is_empty());
-    let request = LoginRequest { tenant, username: form.username.clone(), password: std::mem::take(&mut form.password) };
+    let request =
+        LoginRequest { tenant, username: form.username.clone(), password: std::mem::take(&mut form.password) };
     let answer = match request.validate() {
         Ok(()) => crate::auth::routes::login(State(state.clone()), ConnectInfo(peer), ApiJson(request)).await,
         Err(error) => Err(error),
@@ -412,7 +432,11 @@ async fn setup(State(state): State<AppState>, headers: HeaderMap, body: axum::bo
         }
         Err(error) => return failed(error.into()),
     };
-    let request = CreateUserRequest { username: form.username.trim().to_string(), password: form.password.clone(), role: Role::Admin };
+    let request = CreateUserRequest {
+        username: form.username.trim().to_string(),
+        password: form.password.clone(),
+        role: Role::Admin,
+    };
     if let Err(error) = request.validate() {
         return failed(error.into());
     }
@@ -431,7 +455,10 @@ async fn setup(State(state): State<AppState>, headers: HeaderMap, body: axum::bo
 }
 
 /// Ends the session (the API's `POST /auth/logout`) and forgets the cookie.
-async fn sign_out(State(state): State<AppState>, ConsoleForm { console, .. }: ConsoleForm<serde::de::IgnoredAny>) -> Response {
+async fn sign_out(
+    State(state): State<AppState>,
+    ConsoleForm { console, .. }: ConsoleForm<serde::de::IgnoredAny>,
+) -> Response {
     if let Err(error) = crate::auth::routes::logout(State(state), console.member.clone()).await {
         return layout::error_page(Some(&console), error);
     }
