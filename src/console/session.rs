@@ -196,8 +196,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ConsoleForm<T> {
 
 /// The check every changing form of a signed-in member passes: the browser does not say it
 /// came from another site, and `presented` (its `_csrf` field) is the session's token.
-/// [`ConsoleForm`] runs the same two checks for urlencoded forms; a form it cannot read (a `multipart/form-data`
-/// upload) calls it itself with its first field, before reading any other.
+/// [`ConsoleForm`] runs the same two checks for urlencoded forms; a form it cannot read (a
+/// `multipart/form-data` upload) calls this itself with its first field, before reading any other.
 pub(super) fn check_csrf(console: &Console, headers: &HeaderMap, presented: Option<&str>) -> Result<(), ApiError> {
     same_origin(headers)?;
     check_token(console, presented)
@@ -233,9 +233,7 @@ fn expired_cookie(name: &str) -> HeaderValue {
 /// The double-submit value of a page without a session: the one the browser already holds,
 /// or a new one (set with the page).
 fn form_secret(headers: &HeaderMap) -> (String, Option<HeaderValue>) {
-    if let Some(existing) =
-        cookie(headers, FORM_COOKIE).filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
+    if let Some(existing) = cookie(headers, FORM_COOKIE).filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit())) {
         return (existing.to_string(), None);
     }
     let fresh = hex::encode(rand::random::<[u8; 16]>());
@@ -342,8 +340,7 @@ async fn sign_in(
         return failed(&form, error.into());
     }
     let tenant = Some(form.tenant.trim().to_string()).filter(|t| !t.is_empty());
-    let request =
-        LoginRequest { tenant, username: form.username.clone(), password: std::mem::take(&mut form.password) };
+    let request = LoginRequest { tenant, username: form.username.clone(), password: std::mem::take(&mut form.password) };
     let answer = match request.validate() {
         Ok(()) => crate::auth::routes::login(State(state.clone()), ConnectInfo(peer), ApiJson(request)).await,
         Err(error) => Err(error),
@@ -432,11 +429,7 @@ async fn setup(State(state): State<AppState>, headers: HeaderMap, body: axum::bo
         }
         Err(error) => return failed(error.into()),
     };
-    let request = CreateUserRequest {
-        username: form.username.trim().to_string(),
-        password: form.password.clone(),
-        role: Role::Admin,
-    };
+    let request = CreateUserRequest { username: form.username.trim().to_string(), password: form.password.clone(), role: Role::Admin };
     if let Err(error) = request.validate() {
         return failed(error.into());
     }
@@ -455,10 +448,7 @@ async fn setup(State(state): State<AppState>, headers: HeaderMap, body: axum::bo
 }
 
 /// Ends the session (the API's `POST /auth/logout`) and forgets the cookie.
-async fn sign_out(
-    State(state): State<AppState>,
-    ConsoleForm { console, .. }: ConsoleForm<serde::de::IgnoredAny>,
-) -> Response {
+async fn sign_out(State(state): State<AppState>, ConsoleForm { console, .. }: ConsoleForm<serde::de::IgnoredAny>) -> Response {
     if let Err(error) = crate::auth::routes::logout(State(state), console.member.clone()).await {
         return layout::error_page(Some(&console), error);
     }
