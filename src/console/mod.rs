@@ -46,3 +46,9 @@ pub(crate) fn router() -> Router<AppState> {
         .merge(events::router());
     pages.layer(axum::middleware::from_fn(session::headers))
 }
+
+/// The console's artifact uploads (the package upload form), which `http` bounds like the
+/// API's transfers (`HERD_TRANSFER_TIMEOUT` and a stall limit) instead of the request timeout.
+pub(crate) fn transfer_router() -> Router<AppState> {
+    updates::transfer_router().layer(axum::middleware::from_fn(session::headers))
+}

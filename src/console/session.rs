@@ -187,16 +187,33 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ConsoleForm<T> {
         let fail = |error: ApiError| layout::error_page(Some(&console), error);
         same_origin(&parts.headers).map_err(fail)?;
         let bytes = form_body(Request::from_parts(parts, body), state).await.map_err(fail)?;
-        let presented = parse_form::<CsrfField>(&bytes).map_err(fail)?.csrf.unwrap_or_default();
-        if !same_secret(&presented, &console.csrf) {
-            return Err(fail(ApiError::Forbidden(
-                "this form is not from your current session; reload the page and try again".into(),
-            )));
-        }
+        let presented = parse_form::<CsrfField>(&bytes).map_err(fail)?.csrf;
+        check_token(&console, presented.as_deref()).map_err(fail)?;
         let form = parse_form::<T>(&bytes).map_err(fail)?;
         Ok(ConsoleForm { console, form })
     }
 }
+
+/// The check every changing form of a signed-in member passes: the browser does not say it
+/// came from another site, and `presented` (its `_csrf` field) is the session's token.
+/// [`ConsoleForm`] runs the same two checks for urlencoded forms; a form it cannot read (a
+/// `multipart/form-data` upload) calls this itself with its first field, before reading any other.
+pub(super) fn check_csrf(console: &Console, headers: &HeaderMap, presented: Option<&str>) -> Result<(), ApiError> {
+    same_origin(headers)?;
+    check_token(console, presented)
+}
+
+fn check_token(console: &Console, presented: Option<&str>) -> Result<(), ApiError> {
+    if !same_secret(presented.unwrap_or_default(), &console.csrf) {
+        return Err(ApiError::Forbidden(
+            "this form is not from your current session; reload the page and try again".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The name of the field that carries the CSRF token.
+pub(super) const CSRF_FIELD_NAME: &str = CSRF_FIELD;
 
 fn session_cookie(state: &AppState, token: &str) -> HeaderValue {
     let secure = state.settings.public_url.as_deref().is_some_and(|url| url.starts_with("https://"));

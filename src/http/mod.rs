@@ -146,7 +146,11 @@ pub(crate) fn router(state: AppState) -> Router {
                 }))
                 .timeout(timeout),
         )
-        .merge(transfer_router.layer(middleware::from_fn_with_state(limits, transfer::bound)));
+        .merge(
+            transfer_router
+                .merge(crate::console::transfer_router())
+                .layer(middleware::from_fn_with_state(limits, transfer::bound)),
+        );
     router
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

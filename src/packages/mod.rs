@@ -229,11 +229,48 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<PackageDto>), ApiError> {
+    let content_type = match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(_)) => Some(""),
+    };
+    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let artifact = Artifact { content_type, length, bytes: body.into_data_stream() };
+    let package = receive_upload(clock.as_ref(), &blobs, &settings, &member, &params, artifact).await?;
+    Ok((StatusCode::CREATED, Json(package)))
+}
+
+/// The bytes of an upload and what is known of them before they are read.
+pub(crate) struct Artifact<'a, S> {
+    /// The artifact's media type as the uploader gave it (`None`: `application/octet-stream`).
+    pub content_type: Option<&'a str>,
+    /// Its length, when the uploader announced it (a longer one is refused before reading).
+    pub length: Option<u64>,
+    /// The bytes, streamed into the blob store (never held whole in memory).
+    pub bytes: S,
+}
+
+/// An upload as `POST /packages` and the console's upload form make it: the member's role and
+/// the metadata are checked before a byte of the artifact is read, then the artifact is
+/// streamed to the blob store (at most `HERD_PACKAGE_MAX_BYTES`, hashed on the way) and the
+/// package recorded; an upload refused or failed midway stores nothing.
+pub(crate) async fn receive_upload<S, E>(
+    clock: &dyn Clock,
+    blobs: &BlobStore,
+    settings: &Settings,
+    member: &Member,
+    params: &UploadParams,
+    artifact: Artifact<'_, S>,
+) -> Result<PackageDto, ApiError>
+where
+    S: futures::Stream<Item = Result<axum::body::Bytes, E>> + Send + Unpin,
+    E: std::fmt::Display,
+{
     let scope = member.require(Role::Operator)?;
     let meta = params.parse()?;
-    let content_type = match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
+    let content_type = match artifact.content_type {
         None => "application/octet-stream".to_string(),
-        Some(Ok(t)) if !t.trim().is_empty() && !t.trim_start().to_ascii_lowercase().starts_with("multipart/") => {
+        Some(t) if !t.trim().is_empty() && !t.trim_start().to_ascii_lowercase().starts_with("multipart/") => {
             t.trim().to_string()
         }
         _ => {
@@ -243,10 +280,8 @@ async fn upload(
         }
     };
     let limit = settings.package_max_bytes;
-    if let Some(length) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
-        if length > limit {
-            return Err(too_large(limit));
-        }
+    if artifact.length.is_some_and(|length| length > limit) {
+        return Err(too_large(limit));
     }
     // Refused before the body is read when it cannot be accepted (checked again on insert).
     if let Some(highest) = store::highest_version_code(scope, &meta.name).await? {
@@ -255,7 +290,7 @@ async fn upload(
         }
     }
     let prefix = format!("t/{}/packages", scope.tenant_id());
-    let stored = match blobs.put_stream(&prefix, body.into_data_stream(), limit).await {
+    let stored = match blobs.put_stream(&prefix, artifact.bytes, limit).await {
         Ok(stored) => stored,
         Err(BlobError::TooLarge { .. }) => return Err(too_large(limit)),
         Err(BlobError::Body(detail)) => return Err(ApiError::BadRequest(format!("the upload failed: {detail}"))),
@@ -276,13 +311,13 @@ async fn upload(
     };
     let outcome = store::create(scope, &new, to_millis(clock.now())).await;
     match outcome {
-        Ok(Created::Created(row)) => Ok((StatusCode::CREATED, Json(PackageDto::new(*row)))),
+        Ok(Created::Created(row)) => Ok(PackageDto::new(*row)),
         Ok(Created::VersionNotAbove(highest)) => {
-            forget_blob(&blobs, scope, &stored.key).await;
+            forget_blob(blobs, scope, &stored.key).await;
             Err(version_conflict(highest, &meta.name))
         }
         Err(error) => {
-            forget_blob(&blobs, scope, &stored.key).await;
+            forget_blob(blobs, scope, &stored.key).await;
             Err(error.into())
         }
     }
@@ -326,7 +361,7 @@ pub(crate) struct PackageListParams {
 /// The tenant's packages, oldest first (viewer and up).
 #[utoipa::path(get, path = "/packages", tag = "packages", security(("bearer" = [])),
     params(PackageListParams), responses((status = 200, body = ListResponse<PackageDto>)))]
-async fn list_packages(
+pub(crate) async fn list_packages(
     member: Member,
     ApiQuery(params): ApiQuery<PackageListParams>,
 ) -> Result<Json<ListResponse<PackageDto>>, ApiError> {
@@ -339,7 +374,7 @@ async fn list_packages(
 /// One package (viewer and up).
 #[utoipa::path(get, path = "/packages/{id}", tag = "packages", security(("bearer" = [])),
     params(("id" = String, Path, description = "package id")), responses((status = 200, body = PackageDto)))]
-async fn get_package(member: Member, IdPath(id): IdPath<PackageId>) -> Result<Json<PackageDto>, ApiError> {
+pub(crate) async fn get_package(member: Member, IdPath(id): IdPath<PackageId>) -> Result<Json<PackageDto>, ApiError> {
     let scope = member.require(Role::Viewer)?;
     let row = store::get(scope, id).await?.ok_or_else(|| ApiError::not_found("package"))?;
     Ok(Json(PackageDto::new(row)))
@@ -349,7 +384,7 @@ async fn get_package(member: Member, IdPath(id): IdPath<PackageId>) -> Result<Js
 /// has the same content. 409 while a ready, running or paused rollout sends it.
 #[utoipa::path(delete, path = "/packages/{id}", tag = "packages", security(("bearer" = [])),
     params(("id" = String, Path, description = "package id")), responses((status = 204)))]
-async fn delete_package(
+pub(crate) async fn delete_package(
     State(clock): State<Arc<dyn Clock>>,
     State(blobs): State<BlobStore>,
     member: Member,

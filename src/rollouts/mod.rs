@@ -378,7 +378,7 @@ async fn dto(scope: &herd_store::TenantScope, row: RolloutRow) -> Result<Rollout
 /// when the target matches no device.
 #[utoipa::path(post, path = "/rollouts", tag = "updates", security(("bearer" = [])),
     request_body = CreateRolloutDto, responses((status = 201, body = RolloutDto)))]
-async fn create_rollout(
+pub(crate) async fn create_rollout(
     State(state): State<AppState>,
     member: Member,
     ApiJson(body): ApiJson<CreateRolloutDto>,
@@ -427,7 +427,7 @@ pub(crate) struct RolloutListParams {
 /// The tenant's rollouts, oldest first (viewer and up).
 #[utoipa::path(get, path = "/rollouts", tag = "updates", security(("bearer" = [])),
     params(RolloutListParams), responses((status = 200, body = ListResponse<RolloutDto>)))]
-async fn list_rollouts(
+pub(crate) async fn list_rollouts(
     member: Member,
     ApiQuery(params): ApiQuery<RolloutListParams>,
 ) -> Result<Json<ListResponse<RolloutDto>>, ApiError> {
@@ -461,7 +461,7 @@ async fn list_rollouts(
 /// One rollout with its waves' progress (viewer and up).
 #[utoipa::path(get, path = "/rollouts/{id}", tag = "updates", security(("bearer" = [])),
     params(("id" = String, Path, description = "rollout id")), responses((status = 200, body = RolloutDto)))]
-async fn get_rollout(member: Member, IdPath(id): IdPath<RolloutId>) -> Result<Json<RolloutDto>, ApiError> {
+pub(crate) async fn get_rollout(member: Member, IdPath(id): IdPath<RolloutId>) -> Result<Json<RolloutDto>, ApiError> {
     let scope = member.require(Role::Viewer)?;
     let row = store::get(scope, id).await?.ok_or_else(|| ApiError::not_found("rollout"))?;
     Ok(Json(dto(scope, row).await?))
@@ -520,7 +520,7 @@ pub(crate) struct RolloutDeviceParams {
 #[utoipa::path(get, path = "/rollouts/{id}/devices", tag = "updates", security(("bearer" = [])),
     params(("id" = String, Path, description = "rollout id"), RolloutDeviceParams),
     responses((status = 200, body = ListResponse<RolloutDeviceDto>)))]
-async fn list_rollout_devices(
+pub(crate) async fn list_rollout_devices(
     member: Member,
     IdPath(id): IdPath<RolloutId>,
     ApiQuery(params): ApiQuery<RolloutDeviceParams>,
@@ -584,7 +584,7 @@ async fn start(state: &AppState, member: &Member, id: RolloutId) -> Result<Rollo
 /// Start a ready rollout (operator and up): wave 0 is notified at once. 409 unless `ready`.
 #[utoipa::path(post, path = "/rollouts/{id}/start", tag = "updates", security(("bearer" = [])),
     params(("id" = String, Path, description = "rollout id")), responses((status = 200, body = RolloutDto)))]
-async fn start_rollout(
+pub(crate) async fn start_rollout(
     State(state): State<AppState>,
     member: Member,
     IdPath(id): IdPath<RolloutId>,
@@ -598,7 +598,7 @@ async fn start_rollout(
 #[utoipa::path(post, path = "/rollouts/{id}/pause", tag = "updates", security(("bearer" = [])),
     params(("id" = String, Path, description = "rollout id")), request_body(content = Option<PauseDto>),
     responses((status = 200, body = RolloutDto)))]
-async fn pause_rollout(
+pub(crate) async fn pause_rollout(
     State(clock): State<Arc<dyn Clock>>,
     member: Member,
     IdPath(id): IdPath<RolloutId>,
@@ -617,7 +617,7 @@ async fn pause_rollout(
 /// only failures reported after the resume count toward the threshold. 409 unless `paused`.
 #[utoipa::path(post, path = "/rollouts/{id}/resume", tag = "updates", security(("bearer" = [])),
     params(("id" = String, Path, description = "rollout id")), responses((status = 200, body = RolloutDto)))]
-async fn resume_rollout(
+pub(crate) async fn resume_rollout(
     State(state): State<AppState>,
     member: Member,
     IdPath(id): IdPath<RolloutId>,
@@ -636,7 +636,7 @@ async fn resume_rollout(
 /// downloading or installing may still report. 409 once completed or cancelled.
 #[utoipa::path(post, path = "/rollouts/{id}/cancel", tag = "updates", security(("bearer" = [])),
     params(("id" = String, Path, description = "rollout id")), responses((status = 200, body = RolloutDto)))]
-async fn cancel_rollout(
+pub(crate) async fn cancel_rollout(
     State(clock): State<Arc<dyn Clock>>,
     member: Member,
     IdPath(id): IdPath<RolloutId>,
