@@ -116,8 +116,14 @@ fn id_of<T: std::str::FromStr>(raw: &str) -> Result<IdPath<T>, ApiError> {
 }
 
 /// "Expires in" choices of the create forms: hours, or empty for never.
-const EXPIRY_CHOICES: [(&str, &str); 6] =
-    [("", "Never"), ("1", "In 1 hour"), ("24", "In 1 day"), ("168", "In 7 days"), ("720", "In 30 days"), ("8760", "In 1 year")];
+const EXPIRY_CHOICES: [(&str, &str); 6] = [
+    ("", "Never"),
+    ("1", "In 1 hour"),
+    ("24", "In 1 day"),
+    ("168", "In 7 days"),
+    ("720", "In 30 days"),
+    ("8760", "In 1 year"),
+];
 
 fn expiry_select(name: &str, chosen: &str) -> Markup {
     html! {
@@ -170,8 +176,7 @@ async fn render_enrollment(
         let body = html! { (tabs(Tab::EnrollmentTokens)) (needs_admin(console, "Managing enrollment tokens")) };
         return Page::new(page(console, Section::Enrollment, title, body)).into_response();
     }
-    let answer =
-        crate::auth::routes::list_enrollment_tokens(console.member.clone(), ApiQuery(cursor.params())).await;
+    let answer = crate::auth::routes::list_enrollment_tokens(console.member.clone(), ApiQuery(cursor.params())).await;
     let tokens = match answer {
         Ok(axum::Json(tokens)) => tokens,
         Err(error) => return layout::error_page(Some(console), error),
@@ -327,8 +332,11 @@ async fn create_enrollment_token(
                     }
                 }
             };
-            Page::with_status(StatusCode::CREATED, page(&console, Section::Enrollment, "Enrollment token created", body))
-                .into_response()
+            Page::with_status(
+                StatusCode::CREATED,
+                page(&console, Section::Enrollment, "Enrollment token created", body),
+            )
+            .into_response()
         }
         Err(error) if refused(&error) => layout::error_page(Some(&console), error),
         Err(error) => render_enrollment(&state, &console, &Cursor::default(), &form, error.into()).await,
@@ -349,17 +357,17 @@ fn public_base(state: &AppState, headers: &HeaderMap) -> String {
 
 /// What the enrollment QR code holds (docs/device-protocol.md, "Enrolling by QR code").
 fn enrollment_payload(server: &str, token: &str) -> String {
-    let query: String =
-        form_urlencoded::Serializer::new(String::new()).append_pair("server", server).append_pair("token", token).finish();
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("server", server)
+        .append_pair("token", token)
+        .finish();
     format!("herd://enroll?{query}")
 }
 
 /// `text` as an SVG QR code (without the XML declaration, to sit inside HTML).
 fn qr_svg(text: &str) -> Result<PreEscaped<String>, qrcode::types::QrError> {
-    let svg = qrcode::QrCode::new(text.as_bytes())?
-        .render::<qrcode::render::svg::Color>()
-        .min_dimensions(220, 220)
-        .build();
+    let svg =
+        qrcode::QrCode::new(text.as_bytes())?.render::<qrcode::render::svg::Color>().min_dimensions(220, 220).build();
     let start = svg.find("<svg").unwrap_or(0);
     Ok(PreEscaped(svg[start..].to_string()))
 }
@@ -628,7 +636,10 @@ fn users_table(console: &Console, users: &ListResponse<UserDto>, cursor: &Cursor
     }
 }
 
-async fn create_user(State(state): State<AppState>, ConsoleForm { console, mut form }: ConsoleForm<UserForm>) -> Response {
+async fn create_user(
+    State(state): State<AppState>,
+    ConsoleForm { console, mut form }: ConsoleForm<UserForm>,
+) -> Response {
     let request = (|| {
         let request = CreateUserRequest {
             username: form.username.trim().to_string(),

@@ -108,7 +108,10 @@ async fn render_list(
 
 fn create_form(console: &Console, form: &WebhookForm, errors: &FormErrors) -> Markup {
     let event_error = errors.field("events").is_some()
-        || herd_domain::event::KNOWN_TYPES.iter().enumerate().any(|(i, _)| errors.field(&format!("events[{i}]")).is_some());
+        || herd_domain::event::KNOWN_TYPES
+            .iter()
+            .enumerate()
+            .any(|(i, _)| errors.field(&format!("events[{i}]")).is_some());
     let shown: Vec<String> = std::iter::once("url".to_string())
         .chain(std::iter::once("events".to_string()))
         .chain((0..herd_domain::event::KNOWN_TYPES.len()).map(|i| format!("events[{i}]")))
@@ -221,7 +224,10 @@ fn actions(console: &Console, hook: &WebhookDto) -> Markup {
     }
 }
 
-async fn create(State(state): State<AppState>, ConsoleForm { console, form }: ConsoleForm<Vec<(String, String)>>) -> Response {
+async fn create(
+    State(state): State<AppState>,
+    ConsoleForm { console, form }: ConsoleForm<Vec<(String, String)>>,
+) -> Response {
     let form = WebhookForm::from_pairs(form);
     let request = CreateWebhookRequest { url: form.url.trim().to_string(), events: form.events.clone(), secret: None };
     let created = match request.validate() {
@@ -238,7 +244,9 @@ async fn create(State(state): State<AppState>, ConsoleForm { console, form }: Co
     };
     let created = match created {
         Ok((_, axum::Json(created))) => created,
-        Err(error @ (ApiError::Forbidden(_) | ApiError::NotFound(_))) => return layout::error_page(Some(&console), error),
+        Err(error @ (ApiError::Forbidden(_) | ApiError::NotFound(_))) => {
+            return layout::error_page(Some(&console), error)
+        }
         Err(error) => return render_list(&state, &console, &Cursor::default(), &form, error.into()).await,
     };
     let mut hook = created.webhook;
@@ -294,10 +302,7 @@ async fn switch(state: &AppState, console: &Console, id: &str, enabled: bool) ->
     }
 }
 
-async fn delete(
-    Path(id): Path<String>,
-    ConsoleForm { console, .. }: ConsoleForm<serde::de::IgnoredAny>,
-) -> Response {
+async fn delete(Path(id): Path<String>, ConsoleForm { console, .. }: ConsoleForm<serde::de::IgnoredAny>) -> Response {
     let answer = match id_of(&id) {
         Ok(id) => crate::webhooks::routes::delete_webhook(console.member.clone(), id).await,
         Err(error) => Err(error),

@@ -193,7 +193,15 @@ mod webhooks {
         assert!(html.contains("No webhooks yet") && html.contains("value=\"device.registered\""), "{html}");
 
         let created = admin
-            .post("/ui/webhooks", &[("url", "http://127.0.0.1:9/hook"), ("events", "device.registered"), ("events", "device.deleted"), ("enabled", "true")])
+            .post(
+                "/ui/webhooks",
+                &[
+                    ("url", "http://127.0.0.1:9/hook"),
+                    ("events", "device.registered"),
+                    ("events", "device.deleted"),
+                    ("enabled", "true"),
+                ],
+            )
             .await;
         assert_eq!(created.status(), StatusCode::CREATED);
         let secret = new_secret(&created.text().await.unwrap()).expect("the signing secret is shown once");
@@ -210,9 +218,15 @@ mod webhooks {
         app.register(&token, json!({ "serialNumber": "SN-WH-1" })).await;
         let now = herd::clock::to_millis(app.clock.now());
         herd::webhooks::delivery::fan_out(&app.state.db, &app.state.system, now).await.expect("fan-out");
-        herd::webhooks::delivery::deliver_due(&app.state.db, &app.state.system, &app.state.webhook_client, &app.state.metrics, now)
-            .await
-            .expect("delivery");
+        herd::webhooks::delivery::deliver_due(
+            &app.state.db,
+            &app.state.system,
+            &app.state.webhook_client,
+            &app.state.metrics,
+            now,
+        )
+        .await
+        .expect("delivery");
         let (status, page) = admin.get(&format!("/ui/webhooks/{id}")).await;
         assert_eq!(status, StatusCode::OK);
         assert!(page.contains("http://127.0.0.1:9/hook"), "{page}");
