@@ -215,7 +215,7 @@ fn future_expiry(state: &AppState, field: &str, at: Option<DateTime<Utc>>) -> Re
 /// Create an API token with a role (admin).
 #[utoipa::path(post, path = "/tokens", tag = "auth", security(("bearer" = [])), request_body = CreateTokenRequest,
     responses((status = 201, body = CreatedToken)))]
-async fn create_token(
+pub(crate) async fn create_token(
     axum::extract::State(state): axum::extract::State<AppState>,
     member: Member,
     ApiJson(body): ApiJson<CreateTokenRequest>,
@@ -238,7 +238,7 @@ async fn create_token(
 /// List the tenant's API tokens (admin).
 #[utoipa::path(get, path = "/tokens", tag = "auth", security(("bearer" = [])), params(PageParams),
     responses((status = 200, body = ListResponse<TokenDto>)))]
-async fn list_tokens(
+pub(crate) async fn list_tokens(
     member: Member,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<ListResponse<TokenDto>>, ApiError> {
@@ -251,7 +251,7 @@ async fn list_tokens(
 /// Revoke an API token (admin). It answers 401 from the next request on.
 #[utoipa::path(delete, path = "/tokens/{id}", tag = "auth", security(("bearer" = [])),
     params(("id" = String, Path, description = "token id")), responses((status = 204, description = "revoked")))]
-async fn revoke_token(
+pub(crate) async fn revoke_token(
     axum::extract::State(state): axum::extract::State<AppState>,
     member: Member,
     IdPath(id): IdPath<TokenId>,
@@ -325,7 +325,7 @@ pub(crate) struct CreatedEnrollmentToken {
 /// Create an enrollment token (admin), optionally expiring or limited in uses.
 #[utoipa::path(post, path = "/enrollment-tokens", tag = "auth", security(("bearer" = [])),
     request_body = CreateEnrollmentTokenRequest, responses((status = 201, body = CreatedEnrollmentToken)))]
-async fn create_enrollment_token(
+pub(crate) async fn create_enrollment_token(
     axum::extract::State(state): axum::extract::State<AppState>,
     member: Member,
     ApiJson(body): ApiJson<CreateEnrollmentTokenRequest>,
@@ -349,7 +349,7 @@ async fn create_enrollment_token(
 /// List the tenant's enrollment tokens (admin).
 #[utoipa::path(get, path = "/enrollment-tokens", tag = "auth", security(("bearer" = [])), params(PageParams),
     responses((status = 200, body = ListResponse<EnrollmentTokenDto>)))]
-async fn list_enrollment_tokens(
+pub(crate) async fn list_enrollment_tokens(
     member: Member,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<ListResponse<EnrollmentTokenDto>>, ApiError> {
@@ -362,7 +362,7 @@ async fn list_enrollment_tokens(
 /// Revoke an enrollment token (admin). Devices it registered keep working.
 #[utoipa::path(delete, path = "/enrollment-tokens/{id}", tag = "auth", security(("bearer" = [])),
     params(("id" = String, Path, description = "enrollment token id")), responses((status = 204, description = "revoked")))]
-async fn revoke_enrollment_token(
+pub(crate) async fn revoke_enrollment_token(
     axum::extract::State(state): axum::extract::State<AppState>,
     member: Member,
     IdPath(id): IdPath<EnrollmentTokenId>,
@@ -430,7 +430,7 @@ pub(crate) struct CreatedUser {
 /// Create a user who logs in with a password (admin).
 #[utoipa::path(post, path = "/users", tag = "auth", security(("bearer" = [])), request_body = CreateUserRequest,
     responses((status = 201, body = CreatedUser)))]
-async fn create_user(
+pub(crate) async fn create_user(
     axum::extract::State(state): axum::extract::State<AppState>,
     member: Member,
     ApiJson(body): ApiJson<CreateUserRequest>,
@@ -459,7 +459,7 @@ pub(crate) async fn add_user(state: &AppState, member: &Member, body: CreateUser
 /// List the tenant's users (admin).
 #[utoipa::path(get, path = "/users", tag = "auth", security(("bearer" = [])), params(PageParams),
     responses((status = 200, body = ListResponse<UserDto>)))]
-async fn list_users(
+pub(crate) async fn list_users(
     member: Member,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<ListResponse<UserDto>>, ApiError> {
@@ -472,7 +472,7 @@ async fn list_users(
 /// Delete a user (admin); their sessions end with them.
 #[utoipa::path(delete, path = "/users/{id}", tag = "auth", security(("bearer" = [])),
     params(("id" = String, Path, description = "user id")), responses((status = 204, description = "deleted")))]
-async fn delete_user(member: Member, IdPath(id): IdPath<UserId>) -> Result<StatusCode, ApiError> {
+pub(crate) async fn delete_user(member: Member, IdPath(id): IdPath<UserId>) -> Result<StatusCode, ApiError> {
     let scope = member.require(Role::Admin)?;
     if Some(id) == member.user_id {
         return Err(ApiError::Conflict("you cannot delete yourself".into()));

@@ -95,7 +95,7 @@ fn decode_event_cursor(cursor: &str) -> Option<i64> {
 /// The tenant's event history, oldest first (kept for `HERD_EVENT_RETENTION`).
 #[utoipa::path(get, path = "/events", tag = "events", security(("bearer" = [])), params(EventListParams),
     responses((status = 200, body = ListResponse<EventDto>)))]
-async fn list_events(
+pub(crate) async fn list_events(
     member: Member,
     ApiQuery(params): ApiQuery<EventListParams>,
 ) -> Result<Json<ListResponse<EventDto>>, ApiError> {

@@ -125,7 +125,7 @@ impl std::fmt::Debug for CreatedWebhook {
 /// Subscribe a URL to events (admin). It receives events that happen from now on.
 #[utoipa::path(post, path = "/webhooks", tag = "events", security(("bearer" = [])), request_body = CreateWebhookRequest,
     responses((status = 201, body = CreatedWebhook)))]
-async fn create_webhook(
+pub(crate) async fn create_webhook(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
     State(settings): State<Arc<crate::config::Settings>>,
     member: Member,
@@ -145,7 +145,7 @@ async fn create_webhook(
 /// List the tenant's webhooks (admin).
 #[utoipa::path(get, path = "/webhooks", tag = "events", security(("bearer" = [])), params(PageParams),
     responses((status = 200, body = ListResponse<WebhookDto>)))]
-async fn list_webhooks(
+pub(crate) async fn list_webhooks(
     member: Member,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<ListResponse<WebhookDto>>, ApiError> {
@@ -158,7 +158,7 @@ async fn list_webhooks(
 /// One webhook (admin).
 #[utoipa::path(get, path = "/webhooks/{id}", tag = "events", security(("bearer" = [])),
     params(("id" = String, Path, description = "webhook id")), responses((status = 200, body = WebhookDto)))]
-async fn get_webhook(member: Member, IdPath(id): IdPath<WebhookId>) -> Result<Json<WebhookDto>, ApiError> {
+pub(crate) async fn get_webhook(member: Member, IdPath(id): IdPath<WebhookId>) -> Result<Json<WebhookDto>, ApiError> {
     let scope = member.require(Role::Admin)?;
     let row = store::get(scope, id).await?.ok_or_else(|| ApiError::not_found("webhook"))?;
     Ok(Json(row.into()))
@@ -199,7 +199,7 @@ impl Validate for UpdateWebhookRequest {
 /// Change a webhook (admin).
 #[utoipa::path(patch, path = "/webhooks/{id}", tag = "events", security(("bearer" = [])), request_body = UpdateWebhookRequest,
     params(("id" = String, Path, description = "webhook id")), responses((status = 200, body = WebhookDto)))]
-async fn update_webhook(
+pub(crate) async fn update_webhook(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
     State(settings): State<Arc<crate::config::Settings>>,
     member: Member,
@@ -230,7 +230,7 @@ async fn update_webhook(
 /// Delete a webhook and its delivery records (admin).
 #[utoipa::path(delete, path = "/webhooks/{id}", tag = "events", security(("bearer" = [])),
     params(("id" = String, Path, description = "webhook id")), responses((status = 204, description = "deleted")))]
-async fn delete_webhook(member: Member, IdPath(id): IdPath<WebhookId>) -> Result<StatusCode, ApiError> {
+pub(crate) async fn delete_webhook(member: Member, IdPath(id): IdPath<WebhookId>) -> Result<StatusCode, ApiError> {
     let scope = member.require(Role::Admin)?;
     if store::delete(scope, id).await? {
         Ok(StatusCode::NO_CONTENT)
@@ -279,7 +279,7 @@ impl From<DeliveryRow> for DeliveryDto {
 /// The deliveries of a webhook, oldest first (admin).
 #[utoipa::path(get, path = "/webhooks/{id}/deliveries", tag = "events", security(("bearer" = [])),
     params(("id" = String, Path, description = "webhook id"), PageParams), responses((status = 200, body = ListResponse<DeliveryDto>)))]
-async fn list_deliveries(
+pub(crate) async fn list_deliveries(
     member: Member,
     IdPath(id): IdPath<WebhookId>,
     ApiQuery(params): ApiQuery<PageParams>,
