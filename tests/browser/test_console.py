@@ -79,8 +79,9 @@ def test_main_flow_chart_screenshot_command_revocation_and_sign_out(new_page, br
     sign_in(page, herd, *admin_user)
     expect(page.get_by_role("heading", level=1)).to_have_text("Fleet overview")
 
-    page.get_by_role("navigation", name="Sections").get_by_role("link", name="Devices", exact=True).click()
-    page.wait_for_url(herd.url("/ui/devices"))
+    with page.expect_navigation():
+        page.get_by_role("navigation", name="Sections").get_by_role("link", name="Devices", exact=True).click()
+    assert page.url == herd.url("/ui/devices"), page.url
     expect(page.get_by_role("heading", level=1)).to_have_text("Devices")
     with page.expect_navigation() as navigation:
         page.get_by_role("link", name=device.name, exact=True).click()
@@ -99,8 +100,8 @@ def test_main_flow_chart_screenshot_command_revocation_and_sign_out(new_page, br
 
     # A screenshot command, answered by the device; the list updates without a reload.
     page.get_by_label("Command").select_option("screenshot")
-    page.get_by_role("button", name="Send command").click()
-    page.wait_for_load_state()
+    with page.expect_navigation():  # the form's POST, then its 303 back to the device page
+        page.get_by_role("button", name="Send command").click()
     page.evaluate("() => { window.__herdNoReload = true; }")
     commands = page.locator("#commands")
     expect(commands).to_be_visible()
@@ -125,8 +126,8 @@ def test_main_flow_chart_screenshot_command_revocation_and_sign_out(new_page, br
     values = [v for v in reason.first.locator("option").evaluate_all("os => os.map(o => o.value)") if v]
     assert values, "the Reason select offers no reason"
     reason.first.select_option("key_compromise" if "key_compromise" in values else values[0])
-    page.get_by_role("button", name="Revoke").first.click()
-    page.wait_for_load_state()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Revoke").first.click()
     expect(revoked_badges).to_have_count(before + 1)
     certificates = herd.api("GET", f"/devices/{device.id}/certificates")["items"]
     assert [c["status"] for c in certificates if c["id"] == certificate_id] == ["revoked"], certificates
