@@ -940,7 +940,7 @@ fn commands(console: &Console, data: &DeviceData, failed: &Failed, now: DateTime
     };
     let operator = may(console, Role::Operator);
     html! {
-        section.card #commands {
+        section.card #send-commands {
             h2 { "Commands" }
             @if operator {
                 form.stack method="post" action=(format!("/ui/devices/{id}/commands")) {

@@ -187,10 +187,6 @@ impl FormErrors {
         Self::default()
     }
 
-    pub(crate) fn general(message: impl Into<String>, status: StatusCode) -> Self {
-        FormErrors { fields: Vec::new(), general: Some(message.into()), status: Some(status) }
-    }
-
     pub(crate) fn is_empty(&self) -> bool {
         self.fields.is_empty() && self.general.is_none()
     }

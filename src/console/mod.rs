@@ -27,7 +27,6 @@ use axum::Router;
 
 use crate::app::AppState;
 
-
 /// Every console route. `/` sends a browser to the console.
 pub(crate) fn router() -> Router<AppState> {
     let pages = Router::new()

@@ -23,7 +23,14 @@ async fn overview(State(state): State<AppState>, console: Console) -> Response {
     match answer {
         Ok(axum::Json(stats)) => {
             let now = state.clock.now();
-            let types = event_types(&["device.status_changed", "device.registered", "device.deleted", "alert.", "rollout.", "device.update_state"]);
+            let types = event_types(&[
+                "device.status_changed",
+                "device.registered",
+                "device.deleted",
+                "alert.",
+                "rollout.",
+                "device.update_state",
+            ]);
             let body = live("overview", &types, render(&stats, now));
             Page::new(page(&console, Section::Overview, "Fleet overview", body)).into_response()
         }

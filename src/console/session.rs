@@ -233,7 +233,9 @@ fn expired_cookie(name: &str) -> HeaderValue {
 /// The double-submit value of a page without a session: the one the browser already holds,
 /// or a new one (set with the page).
 fn form_secret(headers: &HeaderMap) -> (String, Option<HeaderValue>) {
-    if let Some(existing) = cookie(headers, FORM_COOKIE).filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit())) {
+    if let Some(existing) =
+        cookie(headers, FORM_COOKIE).filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
         return (existing.to_string(), None);
     }
     let fresh = hex::encode(rand::random::<[u8; 16]>());
@@ -340,7 +342,8 @@ async fn sign_in(
         return failed(&form, error.into());
     }
     let tenant = Some(form.tenant.trim().to_string()).filter(|t| !t.is_empty());
-    let request = LoginRequest { tenant, username: form.username.clone(), password: std::mem::take(&mut form.password) };
+    let request =
+        LoginRequest { tenant, username: form.username.clone(), password: std::mem::take(&mut form.password) };
     let answer = match request.validate() {
         Ok(()) => crate::auth::routes::login(State(state.clone()), ConnectInfo(peer), ApiJson(request)).await,
         Err(error) => Err(error),
@@ -429,7 +432,11 @@ async fn setup(State(state): State<AppState>, headers: HeaderMap, body: axum::bo
         }
         Err(error) => return failed(error.into()),
     };
-    let request = CreateUserRequest { username: form.username.trim().to_string(), password: form.password.clone(), role: Role::Admin };
+    let request = CreateUserRequest {
+        username: form.username.trim().to_string(),
+        password: form.password.clone(),
+        role: Role::Admin,
+    };
     if let Err(error) = request.validate() {
         return failed(error.into());
     }
@@ -448,7 +455,10 @@ async fn setup(State(state): State<AppState>, headers: HeaderMap, body: axum::bo
 }
 
 /// Ends the session (the API's `POST /auth/logout`) and forgets the cookie.
-async fn sign_out(State(state): State<AppState>, ConsoleForm { console, .. }: ConsoleForm<serde::de::IgnoredAny>) -> Response {
+async fn sign_out(
+    State(state): State<AppState>,
+    ConsoleForm { console, .. }: ConsoleForm<serde::de::IgnoredAny>,
+) -> Response {
     if let Err(error) = crate::auth::routes::logout(State(state), console.member.clone()).await {
         return layout::error_page(Some(&console), error);
     }
@@ -477,7 +487,7 @@ pub(super) async fn headers(request: Request, next: axum::middleware::Next) -> R
     response
 }
 
-/// For a handler that cannot go on without a role: the 403 page.
-pub(crate) fn require(console: &Console, role: Role) -> Result<(), Response> {
-    console.member.require(role).map(|_| ()).map_err(|error| layout::error_page(Some(console), error))
+/// For a handler that cannot go on without a role: the 403 page when the member lacks it.
+pub(crate) fn refusal(console: &Console, role: Role) -> Option<Response> {
+    console.member.require(role).err().map(|error| layout::error_page(Some(console), error))
 }

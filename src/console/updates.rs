@@ -406,7 +406,7 @@ impl UploadForm {
 const UPLOAD_FIELDS: [&str; 7] = ["kind", "name", "version", "versionCode", "targetModels", "notes", "file"];
 
 async fn upload_page(console: Console) -> Response {
-    if let Err(refused) = session::require(&console, Role::Operator) {
+    if let Some(refused) = session::refusal(&console, Role::Operator) {
         return refused;
     }
     upload_form_page(&console, &UploadForm { kind: "apk".into(), ..UploadForm::default() }, &FormErrors::none())
@@ -630,7 +630,7 @@ async fn new_rollout_page(
     console: Console,
     Query(query): Query<NewRolloutQuery>,
 ) -> Response {
-    if let Err(refused) = session::require(&console, Role::Operator) {
+    if let Some(refused) = session::refusal(&console, Role::Operator) {
         return refused;
     }
     let form = RolloutForm {

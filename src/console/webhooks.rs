@@ -319,7 +319,7 @@ async fn detail(
     Path(id): Path<String>,
     Query(cursor): Query<Cursor>,
 ) -> Response {
-    if let Err(refusal) = super::session::require(&console, Role::Admin) {
+    if let Some(refusal) = super::session::refusal(&console, Role::Admin) {
         return refusal;
     }
     let hook = match id_of(&id) {

@@ -124,9 +124,8 @@ pub(crate) fn router(state: AppState) -> Router {
     document.merge(transfer_document);
     let document = Arc::new(crate::openapi::finish(document));
 
-    let mut router = api_router
-        .route("/openapi.json", get(move || openapi_json(document.clone())))
-        .merge(crate::console::router());
+    let mut router =
+        api_router.route("/openapi.json", get(move || openapi_json(document.clone()))).merge(crate::console::router());
     if state.settings.bench_echo {
         router = router.route("/bench/echo", axum::routing::post(bench_echo));
     }

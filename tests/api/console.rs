@@ -22,8 +22,9 @@ impl Browser {
     /// Creates a user with `role` (through the API, with the bootstrap admin token) and signs
     /// it in through the console's form.
     pub(crate) async fn signed_in(app: &TestApp, username: &str, role: &str) -> Browser {
-        let created =
-            app.post("/users", ADMIN_TOKEN, json!({ "username": username, "password": "a long password", "role": role })).await;
+        let created = app
+            .post("/users", ADMIN_TOKEN, json!({ "username": username, "password": "a long password", "role": role }))
+            .await;
         assert_eq!(created.status(), StatusCode::CREATED, "creating {username}");
         Browser::sign_in(app, username, "a long password").await.expect("signed in")
     }
