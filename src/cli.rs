@@ -145,6 +145,17 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         ),
     }
     tracing::info!(address = %app.local_addr(), %database, "herd is listening");
+    let console = console_address(app.local_addr());
+    match app.bootstrap() {
+        Bootstrap::CreatedWithTokenFile(path) => tracing::info!(
+            "open {console} in a browser: choose \"Set up a user with the admin token\", paste the token from {} and pick a username and password",
+            path.display()
+        ),
+        Bootstrap::CreatedWithConfiguredToken => tracing::info!(
+            "open {console} in a browser: choose \"Set up a user with the admin token\", paste HERD_BOOTSTRAP_TOKEN and pick a username and password"
+        ),
+        Bootstrap::AlreadyDone => tracing::info!("the operator console is at {console}"),
+    }
     let token = app.shutdown_token();
     tokio::spawn(async move {
         crate::shutdown::os_signal().await;
@@ -262,4 +273,14 @@ async fn migrate_store(settings: &Settings) -> anyhow::Result<()> {
         outcome.skipped
     );
     Ok(())
+}
+
+/// The console's address for the log: a wildcard listen address is reached on loopback.
+fn console_address(listen: std::net::SocketAddr) -> String {
+    let host = match listen.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("http://{host}:{}/", listen.port())
 }

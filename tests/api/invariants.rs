@@ -111,3 +111,22 @@ fn devices_reach_packages_only_through_device_package() {
         assert!(handler_body.contains("device_package(&device, id)"), "{handler} must call device_package");
     }
 }
+
+#[test]
+fn the_console_reaches_data_only_through_the_apis_handlers() {
+    // The console authorises nothing itself: every read and action is the API's handler,
+    // called with the session's `Member`. A store, the database or the system principal used
+    // from src/console/ would be a second, unchecked path to a tenant's rows.
+    let needles = ["herd_store", "::store", ".db", "state.system", "TenantScope", "for_system("];
+    let found = offending_lines(&needles, &[]);
+    let console: Vec<&String> = found.iter().filter(|line| line.starts_with("src/console/")).collect();
+    assert!(
+        console.is_empty(),
+        "the console calls the API's handlers, not the store:\n{}",
+        console.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        found.iter().any(|line| line.starts_with("src/")),
+        "the scan found no store use anywhere in src/: it is not looking where the code is"
+    );
+}

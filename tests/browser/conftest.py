@@ -63,15 +63,9 @@ DEVICE_NAME = "Lobby screen 1"
 # --------------------------------------------------------------------------------------------
 # Skips for pages another branch has not merged yet.
 #
-# Every skip in this suite goes through `not_merged_yet`, and only for a 404: once every console
-# page is on main, delete the body of this function (make it fail instead) and nothing is
-# skipped any more.
-
-
-def not_merged_yet(status: int, what: str, url: str) -> None:
-    """Skips the test when `url` answers 404: the page `what` is not merged yet."""
-    if status == 404:
-        pytest.skip(f"{what}: {url} answers 404 (page not merged yet)")
+def expect_page(status: int, what: str, url: str) -> None:
+    """Fails the test when a console page that must exist answers 404."""
+    assert status != 404, f"{what}: {url} answers 404"
 
 
 # --------------------------------------------------------------------------------------------

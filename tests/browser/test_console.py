@@ -8,18 +8,18 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from conftest import DESKTOP, PHONE, not_merged_yet, save_screenshot, sign_in
+from conftest import DESKTOP, PHONE, expect_page, save_screenshot, sign_in
 
 LIVE_SECONDS = 30
 
 
 def goto(page, herd, path: str, what: str, errors):
-    """Opens a console page; skips (through `not_merged_yet`) when it answers 404."""
+    """Opens a console page; fails when it answers 404."""
     response = page.goto(herd.url(path))
     assert response is not None, f"no response for {path}"
     if response.status == 404:
         errors.forget("404")  # chromium logs the 404 document as a console error
-    not_merged_yet(response.status, what, path)
+    expect_page(response.status, what, path)
     return response
 
 
@@ -88,7 +88,7 @@ def test_main_flow_chart_screenshot_command_revocation_and_sign_out(new_page, br
     assert page.url == herd.url(f"/ui/devices/{device.id}"), page.url
     if navigation.value.status == 404:
         browser_errors.forget("404")
-    not_merged_yet(navigation.value.status, "the device page", f"/ui/devices/{device.id}")
+    expect_page(navigation.value.status, "the device page", f"/ui/devices/{device.id}")
     expect(page.get_by_role("heading", level=1)).to_have_text(device.name)
 
     # The CPU chart has the device's samples (reload until the first one is there).
@@ -239,7 +239,7 @@ def test_page_renders_without_errors(admin_page, browser_errors, herd, device, n
     elif path is None:
         path, missing = link_in_navigation(page, herd, link, browser_errors)
         if path is None and missing:
-            not_merged_yet(404, f"the {name} page", f"(its link {link.pattern!r} may be on {', '.join(missing)})")
+            expect_page(404, f"the {name} page", f"(its link {link.pattern!r} may be on {', '.join(missing)})")
         assert path, f"no link {link.pattern!r} in any navigation of {SECTION_PAGES}"
     if isinstance(link, str) and name != "overview":
         # The page is reachable from the header's navigation.
@@ -250,7 +250,7 @@ def test_page_renders_without_errors(admin_page, browser_errors, herd, device, n
         section = page.goto(herd.url("/ui/alerts"))
         if section.status == 404:
             browser_errors.forget("404")
-        not_merged_yet(section.status, "the alerts page", "/ui/alerts")
+        expect_page(section.status, "the alerts page", "/ui/alerts")
         expect(page.locator("nav a").filter(has_text=link).first).to_have_attribute("href", path)
 
     response = goto(page, herd, path, f"the {name} page", browser_errors)
