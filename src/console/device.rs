@@ -326,6 +326,10 @@ fn chart_svg(spec: &ChartSpec<'_>, points: &[(DateTime<Utc>, f64)], time_format:
             text x=(LEFT) y=(HEIGHT - 6.0) text-anchor="start" { (spec.x_range.0.format(time_format).to_string()) }
             text x=(RIGHT) y=(HEIGHT - 6.0) text-anchor="end" { (spec.x_range.1.format(time_format).to_string()) }
             polyline.series data-points=(scaled.len()) points=(polyline.join(" ")) {}
+            // A few samples in a long range are a short stroke: mark each so none is missed.
+            @if scaled.len() <= 60 {
+                @for (x, y) in &scaled { circle.point cx=(format!("{x:.1}")) cy=(format!("{y:.1}")) r="2.5" {} }
+            }
         }
     }
 }
