@@ -373,7 +373,7 @@ impl CertificateService {
         reason: RevocationReason,
         now: i64,
     ) -> Result<CertificateRow, CertificateError> {
-        if matches!(reason, RevocationReason::RemoveFromCrl | RevocationReason::CertificateHold) {
+        if !reason.is_final() {
             return Err(CertificateError::Invalid {
                 field: "reason",
                 message: format!("{reason} would make the revocation reversible; herd's revocations are final"),

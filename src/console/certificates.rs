@@ -24,6 +24,7 @@ use crate::certificates::routes::{CertificateDto, CertificateListParams, RevokeR
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiJson, ApiQuery, IdPath, Validate};
 use crate::http::ListResponse;
+use herd_domain::ids::CertificateId;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new().route("/ui/certificates", get(list)).route("/ui/certificates/{id}/revoke", post(revoke))
@@ -288,34 +289,49 @@ fn revoke_form(console: &Console, certificate: &CertificateDto, filters: &Filter
             @for (name, value) in filters.query() {
                 @if !value.is_empty() { input type="hidden" name=(name) value=(value); }
             }
-            div.field.invalid[error.is_some()] {
-                label for=(id) { "Reason" }
-                select id=(id) name="reason" {
-                    @for reason in REASONS {
-                        option value=(reason.as_str()) { (reason.as_str()) }
-                    }
-                }
-                @if let Some(message) = error {
-                    p.field-error id=(format!("{id}-error")) role="alert" { (message) }
-                }
-            }
+            (reason_field(&id, error))
             button.danger.small type="submit" { "Revoke" }
         }
     }
 }
 
-/// The RFC 5280 reasons a revocation may give. `certificateHold` and `removeFromCRL` are left
-/// out: they make a revocation reversible, and herd's are final (the service refuses them).
-const REASONS: [RevocationReason; 8] = [
-    RevocationReason::Unspecified,
-    RevocationReason::KeyCompromise,
-    RevocationReason::CaCompromise,
-    RevocationReason::AffiliationChanged,
-    RevocationReason::Superseded,
-    RevocationReason::CessationOfOperation,
-    RevocationReason::PrivilegeWithdrawn,
-    RevocationReason::AaCompromise,
-];
+/// The reason select of a revoke form (`id` is the select's id), with its error beside it:
+/// every RFC 5280 reason whose revocation is final (the only ones the service accepts).
+pub(super) fn reason_field(id: &str, error: Option<&str>) -> Markup {
+    html! {
+        div.field.invalid[error.is_some()] {
+            label for=(id) { "Reason" }
+            select id=(id) name="reason" {
+                @for reason in RevocationReason::ALL.into_iter().filter(|r| r.is_final()) {
+                    option value=(reason.as_str()) { (reason.as_str()) }
+                }
+            }
+            @if let Some(message) = error {
+                p.field-error id=(format!("{id}-error")) role="alert" { (message) }
+            }
+        }
+    }
+}
+
+/// Revokes a certificate for `reason` through the API's handler (admin; final).
+pub(super) async fn revoke_through_api(
+    state: &AppState,
+    console: &Console,
+    certificate_id: CertificateId,
+    reason: &str,
+) -> Result<CertificateDto, ApiError> {
+    let body = RevokeRequest { reason: reason.to_string() };
+    body.validate()?;
+    let axum::Json(revoked) = crate::certificates::routes::revoke_certificate(
+        State(state.certificates.clone()),
+        State(state.clock.clone()),
+        console.member.clone(),
+        IdPath(certificate_id),
+        ApiJson(body),
+    )
+    .await?;
+    Ok(revoked)
+}
 
 fn downloads() -> Markup {
     html! {
@@ -346,21 +362,8 @@ async fn revoke(
     let Ok(certificate_id) = id.parse() else {
         return layout::error_page(Some(&console), ApiError::not_found("certificate"));
     };
-    let body = RevokeRequest { reason: form.reason.clone() };
-    let answer = match body.validate() {
-        Ok(()) => crate::certificates::routes::revoke_certificate(
-            State(state.certificates.clone()),
-            State(state.clock.clone()),
-            console.member.clone(),
-            IdPath(certificate_id),
-            ApiJson(body),
-        )
-        .await
-        .map(|_| ()),
-        Err(error) => Err(error),
-    };
-    match answer {
-        Ok(()) => Redirect::to(&form.filters.url()).into_response(),
+    match revoke_through_api(&state, &console, certificate_id, &form.reason).await {
+        Ok(_) => Redirect::to(&form.filters.url()).into_response(),
         Err(error @ (ApiError::Forbidden(_) | ApiError::NotFound(_))) => layout::error_page(Some(&console), error),
         Err(error) => {
             let failed = Failed { certificate_id: id, errors: FormErrors::from(error) };

@@ -20,7 +20,7 @@ use super::layout::{self, badge, empty, event_types, field, live, may, page, whe
 use super::session::{Console, ConsoleForm};
 use crate::app::AppState;
 use crate::auth::Role;
-use crate::certificates::routes::{CertificateBundle, CertificateDto, RevokeRequest};
+use crate::certificates::routes::{CertificateBundle, CertificateDto};
 use crate::commands::{ExecutionDto, ExecutionListParams, SendCommandDto};
 use crate::configurations::{ConfigurationStatusDto, DisplayConfiguration, PutConfigurationDto};
 use crate::devices::routes::DeviceDto;
@@ -31,7 +31,6 @@ use crate::settings::{DeviceSettingsDto, PutSettingsDto};
 use crate::telemetry::routes::{HistoryParams, MetricsHistory};
 use herd_domain::ids::{AlertId, CertificateId, CommandId, DeviceId};
 use herd_domain::status::CommandType;
-use herd_pki::RevocationReason;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -495,15 +494,6 @@ async fn refused(
 // ---------------------------------------------------------------------------------------------
 // Certificates
 
-/// The reasons a revocation may give: every RFC 5280 name except the two that would make it
-/// reversible (the API refuses those).
-fn revocation_reasons() -> impl Iterator<Item = &'static str> {
-    RevocationReason::ALL
-        .into_iter()
-        .filter(|r| !matches!(r, RevocationReason::CertificateHold | RevocationReason::RemoveFromCrl))
-        .map(RevocationReason::as_str)
-}
-
 fn certificates(console: &Console, data: &DeviceData, failed: &Failed, now: DateTime<Utc>) -> Markup {
     let id = &data.device.id;
     let admin = may(console, Role::Admin);
@@ -563,13 +553,7 @@ fn revoke_form(console: &Console, device_id: &str, certificate: &CertificateDto,
         form.row method="post" action=(format!("/ui/devices/{device_id}/certificates/{}/revoke", certificate.id))
             data-confirm="Revoke this certificate? Devices using it lose access." {
             (console.csrf_input())
-            div.field.invalid[error.is_some()] {
-                label for=(select_id) { "Reason" }
-                select id=(select_id) name="reason" {
-                    @for reason in revocation_reasons() { option value=(reason) { (reason) } }
-                }
-                @if let Some(message) = error { p.field-error role="alert" { (message) } }
-            }
+            (super::certificates::reason_field(&select_id, error))
             button.danger type="submit" { "Revoke" }
             @if let Some(errors) = errors { (errors.summary(&["reason"])) }
         }
@@ -600,16 +584,7 @@ async fn revoke_certificate(
         if certificate.device_id != id.to_string() {
             return Err(ApiError::not_found("certificate"));
         }
-        let body = RevokeRequest { reason: form.reason.clone() };
-        body.validate()?;
-        crate::certificates::routes::revoke_certificate(
-            State(state.certificates.clone()),
-            State(state.clock.clone()),
-            console.member.clone(),
-            IdPath(certificate_id),
-            ApiJson(body),
-        )
-        .await
+        super::certificates::revoke_through_api(&state, &console, certificate_id, &form.reason).await
     }
     .await;
     match answer {

@@ -55,6 +55,13 @@ impl RevocationReason {
         RevocationReason::AaCompromise,
     ];
 
+    /// Whether a revocation for this reason is final. `certificateHold` suspends a certificate
+    /// and `removeFromCRL` lifts a hold: both make a revocation reversible, which herd's never
+    /// are, so it refuses them.
+    pub fn is_final(self) -> bool {
+        !matches!(self, RevocationReason::CertificateHold | RevocationReason::RemoveFromCrl)
+    }
+
     /// The RFC 5280 ASN.1 name, e.g. "keyCompromise", "cACompromise", "removeFromCRL".
     pub fn as_str(self) -> &'static str {
         match self {
