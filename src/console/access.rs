@@ -23,7 +23,7 @@ use crate::auth::routes::{
 };
 use crate::auth::Role;
 use crate::http::error::ApiError;
-use crate::http::extract::{ApiJson, ApiQuery, IdPath, PageParams, Validate};
+use crate::http::extract::{ApiJson, ApiQuery, IdPath, PageParams};
 use crate::http::ListResponse;
 
 pub(super) fn router() -> Router<AppState> {
@@ -288,13 +288,11 @@ async fn create_enrollment_token(
             expires_at: expiry_from(now, "expiresAt", &form.expires_in)?,
             max_uses,
         };
-        request.validate()?;
-        Ok::<_, ApiError>(request)
+        ApiJson::validated(request)
     })();
     let answer = match request {
         Ok(request) => {
-            crate::auth::routes::create_enrollment_token(State(state.clone()), console.member.clone(), ApiJson(request))
-                .await
+            crate::auth::routes::create_enrollment_token(State(state.clone()), console.member.clone(), request).await
         }
         Err(error) => Err(error),
     };
@@ -508,13 +506,10 @@ async fn create_api_token(
             role: parse_role(&form.role)?,
             expires_at: expiry_from(now, "expiresAt", &form.expires_in)?,
         };
-        request.validate()?;
-        Ok::<_, ApiError>(request)
+        ApiJson::validated(request)
     })();
     let answer = match request {
-        Ok(request) => {
-            crate::auth::routes::create_token(State(state.clone()), console.member.clone(), ApiJson(request)).await
-        }
+        Ok(request) => crate::auth::routes::create_token(State(state.clone()), console.member.clone(), request).await,
         Err(error) => Err(error),
     };
     match answer {
@@ -646,13 +641,10 @@ async fn create_user(
             password: std::mem::take(&mut form.password),
             role: parse_role(&form.role)?,
         };
-        request.validate()?;
-        Ok::<_, ApiError>(request)
+        ApiJson::validated(request)
     })();
     let answer = match request {
-        Ok(request) => {
-            crate::auth::routes::create_user(State(state.clone()), console.member.clone(), ApiJson(request)).await
-        }
+        Ok(request) => crate::auth::routes::create_user(State(state.clone()), console.member.clone(), request).await,
         Err(error) => Err(error),
     };
     match answer {

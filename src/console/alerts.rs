@@ -22,7 +22,7 @@ use super::session::{Console, ConsoleForm};
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::http::error::{ApiError, FieldErrors};
-use crate::http::extract::{ApiJson, ApiQuery, IdPath, PageParams, Validate};
+use crate::http::extract::{ApiJson, ApiQuery, IdPath, PageParams};
 use crate::http::ListResponse;
 use crate::monitoring::alerts::{AlertDto, AlertListParams};
 use crate::monitoring::rules::{CreateRuleDto, RuleDto, UpdateRuleDto};
@@ -571,12 +571,10 @@ fn choice<T: FromStr>(errors: &mut FieldErrors, field: &str, text: &str) -> Opti
 
 /// `POST /ui/alerts/rules`: the API's create (admin).
 async fn create_rule(State(state): State<AppState>, ConsoleForm { console, form }: ConsoleForm<RuleForm>) -> Response {
-    let answer = match form.create_body().and_then(|body| body.validate().map(|_| body)) {
-        Ok(body) => {
-            crate::monitoring::rules::create_rule(State(state.clock.clone()), console.member.clone(), ApiJson(body))
-                .await
-                .map(|_| ())
-        }
+    let answer = match form.create_body().and_then(ApiJson::validated) {
+        Ok(body) => crate::monitoring::rules::create_rule(State(state.clock.clone()), console.member.clone(), body)
+            .await
+            .map(|_| ()),
         Err(error) => Err(error),
     };
     match answer {
@@ -596,12 +594,12 @@ async fn update_rule(
     let Ok(rule_id) = id.parse() else {
         return layout::error_page(Some(&console), ApiError::not_found("monitoring rule"));
     };
-    let answer = match form.update_body().and_then(|body| body.validate().map(|_| body)) {
+    let answer = match form.update_body().and_then(ApiJson::validated) {
         Ok(body) => crate::monitoring::rules::update_rule(
             State(state.clock.clone()),
             console.member.clone(),
             IdPath(rule_id),
-            ApiJson(body),
+            body,
         )
         .await
         .map(|_| ()),

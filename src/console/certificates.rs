@@ -22,7 +22,7 @@ use crate::app::AppState;
 use crate::auth::Role;
 use crate::certificates::routes::{CertificateDto, CertificateListParams, RevokeRequest};
 use crate::http::error::ApiError;
-use crate::http::extract::{ApiJson, ApiQuery, IdPath, Validate};
+use crate::http::extract::{ApiJson, ApiQuery, IdPath};
 use crate::http::ListResponse;
 use herd_domain::ids::CertificateId;
 
@@ -320,14 +320,13 @@ pub(super) async fn revoke_through_api(
     certificate_id: CertificateId,
     reason: &str,
 ) -> Result<CertificateDto, ApiError> {
-    let body = RevokeRequest { reason: reason.to_string() };
-    body.validate()?;
+    let body = ApiJson::validated(RevokeRequest { reason: reason.to_string() })?;
     let axum::Json(revoked) = crate::certificates::routes::revoke_certificate(
         State(state.certificates.clone()),
         State(state.clock.clone()),
         console.member.clone(),
         IdPath(certificate_id),
-        ApiJson(body),
+        body,
     )
     .await?;
     Ok(revoked)

@@ -25,7 +25,7 @@ use crate::commands::{ExecutionDto, ExecutionListParams, SendCommandDto};
 use crate::configurations::{ConfigurationStatusDto, DisplayConfiguration, PutConfigurationDto};
 use crate::devices::routes::DeviceDto;
 use crate::http::error::{ApiError, FieldError};
-use crate::http::extract::{ApiJson, ApiQuery, IdPath, IdsPath, OptionalJson, PageParams, Validate};
+use crate::http::extract::{ApiJson, ApiQuery, IdPath, IdsPath, OptionalJson, PageParams};
 use crate::monitoring::alerts::{AlertDto, AlertListParams};
 use crate::settings::{DeviceSettingsDto, PutSettingsDto};
 use crate::telemetry::routes::{HistoryParams, MetricsHistory};
@@ -749,12 +749,10 @@ async fn save_settings(
         tags: form.tags.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect(),
         version: form.version,
     };
-    let answer = match body.validate() {
-        Ok(()) => {
-            crate::settings::put_settings(State(state.clock.clone()), console.member.clone(), IdPath(id), ApiJson(body))
-                .await
-                .map(|_| ())
-        }
+    let answer = match ApiJson::validated(body) {
+        Ok(body) => crate::settings::put_settings(State(state.clock.clone()), console.member.clone(), IdPath(id), body)
+            .await
+            .map(|_| ()),
         Err(error) => Err(error),
     };
     match answer {
@@ -853,20 +851,17 @@ async fn save_configuration(
     let text = if form.configuration.trim().is_empty() { "{}" } else { form.configuration.as_str() };
     let answer = match serde_json::from_str::<DisplayConfiguration>(text) {
         Err(error) => Err(ApiError::invalid("configuration", format!("is not a valid configuration: {error}"))),
-        Ok(configuration) => {
-            let body = PutConfigurationDto { configuration, version: form.version };
-            match body.validate() {
-                Ok(()) => crate::configurations::put_configuration(
-                    State(state.clock.clone()),
-                    console.member.clone(),
-                    IdPath(id),
-                    ApiJson(body),
-                )
-                .await
-                .map(|_| ()),
-                Err(error) => Err(error),
-            }
-        }
+        Ok(configuration) => match ApiJson::validated(PutConfigurationDto { configuration, version: form.version }) {
+            Ok(body) => crate::configurations::put_configuration(
+                State(state.clock.clone()),
+                console.member.clone(),
+                IdPath(id),
+                body,
+            )
+            .await
+            .map(|_| ()),
+            Err(error) => Err(error),
+        },
     };
     match answer {
         Ok(()) => Redirect::to(&format!("/ui/devices/{id}#configuration")).into_response(),
@@ -1019,14 +1014,14 @@ async fn send_command(
                     .map_err(|error| ApiError::invalid("payload", format!("is not valid JSON: {error}")))?,
             ),
         };
-        let body = SendCommandDto { command_type, payload, expires_at: None, timeout_seconds: None };
-        body.validate()?;
+        let body =
+            ApiJson::validated(SendCommandDto { command_type, payload, expires_at: None, timeout_seconds: None })?;
         crate::commands::send_to_device(
             State(state.clock.clone()),
             State(state.command_waiters.clone()),
             console.member.clone(),
             IdPath(id),
-            ApiJson(body),
+            body,
         )
         .await
     }

@@ -344,8 +344,8 @@ async fn sign_in(
     let tenant = Some(form.tenant.trim().to_string()).filter(|t| !t.is_empty());
     let request =
         LoginRequest { tenant, username: form.username.clone(), password: std::mem::take(&mut form.password) };
-    let answer = match request.validate() {
-        Ok(()) => crate::auth::routes::login(State(state.clone()), ConnectInfo(peer), ApiJson(request)).await,
+    let answer = match ApiJson::validated(request) {
+        Ok(request) => crate::auth::routes::login(State(state.clone()), ConnectInfo(peer), request).await,
         Err(error) => Err(error),
     };
     match answer {

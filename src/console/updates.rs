@@ -833,11 +833,11 @@ async fn create_rollout(
     State(state): State<AppState>,
     ConsoleForm { console, form }: ConsoleForm<RolloutForm>,
 ) -> Response {
-    let request = match rollout_request(&form).and_then(|request| request.validate().map(|()| request)) {
+    let request = match rollout_request(&form).and_then(ApiJson::validated) {
         Ok(request) => request,
         Err(error) => return failed_rollout_form(&console, &form, error).await,
     };
-    match crate::rollouts::create_rollout(State(state), console.member.clone(), ApiJson(request)).await {
+    match crate::rollouts::create_rollout(State(state), console.member.clone(), request).await {
         Ok((_, axum::Json(rollout))) => Redirect::to(&format!("/ui/updates/rollouts/{}", rollout.id)).into_response(),
         Err(error) => failed_rollout_form(&console, &form, error).await,
     }

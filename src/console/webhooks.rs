@@ -17,7 +17,7 @@ use super::session::{Console, ConsoleForm};
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::http::error::ApiError;
-use crate::http::extract::{ApiJson, ApiQuery, IdPath, PageParams, Validate};
+use crate::http::extract::{ApiJson, ApiQuery, IdPath, PageParams};
 use crate::http::ListResponse;
 use crate::ids::WebhookId;
 use crate::webhooks::routes::{CreateWebhookRequest, DeliveryDto, UpdateWebhookRequest, WebhookDto};
@@ -230,13 +230,13 @@ async fn create(
 ) -> Response {
     let form = WebhookForm::from_pairs(form);
     let request = CreateWebhookRequest { url: form.url.trim().to_string(), events: form.events.clone(), secret: None };
-    let created = match request.validate() {
-        Ok(()) => {
+    let created = match ApiJson::validated(request) {
+        Ok(request) => {
             crate::webhooks::routes::create_webhook(
                 State(state.clock.clone()),
                 State(state.settings.clone()),
                 console.member.clone(),
-                ApiJson(request),
+                request,
             )
             .await
         }
@@ -266,14 +266,14 @@ async fn create(
 }
 
 async fn set_enabled(state: &AppState, console: &Console, id: &str, enabled: bool) -> Result<WebhookDto, ApiError> {
-    let request = UpdateWebhookRequest { enabled: Some(enabled), ..UpdateWebhookRequest::default() };
-    request.validate()?;
+    let request =
+        ApiJson::validated(UpdateWebhookRequest { enabled: Some(enabled), ..UpdateWebhookRequest::default() })?;
     let axum::Json(hook) = crate::webhooks::routes::update_webhook(
         State(state.clock.clone()),
         State(state.settings.clone()),
         console.member.clone(),
         id_of(id)?,
-        ApiJson(request),
+        request,
     )
     .await?;
     Ok(hook)
