@@ -15,7 +15,7 @@ use chrono::{DateTime, Duration, Utc};
 use maud::{html, Markup, PreEscaped};
 use serde::Deserialize;
 
-use super::layout::{self, badge, empty, field, may, page, pager, when, FormErrors, Page, Section};
+use super::layout::{self, badge, empty, field, may, page, pager, path_id, when, FormErrors, Page, Section};
 use super::session::{Console, ConsoleForm};
 use crate::app::AppState;
 use crate::auth::routes::{
@@ -23,7 +23,7 @@ use crate::auth::routes::{
 };
 use crate::auth::Role;
 use crate::http::error::ApiError;
-use crate::http::extract::{ApiJson, ApiQuery, IdPath, PageParams};
+use crate::http::extract::{ApiJson, ApiQuery, PageParams};
 use crate::http::ListResponse;
 
 pub(super) fn router() -> Router<AppState> {
@@ -50,33 +50,31 @@ pub(super) enum Tab {
 
 /// The sub-navigation of the section (the webhooks page draws it too).
 pub(super) fn tabs(current: Tab) -> Markup {
-    let items = [
-        (Tab::EnrollmentTokens, "/ui/enrollment", "Enrollment tokens"),
-        (Tab::ApiTokens, "/ui/enrollment/api-tokens", "API tokens"),
-        (Tab::Users, "/ui/enrollment/users", "Users"),
-        (Tab::Webhooks, "/ui/webhooks", "Webhooks"),
-    ];
-    html! {
-        nav.tabs aria-label="Enrollment & access" {
-            @for (tab, href, label) in items {
-                @if tab == current {
-                    a href=(href) aria-current="true" { (label) }
-                } @else {
-                    a href=(href) { (label) }
-                }
-            }
-        }
-    }
+    layout::tabs(
+        "Enrollment & access",
+        &[
+            ("/ui/enrollment", "Enrollment tokens", current == Tab::EnrollmentTokens),
+            ("/ui/enrollment/api-tokens", "API tokens", current == Tab::ApiTokens),
+            ("/ui/enrollment/users", "Users", current == Tab::Users),
+            ("/ui/webhooks", "Webhooks", current == Tab::Webhooks),
+        ],
+    )
 }
 
-/// What a member without the admin role sees instead of a page's lists and forms.
-pub(super) fn needs_admin(console: &Console, what: &str) -> Markup {
-    html! {
+/// The page a member without the admin role gets instead of `tab`'s lists and forms (`None`
+/// for an admin): the API would refuse its reads and actions anyway.
+pub(super) fn admin_only(console: &Console, tab: Tab, title: &str, what: &str) -> Option<Response> {
+    if may(console, Role::Admin) {
+        return None;
+    }
+    let body = html! {
+        (tabs(tab))
         div.alert.warn role="note" {
             p { (what) " needs the admin role; yours is " strong { (console.member.role.as_str()) } "." }
             p { "Ask an admin of this tenant if you need a token, a user or a webhook." }
         }
-    }
+    };
+    Some(Page::new(page(console, Section::Enrollment, title, body)).into_response())
 }
 
 /// A secret shown once, with a copy button (`console.js` copies `#new-secret`).
@@ -108,11 +106,6 @@ impl Cursor {
 /// correct (a field, a conflict) re-renders the form beside its fields.
 fn refused(error: &ApiError) -> bool {
     matches!(error, ApiError::Forbidden(_) | ApiError::NotFound(_) | ApiError::Unauthorized(_))
-}
-
-/// An id from the path, as the API's `IdPath` reads it (an unparsable one is a 404).
-fn id_of<T: std::str::FromStr>(raw: &str) -> Result<IdPath<T>, ApiError> {
-    raw.parse().map(IdPath).map_err(|_| ApiError::not_found("resource"))
 }
 
 /// "Expires in" choices of the create forms: hours, or empty for never.
@@ -172,9 +165,8 @@ async fn render_enrollment(
     errors: FormErrors,
 ) -> Response {
     let title = "Enrollment tokens";
-    if !may(console, Role::Admin) {
-        let body = html! { (tabs(Tab::EnrollmentTokens)) (needs_admin(console, "Managing enrollment tokens")) };
-        return Page::new(page(console, Section::Enrollment, title, body)).into_response();
+    if let Some(refusal) = admin_only(console, Tab::EnrollmentTokens, title, "Managing enrollment tokens") {
+        return refusal;
     }
     let answer = crate::auth::routes::list_enrollment_tokens(console.member.clone(), ApiQuery(cursor.params())).await;
     let tokens = match answer {
@@ -375,7 +367,7 @@ async fn revoke_enrollment_token(
     Path(id): Path<String>,
     ConsoleForm { console, .. }: ConsoleForm<serde::de::IgnoredAny>,
 ) -> Response {
-    let answer = match id_of(&id) {
+    let answer = match path_id(&id, "enrollment token") {
         Ok(id) => crate::auth::routes::revoke_enrollment_token(State(state), console.member.clone(), id).await,
         Err(error) => Err(error),
     };
@@ -410,9 +402,8 @@ async fn render_api_tokens(
     errors: FormErrors,
 ) -> Response {
     let title = "API tokens";
-    if !may(console, Role::Admin) {
-        let body = html! { (tabs(Tab::ApiTokens)) (needs_admin(console, "Managing API tokens")) };
-        return Page::new(page(console, Section::Enrollment, title, body)).into_response();
+    if let Some(refusal) = admin_only(console, Tab::ApiTokens, title, "Managing API tokens") {
+        return refusal;
     }
     let tokens = match crate::auth::routes::list_tokens(console.member.clone(), ApiQuery(cursor.params())).await {
         Ok(axum::Json(tokens)) => tokens,
@@ -532,7 +523,7 @@ async fn revoke_api_token(
     Path(id): Path<String>,
     ConsoleForm { console, .. }: ConsoleForm<serde::de::IgnoredAny>,
 ) -> Response {
-    let answer = match id_of(&id) {
+    let answer = match path_id(&id, "token") {
         Ok(id) => crate::auth::routes::revoke_token(State(state), console.member.clone(), id).await,
         Err(error) => Err(error),
     };
@@ -567,9 +558,8 @@ async fn render_users(
     errors: FormErrors,
 ) -> Response {
     let title = "Users";
-    if !may(console, Role::Admin) {
-        let body = html! { (tabs(Tab::Users)) (needs_admin(console, "Managing users")) };
-        return Page::new(page(console, Section::Enrollment, title, body)).into_response();
+    if let Some(refusal) = admin_only(console, Tab::Users, title, "Managing users") {
+        return refusal;
     }
     let users = match crate::auth::routes::list_users(console.member.clone(), ApiQuery(cursor.params())).await {
         Ok(axum::Json(users)) => users,
@@ -659,7 +649,7 @@ async fn delete_user(
     Path(id): Path<String>,
     ConsoleForm { console, .. }: ConsoleForm<serde::de::IgnoredAny>,
 ) -> Response {
-    let answer = match id_of(&id) {
+    let answer = match path_id(&id, "user") {
         Ok(id) => crate::auth::routes::delete_user(console.member.clone(), id).await,
         Err(error) => Err(error),
     };

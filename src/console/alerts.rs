@@ -109,12 +109,7 @@ async fn list(State(state): State<AppState>, console: Console, Query(filters): Q
 
 /// The two views of the section: the alerts and the rules that raise them.
 fn tabs(on_rules: bool) -> Markup {
-    html! {
-        nav.tabs aria-label="Alerts and rules" {
-            a href="/ui/alerts" aria-current=[(!on_rules).then_some("true")] { "Alerts" }
-            a href=(RULES_URL) aria-current=[on_rules.then_some("true")] { "Monitoring rules" }
-        }
-    }
+    layout::tabs("Alerts and rules", &[("/ui/alerts", "Alerts", !on_rules), (RULES_URL, "Monitoring rules", on_rules)])
 }
 
 fn filter_form(filters: &Filters, errors: &FormErrors) -> Markup {

@@ -161,14 +161,11 @@ async fn device_names(state: &AppState, console: &Console, certificates: &[Certi
 fn tabs(filters: &Filters) -> Markup {
     let soon = filters.expiring == SOON_DAYS && filters.status.is_empty();
     let all = !filters.any();
-    html! {
-        nav.tabs aria-label="Views" {
-            a href="/ui/certificates" aria-current=[all.then_some("true")] { "All certificates" }
-            a href=(format!("/ui/certificates?expiring={SOON_DAYS}")) aria-current=[soon.then_some("true")] {
-                "Expiring soon (30 days)"
-            }
-        }
-    }
+    let soon_href = format!("/ui/certificates?expiring={SOON_DAYS}");
+    layout::tabs(
+        "Views",
+        &[("/ui/certificates", "All certificates", all), (soon_href.as_str(), "Expiring soon (30 days)", soon)],
+    )
 }
 
 fn filter_form(filters: &Filters, errors: &FormErrors) -> Markup {

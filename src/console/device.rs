@@ -197,15 +197,9 @@ async fn render(state: &AppState, console: &Console, id: DeviceId, view: &View, 
             div.row {
                 h2 { "Metrics" }
                 span.spacer {}
-                nav.tabs aria-label="Time range" {
-                    @for (name, words, ..) in RANGES {
-                        @if name == range {
-                            a href=(format!("{base}?range={name}#metrics")) aria-current="true" { (words) }
-                        } @else {
-                            a href=(format!("{base}?range={name}#metrics")) { (words) }
-                        }
-                    }
-                }
+                (layout::tabs("Time range", &RANGES.map(|(name, words, ..)| {
+                    (format!("{base}?range={name}#metrics"), words, name == range)
+                })))
             }
             (charts(&data.metrics, range_words, now))
         }

@@ -10,6 +10,7 @@ use super::assets;
 use super::session::Console;
 use crate::auth::Role;
 use crate::http::error::{ApiError, FieldError};
+use crate::http::extract::IdPath;
 
 /// The console's top-level sections, in navigation order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,6 +249,12 @@ pub(crate) fn field_id(name: &str) -> String {
     id
 }
 
+/// An id from the path, read as the API's `IdPath` reads it: one that does not parse is a
+/// 404 for `what`, like a missing one.
+pub(crate) fn path_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<IdPath<T>, ApiError> {
+    raw.parse().map(IdPath).map_err(|_| ApiError::not_found(what))
+}
+
 /// "3 min ago" style, with the exact UTC time as a tooltip.
 pub(crate) fn when(now: DateTime<Utc>, at: Option<DateTime<Utc>>) -> Markup {
     match at {
@@ -281,6 +288,18 @@ pub(crate) fn relative(now: DateTime<Utc>, at: DateTime<Utc>) -> String {
 /// state's class in the stylesheet, the word carries the meaning.
 pub(crate) fn badge(state: &str) -> Markup {
     html! { span class=(format!("badge s-{}", state.replace(['_', ' '], "-"))) { (state.replace('_', " ")) } }
+}
+
+/// A strip of links between the views of one page (`aria-current` on the one shown): items
+/// are `(href, label, current)`.
+pub(crate) fn tabs<H: AsRef<str>>(label: &str, items: &[(H, &str, bool)]) -> Markup {
+    html! {
+        nav.tabs aria-label=(label) {
+            @for (href, text, current) in items {
+                a href=(href.as_ref()) aria-current=[current.then_some("true")] { (text) }
+            }
+        }
+    }
 }
 
 /// What an empty list says: what it would hold and what to do next.

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use super::access::{needs_admin, secret_once, tabs, Tab};
-use super::layout::{self, badge, empty, field, may, page, pager, when, FormErrors, Page, Section};
+use super::access::{admin_only, secret_once, tabs, Tab};
+use super::layout::{self, badge, empty, field, page, pager, when, FormErrors, Page, Section};
 use super::session::{Console, ConsoleForm};
 use crate::app::AppState;
 use crate::auth::Role;
@@ -70,7 +70,7 @@ impl WebhookForm {
 }
 
 fn id_of(raw: &str) -> Result<IdPath<WebhookId>, ApiError> {
-    raw.parse().map(IdPath).map_err(|_| ApiError::not_found("webhook"))
+    layout::path_id(raw, "webhook")
 }
 
 async fn list(State(state): State<AppState>, console: Console, Query(cursor): Query<Cursor>) -> Response {
@@ -86,9 +86,8 @@ async fn render_list(
     errors: FormErrors,
 ) -> Response {
     let title = "Webhooks";
-    if !may(console, Role::Admin) {
-        let body = html! { (tabs(Tab::Webhooks)) (needs_admin(console, "Managing webhooks")) };
-        return Page::new(page(console, Section::Enrollment, title, body)).into_response();
+    if let Some(refusal) = admin_only(console, Tab::Webhooks, title, "Managing webhooks") {
+        return refusal;
     }
     let hooks = match crate::webhooks::routes::list_webhooks(console.member.clone(), ApiQuery(cursor.params())).await {
         Ok(axum::Json(hooks)) => hooks,
