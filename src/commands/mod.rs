@@ -354,6 +354,35 @@ pub(crate) struct ExecutionListParams {
     pub cursor: Option<String>,
 }
 
+/// `GET /devices/{id}/commands`: the execution filters, and the order.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct DeviceCommandListParams {
+    /// Only executions in this state.
+    pub state: Option<String>,
+    /// `oldest` (the default) or `newest` first. A cursor continues in the order that made it.
+    pub order: Option<String>,
+    /// How many items to return (1–500, default 50).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+    /// The `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl DeviceCommandListParams {
+    /// The page, the state filter, and whether the newest come first.
+    fn parse(self) -> Result<(herd_store::Page, Option<CommandState>, bool), ApiError> {
+        let newest_first = match self.order.as_deref() {
+            None | Some("oldest") => false,
+            Some("newest") => true,
+            Some(_) => return Err(ApiError::invalid("order", "must be oldest or newest")),
+        };
+        let (page, state) =
+            ExecutionListParams { state: self.state, limit: self.limit, cursor: self.cursor }.parse()?;
+        Ok((page, state, newest_first))
+    }
+}
+
 impl ExecutionListParams {
     fn parse(&self) -> Result<(herd_store::Page, Option<CommandState>), ApiError> {
         let page = PageParams { limit: self.limit, cursor: self.cursor.clone() }.page()?;
@@ -424,21 +453,21 @@ pub(crate) async fn send_to_device(
     Ok((StatusCode::CREATED, Json(ExecutionDto::new(execution)?)))
 }
 
-/// A device's commands, oldest first (viewer and up).
+/// A device's commands, oldest first, or newest first with `order=newest` (viewer and up).
 #[utoipa::path(get, path = "/devices/{id}/commands", tag = "commands", security(("bearer" = [])),
-    params(("id" = String, Path, description = "device id"), ExecutionListParams),
+    params(("id" = String, Path, description = "device id"), DeviceCommandListParams),
     responses((status = 200, body = ListResponse<ExecutionDto>)))]
 pub(crate) async fn list_device_commands(
     member: Member,
     IdPath(device_id): IdPath<DeviceId>,
-    ApiQuery(params): ApiQuery<ExecutionListParams>,
+    ApiQuery(params): ApiQuery<DeviceCommandListParams>,
 ) -> ListResult {
     let scope = member.require(Role::Viewer)?;
-    let (page, state) = params.parse()?;
+    let (page, state, newest_first) = params.parse()?;
     if DeviceStore::new(scope).get(device_id).await?.is_none() {
         return Err(ApiError::not_found("device"));
     }
-    let rows = store::for_device(scope, device_id, state, &page).await?;
+    let rows = store::for_device(scope, device_id, state, &page, newest_first).await?;
     execution_list(rows, page.limit, |row| row.command_id.to_string())
 }
 

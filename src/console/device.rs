@@ -21,7 +21,7 @@ use super::session::{Console, ConsoleForm};
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::certificates::routes::{CertificateBundle, CertificateDto};
-use crate::commands::{ExecutionDto, ExecutionListParams, SendCommandDto};
+use crate::commands::{DeviceCommandListParams, ExecutionDto, SendCommandDto};
 use crate::configurations::{ConfigurationStatusDto, DisplayConfiguration, PutConfigurationDto};
 use crate::devices::routes::DeviceDto;
 use crate::http::error::{ApiError, FieldError};
@@ -46,13 +46,9 @@ pub(super) fn router() -> Router<AppState> {
 }
 
 /// The page shows at most this many commands, newest first.
-const COMMANDS_SHOWN: usize = 20;
+const COMMANDS_SHOWN: u32 = 20;
 /// How many resolved alerts the page shows below the open ones.
 const PAST_ALERTS_SHOWN: u32 = 10;
-/// The device's command history is read in pages of this many, at most `COMMAND_PAGES` of them
-/// (the API lists a device's commands oldest first, so the newest are on the last page).
-const COMMAND_PAGE: u32 = 500;
-const COMMAND_PAGES: usize = 20;
 
 /// The time ranges of the charts: query value, words, length, and bucket width (at most a few
 /// hundred points per chart).
@@ -147,27 +143,16 @@ async fn load(
     })
 }
 
-/// The device's newest commands, newest first. The API lists them oldest first by cursor, so
-/// this pages to the end (bounded: a device with more history shows the newest of what it read).
+/// The device's newest commands, newest first (one page of the API's `order=newest` list).
 async fn newest_commands(console: &Console, id: DeviceId) -> Result<Vec<ExecutionDto>, ApiError> {
-    let mut newest: std::collections::VecDeque<ExecutionDto> = std::collections::VecDeque::new();
-    let mut cursor = None;
-    for _ in 0..COMMAND_PAGES {
-        let params = ExecutionListParams { state: None, limit: Some(COMMAND_PAGE), cursor: cursor.take() };
-        let axum::Json(page) =
-            crate::commands::list_device_commands(console.member.clone(), IdPath(id), ApiQuery(params)).await?;
-        for item in page.items {
-            if newest.len() == COMMANDS_SHOWN {
-                newest.pop_front();
-            }
-            newest.push_back(item);
-        }
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
-    Ok(newest.into_iter().rev().collect())
+    let params = DeviceCommandListParams {
+        order: Some("newest".into()),
+        limit: Some(COMMANDS_SHOWN),
+        ..DeviceCommandListParams::default()
+    };
+    let axum::Json(page) =
+        crate::commands::list_device_commands(console.member.clone(), IdPath(id), ApiQuery(params)).await?;
+    Ok(page.items)
 }
 
 async fn show(

@@ -117,6 +117,30 @@ engine_tests! {
         assert!(events_of(&app, "command.failed").await.is_empty());
     }
 
+    async fn a_devices_commands_list_newest_first_when_asked(app) {
+        let fleet = devices(&app, 1, "order").await;
+        let device = &fleet[0].0;
+        let mut sent = Vec::new();
+        for _ in 0..3 {
+            sent.push(send_ok(&app, device, json!({ "type": "reboot" })).await);
+        }
+        let ids = |page: &Value| -> Vec<String> {
+            page["items"].as_array().unwrap().iter().map(|e| e["commandId"].as_str().unwrap().to_string()).collect()
+        };
+        let oldest = expect_json(app.get(&format!("/devices/{device}/commands"), ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(ids(&oldest), sent, "oldest first by default");
+        let path = format!("/devices/{device}/commands?order=newest&limit=2");
+        let first = expect_json(app.get(&path, ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(ids(&first), vec![sent[2].clone(), sent[1].clone()]);
+        let cursor = first["nextCursor"].as_str().expect("a second page").to_string();
+        let second =
+            expect_json(app.get(&format!("{path}&cursor={cursor}"), ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(ids(&second), vec![sent[0].clone()]);
+        assert!(second["nextCursor"].is_null());
+        let bad = expect_problem(app.get(&format!("/devices/{device}/commands?order=sideways"), ADMIN_TOKEN).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(error_fields(&bad), vec!["order"]);
+    }
+
     async fn transitions_the_state_does_not_allow_are_conflicts(app) {
         let fleet = devices(&app, 1, "forbid").await;
         let (device, token) = &fleet[0];

@@ -285,32 +285,39 @@ pub async fn executions(
     state: Option<CommandState>,
     page: &Page,
 ) -> Result<Vec<ExecutionRow>, StoreError> {
-    list_executions(scope, ("command_id", "device_id"), &id.to_string(), state, page).await
+    list_executions(scope, ("command_id", "device_id"), &id.to_string(), state, page, false).await
 }
 
-/// A device's executions in command order (the page's cursor is a command id), optionally only
-/// those in `state`.
+/// A device's executions in command order, oldest first or (`newest_first`) newest first (the
+/// page's cursor is a command id; ids are time-ordered), optionally only those in `state`.
 pub async fn for_device(
     scope: &TenantScope,
     device_id: DeviceId,
     state: Option<CommandState>,
     page: &Page,
+    newest_first: bool,
 ) -> Result<Vec<ExecutionRow>, StoreError> {
-    list_executions(scope, ("device_id", "command_id"), &device_id.to_string(), state, page).await
+    list_executions(scope, ("device_id", "command_id"), &device_id.to_string(), state, page, newest_first).await
 }
 
-/// The executions whose `fixed.0` column is `value`, ordered (and paged) by the `fixed.1` column.
+/// The executions whose `fixed.0` column is `value`, ordered (and paged) by the `fixed.1` column,
+/// ascending or (`descending`) descending; both walk the same index.
 async fn list_executions(
     scope: &TenantScope,
     (fixed, order): (&str, &str),
     value: &str,
     state: Option<CommandState>,
     page: &Page,
+    descending: bool,
 ) -> Result<Vec<ExecutionRow>, StoreError> {
     let after = page.after.as_deref().unwrap_or("");
+    // An empty cursor is the first page: everything is after it in ascending order, and in
+    // descending order it bounds nothing.
+    let (bound, direction) =
+        if descending { (format!("($3 = '' OR e.{order} < $3)"), "DESC") } else { (format!("e.{order} > $3"), "ASC") };
     let sql = format!(
-        "{EXECUTION_SELECT} WHERE e.tenant_id = $1 AND e.{fixed} = $2 AND e.{order} > $3 \
-         AND ($4 IS NULL OR e.state = $4) ORDER BY e.{order} LIMIT $5"
+        "{EXECUTION_SELECT} WHERE e.tenant_id = $1 AND e.{fixed} = $2 AND {bound} \
+         AND ($4 IS NULL OR e.state = $4) ORDER BY e.{order} {direction} LIMIT $5"
     );
     with_reader!(scope.db(), |pool| sqlx::query_as::<_, ExecutionRow>(&sql)
         .bind(scope.tenant_id())
