@@ -172,22 +172,14 @@ engine_tests! {
     }
 }
 
-/// Webhooks need private addresses allowed (the receiver is loopback), so these spawn their
-/// own app per engine.
+/// Webhooks need private addresses allowed (the receiver is loopback) and the delivery job
+/// run by the test, so these spawn the webhook tests' app per engine.
 mod webhooks {
     use super::*;
-    use herd::clock::Clock;
-    use std::time::Duration as StdDuration;
-
-    async fn spawn(engine: Engine) -> TestApp {
-        let adjust = |s: &mut herd::config::Settings| {
-            s.webhook_allow_private = true;
-            s.webhook_delivery_interval = StdDuration::from_secs(24 * 3600);
-        };
-        spawn_app_with(engine, SpawnOptions { adjust: Box::new(adjust), ..Default::default() }).await
-    }
+    use crate::webhooks::{deliver, receiver, spawn};
 
     async fn a_webhook_from_the_form_is_in_the_api_and_lists_its_deliveries(app: TestApp) {
+        let hook = receiver(0).await;
         let admin = Browser::signed_in(&app, "ana", "admin").await;
         let (_, html) = admin.get("/ui/webhooks").await;
         assert!(html.contains("No webhooks yet") && html.contains("value=\"device.registered\""), "{html}");
@@ -196,7 +188,7 @@ mod webhooks {
             .post(
                 "/ui/webhooks",
                 &[
-                    ("url", "http://127.0.0.1:9/hook"),
+                    ("url", hook.url.as_str()),
                     ("events", "device.registered"),
                     ("events", "device.deleted"),
                     ("enabled", "true"),
@@ -208,28 +200,18 @@ mod webhooks {
         assert!(secret.starts_with("whsec_"), "{secret}");
         let hooks = list(&app, "/webhooks", ADMIN_TOKEN).await;
         assert_eq!(hooks.len(), 1);
-        assert_eq!(hooks[0]["url"], "http://127.0.0.1:9/hook");
+        assert_eq!(hooks[0]["url"], hook.url.as_str());
         assert_eq!(hooks[0]["events"], json!(["device.registered", "device.deleted"]));
         assert_eq!(hooks[0]["enabled"], true);
         let id = hooks[0]["id"].as_str().unwrap().to_string();
 
-        // An event it subscribes to becomes a delivery (the receiver is down: port 9).
+        // An event it subscribes to becomes a delivery (to a receiver of the test's, on loopback).
         let token = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
         app.register(&token, json!({ "serialNumber": "SN-WH-1" })).await;
-        let now = herd::clock::to_millis(app.clock.now());
-        herd::webhooks::delivery::fan_out(&app.state.db, &app.state.system, now).await.expect("fan-out");
-        herd::webhooks::delivery::deliver_due(
-            &app.state.db,
-            &app.state.system,
-            &app.state.webhook_client,
-            &app.state.metrics,
-            now,
-        )
-        .await
-        .expect("delivery");
+        deliver(&app).await;
         let (status, page) = admin.get(&format!("/ui/webhooks/{id}")).await;
         assert_eq!(status, StatusCode::OK);
-        assert!(page.contains("http://127.0.0.1:9/hook"), "{page}");
+        assert!(page.contains(&hook.url), "{page}");
         assert!(page.contains("<code>device.registered</code>"), "a delivery row: {page}");
         assert!(!page.contains("No deliveries yet"), "{page}");
 

@@ -28,12 +28,12 @@ use crate::helpers::{
 };
 
 /// A local receiver that fails its first `fail_first` requests (500) and records all.
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     seen: Arc<Mutex<Vec<(HeaderMap, Bytes)>>>,
 }
 
-async fn receiver(fail_first: usize) -> Receiver {
+pub(crate) async fn receiver(fail_first: usize) -> Receiver {
     let seen: Arc<Mutex<Vec<(HeaderMap, Bytes)>>> = Arc::default();
     let count = Arc::new(AtomicUsize::new(0));
     let (seen2, count2) = (seen.clone(), count.clone());
@@ -86,7 +86,7 @@ async fn answering(status: u16, body: &'static str, location: Option<String>) ->
 /// An app whose background delivery loop never runs during the test: the test runs the
 /// delivery step itself ([`deliver`]), so every attempt is one it made and no wall clock decides
 /// what has happened by when.
-async fn spawn(engine: Engine) -> TestApp {
+pub(crate) async fn spawn(engine: Engine) -> TestApp {
     let adjust = |s: &mut herd::config::Settings| {
         s.webhook_allow_private = true;
         s.webhook_delivery_interval = StdDuration::from_secs(24 * 3600);
@@ -95,7 +95,7 @@ async fn spawn(engine: Engine) -> TestApp {
 }
 
 /// One step of the delivery job at the test's clock: fan-out, then every due delivery.
-async fn deliver(app: &TestApp) {
+pub(crate) async fn deliver(app: &TestApp) {
     deliver_with(app, &app.state.webhook_client).await;
 }
 

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -72,10 +71,28 @@ def expect_page(status: int, what: str, url: str) -> None:
 # The server.
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def listening_address(process: subprocess.Popen, log_path: Path, seconds: float = 30) -> str:
+    """The address herd bound (it listens on port 0: the kernel picks a free port, so no other
+    process can take it between choosing and binding), read from its JSON log line
+    "herd is listening"."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            lines = log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            fields = record.get("fields", {})
+            if fields.get("message") == "herd is listening" and fields.get("address"):
+                return fields["address"]
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise RuntimeError(f"herd did not say where it listens within {seconds} s:\n" + log_path.read_text(errors="replace"))
 
 
 @dataclass
@@ -168,12 +185,10 @@ def herd():
     if not binary.exists():
         pytest.exit(f"no herd binary at {binary} (build it, or set HERD_BIN)", returncode=2)
     work = Path(tempfile.mkdtemp(prefix="herd-browser-"))
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HERD_")}
     env.update({
         "HERD_DATA_DIR": str(work),
-        "HERD_LISTEN": f"127.0.0.1:{port}",
-        "HERD_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "HERD_LISTEN": "127.0.0.1:0",
         "HERD_LOG_FORMAT": "json",
         # Every test signs in from 127.0.0.1; the default per-address limit is for real users.
         "HERD_LOGIN_RATE_PER_ADDRESS": "1000",
@@ -183,8 +198,9 @@ def herd():
     log = open(log_path, "wb")
     process = subprocess.Popen([str(binary), "serve"], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)
-    server = Herd(base=f"http://127.0.0.1:{port}", data_dir=work, log_path=log_path, process=process)
+    server = Herd(base="", data_dir=work, log_path=log_path, process=process)
     try:
+        server.base = "http://" + listening_address(process, log_path)
         wait_healthy(server)
         token_file = work / "initial-admin-token"
         for _ in range(50):
