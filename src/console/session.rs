@@ -37,7 +37,8 @@ use crate::http::extract::{ApiJson, Validate};
 pub(crate) const COOKIE: &str = "herd_session";
 /// The pre-session cookie that sign-in and set-up forms double-submit.
 const FORM_COOKIE: &str = "herd_form";
-const CSRF_FIELD: &str = "_csrf";
+/// The name of the field that carries the CSRF token.
+pub(super) const CSRF_FIELD: &str = "_csrf";
 /// The key purpose `CertificateService::derive_key` derives the CSRF key for.
 const CSRF_KEY_PURPOSE: &str = "console csrf v1";
 
@@ -212,9 +213,6 @@ fn check_token(console: &Console, presented: Option<&str>) -> Result<(), ApiErro
     Ok(())
 }
 
-/// The name of the field that carries the CSRF token.
-pub(super) const CSRF_FIELD_NAME: &str = CSRF_FIELD;
-
 fn session_cookie(state: &AppState, token: &str) -> HeaderValue {
     let secure = state.settings.public_url.as_deref().is_some_and(|url| url.starts_with("https://"));
     let value = format!(
@@ -223,6 +221,15 @@ fn session_cookie(state: &AppState, token: &str) -> HeaderValue {
         if secure { "; Secure" } else { "" }
     );
     HeaderValue::from_str(&value).expect("a token is header-safe ASCII")
+}
+
+/// The answer that ends a successful sign-in or set-up: the session cookie, the pre-session
+/// cookie forgotten, and on to `target`.
+fn signed_in(state: &AppState, target: &str, token: &str) -> Response {
+    let mut response = Redirect::to(target).into_response();
+    response.headers_mut().append(header::SET_COOKIE, session_cookie(state, token));
+    response.headers_mut().append(header::SET_COOKIE, expired_cookie(FORM_COOKIE));
+    response
 }
 
 fn expired_cookie(name: &str) -> HeaderValue {
@@ -266,7 +273,6 @@ pub(super) struct SignInQuery {
     next: Option<String>,
     #[serde(default)]
     signed_out: bool,
-    created: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -314,13 +320,9 @@ fn sign_in_markup(secret: &str, form: &SignInForm, notice: Option<&str>, errors:
 
 async fn sign_in_page(headers: HeaderMap, Query(query): Query<SignInQuery>) -> Response {
     let (secret, set) = form_secret(&headers);
-    let notice = if query.signed_out {
-        Some("You are signed out.".to_string())
-    } else {
-        query.created.as_deref().map(|user| format!("User {user} is ready: sign in with its password."))
-    };
+    let notice = query.signed_out.then_some("You are signed out.");
     let form = SignInForm { next: query.next.filter(|n| safe_next(n)), ..SignInForm::default() };
-    with_cookie(Page::new(sign_in_markup(&secret, &form, notice.as_deref(), &FormErrors::none())), set)
+    with_cookie(Page::new(sign_in_markup(&secret, &form, notice, &FormErrors::none())), set)
 }
 
 async fn sign_in(
@@ -351,10 +353,7 @@ async fn sign_in(
     match answer {
         Ok(session) => {
             let next = form.next.filter(|n| safe_next(n)).unwrap_or_else(|| "/ui/".to_string());
-            let mut response = Redirect::to(&next).into_response();
-            response.headers_mut().append(header::SET_COOKIE, session_cookie(&state, &session.0.token));
-            response.headers_mut().append(header::SET_COOKIE, expired_cookie(FORM_COOKIE));
-            response
+            signed_in(&state, &next, &session.0.token)
         }
         Err(error) => failed(&form, error.into()),
     }
@@ -442,12 +441,7 @@ async fn setup(State(state): State<AppState>, headers: HeaderMap, body: axum::bo
     }
     match crate::auth::routes::add_user(&state, &member, request).await {
         Ok(user) => match crate::auth::routes::open_session(&state, &user).await {
-            Ok(session) => {
-                let mut response = Redirect::to("/ui/").into_response();
-                response.headers_mut().append(header::SET_COOKIE, session_cookie(&state, &session.token));
-                response.headers_mut().append(header::SET_COOKIE, expired_cookie(FORM_COOKIE));
-                response
-            }
+            Ok(session) => signed_in(&state, "/ui/", &session.token),
             Err(error) => failed(error.into()),
         },
         Err(error) => failed(error.into()),

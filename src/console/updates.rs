@@ -493,7 +493,7 @@ async fn upload(
     };
     // Nothing but the token is read before the token is checked.
     let token = match multipart.next_field().await {
-        Ok(Some(first)) if first.name() == Some(session::CSRF_FIELD_NAME) => match small_text(first).await {
+        Ok(Some(first)) if first.name() == Some(session::CSRF_FIELD) => match small_text(first).await {
             Ok(token) => Some(token),
             Err(error) => return fail(error),
         },
