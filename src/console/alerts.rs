@@ -393,7 +393,7 @@ fn rule_form(console: &Console, rule: Option<&RuleDto>, values: &RuleForm, error
         })
     };
     let metrics: Vec<(&str, String)> =
-        Metric::ALL.iter().map(|m| (m.as_str(), format!("{} ({})", m.as_str(), unit_name(m.as_str())))).collect();
+        Metric::ALL.iter().map(|m| (m.as_str(), format!("{} ({})", m.as_str(), m.unit_name()))).collect();
     let operators: Vec<(&str, String)> = Operator::ALL
         .iter()
         .map(|o| (o.as_str(), format!("{} ({})", operator_symbol(o.as_str()), o.as_str())))
@@ -635,23 +635,9 @@ fn operator_symbol(operator: &str) -> &'static str {
     }
 }
 
-/// The unit written after a metric's values.
-fn unit(metric: &str) -> &'static str {
-    match metric {
-        "cpu" | "ram" | "storage" => " %",
-        "temperature" => " °C",
-        "offline" => " min",
-        _ => "",
-    }
-}
-
-fn unit_name(metric: &str) -> &'static str {
-    match metric {
-        "cpu" | "ram" | "storage" => "percent",
-        "temperature" => "°C",
-        "offline" => "minutes offline",
-        _ => "",
-    }
+/// The unit written after a metric's values (" %"; nothing for a metric herd does not know).
+fn unit(metric: &str) -> String {
+    metric.parse::<Metric>().map(|m| format!(" {}", m.unit_symbol())).unwrap_or_default()
 }
 
 /// A value as people write it: no trailing zeros, at most two decimals.

@@ -172,11 +172,12 @@ impl PartialSpec<'_> {
             errors.add("tags", "give deviceIds or tags, not both");
         }
         let threshold_field = if self.threshold.is_some() { "threshold" } else { "metric" };
-        let (low, high, unit) = match metric {
-            Metric::Cpu | Metric::Ram | Metric::Storage => (0.0, 100.0, "percent"),
-            Metric::Temperature => (crate::telemetry::MIN_TEMPERATURE, crate::telemetry::MAX_TEMPERATURE, "°C"),
-            Metric::Offline => (1.0, MAX_OFFLINE_MINUTES, "minutes"),
+        let (low, high) = match metric {
+            Metric::Cpu | Metric::Ram | Metric::Storage => (0.0, 100.0),
+            Metric::Temperature => (crate::telemetry::MIN_TEMPERATURE, crate::telemetry::MAX_TEMPERATURE),
+            Metric::Offline => (1.0, MAX_OFFLINE_MINUTES),
         };
+        let unit = metric.unit_name();
         if !threshold.is_finite() || threshold < low || threshold > high {
             errors.add(
                 threshold_field,

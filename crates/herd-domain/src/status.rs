@@ -80,6 +80,26 @@ text_enum!(
     }
 );
 
+impl Metric {
+    /// The unit of the metric's values and thresholds, in words ("percent", "°C", "minutes").
+    pub fn unit_name(self) -> &'static str {
+        match self {
+            Metric::Cpu | Metric::Ram | Metric::Storage => "percent",
+            Metric::Temperature => "°C",
+            Metric::Offline => "minutes",
+        }
+    }
+
+    /// The unit as written after a value ("%", "°C", "min").
+    pub fn unit_symbol(self) -> &'static str {
+        match self {
+            Metric::Cpu | Metric::Ram | Metric::Storage => "%",
+            Metric::Temperature => "°C",
+            Metric::Offline => "min",
+        }
+    }
+}
+
 text_enum!(
     /// How a value is compared with a threshold; the comparison true is a breach.
     Operator "operator" {
