@@ -244,14 +244,19 @@ def png(width: int = 160, height: int = 90) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(rows))) + chunk(b"IEND", b"")
 
 
+# The longest a simulated screenshot waits for its test to release it.
+SCREENSHOT_HOLD = 60
+
+
 @dataclass
 class SimDevice:
     herd: Herd
     id: str
     name: str
     token: str
-    # How long it "takes" a screenshot, so a browser sees the command running before it succeeds.
-    screenshot_seconds: float = 3.0
+    # A screenshot waits for the test to release it (`release_screenshot`), so the test sees the
+    # command unfinished first, whatever the machine's speed; at most `SCREENSHOT_HOLD` seconds.
+    screenshot_release: threading.Event = field(default_factory=threading.Event)
     samples_posted: int = 0
     handled: dict = field(default_factory=dict)  # command id -> type
     errors: list = field(default_factory=list)
@@ -290,7 +295,8 @@ class SimDevice:
         base = f"/devices/self/commands/{command['id']}"
         if command["type"] == "screenshot":
             self.call("POST", f"{base}/progress", body={"progress": 10, "message": "taking a screenshot"})
-            self.stop.wait(self.screenshot_seconds)
+            self.screenshot_release.wait(SCREENSHOT_HOLD)
+            self.screenshot_release.clear()
             image = png()
             self.call("PUT", f"{base}/screenshot", raw=image, content_type="image/png")
             self.call("POST", f"{base}/result", body={"status": "succeeded", "result": {"width": 160, "height": 90}})

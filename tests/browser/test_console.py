@@ -105,9 +105,11 @@ def test_main_flow_chart_screenshot_command_revocation_and_sign_out(new_page, br
     page.evaluate("() => { window.__herdNoReload = true; }")
     commands = page.locator("#commands")
     expect(commands).to_be_visible()
-    # The device takes 3 s over a screenshot, so the page after the redirect shows it unfinished.
+    # The device holds the screenshot until it is released here, so the page after the redirect
+    # shows it unfinished; the release then reaches the page only through the event stream.
     first_render = commands.inner_text()
     assert "succeeded" not in first_render, f"the command had finished before the page showed it: {first_render}"
+    device.screenshot_release.set()
     expect(commands).to_contain_text("succeeded", timeout=LIVE_SECONDS * 1000)
     assert page.evaluate("() => window.__herdNoReload === true"), "the page reloaded: the update was not live"
     page.wait_for_function(
