@@ -57,6 +57,11 @@ impl Browser {
         Some(browser)
     }
 
+    /// The same browser (cookie and CSRF token) talking to `app`, e.g. after a restart.
+    pub(crate) fn talking_to(self, app: &TestApp) -> Browser {
+        Browser { base: app.url(""), ..self }
+    }
+
     /// GETs a console page: its status and body.
     pub(crate) async fn get(&self, path: &str) -> (StatusCode, String) {
         let answer = self.client.get(format!("{}{path}", self.base)).header(COOKIE, &self.cookie).send().await.unwrap();
@@ -204,6 +209,18 @@ engine_tests! {
         // The old cookie, replayed, no longer signs anyone in.
         let (status, _) = browser.get("/ui/").await;
         assert_eq!(status, StatusCode::SEE_OTHER);
+    }
+
+    async fn a_session_and_its_forms_survive_a_restart(app) {
+        let browser = Browser::signed_in(&app, "ops", "operator").await;
+        let app = app.restart().await;
+        let browser = browser.talking_to(&app);
+        // The session is a stored credential and the CSRF key derives from the CA's secrets,
+        // both kept across the restart: the page opens and a form from before it still counts.
+        assert_eq!(browser.get("/ui/").await.0, StatusCode::OK);
+        let out = browser.post("/ui/sign-out", &[]).await;
+        assert_eq!(out.status(), StatusCode::SEE_OTHER);
+        assert_eq!(browser.get("/ui/").await.0, StatusCode::SEE_OTHER);
     }
 
     async fn the_api_ignores_the_session_cookie(app) {
