@@ -176,6 +176,8 @@ pub enum Phase {
     Certificates,
     /// `GET /devices/stats/overview` on a large tenant.
     Overview,
+    /// `GET /ui/devices` (the console's device list) on the same tenant, signed in with a cookie.
+    Console,
     /// `GET /packages/{id}/download` of one large artifact by many clients at once, against a
     /// static route serving the same bytes.
     Download,
@@ -185,7 +187,7 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in execution order.
-    pub const ALL: [Phase; 9] = [
+    pub const ALL: [Phase; 10] = [
         Phase::Heartbeat,
         Phase::Commands,
         Phase::Rollout,
@@ -193,6 +195,7 @@ impl Phase {
         Phase::Metrics,
         Phase::Certificates,
         Phase::Overview,
+        Phase::Console,
         Phase::Download,
         Phase::Sweep,
     ];

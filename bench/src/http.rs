@@ -12,7 +12,7 @@ use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, COOKIE, HOST};
 pub use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -28,17 +28,25 @@ pub struct Request {
     pub bearer: Option<Arc<str>>,
     /// A JSON body (sent with `Content-Type: application/json`), or none at all.
     pub body: Option<Bytes>,
+    /// Sent as the `Cookie` header when present (the console's session).
+    pub cookie: Option<Arc<str>>,
 }
 
 impl Request {
     /// A request without credential or body.
     pub fn new(method: Method, path: impl Into<String>) -> Request {
-        Request { method, path: path.into(), bearer: None, body: None }
+        Request { method, path: path.into(), bearer: None, body: None, cookie: None }
     }
 
     /// Adds a bearer token.
     pub fn bearer(mut self, token: Arc<str>) -> Request {
         self.bearer = Some(token);
+        self
+    }
+
+    /// Adds a `Cookie` header (`name=value` pairs, as a browser sends them).
+    pub fn cookie(mut self, cookie: Arc<str>) -> Request {
+        self.cookie = Some(cookie);
         self
     }
 
@@ -58,6 +66,9 @@ impl Request {
             hyper::Request::builder().method(self.method.clone()).uri(self.path.as_str()).header(HOST, host.clone());
         if let Some(token) = &self.bearer {
             builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if let Some(cookie) = &self.cookie {
+            builder = builder.header(COOKIE, cookie.as_ref());
         }
         let body = match &self.body {
             Some(body) => {

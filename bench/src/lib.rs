@@ -155,6 +155,7 @@ pub async fn run(settings: Settings) -> Result<Report> {
             Phase::Metrics => phases::metrics::run(&mut bench).await,
             Phase::Certificates => phases::certificates::run(&mut bench).await,
             Phase::Overview => phases::overview::run(&mut bench).await,
+            Phase::Console => phases::console::run(&mut bench).await,
             Phase::Download => phases::download::run(&mut bench).await,
             Phase::Sweep => phases::sweep::run(&mut bench).await,
         };

@@ -6,6 +6,7 @@
 
 pub mod certificates;
 pub mod commands;
+pub mod console;
 pub mod download;
 pub mod heartbeat;
 pub mod metrics;
