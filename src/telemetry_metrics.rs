@@ -1,5 +1,12 @@
-//! `GET /metrics`: Prometheus (OpenMetrics) text about herd itself — request counts and
-//! latencies by route, devices by status. Not to be confused with device telemetry.
+//! `GET /metrics`: Prometheus text about herd itself — requests and latencies by route, devices
+//! by status, the database pools, the background jobs (runs, durations, lag, last success), the
+//! webhook outbox's backlog and age, certificates expiring within 30 days. Not to be confused with
+//! device telemetry. `deploy/grafana-dashboard.json` graphs these names.
+//!
+//! The format follows `Accept`: OpenMetrics 1.0 to a scraper that asks for
+//! `application/openmetrics-text` (Prometheus does, by default) at least as much as for anything
+//! else, the classic text format 0.0.4 otherwise (`promtool check metrics`, curl, older scrapers).
+//! prometheus-client encodes OpenMetrics only; [`classic_text`] rewrites its output.
 //!
 //! Each [`crate::app::App`] owns its registry (no global recorder), so several apps in one
 //! test process keep separate figures.
@@ -7,7 +14,7 @@
 //! With `HERD_METRICS_TOKEN` set, a scrape must present `Authorization: Bearer <token>`; without
 //! it `/metrics` is public (and its device counts cover every tenant), which the start-up log says.
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -23,7 +30,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::app::AppState;
-use crate::config::{Secret, Settings};
+use crate::config::Secret;
 use crate::http::error::ApiError;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,6 +51,34 @@ struct StatusLabels {
     status: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    job: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobRunLabels {
+    job: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolStateLabels {
+    pool: &'static str,
+    state: &'static str,
+}
+
+/// A gauge of seconds or timestamps.
+type SecondsGauge = Gauge<f64, AtomicU64>;
+
+/// Certificates expiring within this window count in `herd_certificates_expiring_30d`.
+const EXPIRING_WINDOW_MS: i64 = 30 * 24 * 3600 * 1000;
+
 /// The process's own metrics.
 pub struct HttpMetrics {
     /// Guarded by a std `Mutex`: encoding is quick and never awaits.
@@ -56,7 +91,15 @@ pub struct HttpMetrics {
     heartbeats_buffered: Gauge,
     webhook_failures: Counter,
     event_backlog: Gauge,
+    event_backlog_oldest_age: SecondsGauge,
     command_polls_waiting: Gauge,
+    job_runs: Family<JobRunLabels, Counter>,
+    job_duration: Family<JobLabels, Histogram, fn() -> Histogram>,
+    job_lag: Family<JobLabels, SecondsGauge>,
+    job_last_success: Family<JobLabels, SecondsGauge>,
+    pool_connections: Family<PoolStateLabels, Gauge>,
+    pool_max: Family<PoolLabels, Gauge>,
+    certificates_expiring: Gauge,
 }
 
 impl std::fmt::Debug for HttpMetrics {
@@ -67,6 +110,11 @@ impl std::fmt::Debug for HttpMetrics {
 
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// 1 ms to about 33 s.
+fn job_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
 impl Default for HttpMetrics {
@@ -94,6 +142,46 @@ impl Default for HttpMetrics {
             "Devices whose command long poll waits on this instance",
             command_polls_waiting.clone(),
         );
+        let event_backlog_oldest_age = SecondsGauge::default();
+        registry.register(
+            "event_backlog_oldest_age_seconds",
+            "Age of the oldest webhook delivery not yet delivered (0 when none)",
+            event_backlog_oldest_age.clone(),
+        );
+        let job_runs = Family::<JobRunLabels, Counter>::default();
+        let job_duration = Family::<JobLabels, Histogram, fn() -> Histogram>::new_with_constructor(job_histogram);
+        let job_lag = Family::<JobLabels, SecondsGauge>::default();
+        let job_last_success = Family::<JobLabels, SecondsGauge>::default();
+        registry.register(
+            "job_runs",
+            "Background job steps run by this instance, by job and outcome",
+            job_runs.clone(),
+        );
+        registry.register("job_duration_seconds", "Duration of background job steps, by job", job_duration.clone());
+        registry.register(
+            "job_lag_seconds",
+            "How late the last step of each background job started after its tick was due",
+            job_lag.clone(),
+        );
+        registry.register(
+            "job_last_success_timestamp_seconds",
+            "Unix time at which each background job last completed a step without error",
+            job_last_success.clone(),
+        );
+        let pool_connections = Family::<PoolStateLabels, Gauge>::default();
+        let pool_max = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "db_pool_connections",
+            "Open database connections by pool and state (idle or in_use)",
+            pool_connections.clone(),
+        );
+        registry.register("db_pool_max_connections", "The most connections each pool opens", pool_max.clone());
+        let certificates_expiring = Gauge::default();
+        registry.register(
+            "certificates_expiring_30d",
+            "Active certificates, all tenants, whose notAfter is within the next 30 days",
+            certificates_expiring.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -104,7 +192,15 @@ impl Default for HttpMetrics {
             heartbeats_buffered,
             webhook_failures,
             event_backlog,
+            event_backlog_oldest_age,
             command_polls_waiting,
+            job_runs,
+            job_duration,
+            job_lag,
+            job_last_success,
+            pool_connections,
+            pool_max,
+            certificates_expiring,
         }
     }
 }
@@ -126,6 +222,29 @@ impl HttpMetrics {
         self.webhook_failures.inc();
     }
 
+    /// One step of background job `job`: `lag` after its tick was due it ran for `elapsed`.
+    pub fn observe_job(&self, job: &str, lag: Duration, elapsed: Duration, ok: bool) {
+        let labels = JobLabels { job: job.into() };
+        let outcome = if ok { "ok" } else { "error" };
+        self.job_runs.get_or_create(&JobRunLabels { job: job.into(), outcome }).inc();
+        self.job_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        self.job_lag.get_or_create(&labels).set(lag.as_secs_f64());
+        if ok {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            self.job_last_success.get_or_create(&labels).set(now.as_secs_f64());
+        }
+    }
+
+    fn observe_pools(&self, pools: &[herd_store::PoolStats]) {
+        for pool in pools {
+            let in_use = i64::from(pool.open).saturating_sub(i64::try_from(pool.idle).unwrap_or(i64::MAX)).max(0);
+            let idle = i64::try_from(pool.idle).unwrap_or(i64::MAX);
+            self.pool_connections.get_or_create(&PoolStateLabels { pool: pool.name, state: "idle" }).set(idle);
+            self.pool_connections.get_or_create(&PoolStateLabels { pool: pool.name, state: "in_use" }).set(in_use);
+            self.pool_max.get_or_create(&PoolLabels { pool: pool.name }).set(i64::from(pool.max));
+        }
+    }
+
     fn encode(&self) -> Result<String, std::fmt::Error> {
         let registry = self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut text = String::new();
@@ -138,34 +257,114 @@ pub(crate) fn router() -> utoipa_axum::router::OpenApiRouter<AppState> {
     utoipa_axum::router::OpenApiRouter::new().routes(utoipa_axum::routes!(serve))
 }
 
-/// Prometheus metrics (OpenMetrics text): requests by route, latency, devices by status.
-/// When `HERD_METRICS_TOKEN` is set, the scrape must present it as a bearer token.
+/// Prometheus metrics: requests by route, latency, devices by status, database pools, background
+/// jobs, the webhook outbox, expiring certificates. OpenMetrics when `Accept` asks for it, the
+/// classic text format otherwise. When `HERD_METRICS_TOKEN` is set, the scrape must present it as
+/// a bearer token.
 #[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, content_type = "application/openmetrics-text", body = String),
+    responses((status = 200, content_type = "text/plain", body = String,
+            description = "Classic text format 0.0.4, or OpenMetrics 1.0 (`application/openmetrics-text`) when asked for"),
         (status = 401, description = "`HERD_METRICS_TOKEN` is set and the request does not present it")))]
-pub(crate) async fn serve(
-    State(db): State<herd_store::Db>,
-    State(settings): State<Arc<Settings>>,
-    State(heartbeats): State<Arc<crate::presence::HeartbeatBuffer>>,
-    State(metrics): State<Arc<crate::telemetry_metrics::HttpMetrics>>,
-    State(waiters): State<Arc<crate::commands::waiters::Waiters>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    if let Some(expected) = &settings.metrics_token {
+pub(crate) async fn serve(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if let Some(expected) = &state.settings.metrics_token {
         if !presents_token(&headers, expected) {
             return Err(ApiError::Unauthorized("/metrics needs the scrape token (HERD_METRICS_TOKEN)".into()));
         }
     }
-    let counts = crate::devices::store::count_by_status(&db).await?;
+    let metrics = &state.metrics;
+    let counts = crate::devices::store::count_by_status(&state.db).await?;
     for status in herd_domain::status::DeviceStatus::ALL {
         let n = counts.iter().find(|(s, _)| s == status).map(|(_, n)| *n).unwrap_or(0);
         metrics.devices.get_or_create(&StatusLabels { status: status.as_str().into() }).set(n);
     }
-    metrics.heartbeats_buffered.set(heartbeats.len() as i64);
-    metrics.command_polls_waiting.set(waiters.waiting() as i64);
-    metrics.event_backlog.set(crate::webhooks::store::backlog(&db).await?);
+    metrics.heartbeats_buffered.set(state.heartbeats.len() as i64);
+    metrics.command_polls_waiting.set(state.command_waiters.waiting() as i64);
+    let now = crate::clock::to_millis(state.clock.now());
+    let backlog = crate::webhooks::store::backlog(&state.db).await?;
+    metrics.event_backlog.set(backlog.deliveries);
+    let oldest_age_ms = backlog.oldest_created_at.map_or(0, |created| now.saturating_sub(created).max(0));
+    metrics.event_backlog_oldest_age.set(oldest_age_ms as f64 / 1000.0);
+    let expiring =
+        crate::certificates::store::count_expiring(&state.db, now, now.saturating_add(EXPIRING_WINDOW_MS)).await?;
+    metrics.certificates_expiring.set(expiring);
+    metrics.observe_pools(&state.db.pool_stats());
     let text = metrics.encode().map_err(|e| ApiError::internal(anyhow::anyhow!("cannot encode metrics: {e}")))?;
-    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
+    let response = if wants_openmetrics(&headers) {
+        ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response()
+    } else {
+        ([(header::CONTENT_TYPE, CLASSIC)], classic_text(&text)).into_response()
+    };
+    Ok(response)
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// True when `Accept` ranks `application/openmetrics-text` at least as high as the classic text
+/// format (`text/plain`, or `*/*`, which means the classic one). No `Accept`: classic.
+fn wants_openmetrics(headers: &HeaderMap) -> bool {
+    let (mut openmetrics, mut classic) = (0.0_f32, 0.0_f32);
+    for value in headers.get_all(header::ACCEPT).iter().filter_map(|value| value.to_str().ok()) {
+        for range in value.split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let quality = parts
+                .filter_map(|param| param.strip_prefix("q=").or_else(|| param.strip_prefix("Q=")))
+                .find_map(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => openmetrics = openmetrics.max(quality),
+                "text/plain" | "text/*" | "*/*" => classic = classic.max(quality),
+                _ => {}
+            }
+        }
+    }
+    openmetrics > 0.0 && openmetrics >= classic
+}
+
+/// Rewrites prometheus-client's OpenMetrics text as the classic text format 0.0.4: a counter's
+/// `# HELP` and `# TYPE` name the `_total` series its samples carry; `unknown` becomes `untyped`;
+/// `# UNIT`, `# EOF`, `_created` samples and exemplars go (the classic format has none of them).
+fn classic_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<(&str, &str)> = None;
+    let mut counter: Option<String> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            help = Some((name, text));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "unknown" => (name.to_string(), "untyped"),
+                "gaugehistogram" | "stateset" | "info" => (name.to_string(), "gauge"),
+                other => (name.to_string(), other),
+            };
+            counter = (kind == "counter").then(|| name.clone());
+            if let Some((_, text)) = help.take() {
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        if line.starts_with("# UNIT ") || line == "# EOF" || line.is_empty() {
+            continue;
+        }
+        if let Some(total) = &counter {
+            let series = line.split(['{', ' ']).next().unwrap_or("");
+            if series != total.as_str() {
+                // `_created` (and anything else a counter family carries besides its total).
+                continue;
+            }
+        }
+        let sample = line.split_once(" # ").map_or(line, |(sample, _exemplar)| sample);
+        out.push_str(sample);
+        out.push('\n');
+    }
+    out
 }
 
 /// True when the request's `Authorization: Bearer …` is the scrape token. The two are compared
@@ -202,5 +401,68 @@ mod tests {
         assert!(!presents_token(&with_authorization("Basic scrape-token-0123456789"), &expected));
         assert!(!presents_token(&with_authorization("scrape-token-0123456789"), &expected));
         assert!(!presents_token(&HeaderMap::new(), &expected));
+    }
+
+    fn accepting(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn the_format_follows_accept() {
+        // What Prometheus 2.x sends by default.
+        let prometheus =
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
+                          text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert!(wants_openmetrics(&accepting(prometheus)));
+        assert!(wants_openmetrics(&accepting("application/openmetrics-text")));
+        assert!(!wants_openmetrics(&accepting("text/plain;version=0.0.4")));
+        assert!(!wants_openmetrics(&accepting("*/*")));
+        assert!(!wants_openmetrics(&accepting("text/plain, application/openmetrics-text;q=0.5")));
+        assert!(!wants_openmetrics(&accepting("application/openmetrics-text;q=0")));
+        assert!(!wants_openmetrics(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_classic_format_names_counters_by_their_total_and_drops_what_it_lacks() {
+        let metrics = HttpMetrics::default();
+        metrics.observe_request("GET", "/healthz", 200, Duration::from_millis(3));
+        metrics.observe_sweep(2, Duration::from_millis(5));
+        metrics.observe_job("presence-sweep", Duration::from_millis(1), Duration::from_millis(4), true);
+        let openmetrics = metrics.encode().unwrap();
+        assert!(openmetrics.contains("# TYPE herd_http_requests counter"), "{openmetrics}");
+        assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+
+        let classic = classic_text(&openmetrics);
+        assert!(classic.contains("# HELP herd_http_requests_total HTTP requests"), "{classic}");
+        assert!(classic.contains("# TYPE herd_http_requests_total counter"), "{classic}");
+        assert!(classic.contains("# TYPE herd_presence_marked_offline_total counter"), "{classic}");
+        assert!(classic.contains("herd_presence_marked_offline_total 2"), "{classic}");
+        assert!(classic.contains("# TYPE herd_job_runs_total counter"), "{classic}");
+        assert!(classic.contains("herd_job_runs_total{job=\"presence-sweep\",outcome=\"ok\"} 1"), "{classic}");
+        assert!(classic.contains("# TYPE herd_http_request_duration_seconds histogram"), "{classic}");
+        assert!(!classic.contains("# EOF"), "{classic}");
+        assert!(!classic.contains("# UNIT"), "{classic}");
+        // Every family's samples follow its own HELP and TYPE.
+        let mut family = String::new();
+        for line in classic.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap().to_string();
+            } else if !line.starts_with('#') {
+                assert!(line.starts_with(&family), "{line} is outside its family {family}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_classic_rewrite_drops_created_samples_and_exemplars() {
+        let openmetrics = "# HELP x_things Things.\n# TYPE x_things counter\nx_things_total 3 # {trace=\"a\"} 1\n\
+                           x_things_created 1700000000\n# HELP x_other Other.\n# TYPE x_other unknown\nx_other 1\n# EOF\n";
+        assert_eq!(
+            classic_text(openmetrics),
+            "# HELP x_things_total Things.\n# TYPE x_things_total counter\nx_things_total 3\n\
+             # HELP x_other Other.\n# TYPE x_other untyped\nx_other 1\n"
+        );
     }
 }

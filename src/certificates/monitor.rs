@@ -117,15 +117,21 @@ pub fn spawn(
     shutdown: &crate::shutdown::CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let state = state.clone();
-    crate::jobs::run_every("certificate-monitor", state.settings.cert_monitor_interval, shutdown.clone(), move || {
-        let state = state.clone();
-        async move {
-            let now = crate::clock::to_millis(state.clock.now());
-            let outcome = run_once(&state.certificates, &state.system, now).await?;
-            if outcome != MonitorOutcome::default() {
-                tracing::info!(?outcome, "certificate monitor");
+    crate::jobs::run_every_observed(
+        state.metrics.clone(),
+        "certificate-monitor",
+        state.settings.cert_monitor_interval,
+        shutdown.clone(),
+        move || {
+            let state = state.clone();
+            async move {
+                let now = crate::clock::to_millis(state.clock.now());
+                let outcome = run_once(&state.certificates, &state.system, now).await?;
+                if outcome != MonitorOutcome::default() {
+                    tracing::info!(?outcome, "certificate monitor");
+                }
+                Ok(())
             }
-            Ok(())
-        }
-    })
+        },
+    )
 }

@@ -27,6 +27,7 @@ mod presence;
 mod registration;
 mod rollouts;
 mod schema;
+mod scrape;
 mod settings;
 mod telemetry;
 mod tenants;

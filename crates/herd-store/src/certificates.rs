@@ -373,6 +373,16 @@ pub async fn activate_due(db: &Db, _system: &System, now: i64) -> Result<u64, St
         .map_err(classify)
 }
 
+/// Active certificates of every tenant whose `notAfter` falls in `[now, until)`: the
+/// `herd_certificates_expiring` metric (served by the `(status, not_after)` index).
+pub async fn count_expiring(db: &Db, now: i64, until: i64) -> Result<i64, StoreError> {
+    let sql =
+        format!("SELECT COUNT(*) FROM certificates WHERE status = '{ACTIVE}' AND not_after >= $1 AND not_after < $2");
+    let (n,): (i64,) =
+        with_reader!(db, |pool| sqlx::query_as(&sql).bind(now).bind(until).fetch_one(pool).await).map_err(classify)?;
+    Ok(n)
+}
+
 /// Monitor: moves up to `limit` certificates past `notAfter` to `expired` inside `tx`. The
 /// status condition is re-checked by the UPDATE itself, so two instances never expire (and
 /// announce) the same certificate twice.

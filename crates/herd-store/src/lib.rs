@@ -201,6 +201,19 @@ macro_rules! with_tx {
 
 pub(crate) use {with_reader, with_tx, with_writer};
 
+/// One connection pool's state at a moment ([`Db::pool_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// `writer`, `reader` (SQLite) or `postgres`.
+    pub name: &'static str,
+    /// Connections open, idle or in use.
+    pub open: u32,
+    /// Open connections not in use.
+    pub idle: usize,
+    /// The most the pool opens.
+    pub max: u32,
+}
+
 impl Db {
     /// Opens the database named by `url` (creating an SQLite file and its directory if
     /// needed), and hands out the [`System`] principal with it: jobs and CLI commands act for
@@ -246,6 +259,18 @@ impl Db {
             .connect_with(options.create_if_missing(false))
             .await?;
         Ok(Db { pools: Pools::Sqlite { writer, reader } })
+    }
+
+    /// Connections of each pool, for the `/metrics` scrape: (`writer`, `reader`) on SQLite,
+    /// (`postgres`) on PostgreSQL.
+    pub fn pool_stats(&self) -> Vec<PoolStats> {
+        fn stats<DB: sqlx::Database>(name: &'static str, pool: &sqlx::Pool<DB>) -> PoolStats {
+            PoolStats { name, open: pool.size(), idle: pool.num_idle(), max: pool.options().get_max_connections() }
+        }
+        match &self.pools {
+            Pools::Sqlite { writer, reader } => vec![stats("writer", writer), stats("reader", reader)],
+            Pools::Postgres(pool) => vec![stats("postgres", pool)],
+        }
     }
 
     pub fn engine(&self) -> Engine {

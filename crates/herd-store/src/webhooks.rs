@@ -195,15 +195,25 @@ pub async fn list_deliveries(
     .map_err(classify)
 }
 
-/// Deliveries not yet done (pending or in flight), all tenants: the `event_backlog` metric.
-pub async fn backlog(db: &Db) -> Result<i64, StoreError> {
-    let (n,): (i64,) = with_reader!(db, |pool| sqlx::query_as(
-        "SELECT COUNT(*) FROM webhook_deliveries WHERE status IN ('pending', 'in_flight')"
+/// Deliveries not yet done (pending or in flight), all tenants, and when the oldest of them was
+/// created: the `herd_event_backlog` and `herd_event_backlog_oldest_age_seconds` metrics.
+pub async fn backlog(db: &Db) -> Result<Backlog, StoreError> {
+    let (deliveries, oldest_created_at): (i64, Option<i64>) = with_reader!(db, |pool| sqlx::query_as(
+        "SELECT COUNT(*), MIN(created_at) FROM webhook_deliveries WHERE status IN ('pending', 'in_flight')"
     )
     .fetch_one(pool)
     .await)
     .map_err(classify)?;
-    Ok(n)
+    Ok(Backlog { deliveries, oldest_created_at })
+}
+
+/// The webhook deliveries still to be made ([`backlog`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Pending or in flight.
+    pub deliveries: i64,
+    /// Creation time (ms) of the oldest of them; `None` when there are none.
+    pub oldest_created_at: Option<i64>,
 }
 
 /// System-level: ids of enabled webhooks (the fan-out walks them one by one).
