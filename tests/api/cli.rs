@@ -222,4 +222,53 @@ engine_tests! {
         let script = herd_ok(&config, &["completions", "bash"]).await;
         assert!(script.contains("enrollment-tokens") && script.contains("complete"), "{script}");
     }
+
+    async fn the_cli_uploads_a_package_and_steers_a_rollout(app) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_in(&dir);
+        herd_ok(&config, &["login", "--server", &server(&app), "--token", ADMIN_TOKEN]).await;
+
+        // An operator token made with the CLI works for the CLI.
+        let operator = herd_ok(&config, &["tokens", "create", "--name", "ci", "--role", "operator"]).await;
+        let operator = operator.trim().to_string();
+        let me = expect_json(app.get("/auth/me", &operator).await, StatusCode::OK).await;
+        assert_eq!(me["role"], "operator", "{me}");
+        let tokens = herd_ok(&config, &["tokens", "list"]).await;
+        assert!(tokens.lines().any(|l| l.contains("ci") && l.contains("operator")), "{tokens}");
+
+        let enroll = herd_ok(&config, &["enrollment-tokens", "create"]).await;
+        let (device, _) = app.register(enroll.trim(), json!({ "serialNumber": "SN-ROLL-1", "model": "X96" })).await;
+        let device_id = device["id"].as_str().unwrap();
+
+        let artifact = dir.path().join("app.apk");
+        std::fs::write(&artifact, vec![7u8; 200_000]).unwrap();
+        let uploaded = herd_json(&config, &[
+            "packages", "upload", artifact.to_str().unwrap(), "--kind", "apk", "--name", "com.example.signage",
+            "--version", "2.4.1", "--version-code", "241", "--token", &operator,
+        ]).await;
+        assert_eq!(uploaded["size"], 200_000, "{uploaded}");
+        let package_id = uploaded["id"].as_str().unwrap().to_string();
+        let listed = herd_ok(&config, &["packages", "list"]).await;
+        assert!(listed.contains(&package_id) && listed.contains("com.example.signage"), "{listed}");
+
+        // No target: refused by the CLI before any request.
+        let output = herd(&config, &["rollouts", "create", "--package", &package_id]).await;
+        assert!(!output.status.success());
+        let created = herd_json(&config, &["rollouts", "create", "--package", &package_id, "--device", device_id, "--waves", "100"]).await;
+        assert_eq!(created["state"], "ready", "{created}");
+        let rollout_id = created["id"].as_str().unwrap().to_string();
+        assert_eq!(herd_json(&config, &["rollouts", "start", &rollout_id]).await["state"], "running");
+        let paused = herd_json(&config, &["rollouts", "pause", &rollout_id, "--reason", "checking the logs"]).await;
+        assert_eq!(paused["state"], "paused", "{paused}");
+        assert_eq!(paused["reason"], "checking the logs", "{paused}");
+        assert_eq!(herd_json(&config, &["rollouts", "resume", &rollout_id]).await["state"], "running");
+        assert_eq!(herd_json(&config, &["rollouts", "cancel", &rollout_id]).await["state"], "cancelled");
+        let shown = herd_ok(&config, &["rollouts", "get", &rollout_id]).await;
+        assert!(shown.lines().any(|l| l.starts_with("state") && l.ends_with("cancelled")), "{shown}");
+        let listed = herd_ok(&config, &["rollouts", "list"]).await;
+        assert!(listed.contains(&rollout_id), "{listed}");
+        // Cancelling twice: the server's 409, a non-zero exit.
+        let output = herd(&config, &["rollouts", "cancel", &rollout_id]).await;
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+    }
 }
