@@ -1,4 +1,5 @@
-//! The command line: `serve` (default), `migrate`, `tenant create|list`, `version`.
+//! The command line: `serve` (default), `migrate`, `tenant create|list`, `ca`, `certificates
+//! migrate-store`, `version`, `completions`, and the client commands of `crate::client`.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -44,6 +45,11 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Print a shell completion script: `herd completions bash > /etc/bash_completion.d/herd`.
+    Completions { shell: clap_complete::Shell },
+    /// Client commands: talk to a running herd over its API (`herd login`, `herd devices list`, …).
+    #[command(flatten)]
+    Client(crate::client::Command),
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,6 +64,9 @@ enum CaCommand {
 enum CertificatesCommand {
     /// Move private keys into the key store named by HERD_CERT_STORE (file or database).
     MigrateStore,
+    /// Client commands: issue, revoke, list and show certificates over the API.
+    #[command(flatten)]
+    Client(crate::client::CertificatesCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,9 +80,26 @@ enum TenantCommand {
 /// Parses the command line and runs it.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Some(Command::Version)) {
-        println!("herd {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+    // The version, completions and the client commands need none of the server's settings.
+    match cli.command {
+        Some(Command::Version) => {
+            println!("herd {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "herd",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Client(command)) => return crate::client::run(command),
+        Some(Command::Certificates { command: CertificatesCommand::Client(command) }) => {
+            return crate::client::run_certificates(command)
+        }
+        _ => {}
     }
     let settings = match Settings::load(&cli.config) {
         Ok(settings) => settings,
@@ -99,7 +125,10 @@ pub fn run() -> ExitCode {
             Command::Ca { command: CaCommand::Init } => ca_init(&settings).await,
             Command::Ca { command: CaCommand::Show } => ca_show(&settings),
             Command::Certificates { command: CertificatesCommand::MigrateStore } => migrate_store(&settings).await,
-            Command::Version => Ok(()),
+            Command::Version
+            | Command::Completions { .. }
+            | Command::Client(_)
+            | Command::Certificates { command: CertificatesCommand::Client(_) } => Ok(()),
         }
     });
     match result {

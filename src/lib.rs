@@ -15,6 +15,7 @@ mod auth;
 pub mod blobs;
 pub mod certificates;
 pub mod cli;
+mod client;
 pub mod commands;
 pub mod config;
 mod configurations;

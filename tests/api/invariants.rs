@@ -130,3 +130,29 @@ fn the_console_reaches_data_only_through_the_apis_handlers() {
         "the scan found no store use anywhere in src/: it is not looking where the code is"
     );
 }
+
+/// ARCHITECTURE.md: the CLI client speaks only HTTP. Nothing in `src/client/` reaches the
+/// database, the server's settings or its modules; `files` (private, atomic writes) is the one
+/// piece it shares.
+#[test]
+fn the_cli_client_reaches_herd_only_over_http() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut found = Vec::new();
+    let files = rust_files(&root.join("src/client"));
+    assert!(files.len() >= 3, "the scan found no client sources: it is not looking where the code is");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (number, line) in text.lines().enumerate() {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            let server_side = ["herd_store", "sqlx", "Settings", "AppState", "Db::"].iter().any(|n| code.contains(n));
+            let crate_path = code.match_indices("crate::").any(|(at, _)| !code[at..].starts_with("crate::files::"));
+            if server_side || crate_path {
+                found.push(format!("{}:{}: {}", file.display(), number + 1, code));
+            }
+        }
+    }
+    assert!(found.is_empty(), "the client must use only the HTTP API (and crate::files):\n{}", found.join("\n"));
+}

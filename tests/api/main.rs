@@ -10,6 +10,7 @@ mod invariants;
 mod auth;
 mod blobs;
 mod certificates;
+mod cli;
 mod commands;
 mod connections;
 mod console;
