@@ -79,6 +79,32 @@ pub async fn find_usable_enrollment_token(
     Ok(row.map(|(id, tenant_id)| (TenantScope::new(db.clone(), tenant_id), id)))
 }
 
+/// Counts one use of an enrollment token in a transaction of its own (PostgreSQL's
+/// registrations): the token's row lock is then held for this statement's commit only, not across
+/// the registration's statements and its event write, which serialised every registration through
+/// one token. False if the token ran out (or expired, or was revoked). A registration that then
+/// fails gives the use back with [`release_enrollment_use`]; a server that dies in between has
+/// spent one use too many, never one too few.
+pub async fn reserve_enrollment_use(db: &Db, id: EnrollmentTokenId, now: i64) -> Result<bool, StoreError> {
+    const SQL: &str = "UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = $1 AND revoked_at IS NULL \
+                       AND (expires_at IS NULL OR expires_at > $2) AND (max_uses IS NULL OR uses < max_uses)";
+    let id = id.to_string();
+    let result =
+        with_writer!(db, |pool| sqlx::query(SQL).bind(&id).bind(now).execute(pool).await.map(|r| r.rows_affected()));
+    Ok(result.map_err(classify)? == 1)
+}
+
+/// Gives back a use [`reserve_enrollment_use`] took for a registration that did not happen.
+pub async fn release_enrollment_use(db: &Db, id: EnrollmentTokenId) -> Result<(), StoreError> {
+    let id = id.to_string();
+    with_writer!(db, |pool| sqlx::query("UPDATE enrollment_tokens SET uses = uses - 1 WHERE id = $1 AND uses > 0")
+        .bind(&id)
+        .execute(pool)
+        .await
+        .map(drop))
+    .map_err(classify)
+}
+
 /// Counts one use of an enrollment token inside the registration's transaction. False if the
 /// token ran out (or expired, or was revoked) since it was authenticated.
 pub async fn consume_enrollment_use(tx: &mut Tx, id: EnrollmentTokenId, now: i64) -> Result<bool, StoreError> {

@@ -11,7 +11,7 @@ use crate::claims::{ClaimRow, Claimant};
 use crate::credentials::consume_enrollment_use;
 use crate::Page;
 use crate::TenantScope;
-use crate::{classify, Db, StoreError, Tx};
+use crate::{classify, Db, Engine, StoreError, Tx};
 use crate::{with_reader, with_tx, with_writer};
 use herd_domain::ids::{DeviceId, TenantId};
 use herd_domain::status::{ClaimPolicy, ClaimStatus};
@@ -249,11 +249,42 @@ impl<'s> DeviceStore<'s> {
     /// claim (approved at once only when the tenant's policy says so and the device was never
     /// seen online). A proof that is presented but fails changes nothing, not even the
     /// enrollment token's use count. Consumes one use of the enrollment token otherwise.
+    ///
+    /// On PostgreSQL the use is reserved before the transaction, in a statement of its own, and
+    /// given back if the registration fails: the token's row is every registration's one shared
+    /// row, and holding its lock from the update to the commit (with the event write between)
+    /// serialised them (wait events in BENCHMARKS.md). On SQLite, whose one writer serialises
+    /// anyway, the use is counted inside the transaction, just before the commit.
     pub async fn auto_register(
         &self,
         claimant: &Claimant<'_>,
         proof: Proof<'_>,
         now: i64,
+    ) -> Result<Registration, RegisterError> {
+        let reserved = match claimant.enrollment {
+            Some(token) if self.db().engine() == Engine::Postgres => {
+                if !crate::credentials::reserve_enrollment_use(self.db(), token, now).await? {
+                    return Err(RegisterError::EnrollmentExhausted);
+                }
+                Some(token)
+            }
+            _ => None,
+        };
+        let outcome = self.auto_register_in_tx(claimant, proof, now, reserved.is_none()).await;
+        if let (Some(token), Err(_)) = (reserved, &outcome) {
+            if let Err(error) = crate::credentials::release_enrollment_use(self.db(), token).await {
+                tracing::warn!(%error, "could not give back an enrollment token's use; it stays spent");
+            }
+        }
+        outcome
+    }
+
+    async fn auto_register_in_tx(
+        &self,
+        claimant: &Claimant<'_>,
+        proof: Proof<'_>,
+        now: i64,
+        spend_use: bool,
     ) -> Result<Registration, RegisterError> {
         let (ids, info) = (claimant.ids, claimant.info);
         let mut tx = self.db().begin().await?;
@@ -291,7 +322,9 @@ impl<'s> DeviceStore<'s> {
                 let event = Event::DeviceRegistered { device_id: id, name, via: "auto-register" };
                 tx.record(self.scope.tenant_id(), &event, now);
                 let row = self.get_in(&mut tx, id).await?.ok_or(StoreError::Other(sqlx::Error::RowNotFound))?;
-                spend_enrollment_use(&mut tx, claimant, now).await?;
+                if spend_use {
+                    spend_enrollment_use(&mut tx, claimant, now).await?;
+                }
                 tx.commit().await?;
                 return Ok(Registration::Created(row));
             }
@@ -336,7 +369,9 @@ impl<'s> DeviceStore<'s> {
                     crate::claims::insert(&mut tx, self.tenant, device_id, claimant, ClaimStatus::Pending, None, now)
                         .await?;
                 tx.record(tenant, &Event::DeviceClaimCreated { claim_id: claim.id, device_id }, now);
-                spend_enrollment_use(&mut tx, claimant, now).await?;
+                if spend_use {
+                    spend_enrollment_use(&mut tx, claimant, now).await?;
+                }
                 tx.commit().await?;
                 return Ok(Registration::Claimed(claim));
             }
@@ -357,7 +392,9 @@ impl<'s> DeviceStore<'s> {
             reregister_in(&mut tx, self.scope, device_id, ids, info, claimant.public_key, claimant.token_hash, now)
                 .await?;
         tx.record(tenant, &Event::DeviceReregistered { device_id }, now);
-        spend_enrollment_use(&mut tx, claimant, now).await?;
+        if spend_use {
+            spend_enrollment_use(&mut tx, claimant, now).await?;
+        }
         tx.commit().await?;
         Ok(Registration::Existing(row))
     }

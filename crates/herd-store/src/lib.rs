@@ -108,6 +108,42 @@ struct OutboxRow {
     data: String,
 }
 
+/// The most events [`Tx::commit`] writes with the one-statement outbox (5 parameters a row).
+const OUTBOX_STATEMENT_ROWS: usize = 1000;
+
+impl Tx {
+    /// PostgreSQL, one tenant's events: takes the event-order lock, bumps the tenant's counter by
+    /// the number of rows and inserts them numbered from it, in a single statement. The lock is
+    /// taken first because the counter's upsert reads from the `lock` CTE and the insert reads
+    /// from the counter's `RETURNING`.
+    async fn write_outbox_in_one_statement(&mut self, outbox: &[OutboxRow]) -> Result<(), StoreError> {
+        let Some(first) = outbox.first() else { return Ok(()) };
+        let n = i64::try_from(outbox.len()).map_err(|_| StoreError::Other(sqlx::Error::RowNotFound))?;
+        let values: Vec<String> = (0..outbox.len())
+            .map(|i| {
+                let b = 4 + 5 * i;
+                format!("(${}, ${}::BIGINT, ${}, ${}, ${})", b, b + 1, b + 2, b + 3, b + 4)
+            })
+            .collect();
+        let sql = format!(
+            "WITH lock AS (SELECT pg_advisory_xact_lock($1)), \
+             counter AS (INSERT INTO event_counters (tenant_id, seq) SELECT $2, $3 FROM lock \
+                ON CONFLICT (tenant_id) DO UPDATE SET seq = event_counters.seq + excluded.seq RETURNING seq) \
+             INSERT INTO events (id, tenant_id, tenant_seq, type, occurred_at, data) \
+             SELECT v.id, $2, counter.seq - $3 + v.ord, v.type, v.occurred_at, v.data \
+             FROM counter, (VALUES {}) AS v (id, ord, type, occurred_at, data)",
+            values.join(", ")
+        );
+        let TxConn::Postgres(tx) = &mut self.conn else { return Ok(()) };
+        let mut query = sqlx::query(&sql).bind(EVENT_ORDER_LOCK).bind(first.tenant_id).bind(n);
+        for (ord, row) in (1_i64..).zip(outbox) {
+            query = query.bind(row.id).bind(ord).bind(row.event_type).bind(row.occurred_at).bind(&row.data);
+        }
+        query.execute(&mut **tx).await.map_err(classify)?;
+        Ok(())
+    }
+}
+
 /// The advisory lock that orders event writers on PostgreSQL ("herdevts").
 const EVENT_ORDER_LOCK: i64 = 0x6865_7264_6576_7473;
 
@@ -341,7 +377,13 @@ impl Tx {
     /// no row lock is ever awaited while holding it. SQLite has one writer already.
     pub async fn commit(mut self) -> Result<(), StoreError> {
         let outbox = std::mem::take(&mut self.outbox);
-        if !outbox.is_empty() {
+        let single_tenant =
+            outbox.first().is_some_and(|first| outbox.iter().all(|row| row.tenant_id == first.tenant_id));
+        if matches!(self.conn, TxConn::Postgres(_)) && single_tenant && outbox.len() <= OUTBOX_STATEMENT_ROWS {
+            // The common case on PostgreSQL in one round trip: the lock, the tenant's counter
+            // and the rows are one statement, so the lock is held for it and the commit only.
+            self.write_outbox_in_one_statement(&outbox).await?;
+        } else if !outbox.is_empty() {
             if let TxConn::Postgres(tx) = &mut self.conn {
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(EVENT_ORDER_LOCK)
