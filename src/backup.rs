@@ -147,7 +147,9 @@ pub async fn restore(settings: &Settings, options: &RestoreOptions) -> anyhow::R
     );
     let engine = if settings.is_postgres() { Engine::Postgres } else { Engine::Sqlite };
     let checked = check_set(dir, &manifest, engine, settings)?;
-    eprintln!("every file matches its checksum; the CA key, the CA certificate, the database and the kek belong together");
+    eprintln!(
+        "every file matches its checksum; the CA key, the CA certificate, the database and the kek belong together"
+    );
 
     let target = check_target(settings, engine, &manifest, options.force).await?;
     let pg_restore = match engine {
@@ -203,12 +205,14 @@ pub async fn restore(settings: &Settings, options: &RestoreOptions) -> anyhow::R
         let mode = if entry.path.ends_with("-cert.pem") { 0o644 } else { 0o600 };
         copy_file(&dir.join(&entry.path), &data_dir.join(&entry.path), mode)?;
         restored += 1;
-        if restored % PROGRESS_EVERY == 0 {
+        if restored.is_multiple_of(PROGRESS_EVERY) {
             eprintln!("restored {restored} of {} files", manifest.files.len());
         }
     }
     match (&checked.kek, &settings.key_encryption_key) {
-        (Some(_), Some(_)) => eprintln!("the kek is HERD_KEY_ENCRYPTION_KEY (checked equal to the backup's); not written to the data directory"),
+        (Some(_), Some(_)) => eprintln!(
+            "the kek is HERD_KEY_ENCRYPTION_KEY (checked equal to the backup's); not written to the data directory"
+        ),
         (Some(_), None) => {
             copy_file(&dir.join(KEK), &data_dir.join(KEK), 0o600)?;
         }
@@ -252,17 +256,16 @@ impl std::fmt::Display for Summary {
 async fn backup_with(db: &Db, engine: Engine, settings: &Settings, options: &BackupOptions) -> anyhow::Result<Summary> {
     let dir = &options.dir;
     let created_at = SystemClock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let schema_version = store::schema_version(db)
-        .await?
-        .context("the database has no migrations applied: there is nothing to back up (start herd or run `herd migrate` first)")?;
+    let schema_version = store::schema_version(db).await?.context(
+        "the database has no migrations applied: there is nothing to back up (start herd or run `herd migrate` first)",
+    )?;
     let known = store::known_schema_version(engine);
     if schema_version > known {
         bail!("the database is at schema {schema_version}, newer than this herd knows ({known}); back it up with the herd that serves it");
     }
     let database_ca_fingerprint = crate::certificates::store::pinned_ca(db).await?;
-    let kek_probe = store::sealed_key_sample(db)
-        .await?
-        .map(|(certificate_id, sealed)| KekProbe { certificate_id, sealed });
+    let kek_probe =
+        store::sealed_key_sample(db).await?.map(|(certificate_id, sealed)| KekProbe { certificate_id, sealed });
     let mut lines = Vec::new();
     let mut files = Vec::new();
 
@@ -321,11 +324,8 @@ async fn backup_with(db: &Db, engine: Engine, settings: &Settings, options: &Bac
     if data_dir.join(ADMIN_TOKEN_FILE).is_file() {
         copied.push(copy_into_set(data_dir, dir, ADMIN_TOKEN_FILE)?);
     }
-    let ca = crate::certificates::authority::load(
-        &dir.join(CA_KEY),
-        &dir.join(CA_CERT),
-    )
-    .context("the CA files in the data directory do not load")?;
+    let ca = crate::certificates::authority::load(&dir.join(CA_KEY), &dir.join(CA_CERT))
+        .context("the CA files in the data directory do not load")?;
     let ca_fingerprint = ca.info().fingerprint_sha256;
     lines.push(format!(
         "CA: {CA_CERT} and {CA_KEY} (SHA-256 {ca_fingerprint}); {} certificate-store and token files in all",
@@ -363,11 +363,16 @@ async fn backup_with(db: &Db, engine: Engine, settings: &Settings, options: &Bac
     // 4. The blobs, after the database: every blob the snapshot refers to is already written.
     let blobs = match (&settings.blob_store, options.without_blobs) {
         (BlobStoreSettings::S3(s3), _) => {
-            lines.push(format!("blobs: in the S3 bucket {}, not copied (use the bucket's versioning or replication)", s3.bucket));
+            lines.push(format!(
+                "blobs: in the S3 bucket {}, not copied (use the bucket's versioning or replication)",
+                s3.bucket
+            ));
             "s3"
         }
         (BlobStoreSettings::File, true) => {
-            lines.push("blobs: left out (--without-blobs); packages and screenshots must be copied separately".to_string());
+            lines.push(
+                "blobs: left out (--without-blobs); packages and screenshots must be copied separately".to_string(),
+            );
             "excluded"
         }
         (BlobStoreSettings::File, false) => {
@@ -453,7 +458,8 @@ fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
 
 /// Every check that needs only the set and the settings.
 fn check_set(dir: &Path, manifest: &Manifest, engine: Engine, settings: &Settings) -> anyhow::Result<CheckedSet> {
-    let refuse = |problem: String| anyhow::anyhow!("refusing to restore {}: {problem}; nothing was changed", dir.display());
+    let refuse =
+        |problem: String| anyhow::anyhow!("refusing to restore {}: {problem}; nothing was changed", dir.display());
     if manifest.engine != engine_name(engine) {
         return Err(refuse(format!(
             "it is a {} backup but the configured database is {} ({})",
@@ -488,8 +494,12 @@ fn check_set(dir: &Path, manifest: &Manifest, engine: Engine, settings: &Setting
             Ok((size, _)) if size != entry.size => {
                 problems.push(format!("{}: {size} bytes, the manifest says {}", entry.path, entry.size))
             }
-            Ok(_) => problems.push(format!("{}: its SHA-256 does not match the manifest (the file was altered)", entry.path)),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => problems.push(format!("{}: missing", entry.path)),
+            Ok(_) => {
+                problems.push(format!("{}: its SHA-256 does not match the manifest (the file was altered)", entry.path))
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                problems.push(format!("{}: missing", entry.path))
+            }
             Err(error) => problems.push(format!("{}: cannot be read ({error})", entry.path)),
         }
     }
@@ -513,7 +523,8 @@ fn check_set(dir: &Path, manifest: &Manifest, engine: Engine, settings: &Setting
     }
 
     // The CA key belongs to the certificate, and the certificate to the database.
-    let ca = crate::certificates::authority::load(&dir.join(CA_KEY), &dir.join(CA_CERT)).map_err(|error| refuse(format!("{error:#}")))?;
+    let ca = crate::certificates::authority::load(&dir.join(CA_KEY), &dir.join(CA_CERT))
+        .map_err(|error| refuse(format!("{error:#}")))?;
     let fingerprint = ca.info().fingerprint_sha256;
     if fingerprint != manifest.ca_fingerprint {
         return Err(refuse(format!(
@@ -530,7 +541,11 @@ fn check_set(dir: &Path, manifest: &Manifest, engine: Engine, settings: &Setting
     }
 
     // The kek opens the database's sealed keys, and matches a configured one.
-    let kek = if listed.contains(KEK) { Some(read_kek(&dir.join(KEK)).map_err(|error| refuse(format!("{error:#}")))?) } else { None };
+    let kek = if listed.contains(KEK) {
+        Some(read_kek(&dir.join(KEK)).map_err(|error| refuse(format!("{error:#}")))?)
+    } else {
+        None
+    };
     if let (Some(kek), Some(configured)) = (&kek, &settings.key_encryption_key) {
         let configured = crate::certificates::vault::parse_kek(configured.expose())
             .context("HERD_KEY_ENCRYPTION_KEY must be 64 hex characters (32 bytes)")?;
@@ -615,7 +630,8 @@ fn engine_name(engine: Engine) -> &'static str {
 
 fn read_kek(path: &Path) -> anyhow::Result<[u8; 32]> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    crate::certificates::vault::parse_kek(&text).with_context(|| format!("{} must hold 64 hex characters", path.display()))
+    crate::certificates::vault::parse_kek(&text)
+        .with_context(|| format!("{} must hold 64 hex characters", path.display()))
 }
 
 fn open_probe(kek: &[u8; 32], probe: &KekProbe) -> anyhow::Result<()> {
@@ -631,7 +647,10 @@ fn ensure_empty_dir(dir: &Path) -> anyhow::Result<()> {
             bail!("{} exists and is not a directory", dir.display());
         }
         if !is_empty_dir(dir)? {
-            bail!("refusing to write into {}: it is not empty (a backup goes into a new or empty directory)", dir.display());
+            bail!(
+                "refusing to write into {}: it is not empty (a backup goes into a new or empty directory)",
+                dir.display()
+            );
         }
     }
     crate::files::create_private_dir(dir)
@@ -709,7 +728,7 @@ fn copy_tree(
             if let Some(progress) = progress.as_deref_mut() {
                 progress.files += 1;
                 progress.bytes += size;
-                if progress.files % PROGRESS_EVERY == 0 {
+                if progress.files.is_multiple_of(PROGRESS_EVERY) {
                     eprintln!("blobs: {} files, {} so far", progress.files, human_size(progress.bytes));
                 }
             }
@@ -909,7 +928,10 @@ mod tests {
             libpq_target("postgres://herd:p%40ss@127.0.0.1:5432/herd?sslmode=disable"),
             ("postgres://herd@127.0.0.1:5432/herd?sslmode=disable".to_string(), Some("p@ss".to_string()))
         );
-        assert_eq!(libpq_target("postgres://postgres@127.0.0.1/test"), ("postgres://postgres@127.0.0.1/test".to_string(), None));
+        assert_eq!(
+            libpq_target("postgres://postgres@127.0.0.1/test"),
+            ("postgres://postgres@127.0.0.1/test".to_string(), None)
+        );
     }
 
     #[test]

@@ -125,7 +125,8 @@ async fn spawn(engine: Engine, store: CertStoreKind) -> TestApp {
 async fn populate(app: &TestApp) -> Before {
     let mut devices = Vec::new();
     for name in ["Lobby", "Kitchen", "Garage"] {
-        let body = expect_json(app.post("/devices", ADMIN_TOKEN, json!({ "name": name })).await, StatusCode::CREATED).await;
+        let body =
+            expect_json(app.post("/devices", ADMIN_TOKEN, json!({ "name": name })).await, StatusCode::CREATED).await;
         devices.push((s(&body["device"]["id"]), s(&body["deviceToken"])));
     }
     let operator_token = app.api_token(ADMIN_TOKEN, "operator").await;
@@ -143,7 +144,8 @@ async fn populate(app: &TestApp) -> Before {
 async fn check_restored(app: &TestApp, before: &Before) {
     // The devices are there, and every kind of token still authenticates.
     for (id, token) in &before.devices {
-        let device = expect_json(app.get(&format!("/devices/{id}"), &before.operator_token).await, StatusCode::OK).await;
+        let device =
+            expect_json(app.get(&format!("/devices/{id}"), &before.operator_token).await, StatusCode::OK).await;
         assert_eq!(device["id"], id.as_str());
         expect_json(app.post("/devices/connect", token, json!({})).await, StatusCode::OK).await;
     }
@@ -219,7 +221,11 @@ async fn a_mismatched_or_incomplete_set_is_refused_and_nothing_changes() {
     // The untouched set restores.
     let target = work.path().join("target-ok");
     assert_success(&herd(&Settings::defaults_for(&target), &["restore", good.to_str().unwrap()]).await, "herd restore");
-    assert!(target.join("herd.db").is_file() && target.join("kek").is_file() && target.join("certificates/ca-key.pem").is_file());
+    assert!(
+        target.join("herd.db").is_file()
+            && target.join("kek").is_file()
+            && target.join("certificates/ca-key.pem").is_file()
+    );
 }
 
 /// One refusal case: what it is, what the refusal must say, and how it alters a set.
@@ -260,10 +266,13 @@ async fn herd(settings: &Settings, args: &[&str]) -> Output {
         .args(args)
         .env("HERD_DATA_DIR", &settings.data_dir)
         .env("HERD_DATABASE_URL", &*settings.database_url)
-        .env("HERD_CERT_STORE", match settings.cert_store {
-            CertStoreKind::File => "file",
-            CertStoreKind::Database => "database",
-        })
+        .env(
+            "HERD_CERT_STORE",
+            match settings.cert_store {
+                CertStoreKind::File => "file",
+                CertStoreKind::Database => "database",
+            },
+        )
         .env("HERD_LOG_FORMAT", "json")
         .env_remove("HERD_CONFIG")
         .env_remove("HERD_KEY_ENCRYPTION_KEY")
