@@ -86,23 +86,22 @@ pub async fn sealed_key_sample(db: &Db) -> Result<Option<(String, String)>, Stor
 }
 
 async fn has_table(db: &Db, name: &str) -> Result<bool, StoreError> {
-    let n: i64 =
-        match db.engine() {
-            Engine::Sqlite => with_reader!(db, |pool| sqlx::query_scalar(
-                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1"
-            )
-            .bind(name)
-            .fetch_one(pool)
-            .await),
-            Engine::Postgres => with_reader!(db, |pool| {
-                sqlx::query_scalar(
+    let n: i64 = match db.engine() {
+        Engine::Sqlite => with_reader!(db, |pool| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1"
+        )
+        .bind(name)
+        .fetch_one(pool)
+        .await),
+        Engine::Postgres => with_reader!(db, |pool| {
+            sqlx::query_scalar(
             "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1"
         )
         .bind(name)
         .fetch_one(pool)
         .await
-            }),
-        }
-        .map_err(classify)?;
+        }),
+    }
+    .map_err(classify)?;
     Ok(n > 0)
 }
