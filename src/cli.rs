@@ -1,5 +1,6 @@
 //! The command line: `serve` (default), `migrate`, `tenant create|list`, `ca`, `certificates
-//! migrate-store`, `version`, `completions`, and the client commands of `crate::client`.
+//! migrate-store`, `backup`, `restore`, `version`, `completions`, and the client commands of
+//! `crate::client`.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -42,6 +43,21 @@ enum Command {
     Certificates {
         #[command(subcommand)]
         command: CertificatesCommand,
+    },
+    /// Back up the database, the CA, the kek and the blobs into an empty DIR (safe while herd runs).
+    Backup {
+        dir: std::path::PathBuf,
+        /// Leave `<data-dir>/blobs` (packages, screenshots) out of the backup.
+        #[arg(long)]
+        without_blobs: bool,
+    },
+    /// Check a backup made by `herd backup` and restore it into the configured (fresh) data
+    /// directory and database.
+    Restore {
+        dir: std::path::PathBuf,
+        /// Replace an existing database and data directory instead of refusing.
+        #[arg(long)]
+        force: bool,
     },
     /// Print the version.
     Version,
@@ -125,6 +141,12 @@ pub fn run() -> ExitCode {
             Command::Ca { command: CaCommand::Init } => ca_init(&settings).await,
             Command::Ca { command: CaCommand::Show } => ca_show(&settings),
             Command::Certificates { command: CertificatesCommand::MigrateStore } => migrate_store(&settings).await,
+            Command::Backup { dir, without_blobs } => {
+                crate::backup::backup(&settings, &crate::backup::BackupOptions { dir, without_blobs }).await
+            }
+            Command::Restore { dir, force } => {
+                crate::backup::restore(&settings, &crate::backup::RestoreOptions { dir, force }).await
+            }
             Command::Version
             | Command::Completions { .. }
             | Command::Client(_)

@@ -104,7 +104,7 @@ pub(crate) fn secure_sqlite_files(database_url: &str) -> anyhow::Result<()> {
 
 /// The file of a SQLite URL (`sqlite://PATH`, `sqlite:PATH`, with or without `?options`), or
 /// `None` for PostgreSQL and in-memory databases.
-fn sqlite_file(database_url: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn sqlite_file(database_url: &str) -> Option<std::path::PathBuf> {
     let rest = database_url.strip_prefix("sqlite://").or_else(|| database_url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or("");
     if path.is_empty() || path.starts_with(':') || path.starts_with("file:") {

@@ -12,6 +12,7 @@ pub use herd_store as store;
 
 pub mod app;
 mod auth;
+pub mod backup;
 pub mod blobs;
 pub mod certificates;
 pub mod cli;

@@ -220,7 +220,7 @@ pub(crate) async fn migrate(db: &Db, vault: &Vault) -> anyhow::Result<MigrateOut
     Ok(outcome)
 }
 
-fn parse_kek(text: &str) -> anyhow::Result<[u8; 32]> {
+pub(crate) fn parse_kek(text: &str) -> anyhow::Result<[u8; 32]> {
     let bytes = hex::decode(text.trim())?;
     bytes.try_into().map_err(|_| anyhow::anyhow!("expected 32 bytes"))
 }

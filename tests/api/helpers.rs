@@ -237,7 +237,7 @@ pub(crate) async fn spawn_app_with(engine: Engine, options: SpawnOptions) -> Tes
     start(engine, settings, clock, data_dir, postgres).await
 }
 
-async fn start(
+pub(crate) async fn start(
     engine: Engine,
     settings: Settings,
     clock: Arc<ManualClock>,

@@ -8,6 +8,7 @@ mod helpers;
 mod invariants;
 
 mod auth;
+mod backup;
 mod blobs;
 mod certificates;
 mod cli;

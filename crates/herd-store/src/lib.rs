@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod certificates;
 pub mod claims;
 pub mod commands;
