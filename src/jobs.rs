@@ -17,7 +17,7 @@ use crate::telemetry_metrics::HttpMetrics;
 /// Starts every background job of the server. Add a job by adding one `run_every_observed` line.
 pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
     let mut jobs: Vec<JoinHandle<()>> = Vec::new();
-    let metrics = state.metrics.clone();
+    let metrics = JobObserver::of(state);
     jobs.push(crate::certificates::monitor::spawn(state, shutdown));
     let (db, clock, retention) = (state.db.clone(), state.clock.clone(), state.settings.metrics_retention);
     jobs.push(run_every_observed(
@@ -133,10 +133,25 @@ where
     schedule(Duration::ZERO, name, interval, shutdown, None, step)
 }
 
+/// Where a job's steps are recorded: the app's metrics, and its clock for the time of the last
+/// success.
+#[derive(Clone)]
+pub struct JobObserver {
+    pub metrics: Arc<HttpMetrics>,
+    pub clock: Arc<dyn crate::clock::Clock>,
+}
+
+impl JobObserver {
+    /// The observer of `state`'s jobs.
+    pub fn of(state: &AppState) -> JobObserver {
+        JobObserver { metrics: state.metrics.clone(), clock: state.clock.clone() }
+    }
+}
+
 /// [`run_every`], recording each step in `metrics` (`herd_job_*`: runs by outcome, duration, how
 /// late the step started after its tick was due, the time of the last success).
 pub fn run_every_observed<F, Fut>(
-    metrics: Arc<HttpMetrics>,
+    observer: JobObserver,
     name: &'static str,
     interval: Duration,
     shutdown: CancellationToken,
@@ -146,12 +161,12 @@ where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
-    schedule(Duration::ZERO, name, interval, shutdown, Some(metrics), step)
+    schedule(Duration::ZERO, name, interval, shutdown, Some(observer), step)
 }
 
 /// [`run_every_observed`], with the first run `first_after` from now.
 pub fn run_every_from<F, Fut>(
-    metrics: Arc<HttpMetrics>,
+    observer: JobObserver,
     first_after: Duration,
     name: &'static str,
     interval: Duration,
@@ -162,7 +177,7 @@ where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
-    schedule(first_after, name, interval, shutdown, Some(metrics), step)
+    schedule(first_after, name, interval, shutdown, Some(observer), step)
 }
 
 fn schedule<F, Fut>(
@@ -170,7 +185,7 @@ fn schedule<F, Fut>(
     name: &'static str,
     interval: Duration,
     shutdown: CancellationToken,
-    metrics: Option<Arc<HttpMetrics>>,
+    observer: Option<JobObserver>,
     mut step: F,
 ) -> JoinHandle<()>
 where
@@ -190,8 +205,10 @@ where
                 () = shutdown.cancelled() => break,
                 result = step() => result,
             };
-            if let Some(metrics) = &metrics {
-                metrics.observe_job(name, started.saturating_duration_since(due), started.elapsed(), result.is_ok());
+            if let Some(JobObserver { metrics, clock }) = &observer {
+                let lag = started.saturating_duration_since(due);
+                let finished_at = result.is_ok().then(|| clock.now());
+                metrics.observe_job(name, lag, started.elapsed(), finished_at);
             }
             if let Err(error) = result {
                 tracing::error!(job = name, error = format!("{error:#}"), "background job step failed");

@@ -21,6 +21,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -222,16 +223,17 @@ impl HttpMetrics {
         self.webhook_failures.inc();
     }
 
-    /// One step of background job `job`: `lag` after its tick was due it ran for `elapsed`.
-    pub fn observe_job(&self, job: &str, lag: Duration, elapsed: Duration, ok: bool) {
+    /// One step of background job `job`: `lag` after its tick was due it ran for `elapsed`, and
+    /// succeeded at `succeeded_at` (`None`: it failed).
+    pub fn observe_job(&self, job: &str, lag: Duration, elapsed: Duration, succeeded_at: Option<DateTime<Utc>>) {
+        let ok = succeeded_at.is_some();
         let labels = JobLabels { job: job.into() };
         let outcome = if ok { "ok" } else { "error" };
         self.job_runs.get_or_create(&JobRunLabels { job: job.into(), outcome }).inc();
         self.job_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
         self.job_lag.get_or_create(&labels).set(lag.as_secs_f64());
-        if ok {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            self.job_last_success.get_or_create(&labels).set(now.as_secs_f64());
+        if let Some(at) = succeeded_at {
+            self.job_last_success.get_or_create(&labels).set(crate::clock::to_millis(at) as f64 / 1000.0);
         }
     }
 
@@ -429,7 +431,7 @@ mod tests {
         let metrics = HttpMetrics::default();
         metrics.observe_request("GET", "/healthz", 200, Duration::from_millis(3));
         metrics.observe_sweep(2, Duration::from_millis(5));
-        metrics.observe_job("presence-sweep", Duration::from_millis(1), Duration::from_millis(4), true);
+        metrics.observe_job("presence-sweep", Duration::from_millis(1), Duration::from_millis(4), Some(Utc::now()));
         let openmetrics = metrics.encode().unwrap();
         assert!(openmetrics.contains("# TYPE herd_http_requests counter"), "{openmetrics}");
         assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");

@@ -118,7 +118,7 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     let state = state.clone();
     crate::jobs::run_every_observed(
-        state.metrics.clone(),
+        crate::jobs::JobObserver::of(&state),
         "certificate-monitor",
         state.settings.cert_monitor_interval,
         shutdown.clone(),

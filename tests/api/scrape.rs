@@ -90,7 +90,7 @@ engine_tests! {
         // A job step run through the scheduler is counted, timed and stamped.
         let stop = herd::shutdown::CancellationToken::new();
         let job = herd::jobs::run_every_observed(
-            app.state.metrics.clone(), "test-job", Duration::from_secs(3600), stop.clone(), || async { Ok(()) });
+            herd::jobs::JobObserver::of(&app.state), "test-job", Duration::from_secs(3600), stop.clone(), || async { Ok(()) });
         let mut runs = None;
         for _ in 0..100 {
             let (_, text) = scrape(&app, "text/plain").await;
