@@ -22,6 +22,7 @@ mod edge;
 mod events;
 mod hardening;
 mod monitoring;
+mod openapi;
 mod packages;
 mod presence;
 mod registration;
