@@ -86,13 +86,17 @@ async fn openapi_operation_ids_are_unique_camel_case_verbs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_errors_have_problem_bodies_and_only_the_statuses_an_operation_can_answer() {
     let doc = document().await;
+    // Answers that the rules below would not expect, each said by its handler's annotation: a
+    // device without a certificate, a signed download link that expired.
+    let explained = [("get /devices/self/certificate", "404"), ("get /downloads/packages/{id}", "403")];
     for (path, method, operation) in operations(&doc) {
         let route = format!("{method} {path}");
-        let statuses = error_statuses(&operation);
+        let mut statuses = error_statuses(&operation);
         for status in &statuses {
             let schema = &operation["responses"][status]["content"]["application/problem+json"]["schema"];
             assert_eq!(schema["$ref"], "#/components/schemas/Problem", "{route} {status} has no problem+json body");
         }
+        statuses.retain(|status| !explained.contains(&(route.as_str(), status.as_str())));
         if operation.get("requestBody").is_none() {
             for status in ["400", "413", "415"] {
                 assert!(!statuses.contains(status), "{route} takes no body but lists {status}");
