@@ -21,13 +21,13 @@ pub(crate) struct HealthResponse {
 }
 
 /// The process is alive.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = HealthResponse)))]
+#[utoipa::path(get, path = "/healthz", operation_id = "checkLiveness", tag = "health", responses((status = 200, body = HealthResponse)))]
 async fn healthz() -> Json<HealthResponse> {
     Json(HealthResponse { status: "ok".into() })
 }
 
 /// The database answers.
-#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = HealthResponse)))]
+#[utoipa::path(get, path = "/readyz", operation_id = "checkReadiness", tag = "health", responses((status = 200, body = HealthResponse)))]
 async fn readyz(State(db): State<herd_store::Db>) -> Result<Json<HealthResponse>, ApiError> {
     if db.ping().await {
         Ok(Json(HealthResponse { status: "ok".into() }))

@@ -123,7 +123,7 @@ pub(crate) fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()>
 }
 
 /// Create a tenant (platform admin). Answers its first admin token.
-#[utoipa::path(post, path = "/tenants", tag = "tenants", security(("bearer" = [])), request_body = CreateTenantRequest,
+#[utoipa::path(post, path = "/tenants", operation_id = "createTenant", tag = "tenants", security(("platformAdminToken" = [])), request_body = CreateTenantRequest,
     responses((status = 201, body = CreatedTenant)))]
 async fn create_tenant(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
@@ -140,7 +140,7 @@ async fn create_tenant(
 }
 
 /// List tenants (platform admin).
-#[utoipa::path(get, path = "/tenants", tag = "tenants", security(("bearer" = [])), params(PageParams),
+#[utoipa::path(get, path = "/tenants", operation_id = "listTenants", tag = "tenants", security(("platformAdminToken" = [])), params(PageParams),
     responses((status = 200, body = ListResponse<TenantDto>)))]
 async fn list_tenants(
     State(db): State<herd_store::Db>,

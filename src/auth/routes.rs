@@ -68,7 +68,7 @@ pub(crate) struct LoginResponse {
 /// Bounded (see `auth::limits`): 429 with `Retry-After` beyond the rate of an address or a
 /// username or while a username is locked after repeated failures, 503 with `Retry-After` when
 /// every hashing turn is taken.
-#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest,
+#[utoipa::path(post, path = "/auth/login", operation_id = "logIn", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = LoginResponse),
         (status = 429, description = "too many attempts, or the username is locked for a while"),
         (status = 503, description = "too many logins at once; retry after `Retry-After` seconds")))]
@@ -119,7 +119,7 @@ pub(crate) async fn open_session(state: &AppState, user: &UserRow) -> Result<Log
 }
 
 /// Revoke the credential this request presents (ends a login session).
-#[utoipa::path(post, path = "/auth/logout", tag = "auth", security(("bearer" = [])),
+#[utoipa::path(post, path = "/auth/logout", operation_id = "logOut", tag = "auth", security(("apiToken" = []), ("sessionToken" = [])),
     responses((status = 204, description = "the credential no longer works")))]
 pub(crate) async fn logout(
     axum::extract::State(state): axum::extract::State<AppState>,
@@ -137,12 +137,13 @@ pub(crate) struct MeResponse {
     pub role: Role,
     pub platform_admin: bool,
     /// `api` (API token) or `session` (login).
+    #[schema(value_type = herd_domain::status::MemberTokenKind)]
     pub credential: String,
     pub user_id: Option<String>,
 }
 
 /// Who the presented credential belongs to.
-#[utoipa::path(get, path = "/auth/me", tag = "auth", security(("bearer" = [])), responses((status = 200, body = MeResponse)))]
+#[utoipa::path(get, path = "/auth/me", operation_id = "getCurrentCaller", tag = "auth", security(("apiToken" = []), ("sessionToken" = [])), responses((status = 200, body = MeResponse)))]
 async fn me(member: Member) -> Json<MeResponse> {
     Json(MeResponse {
         tenant_id: member.tenant_id().to_string(),
@@ -213,7 +214,7 @@ fn future_expiry(state: &AppState, field: &str, at: Option<DateTime<Utc>>) -> Re
 }
 
 /// Create an API token with a role (admin).
-#[utoipa::path(post, path = "/tokens", tag = "auth", security(("bearer" = [])), request_body = CreateTokenRequest,
+#[utoipa::path(post, path = "/tokens", operation_id = "createApiToken", tag = "auth", security(("apiToken" = []), ("sessionToken" = [])), request_body = CreateTokenRequest,
     responses((status = 201, body = CreatedToken)))]
 pub(crate) async fn create_token(
     axum::extract::State(state): axum::extract::State<AppState>,
@@ -236,7 +237,7 @@ pub(crate) async fn create_token(
 }
 
 /// List the tenant's API tokens (admin).
-#[utoipa::path(get, path = "/tokens", tag = "auth", security(("bearer" = [])), params(PageParams),
+#[utoipa::path(get, path = "/tokens", operation_id = "listApiTokens", tag = "auth", security(("apiToken" = []), ("sessionToken" = [])), params(PageParams),
     responses((status = 200, body = ListResponse<TokenDto>)))]
 pub(crate) async fn list_tokens(
     member: Member,
@@ -249,7 +250,7 @@ pub(crate) async fn list_tokens(
 }
 
 /// Revoke an API token (admin). It answers 401 from the next request on.
-#[utoipa::path(delete, path = "/tokens/{id}", tag = "auth", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/tokens/{id}", operation_id = "revokeApiToken", tag = "auth", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "token id")), responses((status = 204, description = "revoked")))]
 pub(crate) async fn revoke_token(
     axum::extract::State(state): axum::extract::State<AppState>,
@@ -323,7 +324,7 @@ pub(crate) struct CreatedEnrollmentToken {
 }
 
 /// Create an enrollment token (admin), optionally expiring or limited in uses.
-#[utoipa::path(post, path = "/enrollment-tokens", tag = "auth", security(("bearer" = [])),
+#[utoipa::path(post, path = "/enrollment-tokens", operation_id = "createEnrollmentToken", tag = "auth", security(("apiToken" = []), ("sessionToken" = [])),
     request_body = CreateEnrollmentTokenRequest, responses((status = 201, body = CreatedEnrollmentToken)))]
 pub(crate) async fn create_enrollment_token(
     axum::extract::State(state): axum::extract::State<AppState>,
@@ -347,7 +348,7 @@ pub(crate) async fn create_enrollment_token(
 }
 
 /// List the tenant's enrollment tokens (admin).
-#[utoipa::path(get, path = "/enrollment-tokens", tag = "auth", security(("bearer" = [])), params(PageParams),
+#[utoipa::path(get, path = "/enrollment-tokens", operation_id = "listEnrollmentTokens", tag = "auth", security(("apiToken" = []), ("sessionToken" = [])), params(PageParams),
     responses((status = 200, body = ListResponse<EnrollmentTokenDto>)))]
 pub(crate) async fn list_enrollment_tokens(
     member: Member,
@@ -360,7 +361,7 @@ pub(crate) async fn list_enrollment_tokens(
 }
 
 /// Revoke an enrollment token (admin). Devices it registered keep working.
-#[utoipa::path(delete, path = "/enrollment-tokens/{id}", tag = "auth", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/enrollment-tokens/{id}", operation_id = "revokeEnrollmentToken", tag = "auth", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "enrollment token id")), responses((status = 204, description = "revoked")))]
 pub(crate) async fn revoke_enrollment_token(
     axum::extract::State(state): axum::extract::State<AppState>,
@@ -428,7 +429,7 @@ pub(crate) struct CreatedUser {
 }
 
 /// Create a user who logs in with a password (admin).
-#[utoipa::path(post, path = "/users", tag = "auth", security(("bearer" = [])), request_body = CreateUserRequest,
+#[utoipa::path(post, path = "/users", operation_id = "createUser", tag = "auth", security(("apiToken" = []), ("sessionToken" = [])), request_body = CreateUserRequest,
     responses((status = 201, body = CreatedUser)))]
 pub(crate) async fn create_user(
     axum::extract::State(state): axum::extract::State<AppState>,
@@ -457,7 +458,7 @@ pub(crate) async fn add_user(state: &AppState, member: &Member, body: CreateUser
 }
 
 /// List the tenant's users (admin).
-#[utoipa::path(get, path = "/users", tag = "auth", security(("bearer" = [])), params(PageParams),
+#[utoipa::path(get, path = "/users", operation_id = "listUsers", tag = "auth", security(("apiToken" = []), ("sessionToken" = [])), params(PageParams),
     responses((status = 200, body = ListResponse<UserDto>)))]
 pub(crate) async fn list_users(
     member: Member,
@@ -470,7 +471,7 @@ pub(crate) async fn list_users(
 }
 
 /// Delete a user (admin); their sessions end with them.
-#[utoipa::path(delete, path = "/users/{id}", tag = "auth", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/users/{id}", operation_id = "deleteUser", tag = "auth", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "user id")), responses((status = 204, description = "deleted")))]
 pub(crate) async fn delete_user(member: Member, IdPath(id): IdPath<UserId>) -> Result<StatusCode, ApiError> {
     let scope = member.require(Role::Admin)?;

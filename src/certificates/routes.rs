@@ -64,11 +64,13 @@ pub(crate) struct CertificateDto {
     pub not_before: DateTime<Utc>,
     pub not_after: DateTime<Utc>,
     /// `pending`, `active`, `expired` or `revoked`.
+    #[schema(value_type = herd_domain::status::CertificateStatus)]
     pub status: String,
     pub revoked_at: Option<DateTime<Utc>>,
     /// RFC 5280 reason name, e.g. `keyCompromise`.
     pub revocation_reason: Option<String>,
     /// `server` (herd generated the key) or `csr` (the device's own key).
+    #[schema(value_type = herd_domain::status::KeySource)]
     pub key_source: String,
     /// The certificate that renewed this one.
     pub replaced_by_id: Option<String>,
@@ -145,7 +147,7 @@ impl CsrRequest {
 /// Issue a certificate for a device (admin). No body: herd generates an RSA key
 /// (`HERD_CERT_KEY_SIZE`) and answers it once in `privateKeyPem`. `{csr}`: herd signs the
 /// device's own key.
-#[utoipa::path(post, path = "/devices/{id}/certificates", tag = "certificates", security(("bearer" = [])),
+#[utoipa::path(post, path = "/devices/{id}/certificates", operation_id = "issueCertificate", tag = "certificates", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "device id")), request_body(content = Option<CsrRequest>),
     responses((status = 201, body = CertificateBundle), (status = 404, description = "no such device in this tenant"),
         (status = 422, description = "the CSR is malformed, badly signed or its key too weak")))]
@@ -167,7 +169,7 @@ pub(crate) async fn issue_certificate(
 }
 
 /// A device's certificates, oldest first.
-#[utoipa::path(get, path = "/devices/{id}/certificates", tag = "certificates", security(("bearer" = [])),
+#[utoipa::path(get, path = "/devices/{id}/certificates", operation_id = "listDeviceCertificates", tag = "certificates", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "device id"), PageParams),
     responses((status = 200, body = ListResponse<CertificateDto>)))]
 pub(crate) async fn list_device_certificates(
@@ -202,7 +204,7 @@ pub(crate) struct CertificateListParams {
 }
 
 /// The tenant's certificates in the order they expire, soonest first.
-#[utoipa::path(get, path = "/certificates", tag = "certificates", security(("bearer" = [])), params(CertificateListParams),
+#[utoipa::path(get, path = "/certificates", operation_id = "listCertificates", tag = "certificates", security(("apiToken" = []), ("sessionToken" = [])), params(CertificateListParams),
     responses((status = 200, body = ListResponse<CertificateDto>)))]
 pub(crate) async fn list_certificates(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
@@ -240,7 +242,7 @@ pub(crate) async fn list_certificates(
 }
 
 /// One certificate record of the tenant.
-#[utoipa::path(get, path = "/certificates/{id}", tag = "certificates", security(("bearer" = [])),
+#[utoipa::path(get, path = "/certificates/{id}", operation_id = "getCertificate", tag = "certificates", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "certificate id")),
     responses((status = 200, body = CertificateDto), (status = 404, description = "no such certificate in this tenant")))]
 pub(crate) async fn get_certificate(
@@ -272,7 +274,7 @@ impl Validate for RevokeRequest {
 
 /// Revoke a certificate (admin). Final: it cannot be renewed or un-revoked. The CRL is
 /// re-signed at once.
-#[utoipa::path(post, path = "/certificates/{id}/revoke", tag = "certificates", security(("bearer" = [])),
+#[utoipa::path(post, path = "/certificates/{id}/revoke", operation_id = "revokeCertificate", tag = "certificates", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "certificate id")), request_body = RevokeRequest,
     responses((status = 200, body = CertificateDto), (status = 409, description = "already revoked")))]
 pub(crate) async fn revoke_certificate(
@@ -292,7 +294,7 @@ pub(crate) async fn revoke_certificate(
 
 /// Renew a certificate (admin): a new certificate for the same device; the old record gets
 /// `replacedById`. Server-key certificates get a new key; `{csr}` signs a new device key.
-#[utoipa::path(post, path = "/certificates/{id}/renew", tag = "certificates", security(("bearer" = [])),
+#[utoipa::path(post, path = "/certificates/{id}/renew", operation_id = "renewCertificate", tag = "certificates", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "certificate id")), request_body(content = Option<CsrRequest>),
     responses((status = 201, body = CertificateBundle), (status = 409, description = "revoked, already renewed, or a CSR certificate without a new CSR")))]
 async fn renew_certificate(
@@ -355,7 +357,7 @@ pub(crate) struct ValidationResponse {
 
 /// Validate a certificate: CA signature, validity window, revocation, and a matching record of
 /// this tenant. Every failed check is reported.
-#[utoipa::path(post, path = "/certificates/validate", tag = "certificates", security(("bearer" = [])),
+#[utoipa::path(post, path = "/certificates/validate", operation_id = "validateCertificate", tag = "certificates", security(("apiToken" = []), ("sessionToken" = [])),
     request_body = ValidateRequest, responses((status = 200, body = ValidationResponse)))]
 async fn validate_certificate(
     State(certificates): State<Arc<crate::certificates::CertificateService>>,
@@ -387,7 +389,7 @@ async fn validate_certificate(
 
 /// A device renews (or first gets) its own certificate with a new CSR (device token). Its
 /// current certificate is marked replaced.
-#[utoipa::path(post, path = "/devices/self/certificates", tag = "certificates", security(("bearer" = [])),
+#[utoipa::path(post, path = "/devices/self/certificates", operation_id = "renewOwnCertificate", tag = "certificates", security(("deviceToken" = [])),
     request_body = CsrRequest, responses((status = 201, body = CertificateBundle)))]
 async fn device_renews_certificate(
     State(certificates): State<Arc<crate::certificates::CertificateService>>,
@@ -405,7 +407,7 @@ async fn device_renews_certificate(
 /// key, `privateKeyPem` is in the first answer for that certificate and never again: store it
 /// on the first fetch (after an auto-renewal, this is how the device gets its new key). The
 /// recommended path is a CSR (`POST /devices/self/certificates`): the key never leaves the device.
-#[utoipa::path(get, path = "/devices/self/certificate", tag = "certificates", security(("bearer" = [])),
+#[utoipa::path(get, path = "/devices/self/certificate", operation_id = "getOwnCertificate", tag = "certificates", security(("deviceToken" = [])),
     responses((status = 200, body = CertificateBundle), (status = 404, description = "the device has no current certificate")))]
 async fn device_certificate(
     State(certificates): State<Arc<crate::certificates::CertificateService>>,
@@ -435,7 +437,7 @@ fn wants(params: &FormatParams, default: &'static str) -> Result<&'static str, A
 }
 
 /// The CA certificate: PEM by default, `?format=der` for DER. No credential needed.
-#[utoipa::path(get, path = "/ca/certificate", tag = "certificates", params(FormatParams),
+#[utoipa::path(get, path = "/ca/certificate", operation_id = "getCaCertificate", tag = "certificates", params(FormatParams),
     responses((status = 200, content((String = "application/x-pem-file"), (Vec<u8> = "application/pkix-cert")))))]
 async fn ca_certificate(
     State(certificates): State<Arc<crate::certificates::CertificateService>>,
@@ -449,7 +451,7 @@ async fn ca_certificate(
 }
 
 /// The CRL signed by the CA: DER by default, `?format=pem` for PEM. No credential needed.
-#[utoipa::path(get, path = "/ca/crl", tag = "certificates", params(FormatParams),
+#[utoipa::path(get, path = "/ca/crl", operation_id = "getCaCrl", tag = "certificates", params(FormatParams),
     responses((status = 200, content((Vec<u8> = "application/pkix-crl"), (String = "application/x-pem-file")))))]
 async fn ca_crl(
     State(certificates): State<Arc<crate::certificates::CertificateService>>,

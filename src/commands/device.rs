@@ -123,7 +123,7 @@ pub(crate) struct PollResponse {
 /// `delivered`. With `wait`, an empty answer waits until a command is queued for the device
 /// (on any instance) or `wait` runs out. A delivered command not acknowledged within 60 s is
 /// handed out again (same id): acknowledge with `progress` or `result`.
-#[utoipa::path(get, path = "/devices/self/commands", tag = "commands", security(("bearer" = [])), params(PollParams),
+#[utoipa::path(get, path = "/devices/self/commands", operation_id = "pollCommands", tag = "commands", security(("deviceToken" = [])), params(PollParams),
     responses((status = 200, body = PollResponse)))]
 async fn poll(
     State(clock): State<Arc<dyn Clock>>,
@@ -172,7 +172,7 @@ async fn poll(
 }
 
 /// One of the calling device's commands (device token).
-#[utoipa::path(get, path = "/devices/self/commands/{id}", tag = "commands", security(("bearer" = [])),
+#[utoipa::path(get, path = "/devices/self/commands/{id}", operation_id = "getOwnCommand", tag = "commands", security(("deviceToken" = [])),
     params(("id" = String, Path, description = "command id")), responses((status = 200, body = DeviceCommandDto)))]
 async fn get_own_command(
     device: DeviceAuth,
@@ -245,7 +245,7 @@ impl Validate for ResultDto {
 
 /// The device started the command, or reports progress (device token): `delivered → running`,
 /// then progress updates while running. 409 once the command is final.
-#[utoipa::path(post, path = "/devices/self/commands/{id}/progress", tag = "commands", security(("bearer" = [])),
+#[utoipa::path(post, path = "/devices/self/commands/{id}/progress", operation_id = "reportCommandProgress", tag = "commands", security(("deviceToken" = [])),
     params(("id" = String, Path, description = "command id")), request_body(content = Option<ProgressDto>),
     responses((status = 200, body = DeviceCommandDto)))]
 async fn report_progress(
@@ -265,7 +265,7 @@ async fn report_progress(
 /// The device's result (device token): `delivered | running → succeeded | failed`. Sending the
 /// same outcome again answers 200 and changes nothing; any other report on a final command is
 /// a 409.
-#[utoipa::path(post, path = "/devices/self/commands/{id}/result", tag = "commands", security(("bearer" = [])),
+#[utoipa::path(post, path = "/devices/self/commands/{id}/result", operation_id = "reportCommandResult", tag = "commands", security(("deviceToken" = [])),
     params(("id" = String, Path, description = "command id")), request_body = ResultDto,
     responses((status = 200, body = DeviceCommandDto)))]
 async fn report_result(

@@ -417,7 +417,7 @@ fn lifetimes(
 
 /// Send a command to one device (operator and up). It waits for the device until `expiresAt`:
 /// a device that is offline now gets it when it comes back.
-#[utoipa::path(post, path = "/devices/{id}/commands", tag = "commands", security(("bearer" = [])),
+#[utoipa::path(post, path = "/devices/{id}/commands", operation_id = "sendDeviceCommand", tag = "commands", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "device id")), request_body = SendCommandDto,
     responses((status = 201, body = ExecutionDto)))]
 pub(crate) async fn send_to_device(
@@ -454,7 +454,7 @@ pub(crate) async fn send_to_device(
 }
 
 /// A device's commands, oldest first, or newest first with `order=newest` (viewer and up).
-#[utoipa::path(get, path = "/devices/{id}/commands", tag = "commands", security(("bearer" = [])),
+#[utoipa::path(get, path = "/devices/{id}/commands", operation_id = "listDeviceCommands", tag = "commands", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "device id"), DeviceCommandListParams),
     responses((status = 200, body = ListResponse<ExecutionDto>)))]
 pub(crate) async fn list_device_commands(
@@ -472,7 +472,7 @@ pub(crate) async fn list_device_commands(
 }
 
 /// One device's execution of a command (viewer and up).
-#[utoipa::path(get, path = "/devices/{id}/commands/{commandId}", tag = "commands", security(("bearer" = [])),
+#[utoipa::path(get, path = "/devices/{id}/commands/{commandId}", operation_id = "getDeviceCommand", tag = "commands", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "device id"), ("commandId" = String, Path, description = "command id")),
     responses((status = 200, body = ExecutionDto)))]
 async fn get_device_command(
@@ -486,7 +486,7 @@ async fn get_device_command(
 
 /// Cancel one device's execution while it is still queued (operator and up); 409 once it was
 /// delivered.
-#[utoipa::path(post, path = "/devices/{id}/commands/{commandId}/cancel", tag = "commands", security(("bearer" = [])),
+#[utoipa::path(post, path = "/devices/{id}/commands/{commandId}/cancel", operation_id = "cancelDeviceCommand", tag = "commands", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "device id"), ("commandId" = String, Path, description = "command id")),
     responses((status = 200, body = ExecutionDto)))]
 pub(crate) async fn cancel_device_command(
@@ -510,7 +510,7 @@ pub(crate) fn conflict(what: &str, state: CommandState) -> ApiError {
 /// Send a command to many devices (operator and up): by `deviceIds`, `tag`, `status` or `all`.
 /// One execution per device is created in one statement; `total` says how many. 422 when the
 /// target matches no device.
-#[utoipa::path(post, path = "/commands", tag = "commands", security(("bearer" = [])),
+#[utoipa::path(post, path = "/commands", operation_id = "sendBulkCommand", tag = "commands", security(("apiToken" = []), ("sessionToken" = [])),
     request_body = BulkCommandDto, responses((status = 201, body = CommandDto)))]
 async fn send_bulk(
     State(clock): State<Arc<dyn Clock>>,
@@ -548,7 +548,7 @@ async fn send_bulk(
 }
 
 /// The tenant's commands, oldest first (viewer and up); without counts.
-#[utoipa::path(get, path = "/commands", tag = "commands", security(("bearer" = [])), params(PageParams),
+#[utoipa::path(get, path = "/commands", operation_id = "listCommands", tag = "commands", security(("apiToken" = []), ("sessionToken" = [])), params(PageParams),
     responses((status = 200, body = ListResponse<CommandDto>)))]
 async fn list_commands(
     member: Member,
@@ -563,7 +563,7 @@ async fn list_commands(
 }
 
 /// One command with its executions counted by state (viewer and up).
-#[utoipa::path(get, path = "/commands/{id}", tag = "commands", security(("bearer" = [])),
+#[utoipa::path(get, path = "/commands/{id}", operation_id = "getCommand", tag = "commands", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "command id")), responses((status = 200, body = CommandDto)))]
 async fn get_command(member: Member, IdPath(id): IdPath<CommandId>) -> Result<Json<CommandDto>, ApiError> {
     let scope = member.require(Role::Viewer)?;
@@ -573,7 +573,7 @@ async fn get_command(member: Member, IdPath(id): IdPath<CommandId>) -> Result<Js
 }
 
 /// A command's executions, in device order (viewer and up); `state=failed` lists the failures.
-#[utoipa::path(get, path = "/commands/{id}/executions", tag = "commands", security(("bearer" = [])),
+#[utoipa::path(get, path = "/commands/{id}/executions", operation_id = "listCommandExecutions", tag = "commands", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "command id"), ExecutionListParams),
     responses((status = 200, body = ListResponse<ExecutionDto>)))]
 async fn list_executions(
@@ -592,7 +592,7 @@ async fn list_executions(
 
 /// Cancel every execution of a command that is still queued (operator and up); delivered ones
 /// run on. Repeating it cancels nothing more.
-#[utoipa::path(post, path = "/commands/{id}/cancel", tag = "commands", security(("bearer" = [])),
+#[utoipa::path(post, path = "/commands/{id}/cancel", operation_id = "cancelCommand", tag = "commands", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "command id")), responses((status = 200, body = CommandDto)))]
 async fn cancel_command(
     State(clock): State<Arc<dyn Clock>>,

@@ -35,7 +35,7 @@ const JPEG: &[u8] = b"\xff\xd8\xff";
 /// Upload the screenshot a `screenshot` command asked for (device token), while the command is
 /// delivered or running: the body is the image, `Content-Type: image/png` or `image/jpeg`, at
 /// most `HERD_SCREENSHOT_MAX_BYTES`. Then report the result. A second upload replaces the first.
-#[utoipa::path(put, path = "/devices/self/commands/{id}/screenshot", tag = "commands", security(("bearer" = [])),
+#[utoipa::path(put, path = "/devices/self/commands/{id}/screenshot", operation_id = "uploadScreenshot", tag = "commands", security(("deviceToken" = [])),
     params(("id" = String, Path, description = "command id")),
     request_body(content = Vec<u8>, content_type = "image/png"),
     responses((status = 200, body = DeviceCommandDto)))]
@@ -102,7 +102,7 @@ pub(super) async fn upload_screenshot(
 }
 
 /// The screenshot a device uploaded for a command (viewer and up): the image itself.
-#[utoipa::path(get, path = "/devices/{id}/commands/{commandId}/screenshot", tag = "commands", security(("bearer" = [])),
+#[utoipa::path(get, path = "/devices/{id}/commands/{commandId}/screenshot", operation_id = "getScreenshot", tag = "commands", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "device id"), ("commandId" = String, Path, description = "command id")),
     responses((status = 200, content_type = "image/png", body = Vec<u8>)))]
 pub(crate) async fn get_screenshot(

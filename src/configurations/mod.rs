@@ -288,7 +288,7 @@ fn conflict(error: ConfigurationError) -> ApiError {
 }
 
 /// A device's desired and reported configuration.
-#[utoipa::path(get, path = "/devices/{id}/configuration", tag = "configurations", security(("bearer" = [])),
+#[utoipa::path(get, path = "/devices/{id}/configuration", operation_id = "getDeviceConfiguration", tag = "configurations", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "device id")), responses((status = 200, body = ConfigurationStatusDto)))]
 pub(crate) async fn get_configuration(
     member: Member,
@@ -302,7 +302,7 @@ pub(crate) async fn get_configuration(
 
 /// Set a device's desired configuration (operator and above). 409 if `version` is given and is
 /// not the current desired version.
-#[utoipa::path(put, path = "/devices/{id}/configuration", tag = "configurations", security(("bearer" = [])),
+#[utoipa::path(put, path = "/devices/{id}/configuration", operation_id = "setDeviceConfiguration", tag = "configurations", security(("apiToken" = []), ("sessionToken" = [])),
     request_body = PutConfigurationDto, params(("id" = String, Path, description = "device id")),
     responses((status = 200, body = ConfigurationStatusDto)))]
 pub(crate) async fn put_configuration(
@@ -322,7 +322,7 @@ pub(crate) async fn put_configuration(
 }
 
 /// The calling device's desired configuration (device token).
-#[utoipa::path(get, path = "/devices/self/configuration", tag = "configurations", security(("bearer" = [])),
+#[utoipa::path(get, path = "/devices/self/configuration", operation_id = "getOwnConfiguration", tag = "configurations", security(("deviceToken" = [])),
     responses((status = 200, body = DesiredConfigurationDto)))]
 async fn get_own_configuration(device: DeviceAuth) -> Result<Json<DesiredConfigurationDto>, ApiError> {
     let row = ConfigurationStore::new(&device.scope).get(device.device_id).await?;
@@ -340,7 +340,7 @@ async fn get_own_configuration(device: DeviceAuth) -> Result<Json<DesiredConfigu
 
 /// The calling device reports the configuration it applied (device token). 409 for a version
 /// that was never issued.
-#[utoipa::path(put, path = "/devices/self/configuration/reported", tag = "configurations", security(("bearer" = [])),
+#[utoipa::path(put, path = "/devices/self/configuration/reported", operation_id = "reportOwnConfiguration", tag = "configurations", security(("deviceToken" = [])),
     request_body = ReportConfigurationDto, responses((status = 200, body = ConfigurationStatusDto)))]
 async fn report_configuration(
     State(clock): State<Arc<dyn crate::clock::Clock>>,

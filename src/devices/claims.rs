@@ -45,7 +45,7 @@ pub(crate) struct ClaimPolicyDto {
 }
 
 /// The tenant's claim policy (viewer and up).
-#[utoipa::path(get, path = "/device-claims/policy", tag = "devices", security(("bearer" = [])),
+#[utoipa::path(get, path = "/device-claims/policy", operation_id = "getClaimPolicy", tag = "devices", security(("apiToken" = []), ("sessionToken" = [])),
     responses((status = 200, body = ClaimPolicyDto)))]
 async fn get_policy(member: Member) -> Result<Json<ClaimPolicyDto>, ApiError> {
     let scope = member.require(Role::Viewer)?;
@@ -53,7 +53,7 @@ async fn get_policy(member: Member) -> Result<Json<ClaimPolicyDto>, ApiError> {
 }
 
 /// Set the tenant's claim policy (admin).
-#[utoipa::path(put, path = "/device-claims/policy", tag = "devices", security(("bearer" = [])),
+#[utoipa::path(put, path = "/device-claims/policy", operation_id = "setClaimPolicy", tag = "devices", security(("apiToken" = []), ("sessionToken" = [])),
     request_body = ClaimPolicyDto, responses((status = 200, body = ClaimPolicyDto)))]
 async fn set_policy(member: Member, ApiJson(body): ApiJson<ClaimPolicyDto>) -> Result<Json<ClaimPolicyDto>, ApiError> {
     let scope = member.require(Role::Admin)?;
@@ -134,7 +134,7 @@ pub(crate) struct ClaimListParams {
 }
 
 /// The tenant's claims, oldest first (viewer and up).
-#[utoipa::path(get, path = "/device-claims", tag = "devices", security(("bearer" = [])), params(ClaimListParams),
+#[utoipa::path(get, path = "/device-claims", operation_id = "listDeviceClaims", tag = "devices", security(("apiToken" = []), ("sessionToken" = [])), params(ClaimListParams),
     responses((status = 200, body = ListResponse<ClaimDto>)))]
 async fn list_claims(
     member: Member,
@@ -156,7 +156,7 @@ async fn list_claims(
 }
 
 /// One claim (viewer and up).
-#[utoipa::path(get, path = "/device-claims/{id}", tag = "devices", security(("bearer" = [])),
+#[utoipa::path(get, path = "/device-claims/{id}", operation_id = "getDeviceClaim", tag = "devices", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "claim id")), responses((status = 200, body = ClaimDto)))]
 async fn get_claim(member: Member, IdPath(id): IdPath<ClaimId>) -> Result<Json<ClaimDto>, ApiError> {
     let scope = member.require(Role::Viewer)?;
@@ -166,7 +166,7 @@ async fn get_claim(member: Member, IdPath(id): IdPath<ClaimId>) -> Result<Json<C
 
 /// Approve a pending claim (operator and up): the claimant's token becomes the device's token
 /// and the device's previous token stops working. 409 if already decided.
-#[utoipa::path(post, path = "/device-claims/{id}/approve", tag = "devices", security(("bearer" = [])),
+#[utoipa::path(post, path = "/device-claims/{id}/approve", operation_id = "approveDeviceClaim", tag = "devices", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "claim id")), responses((status = 200, body = DecidedClaim)))]
 async fn approve_claim(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
@@ -180,7 +180,7 @@ async fn approve_claim(
 
 /// Reject a pending claim (operator and up): the device is not touched and the claimant's
 /// token never works. 409 if already decided.
-#[utoipa::path(post, path = "/device-claims/{id}/reject", tag = "devices", security(("bearer" = [])),
+#[utoipa::path(post, path = "/device-claims/{id}/reject", operation_id = "rejectDeviceClaim", tag = "devices", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "claim id")), responses((status = 200, body = DecidedClaim)))]
 async fn reject_claim(
     State(clock): State<Arc<dyn crate::clock::Clock>>,

@@ -378,7 +378,7 @@ pub(crate) struct PendingRegistration {
 /// New identifiers: 201. Identifiers of an existing device: 200 with a fresh token only with
 /// proof (`deviceToken`, or `proof` signed by the registered `publicKey`; an operator's own
 /// call counts as proof); without proof 202 and a pending claim, the device untouched.
-#[utoipa::path(post, path = "/devices/auto-register", tag = "devices", security(("bearer" = [])), request_body = AutoRegisterDto,
+#[utoipa::path(post, path = "/devices/auto-register", operation_id = "registerDevice", tag = "devices", security(("enrollmentToken" = [])), request_body = AutoRegisterDto,
     responses((status = 201, body = RegisteredDevice, description = "a new device"),
               (status = 200, body = RegisteredDevice, description = "the existing device, proven (its old token stops working)"),
               (status = 202, body = PendingRegistration, description = "identifiers of an existing device without proof: a pending claim"),
@@ -473,7 +473,7 @@ pub(crate) struct Challenge {
 
 /// A challenge for a re-registration proof (enrollment token, or operator and above). Valid
 /// for five minutes, once, in the caller's tenant.
-#[utoipa::path(post, path = "/devices/auto-register/challenge", tag = "devices", security(("bearer" = [])),
+#[utoipa::path(post, path = "/devices/auto-register/challenge", operation_id = "createRegistrationChallenge", tag = "devices", security(("enrollmentToken" = [])),
     responses((status = 201, body = Challenge)))]
 async fn registration_challenge(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
@@ -489,7 +489,7 @@ async fn registration_challenge(
 }
 
 /// Create a device by hand (admin). It starts offline with `lastSeen: null`.
-#[utoipa::path(post, path = "/devices", tag = "devices", security(("bearer" = [])), request_body = CreateDeviceDto,
+#[utoipa::path(post, path = "/devices", operation_id = "createDevice", tag = "devices", security(("apiToken" = []), ("sessionToken" = [])), request_body = CreateDeviceDto,
     responses((status = 201, body = RegisteredDevice)))]
 async fn create_device(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
@@ -537,7 +537,7 @@ pub(crate) struct DeviceListParams {
 }
 
 /// List the tenant's devices, oldest first.
-#[utoipa::path(get, path = "/devices", tag = "devices", security(("bearer" = [])), params(DeviceListParams),
+#[utoipa::path(get, path = "/devices", operation_id = "listDevices", tag = "devices", security(("apiToken" = []), ("sessionToken" = [])), params(DeviceListParams),
     responses((status = 200, body = ListResponse<DeviceDto>)))]
 pub(crate) async fn list_devices(
     State(heartbeats): State<Arc<crate::presence::HeartbeatBuffer>>,
@@ -573,7 +573,7 @@ fn overlay(heartbeats: &HeartbeatBuffer, mut row: DeviceRow) -> DeviceRow {
 }
 
 /// A device checks in (device token): `lastSeen` becomes now and `status` online.
-#[utoipa::path(post, path = "/devices/connect", tag = "devices", security(("bearer" = [])), request_body(content = Option<ConnectDeviceDto>),
+#[utoipa::path(post, path = "/devices/connect", operation_id = "connectDevice", tag = "devices", security(("deviceToken" = [])), request_body(content = Option<ConnectDeviceDto>),
     responses((status = 200, body = ConnectResponse)))]
 async fn connect(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
@@ -618,7 +618,7 @@ async fn connect(
 }
 
 /// The calling device's own record (device token).
-#[utoipa::path(get, path = "/devices/self", tag = "devices", security(("bearer" = [])), responses((status = 200, body = DeviceDto)))]
+#[utoipa::path(get, path = "/devices/self", operation_id = "getOwnDevice", tag = "devices", security(("deviceToken" = [])), responses((status = 200, body = DeviceDto)))]
 async fn get_self(
     State(heartbeats): State<Arc<crate::presence::HeartbeatBuffer>>,
     device: DeviceAuth,
@@ -631,7 +631,7 @@ async fn get_self(
 }
 
 /// One device of the tenant.
-#[utoipa::path(get, path = "/devices/{id}", tag = "devices", security(("bearer" = [])),
+#[utoipa::path(get, path = "/devices/{id}", operation_id = "getDevice", tag = "devices", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "device id")), responses((status = 200, body = DeviceDto)))]
 pub(crate) async fn get_device(
     State(heartbeats): State<Arc<crate::presence::HeartbeatBuffer>>,
@@ -644,7 +644,7 @@ pub(crate) async fn get_device(
 }
 
 /// Change a device (operator and above).
-#[utoipa::path(patch, path = "/devices/{id}", tag = "devices", security(("bearer" = [])), request_body = UpdateDeviceDto,
+#[utoipa::path(patch, path = "/devices/{id}", operation_id = "updateDevice", tag = "devices", security(("apiToken" = []), ("sessionToken" = [])), request_body = UpdateDeviceDto,
     params(("id" = String, Path, description = "device id")), responses((status = 200, body = DeviceDto)))]
 async fn update_device(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
@@ -673,7 +673,7 @@ async fn update_device(
 }
 
 /// Delete a device (operator and above). Its token stops working at once.
-#[utoipa::path(delete, path = "/devices/{id}", tag = "devices", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/devices/{id}", operation_id = "deleteDevice", tag = "devices", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "device id")), responses((status = 204, description = "deleted")))]
 async fn delete_device(
     State(clock): State<Arc<dyn crate::clock::Clock>>,

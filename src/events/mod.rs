@@ -3,6 +3,7 @@
 //! so a committed change always has its event and a rolled-back one never does.
 
 pub(crate) mod routes;
+pub(crate) mod schema;
 pub mod stream;
 pub use herd_domain::event::KNOWN_TYPES;
 pub use herd_domain::Event;

@@ -93,7 +93,7 @@ fn decode_event_cursor(cursor: &str) -> Option<i64> {
 }
 
 /// The tenant's event history, oldest first (kept for `HERD_EVENT_RETENTION`).
-#[utoipa::path(get, path = "/events", tag = "events", security(("bearer" = [])), params(EventListParams),
+#[utoipa::path(get, path = "/events", operation_id = "listEvents", tag = "events", security(("apiToken" = []), ("sessionToken" = [])), params(EventListParams),
     responses((status = 200, body = ListResponse<EventDto>)))]
 pub(crate) async fn list_events(
     member: Member,
@@ -122,7 +122,7 @@ pub(crate) struct StreamParams {
 /// connections alive. The stream ends when its token stops authenticating (re-checked every
 /// `HERD_EVENT_STREAM_RECHECK_INTERVAL` and before each batch); a token or tenant with too
 /// many open streams gets 429.
-#[utoipa::path(get, path = "/events/stream", tag = "events", security(("bearer" = [])), params(StreamParams),
+#[utoipa::path(get, path = "/events/stream", operation_id = "streamEvents", tag = "events", security(("apiToken" = []), ("sessionToken" = [])), params(StreamParams),
     responses((status = 200, content_type = "text/event-stream", body = String),
         (status = 429, description = "too many open streams for this token or tenant", body = crate::http::error::Problem)))]
 pub(crate) async fn stream_events(

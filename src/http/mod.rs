@@ -24,7 +24,6 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use utoipa::openapi::OpenApi as OpenApiDoc;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -172,7 +171,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn openapi_json(document: Arc<OpenApiDoc>) -> Response {
+async fn openapi_json(document: Arc<serde_json::Value>) -> Response {
     Json(document.as_ref()).into_response()
 }
 

@@ -35,11 +35,15 @@ pub(crate) struct AlertDto {
     pub rule_id: Option<String>,
     /// The rule's name, metric, operator, threshold and severity when the alert opened.
     pub rule_name: String,
+    #[schema(value_type = herd_domain::status::Metric)]
     pub metric: String,
+    #[schema(value_type = herd_domain::status::Operator)]
     pub operator: String,
     pub threshold: f64,
+    #[schema(value_type = herd_domain::status::Severity)]
     pub severity: String,
     /// `open` or `resolved`.
+    #[schema(value_type = herd_domain::status::AlertStatus)]
     pub status: String,
     /// The value that opened the alert (minutes offline for `offline` rules).
     pub value: f64,
@@ -107,7 +111,7 @@ pub(crate) struct AlertListParams {
 }
 
 /// The tenant's alerts, newest first.
-#[utoipa::path(get, path = "/alerts", tag = "monitoring", security(("bearer" = [])), params(AlertListParams),
+#[utoipa::path(get, path = "/alerts", operation_id = "listAlerts", tag = "monitoring", security(("apiToken" = []), ("sessionToken" = [])), params(AlertListParams),
     responses((status = 200, body = ListResponse<AlertDto>)))]
 pub(crate) async fn list_alerts(
     member: Member,
@@ -144,7 +148,7 @@ pub(crate) async fn list_alerts(
 }
 
 /// One alert.
-#[utoipa::path(get, path = "/alerts/{id}", tag = "monitoring", security(("bearer" = [])),
+#[utoipa::path(get, path = "/alerts/{id}", operation_id = "getAlert", tag = "monitoring", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "alert id")), responses((status = 200, body = AlertDto)))]
 async fn get_alert(member: Member, IdPath(id): IdPath<AlertId>) -> Result<Json<AlertDto>, ApiError> {
     let scope = member.require(Role::Viewer)?;
@@ -154,7 +158,7 @@ async fn get_alert(member: Member, IdPath(id): IdPath<AlertId>) -> Result<Json<A
 
 /// Acknowledge an alert (operator and above). Idempotent: the first acknowledgement is kept.
 /// It does not resolve the alert; only the metric coming back within the threshold does.
-#[utoipa::path(post, path = "/alerts/{id}/acknowledge", tag = "monitoring", security(("bearer" = [])),
+#[utoipa::path(post, path = "/alerts/{id}/acknowledge", operation_id = "acknowledgeAlert", tag = "monitoring", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "alert id")), responses((status = 200, body = AlertDto)))]
 pub(crate) async fn acknowledge_alert(
     State(clock): State<Arc<dyn crate::clock::Clock>>,

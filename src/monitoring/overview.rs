@@ -68,13 +68,16 @@ pub(crate) struct RecentAlert {
     pub device_id: String,
     pub device_name: String,
     /// `cpu`, `ram`, `storage`, `temperature` or `offline`.
+    #[schema(value_type = herd_domain::status::Metric)]
     pub metric: String,
     /// The value that opened the alert.
     pub value: f64,
     pub threshold: f64,
     /// `info`, `warning` or `critical`.
+    #[schema(value_type = herd_domain::status::Severity)]
     pub severity: String,
     /// `open` or `resolved`.
+    #[schema(value_type = herd_domain::status::AlertStatus)]
     pub status: String,
     pub created_at: DateTime<Utc>,
 }
@@ -96,7 +99,7 @@ impl From<AlertRow> for RecentAlert {
 }
 
 /// Device counts by presence, alerts of the last 24 hours and the newest alerts.
-#[utoipa::path(get, path = "/devices/stats/overview", tag = "monitoring", security(("bearer" = [])),
+#[utoipa::path(get, path = "/devices/stats/overview", operation_id = "getFleetOverview", tag = "monitoring", security(("apiToken" = []), ("sessionToken" = [])),
     responses((status = 200, body = StatsOverview)))]
 pub(crate) async fn stats_overview(
     State(clock): State<Arc<dyn crate::clock::Clock>>,

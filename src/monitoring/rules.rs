@@ -224,7 +224,7 @@ fn tags(tags: &Option<Vec<String>>) -> Option<Vec<String>> {
 }
 
 /// The tenant's rules, oldest first. The first read creates the default rules.
-#[utoipa::path(get, path = "/monitoring-rules", tag = "monitoring", security(("bearer" = [])), params(PageParams),
+#[utoipa::path(get, path = "/monitoring-rules", operation_id = "listMonitoringRules", tag = "monitoring", security(("apiToken" = []), ("sessionToken" = [])), params(PageParams),
     responses((status = 200, body = ListResponse<RuleDto>)))]
 pub(crate) async fn list_rules(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
@@ -244,7 +244,7 @@ pub(crate) async fn list_rules(
 }
 
 /// Create a rule (admin).
-#[utoipa::path(post, path = "/monitoring-rules", tag = "monitoring", security(("bearer" = [])), request_body = CreateRuleDto,
+#[utoipa::path(post, path = "/monitoring-rules", operation_id = "createMonitoringRule", tag = "monitoring", security(("apiToken" = []), ("sessionToken" = [])), request_body = CreateRuleDto,
     responses((status = 201, body = RuleDto)))]
 pub(crate) async fn create_rule(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
@@ -267,7 +267,7 @@ pub(crate) async fn create_rule(
 }
 
 /// One rule.
-#[utoipa::path(get, path = "/monitoring-rules/{id}", tag = "monitoring", security(("bearer" = [])),
+#[utoipa::path(get, path = "/monitoring-rules/{id}", operation_id = "getMonitoringRule", tag = "monitoring", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "rule id")), responses((status = 200, body = RuleDto)))]
 async fn get_rule(member: Member, IdPath(id): IdPath<RuleId>) -> Result<Json<RuleDto>, ApiError> {
     let scope = member.require(Role::Viewer)?;
@@ -276,7 +276,7 @@ async fn get_rule(member: Member, IdPath(id): IdPath<RuleId>) -> Result<Json<Rul
 }
 
 /// Change a rule (admin). Disabling it, or changing its metric, resolves its open alerts.
-#[utoipa::path(patch, path = "/monitoring-rules/{id}", tag = "monitoring", security(("bearer" = [])), request_body = UpdateRuleDto,
+#[utoipa::path(patch, path = "/monitoring-rules/{id}", operation_id = "updateMonitoringRule", tag = "monitoring", security(("apiToken" = []), ("sessionToken" = [])), request_body = UpdateRuleDto,
     params(("id" = String, Path, description = "rule id")), responses((status = 200, body = RuleDto)))]
 pub(crate) async fn update_rule(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
@@ -320,7 +320,7 @@ pub(crate) async fn update_rule(
 }
 
 /// Delete a rule (admin). Its open alerts are resolved; its alerts stay in the history.
-#[utoipa::path(delete, path = "/monitoring-rules/{id}", tag = "monitoring", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/monitoring-rules/{id}", operation_id = "deleteMonitoringRule", tag = "monitoring", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "rule id")), responses((status = 204, description = "deleted")))]
 pub(crate) async fn delete_rule(
     State(clock): State<Arc<dyn crate::clock::Clock>>,

@@ -48,7 +48,7 @@ pub(crate) async fn device_package(device: &DeviceAuth, id: PackageId) -> Result
 
 /// Download a package's artifact (viewer and up). Supports `Range` (one range), `If-Range`,
 /// `If-None-Match`; see the device route for the headers.
-#[utoipa::path(get, path = "/packages/{id}/download", tag = "packages", security(("bearer" = [])),
+#[utoipa::path(get, path = "/packages/{id}/download", operation_id = "downloadPackage", tag = "packages", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "package id")),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
         (status = 206, description = "the requested range"), (status = 304, description = "the ETag matched"),
@@ -68,7 +68,7 @@ pub(super) async fn member_download(
 /// device (notified or later) and whose `targetModels` is empty or names the device's model
 /// (else 404). `ETag` is `"<sha256>"`; resume with
 /// `Range: bytes=<have>-` and `If-Range: <ETag>`; check the whole file against `Repr-Digest`.
-#[utoipa::path(get, path = "/devices/self/packages/{id}/download", tag = "packages", security(("bearer" = [])),
+#[utoipa::path(get, path = "/devices/self/packages/{id}/download", operation_id = "downloadOwnPackage", tag = "packages", security(("deviceToken" = [])),
     params(("id" = String, Path, description = "package id")),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
         (status = 206, description = "the requested range"), (status = 304, description = "the ETag matched"),
@@ -109,7 +109,7 @@ fn link(
 }
 
 /// A signed link to a package's artifact (viewer and up), valid for `HERD_DOWNLOAD_URL_TTL`.
-#[utoipa::path(get, path = "/packages/{id}/download-url", tag = "packages", security(("bearer" = [])),
+#[utoipa::path(get, path = "/packages/{id}/download-url", operation_id = "createPackageDownloadUrl", tag = "packages", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "package id")),
     responses((status = 200, body = DownloadUrlDto)))]
 pub(super) async fn member_download_url(
@@ -125,7 +125,7 @@ pub(super) async fn member_download_url(
 
 /// A signed link to a package's artifact (device token), for a package the device may download
 /// (else 404), valid for `HERD_DOWNLOAD_URL_TTL`; a CDN or proxy in front of herd can serve it.
-#[utoipa::path(get, path = "/devices/self/packages/{id}/download-url", tag = "packages", security(("bearer" = [])),
+#[utoipa::path(get, path = "/devices/self/packages/{id}/download-url", operation_id = "createOwnPackageDownloadUrl", tag = "packages", security(("deviceToken" = [])),
     params(("id" = String, Path, description = "package id")),
     responses((status = 200, body = DownloadUrlDto)))]
 pub(super) async fn device_download_url(
@@ -155,7 +155,7 @@ fn refused() -> ApiError {
 /// Download a package's artifact by a signed link (no `Authorization`): the same ranges and
 /// headers as the other download routes, with `Cache-Control: public, max-age=<seconds left>`.
 /// An expired, altered or foreign link, or one whose package is gone, is 403 and sends no byte.
-#[utoipa::path(get, path = "/downloads/packages/{id}", tag = "packages",
+#[utoipa::path(get, path = "/downloads/packages/{id}", operation_id = "downloadPackageBySignedUrl", tag = "packages",
     params(("id" = String, Path, description = "package id"), SignedLinkParams),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
         (status = 206, description = "the requested range"), (status = 304, description = "the ETag matched"),

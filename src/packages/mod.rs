@@ -216,7 +216,7 @@ impl UploadParams {
 /// before a byte of the body is read. `Content-Type` is kept and sent back on downloads
 /// (default `application/octet-stream`). 409 when `versionCode` is not above every existing
 /// package of the name's. An upload that fails midway stores nothing.
-#[utoipa::path(post, path = "/packages", tag = "packages", security(("bearer" = [])),
+#[utoipa::path(post, path = "/packages", operation_id = "uploadPackage", tag = "packages", security(("apiToken" = []), ("sessionToken" = [])),
     params(UploadParams),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = PackageDto)))]
@@ -359,7 +359,7 @@ pub(crate) struct PackageListParams {
 }
 
 /// The tenant's packages, oldest first (viewer and up).
-#[utoipa::path(get, path = "/packages", tag = "packages", security(("bearer" = [])),
+#[utoipa::path(get, path = "/packages", operation_id = "listPackages", tag = "packages", security(("apiToken" = []), ("sessionToken" = [])),
     params(PackageListParams), responses((status = 200, body = ListResponse<PackageDto>)))]
 pub(crate) async fn list_packages(
     member: Member,
@@ -372,7 +372,7 @@ pub(crate) async fn list_packages(
 }
 
 /// One package (viewer and up).
-#[utoipa::path(get, path = "/packages/{id}", tag = "packages", security(("bearer" = [])),
+#[utoipa::path(get, path = "/packages/{id}", operation_id = "getPackage", tag = "packages", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "package id")), responses((status = 200, body = PackageDto)))]
 pub(crate) async fn get_package(member: Member, IdPath(id): IdPath<PackageId>) -> Result<Json<PackageDto>, ApiError> {
     let scope = member.require(Role::Viewer)?;
@@ -382,7 +382,7 @@ pub(crate) async fn get_package(member: Member, IdPath(id): IdPath<PackageId>) -
 
 /// Delete a package (operator and up), and its artifact unless another package of the tenant
 /// has the same content. 409 while a ready, running or paused rollout sends it.
-#[utoipa::path(delete, path = "/packages/{id}", tag = "packages", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/packages/{id}", operation_id = "deletePackage", tag = "packages", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "package id")), responses((status = 204)))]
 pub(crate) async fn delete_package(
     State(clock): State<Arc<dyn Clock>>,

@@ -25,7 +25,7 @@ pub(crate) struct SweepResponse {
 }
 
 /// Run the presence sweep now, across all tenants (platform admin).
-#[utoipa::path(post, path = "/admin/presence/sweep", tag = "presence", security(("bearer" = [])),
+#[utoipa::path(post, path = "/admin/presence/sweep", operation_id = "sweepPresence", tag = "presence", security(("platformAdminToken" = [])),
     responses((status = 200, body = SweepResponse)))]
 async fn sweep_now(State(state): State<AppState>, _admin: PlatformAdmin) -> Result<Json<SweepResponse>, ApiError> {
     let outcome = super::run_sweep(&state).await?;

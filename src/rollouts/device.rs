@@ -100,7 +100,7 @@ pub(crate) struct DeviceUpdatesDto {
 }
 
 /// The calling device's open updates: what it has been sent and not yet finished.
-#[utoipa::path(get, path = "/devices/self/updates", tag = "updates", security(("bearer" = [])),
+#[utoipa::path(get, path = "/devices/self/updates", operation_id = "listOwnUpdates", tag = "updates", security(("deviceToken" = [])),
     responses((status = 200, body = DeviceUpdatesDto)))]
 async fn own_updates(device: DeviceAuth) -> Result<Json<DeviceUpdatesDto>, ApiError> {
     let rows = store::for_device(&device.scope, device.device_id, true, MAX_LISTED).await?;
@@ -112,7 +112,7 @@ async fn own_updates(device: DeviceAuth) -> Result<Json<DeviceUpdatesDto>, ApiEr
 }
 
 /// One of the calling device's updates (404 for a rollout that did not send it the package).
-#[utoipa::path(get, path = "/devices/self/updates/{rolloutId}", tag = "updates", security(("bearer" = [])),
+#[utoipa::path(get, path = "/devices/self/updates/{rolloutId}", operation_id = "getOwnUpdate", tag = "updates", security(("deviceToken" = [])),
     params(("rolloutId" = String, Path, description = "rollout id")),
     responses((status = 200, body = DeviceUpdateDto)))]
 async fn own_update(device: DeviceAuth, IdPath(id): IdPath<RolloutId>) -> Result<Json<DeviceUpdateDto>, ApiError> {
@@ -171,7 +171,7 @@ impl Validate for UpdateReportDto {
 /// to `failed`; the same state again updates `progress`. Anything else answers 409 with the
 /// current state. `installed` records the package's version as the device's; `failed` counts
 /// toward the rollout's failure threshold at once (herd may pause the rollout).
-#[utoipa::path(post, path = "/devices/self/updates/{rolloutId}", tag = "updates", security(("bearer" = [])),
+#[utoipa::path(post, path = "/devices/self/updates/{rolloutId}", operation_id = "reportUpdateStatus", tag = "updates", security(("deviceToken" = [])),
     params(("rolloutId" = String, Path, description = "rollout id")), request_body = UpdateReportDto,
     responses((status = 200, body = DeviceUpdateDto)))]
 async fn report_update(
@@ -260,7 +260,7 @@ impl Validate for InstalledPackagesDto {
 /// Tell herd what the device has installed (replaces the previous list). Rollouts skip a
 /// device that has the package's version code, or a newer one unless they allow downgrades.
 /// Devices send it at start and after installing anything outside herd.
-#[utoipa::path(put, path = "/devices/self/packages", tag = "updates", security(("bearer" = [])),
+#[utoipa::path(put, path = "/devices/self/packages", operation_id = "setInstalledPackages", tag = "updates", security(("deviceToken" = [])),
     request_body = InstalledPackagesDto, responses((status = 204)))]
 async fn set_installed(
     State(state): State<AppState>,
@@ -290,7 +290,7 @@ pub(crate) struct InstalledItemDto {
 }
 
 /// What a device has installed (viewer and up).
-#[utoipa::path(get, path = "/devices/{id}/packages", tag = "updates", security(("bearer" = [])),
+#[utoipa::path(get, path = "/devices/{id}/packages", operation_id = "listInstalledPackages", tag = "updates", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "device id")), responses((status = 200, body = InstalledListDto)))]
 pub(super) async fn installed_packages(
     member: Member,

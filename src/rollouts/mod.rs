@@ -376,7 +376,7 @@ async fn dto(scope: &herd_store::TenantScope, row: RolloutRow) -> Result<Rollout
 /// Create a rollout (operator and up): its devices are fixed now and spread over the waves
 /// (a stable shuffle, so wave 0 samples the fleet). 404 for a package not in the tenant, 422
 /// when the target matches no device.
-#[utoipa::path(post, path = "/rollouts", tag = "updates", security(("bearer" = [])),
+#[utoipa::path(post, path = "/rollouts", operation_id = "createRollout", tag = "updates", security(("apiToken" = []), ("sessionToken" = [])),
     request_body = CreateRolloutDto, responses((status = 201, body = RolloutDto)))]
 pub(crate) async fn create_rollout(
     State(state): State<AppState>,
@@ -425,7 +425,7 @@ pub(crate) struct RolloutListParams {
 }
 
 /// The tenant's rollouts, oldest first (viewer and up).
-#[utoipa::path(get, path = "/rollouts", tag = "updates", security(("bearer" = [])),
+#[utoipa::path(get, path = "/rollouts", operation_id = "listRollouts", tag = "updates", security(("apiToken" = []), ("sessionToken" = [])),
     params(RolloutListParams), responses((status = 200, body = ListResponse<RolloutDto>)))]
 pub(crate) async fn list_rollouts(
     member: Member,
@@ -459,7 +459,7 @@ pub(crate) async fn list_rollouts(
 }
 
 /// One rollout with its waves' progress (viewer and up).
-#[utoipa::path(get, path = "/rollouts/{id}", tag = "updates", security(("bearer" = [])),
+#[utoipa::path(get, path = "/rollouts/{id}", operation_id = "getRollout", tag = "updates", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "rollout id")), responses((status = 200, body = RolloutDto)))]
 pub(crate) async fn get_rollout(member: Member, IdPath(id): IdPath<RolloutId>) -> Result<Json<RolloutDto>, ApiError> {
     let scope = member.require(Role::Viewer)?;
@@ -517,7 +517,7 @@ pub(crate) struct RolloutDeviceParams {
 }
 
 /// A rollout's devices with their update states, by device id (viewer and up).
-#[utoipa::path(get, path = "/rollouts/{id}/devices", tag = "updates", security(("bearer" = [])),
+#[utoipa::path(get, path = "/rollouts/{id}/devices", operation_id = "listRolloutDevices", tag = "updates", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "rollout id"), RolloutDeviceParams),
     responses((status = 200, body = ListResponse<RolloutDeviceDto>)))]
 pub(crate) async fn list_rollout_devices(
@@ -582,7 +582,7 @@ async fn start(state: &AppState, member: &Member, id: RolloutId) -> Result<Rollo
 }
 
 /// Start a ready rollout (operator and up): wave 0 is notified at once. 409 unless `ready`.
-#[utoipa::path(post, path = "/rollouts/{id}/start", tag = "updates", security(("bearer" = [])),
+#[utoipa::path(post, path = "/rollouts/{id}/start", operation_id = "startRollout", tag = "updates", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "rollout id")), responses((status = 200, body = RolloutDto)))]
 pub(crate) async fn start_rollout(
     State(state): State<AppState>,
@@ -595,7 +595,7 @@ pub(crate) async fn start_rollout(
 
 /// Pause a running rollout (operator and up): no further device is notified until it is
 /// resumed; devices already notified go on. 409 unless `running`.
-#[utoipa::path(post, path = "/rollouts/{id}/pause", tag = "updates", security(("bearer" = [])),
+#[utoipa::path(post, path = "/rollouts/{id}/pause", operation_id = "pauseRollout", tag = "updates", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "rollout id")), request_body(content = Option<PauseDto>),
     responses((status = 200, body = RolloutDto)))]
 pub(crate) async fn pause_rollout(
@@ -615,7 +615,7 @@ pub(crate) async fn pause_rollout(
 
 /// Resume a paused rollout (operator and up). The failures so far are accepted: from now on
 /// only failures reported after the resume count toward the threshold. 409 unless `paused`.
-#[utoipa::path(post, path = "/rollouts/{id}/resume", tag = "updates", security(("bearer" = [])),
+#[utoipa::path(post, path = "/rollouts/{id}/resume", operation_id = "resumeRollout", tag = "updates", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "rollout id")), responses((status = 200, body = RolloutDto)))]
 pub(crate) async fn resume_rollout(
     State(state): State<AppState>,
@@ -634,7 +634,7 @@ pub(crate) async fn resume_rollout(
 /// Cancel a rollout that is not finished (operator and up): devices not yet downloading are
 /// `cancelled` and their undelivered `install_package` commands cancelled; devices already
 /// downloading or installing may still report. 409 once completed or cancelled.
-#[utoipa::path(post, path = "/rollouts/{id}/cancel", tag = "updates", security(("bearer" = [])),
+#[utoipa::path(post, path = "/rollouts/{id}/cancel", operation_id = "cancelRollout", tag = "updates", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "rollout id")), responses((status = 200, body = RolloutDto)))]
 pub(crate) async fn cancel_rollout(
     State(clock): State<Arc<dyn Clock>>,

@@ -122,7 +122,7 @@ async fn device_in(scope: &TenantScope, id: DeviceId) -> Result<DeviceRow, ApiEr
 }
 
 /// A device's settings.
-#[utoipa::path(get, path = "/devices/{id}/settings", tag = "settings", security(("bearer" = [])),
+#[utoipa::path(get, path = "/devices/{id}/settings", operation_id = "getDeviceSettings", tag = "settings", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "device id")), responses((status = 200, body = DeviceSettingsDto)))]
 pub(crate) async fn get_settings(
     member: Member,
@@ -136,7 +136,7 @@ pub(crate) async fn get_settings(
 
 /// Replace a device's settings (operator and above). 409 if `version` is given and is not the
 /// current one.
-#[utoipa::path(put, path = "/devices/{id}/settings", tag = "settings", security(("bearer" = [])), request_body = PutSettingsDto,
+#[utoipa::path(put, path = "/devices/{id}/settings", operation_id = "setDeviceSettings", tag = "settings", security(("apiToken" = []), ("sessionToken" = [])), request_body = PutSettingsDto,
     params(("id" = String, Path, description = "device id")), responses((status = 200, body = DeviceSettingsDto)))]
 pub(crate) async fn put_settings(
     State(clock): State<Arc<dyn crate::clock::Clock>>,

@@ -38,11 +38,16 @@ pub(crate) fn device_router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct SampleDto {
+    #[schema(nullable = false, minimum = 0.0, maximum = 100.0)]
     pub cpu: Option<f64>,
+    #[schema(nullable = false, minimum = 0.0, maximum = 100.0)]
     pub ram: Option<f64>,
+    #[schema(nullable = false, minimum = 0.0, maximum = 100.0)]
     pub storage: Option<f64>,
+    #[schema(nullable = false, minimum = -50.0, maximum = 150.0)]
     pub temperature: Option<f64>,
     #[serde(default, deserialize_with = "crate::http::bounded_time::optional")]
+    #[schema(nullable = false)]
     pub recorded_at: Option<DateTime<Utc>>,
 }
 
@@ -51,12 +56,18 @@ pub(crate) struct SampleDto {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct MetricsBody {
+    #[schema(nullable = false, minimum = 0.0, maximum = 100.0)]
     pub cpu: Option<f64>,
+    #[schema(nullable = false, minimum = 0.0, maximum = 100.0)]
     pub ram: Option<f64>,
+    #[schema(nullable = false, minimum = 0.0, maximum = 100.0)]
     pub storage: Option<f64>,
+    #[schema(nullable = false, minimum = -50.0, maximum = 150.0)]
     pub temperature: Option<f64>,
     #[serde(default, deserialize_with = "crate::http::bounded_time::optional")]
+    #[schema(nullable = false)]
     pub recorded_at: Option<DateTime<Utc>>,
+    #[schema(nullable = false, max_items = 1000)]
     pub samples: Option<Vec<SampleDto>>,
 }
 
@@ -160,7 +171,7 @@ pub(crate) struct IngestResponse {
 /// Post one sample or a batch (device token). All or nothing: an invalid sample rejects the
 /// batch with a 422 naming it (`samples[3].cpu`). Enabled monitoring rules are evaluated on the
 /// samples newer than the device's newest stored one.
-#[utoipa::path(post, path = "/devices/metrics", tag = "telemetry", security(("bearer" = [])), request_body = MetricsBody,
+#[utoipa::path(post, path = "/devices/metrics", operation_id = "reportMetrics", tag = "telemetry", security(("deviceToken" = [])), request_body = MetricsBody,
     responses((status = 200, body = IngestResponse)))]
 async fn ingest(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
@@ -316,7 +327,7 @@ pub(crate) struct MetricsHistory {
 
 /// A device's metrics per bucket: average, minimum and maximum of each (raw samples are kept
 /// for `HERD_METRICS_RETENTION`).
-#[utoipa::path(get, path = "/devices/{id}/metrics", tag = "telemetry", security(("bearer" = [])),
+#[utoipa::path(get, path = "/devices/{id}/metrics", operation_id = "getMetricsHistory", tag = "telemetry", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "device id"), HistoryParams),
     responses((status = 200, body = MetricsHistory)))]
 pub(crate) async fn history(

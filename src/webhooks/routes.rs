@@ -123,7 +123,7 @@ impl std::fmt::Debug for CreatedWebhook {
 }
 
 /// Subscribe a URL to events (admin). It receives events that happen from now on.
-#[utoipa::path(post, path = "/webhooks", tag = "events", security(("bearer" = [])), request_body = CreateWebhookRequest,
+#[utoipa::path(post, path = "/webhooks", operation_id = "createWebhook", tag = "events", security(("apiToken" = []), ("sessionToken" = [])), request_body = CreateWebhookRequest,
     responses((status = 201, body = CreatedWebhook)))]
 pub(crate) async fn create_webhook(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
@@ -143,7 +143,7 @@ pub(crate) async fn create_webhook(
 }
 
 /// List the tenant's webhooks (admin).
-#[utoipa::path(get, path = "/webhooks", tag = "events", security(("bearer" = [])), params(PageParams),
+#[utoipa::path(get, path = "/webhooks", operation_id = "listWebhooks", tag = "events", security(("apiToken" = []), ("sessionToken" = [])), params(PageParams),
     responses((status = 200, body = ListResponse<WebhookDto>)))]
 pub(crate) async fn list_webhooks(
     member: Member,
@@ -156,7 +156,7 @@ pub(crate) async fn list_webhooks(
 }
 
 /// One webhook (admin).
-#[utoipa::path(get, path = "/webhooks/{id}", tag = "events", security(("bearer" = [])),
+#[utoipa::path(get, path = "/webhooks/{id}", operation_id = "getWebhook", tag = "events", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "webhook id")), responses((status = 200, body = WebhookDto)))]
 pub(crate) async fn get_webhook(member: Member, IdPath(id): IdPath<WebhookId>) -> Result<Json<WebhookDto>, ApiError> {
     let scope = member.require(Role::Admin)?;
@@ -197,7 +197,7 @@ impl Validate for UpdateWebhookRequest {
 }
 
 /// Change a webhook (admin).
-#[utoipa::path(patch, path = "/webhooks/{id}", tag = "events", security(("bearer" = [])), request_body = UpdateWebhookRequest,
+#[utoipa::path(patch, path = "/webhooks/{id}", operation_id = "updateWebhook", tag = "events", security(("apiToken" = []), ("sessionToken" = [])), request_body = UpdateWebhookRequest,
     params(("id" = String, Path, description = "webhook id")), responses((status = 200, body = WebhookDto)))]
 pub(crate) async fn update_webhook(
     State(clock): State<Arc<dyn crate::clock::Clock>>,
@@ -228,7 +228,7 @@ pub(crate) async fn update_webhook(
 }
 
 /// Delete a webhook and its delivery records (admin).
-#[utoipa::path(delete, path = "/webhooks/{id}", tag = "events", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/webhooks/{id}", operation_id = "deleteWebhook", tag = "events", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "webhook id")), responses((status = 204, description = "deleted")))]
 pub(crate) async fn delete_webhook(member: Member, IdPath(id): IdPath<WebhookId>) -> Result<StatusCode, ApiError> {
     let scope = member.require(Role::Admin)?;
@@ -247,6 +247,7 @@ pub(crate) struct DeliveryDto {
     pub event_id: String,
     pub event_type: String,
     /// `pending`, `in_flight`, `succeeded` or `dead` (gave up).
+    #[schema(value_type = herd_domain::status::DeliveryStatus)]
     pub status: String,
     pub attempts: i64,
     pub next_attempt_at: DateTime<Utc>,
@@ -277,7 +278,7 @@ impl From<DeliveryRow> for DeliveryDto {
 }
 
 /// The deliveries of a webhook, oldest first (admin).
-#[utoipa::path(get, path = "/webhooks/{id}/deliveries", tag = "events", security(("bearer" = [])),
+#[utoipa::path(get, path = "/webhooks/{id}/deliveries", operation_id = "listWebhookDeliveries", tag = "events", security(("apiToken" = []), ("sessionToken" = [])),
     params(("id" = String, Path, description = "webhook id"), PageParams), responses((status = 200, body = ListResponse<DeliveryDto>)))]
 pub(crate) async fn list_deliveries(
     member: Member,

@@ -24,6 +24,7 @@ mod edge;
 mod events;
 mod hardening;
 mod monitoring;
+mod openapi;
 mod packages;
 mod presence;
 mod registration;

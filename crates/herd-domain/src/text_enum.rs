@@ -22,7 +22,10 @@ macro_rules! text_enum {
     (
         $(#[$meta:meta])*
         $name:ident $what:literal {
-            $( $(#[$vmeta:meta])* $variant:ident = $text:literal ),+ $(,)?
+            // `$text` is a `tt`, not a `literal`: a `literal` fragment reaches the derives wrapped in
+            // an invisible group, which utoipa's `ToSchema` does not read, so the OpenAPI enum
+            // listed the Rust variant names instead of the wire texts.
+            $( $(#[$vmeta:meta])* $variant:ident = $text:tt ),+ $(,)?
         }
     ) => {
         $(#[$meta])*
