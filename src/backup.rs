@@ -764,7 +764,7 @@ fn copy_file(from: &Path, to: &Path, mode: u32) -> anyhow::Result<(u64, String)>
     let name = to.file_name().and_then(|name| name.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
     let result = (|| -> anyhow::Result<(u64, String)> {
-        let mut target = open_new(&tmp, mode)?;
+        let mut target = crate::files::create_new(&tmp, mode)?;
         let (mut hasher, mut size, mut buffer) = (Sha256::new(), 0u64, vec![0u8; 64 * 1024]);
         loop {
             let n = source.read(&mut buffer).with_context(|| format!("cannot read {}", from.display()))?;
@@ -787,23 +787,10 @@ fn copy_file(from: &Path, to: &Path, mode: u32) -> anyhow::Result<(u64, String)>
 
 /// Writes a new file (refusing to replace one) with `mode`.
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    let mut file = open_new(path, mode)?;
+    let mut file = crate::files::create_new(path, mode)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     Ok(())
-}
-
-fn open_new(path: &Path, mode: u32) -> anyhow::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    options.open(path).with_context(|| format!("cannot create {}", path.display()))
 }
 
 fn restrict(path: &Path, mode: u32) -> anyhow::Result<()> {

@@ -8,13 +8,9 @@ use std::path::Path;
 
 use anyhow::Context;
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
-/// reader sees the old file or the new one, never a half-written one.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    create_private_dir(dir)?;
-    let file_name = path.file_name().and_then(|name| name.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+/// Creates `path`, which must not exist yet, with permissions `mode` from the start (no window in
+/// which another user could open it).
+pub(crate) fn create_new(path: &Path, mode: u32) -> anyhow::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -24,8 +20,18 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::
     }
     #[cfg(not(unix))]
     let _ = mode;
+    options.open(path).with_context(|| format!("cannot create {}", path.display()))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
+/// reader sees the old file or the new one, never a half-written one.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    create_private_dir(dir)?;
+    let file_name = path.file_name().and_then(|name| name.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", uuid::Uuid::new_v4().simple()));
     let result = (|| {
-        let mut file = options.open(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut file = create_new(&tmp, mode)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
