@@ -14,14 +14,15 @@ use crate::app::AppState;
 use crate::shutdown::CancellationToken;
 use crate::telemetry_metrics::HttpMetrics;
 
-/// Starts every background job of the server. Add a job by adding one `run_every_observed` line.
+/// Starts every background job of the server. Add a job by adding one `run_every_from` line.
 pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
     let mut jobs: Vec<JoinHandle<()>> = Vec::new();
     let metrics = JobObserver::of(state);
     jobs.push(crate::certificates::monitor::spawn(state, shutdown));
     let (db, clock, retention) = (state.db.clone(), state.clock.clone(), state.settings.metrics_retention);
-    jobs.push(run_every_observed(
+    jobs.push(run_every_from(
         metrics.clone(),
+        Duration::ZERO,
         "metrics-retention",
         crate::telemetry::RETENTION_INTERVAL,
         shutdown.clone(),
@@ -31,8 +32,9 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHand
         },
     ));
     let (db, system, clock) = (state.db.clone(), state.system.clone(), state.clock.clone());
-    jobs.push(run_every_observed(
+    jobs.push(run_every_from(
         metrics.clone(),
+        Duration::ZERO,
         "offline-rules",
         state.settings.presence_sweep_interval,
         shutdown.clone(),
@@ -42,8 +44,9 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHand
         },
     ));
     let presence = state.clone();
-    jobs.push(run_every_observed(
+    jobs.push(run_every_from(
         metrics.clone(),
+        Duration::ZERO,
         "presence-sweep",
         state.settings.presence_sweep_interval,
         shutdown.clone(),
@@ -61,8 +64,9 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHand
         async move { heartbeats.flush(&db, &system).await.map(drop).map_err(Into::into) }
     }));
     let (db, clock, retention) = (state.db.clone(), state.clock.clone(), state.settings.event_retention);
-    jobs.push(run_every_observed(
+    jobs.push(run_every_from(
         metrics.clone(),
+        Duration::ZERO,
         "event-retention",
         Duration::from_secs(3600),
         shutdown.clone(),
@@ -88,8 +92,9 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHand
         }
     }));
     let commands = state.clone();
-    jobs.push(run_every_observed(
+    jobs.push(run_every_from(
         metrics.clone(),
+        Duration::ZERO,
         "command-expiry",
         state.settings.command_expiry_interval,
         shutdown.clone(),
@@ -102,8 +107,9 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHand
         },
     ));
     let rollouts = state.clone();
-    jobs.push(run_every_observed(
+    jobs.push(run_every_from(
         metrics.clone(),
+        Duration::ZERO,
         "rollouts",
         state.settings.rollout_interval,
         shutdown.clone(),
@@ -148,23 +154,9 @@ impl JobObserver {
     }
 }
 
-/// [`run_every`], recording each step in `metrics` (`herd_job_*`: runs by outcome, duration, how
-/// late the step started after its tick was due, the time of the last success).
-pub fn run_every_observed<F, Fut>(
-    observer: JobObserver,
-    name: &'static str,
-    interval: Duration,
-    shutdown: CancellationToken,
-    step: F,
-) -> JoinHandle<()>
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: Future<Output = anyhow::Result<()>> + Send,
-{
-    schedule(Duration::ZERO, name, interval, shutdown, Some(observer), step)
-}
-
-/// [`run_every_observed`], with the first run `first_after` from now.
+/// [`run_every`] with the first run `first_after` from now (`Duration::ZERO`: at once), recording
+/// each step through `observer` (`herd_job_*`: runs by outcome, duration, how late the step
+/// started after its tick was due, the time of the last success).
 pub fn run_every_from<F, Fut>(
     observer: JobObserver,
     first_after: Duration,

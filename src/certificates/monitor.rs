@@ -117,8 +117,9 @@ pub fn spawn(
     shutdown: &crate::shutdown::CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let state = state.clone();
-    crate::jobs::run_every_observed(
+    crate::jobs::run_every_from(
         crate::jobs::JobObserver::of(&state),
+        std::time::Duration::ZERO,
         "certificate-monitor",
         state.settings.cert_monitor_interval,
         shutdown.clone(),
