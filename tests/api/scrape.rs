@@ -89,10 +89,10 @@ engine_tests! {
 
         // A job step run through the scheduler is counted, timed and stamped.
         let stop = herd::shutdown::CancellationToken::new();
-        let job = herd::jobs::run_every_observed(
-            herd::jobs::JobObserver::of(&app.state), "test-job", Duration::from_secs(3600), stop.clone(), || async { Ok(()) });
+        let job = herd::jobs::run_every_from(
+            herd::jobs::JobObserver::of(&app.state), Duration::ZERO, "test-job", Duration::from_secs(3600), stop.clone(), || async { Ok(()) });
         let mut runs = None;
-        for _ in 0..100 {
+        for _ in 0..500 {
             let (_, text) = scrape(&app, "text/plain").await;
             runs = sample(&text, "herd_job_runs_total{job=\"test-job\",outcome=\"ok\"}");
             if runs.is_some() {
