@@ -53,8 +53,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// `now`): deletes every sample recorded before `now - retention`, in chunks so that ingest keeps
 /// its turn at the SQLite writer. Cross-tenant, as the system principal. Answers how many rows
 /// went. Safe when several instances run it at once (a chunk deleted by one is skipped by the
-/// other).
+/// other). It also drops the overview's alert-count buckets that have left its 24-hour window
+/// (`monitoring::store::purge_alert_counts`; a few rows per tenant and ten minutes).
 pub async fn purge_expired(db: &Db, now: i64, retention: Duration) -> Result<u64, StoreError> {
     let cutoff = now.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
-    store::purge_before(db, cutoff).await
+    let purged = store::purge_before(db, cutoff).await?;
+    crate::monitoring::store::purge_alert_counts(db, now).await?;
+    Ok(purged)
 }

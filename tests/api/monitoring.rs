@@ -42,6 +42,12 @@ async fn alert_events(app: &TestApp) -> Vec<(String, Value)> {
     items.iter().map(|item| (item["type"].as_str().expect("type").to_string(), item["data"].clone())).collect()
 }
 
+/// The overview's `alertsLast24h` as `token`'s tenant sees it.
+async fn alert_count(app: &TestApp, token: &str) -> i64 {
+    let overview = expect_json(app.get("/devices/stats/overview", token).await, StatusCode::OK).await;
+    overview["alertsLast24h"].as_i64().expect("count")
+}
+
 engine_tests! {
     async fn every_tenant_starts_with_the_seed_rules_once(app) {
         let (_, admin) = app.create_tenant("fresh").await;
@@ -329,6 +335,68 @@ engine_tests! {
         let viewer = app.api_token(&admin, "viewer").await;
         expect_json(app.get("/devices/stats/overview", &viewer).await, StatusCode::OK).await;
         expect_problem(app.get("/devices/stats/overview", &a_token).await, StatusCode::FORBIDDEN).await;
+    }
+
+    async fn the_overviews_alert_count_follows_opens_resolves_deletes_and_the_window(app) {
+        // alertsLast24h comes from maintained counters (migration 0014) plus the window's first
+        // bucket counted from the alerts themselves: it must equal "alerts created in the last
+        // 24 hours" after every kind of write, and at the window's edge to the millisecond.
+        let (_, admin) = app.create_tenant("counted").await;
+        let (_, a_token) = device(&app, &admin, "C-1").await;
+        let (b, b_token) = device(&app, &admin, "C-2").await;
+        // Mid-bucket, so the window's start falls inside a ten-minute bucket.
+        app.clock.advance(Duration::milliseconds(3 * 60_000 + 7_123));
+        let opened_at = now(&app);
+        sample(&app, &a_token, reading(&app, 0, json!({ "cpu": 96 }))).await;
+        assert_eq!(alert_count(&app, &admin).await, 2, "CPU warning and critical opened");
+        sample(&app, &a_token, reading(&app, 0, json!({ "cpu": 10 }))).await;
+        assert_eq!(alert_count(&app, &admin).await, 2, "resolving an alert does not uncount it");
+        app.clock.advance(Duration::hours(5));
+        sample(&app, &b_token, reading(&app, 0, json!({ "ram": 90 }))).await;
+        assert_eq!(alert_count(&app, &admin).await, 3);
+        assert_eq!(alert_count(&app, ADMIN_TOKEN).await, 0, "another tenant's alerts are not counted");
+
+        // The retention step drops only buckets that left the window.
+        let db = database(&app).await;
+        let retention = std::time::Duration::from_secs(30 * 86_400);
+        herd::telemetry::purge_expired(&db, herd::clock::to_millis(now(&app)), retention).await.unwrap();
+        assert_eq!(alert_count(&app, &admin).await, 3);
+
+        // Deleting a device deletes its alerts, and they leave the count.
+        assert_eq!(app.delete(&format!("/devices/{b}"), &admin).await.status(), StatusCode::NO_CONTENT);
+        assert_eq!(alert_count(&app, &admin).await, 2);
+
+        // An alert counts while created_at > now - 24 h: still at 24 h - 1 ms, gone at 24 h.
+        let edge = opened_at + Duration::hours(24);
+        app.clock.advance(edge - now(&app) - Duration::milliseconds(1));
+        assert_eq!(alert_count(&app, &admin).await, 2);
+        app.clock.advance(Duration::milliseconds(1));
+        assert_eq!(alert_count(&app, &admin).await, 0);
+        app.clock.advance(Duration::minutes(25));
+        herd::telemetry::purge_expired(&db, herd::clock::to_millis(now(&app)), retention).await.unwrap();
+        assert_eq!(alert_count(&app, &admin).await, 0);
+        sample(&app, &a_token, reading(&app, 0, json!({ "ram": 99 }))).await;
+        assert_eq!(alert_count(&app, &admin).await, 2, "RAM warning and critical");
+        herd::telemetry::purge_expired(&db, herd::clock::to_millis(now(&app)), retention).await.unwrap();
+        assert_eq!(alert_count(&app, &admin).await, 2);
+        db.close().await;
+    }
+
+    async fn alerts_opened_by_concurrent_requests_are_all_counted(app) {
+        // On PostgreSQL concurrent ingest transactions upsert counter shards at once.
+        let (_, admin) = app.create_tenant("busy").await;
+        let mut tokens = Vec::new();
+        for i in 0..12 {
+            tokens.push(device(&app, &admin, &format!("B-{i}")).await.1);
+        }
+        let posts = tokens.iter().map(|token| app.post("/devices/metrics", token, reading(&app, 0, json!({ "cpu": 96 }))));
+        for response in futures::future::join_all(posts).await {
+            expect_json(response, StatusCode::OK).await;
+        }
+        let listed = alerts(&app, &admin, "limit=100").await.len();
+        assert_eq!(listed, 24);
+        let overview = expect_json(app.get("/devices/stats/overview", &admin).await, StatusCode::OK).await;
+        assert_eq!(overview["alertsLast24h"], 24);
     }
 
     async fn another_tenants_rules_and_alerts_answer_like_missing_ones(app) {

@@ -143,6 +143,12 @@ pub const RECENT_ALERTS: i64 = 10;
 /// Alerts opened within this window count in `alertsLast24h`.
 const DAY_MS: i64 = 86_400_000;
 
+/// The width of an `alert_counts` bucket (migration 0014 writes `created_at / 600000`).
+const ALERT_BUCKET_MS: i64 = 600_000;
+
+/// How long `alert_counts` buckets are kept: the overview's window and one bucket more.
+const ALERT_COUNTS_KEPT_MS: i64 = DAY_MS + ALERT_BUCKET_MS;
+
 /// How many offline candidates one sweep transaction handles.
 const OFFLINE_CHUNK: usize = 500;
 
@@ -571,9 +577,14 @@ impl<'s> MonitoringStore<'s> {
     }
 
     /// The overview's figures: device counts from `device_counts` (kept by triggers, migrations
-    /// 0006 and 0012; summed over its shards), alerts of the
-    /// last 24 hours and the newest ones from the `(tenant_id, created_at)` index. Never reads
-    /// `metric_samples`.
+    /// 0006 and 0012; summed over its shards), alerts of the last 24 hours from `alert_counts`
+    /// (kept by triggers, migration 0014) and the newest alerts from the `(tenant_id,
+    /// created_at)` index. Never reads `metric_samples`.
+    ///
+    /// `alertsLast24h` counts alerts with `created_at > now - 24 h`, exactly: the buckets that
+    /// lie wholly after the window's start are summed from `alert_counts`, and the one bucket the
+    /// window starts in is counted from `alerts` itself (at most ten minutes of alerts on the
+    /// index), so the cost no longer grows with the day's alerts.
     pub async fn overview(&self, now: i64) -> Result<Overview, StoreError> {
         let counts = async {
             with_reader!(self.db(), |pool| sqlx::query_as::<_, (DeviceStatus, i64)>(
@@ -583,14 +594,21 @@ impl<'s> MonitoringStore<'s> {
             .fetch_all(pool)
             .await)
         };
+        let since = now - DAY_MS;
+        let first_bucket = since.div_euclid(ALERT_BUCKET_MS);
         let alerts_last_24h = async {
-            with_reader!(self.db(), |pool| sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM alerts WHERE tenant_id = $1 AND created_at > $2"
+            with_reader!(self.db(), |pool| {
+                sqlx::query_scalar::<_, i64>(
+                "SELECT CAST(COALESCE((SELECT SUM(n) FROM alert_counts WHERE tenant_id = $1 AND bucket > $2), 0) \
+                 + (SELECT COUNT(*) FROM alerts WHERE tenant_id = $1 AND created_at > $3 AND created_at < $4) AS BIGINT)"
             )
             .bind(&self.tenant)
-            .bind(now - DAY_MS)
+            .bind(first_bucket)
+            .bind(since)
+            .bind((first_bucket + 1) * ALERT_BUCKET_MS)
             .fetch_one(pool)
-            .await)
+            .await
+            })
         };
         let recent_sql = format!(
             "SELECT {ALERT_COLUMNS} FROM alerts a JOIN devices d ON d.id = a.device_id WHERE a.tenant_id = $1 \
@@ -704,6 +722,19 @@ struct NewAlert<'a> {
 
 fn parse<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
     text.parse().map_err(|_| StoreError::Other(sqlx::Error::Decode(format!("stored id {text:?} is not a UUID").into())))
+}
+
+/// Cross-tenant (the telemetry retention step): deletes the `alert_counts` buckets that no
+/// overview at or after `now` reads (older than its window and one bucket). Answers how many
+/// counter rows went.
+pub async fn purge_alert_counts(db: &Db, now: i64) -> Result<u64, StoreError> {
+    let before = (now - ALERT_COUNTS_KEPT_MS).div_euclid(ALERT_BUCKET_MS);
+    with_writer!(db, |pool| sqlx::query("DELETE FROM alert_counts WHERE bucket < $1")
+        .bind(before)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+    .map_err(classify)
 }
 
 /// Cross-tenant (the offline sweep, as the system principal): every enabled `offline` rule.
