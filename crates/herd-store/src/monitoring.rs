@@ -725,15 +725,14 @@ fn parse<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
 }
 
 /// Cross-tenant (the telemetry retention step): deletes the `alert_counts` buckets that no
-/// overview at or after `now` reads (older than its window and one bucket). Answers how many
-/// counter rows went.
-pub async fn purge_alert_counts(db: &Db, now: i64) -> Result<u64, StoreError> {
+/// overview at or after `now` reads (older than its window and one bucket).
+pub async fn purge_alert_counts(db: &Db, now: i64) -> Result<(), StoreError> {
     let before = (now - ALERT_COUNTS_KEPT_MS).div_euclid(ALERT_BUCKET_MS);
     with_writer!(db, |pool| sqlx::query("DELETE FROM alert_counts WHERE bucket < $1")
         .bind(before)
         .execute(pool)
         .await
-        .map(|r| r.rows_affected()))
+        .map(drop))
     .map_err(classify)
 }
 
