@@ -74,6 +74,7 @@ impl App {
             .await
             .with_context(|| format!("cannot open the database {}", redact(&settings.database_url)))?;
         db.migrate().await.context("cannot apply database migrations")?;
+        let db = db.with_device_cache(settings.device_cache_entries);
         let bootstrap = tenants::bootstrap(
             &db,
             &settings.data_dir,

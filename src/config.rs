@@ -144,6 +144,9 @@ pub struct ConfigArgs {
     /// Most HTTP connections served at once; further ones wait to be accepted.
     #[arg(long, env = "HERD_MAX_CONNECTIONS", global = true)]
     pub max_connections: Option<String>,
+    /// Device credentials kept in memory so that a heartbeat needs no database read (0: none).
+    #[arg(long, env = "HERD_DEVICE_CACHE_ENTRIES", global = true)]
+    pub device_cache_entries: Option<String>,
     /// Password hashes (logins) run at once. Default: the number of cores.
     #[arg(long, env = "HERD_LOGIN_HASH_CONCURRENCY", global = true)]
     pub login_hash_concurrency: Option<String>,
@@ -320,6 +323,8 @@ pub struct Settings {
     /// Most HTTP connections served at once (further ones wait in the listen queue); lowered
     /// at start to what the open-file limit allows.
     pub max_connections: usize,
+    /// Device credentials the cache holds (0: no cache); see `herd_store::cache`.
+    pub device_cache_entries: usize,
     pub login: LoginLimitSettings,
     /// Where blobs (screenshots, packages) are kept.
     pub blob_store: BlobStoreSettings,
@@ -456,6 +461,7 @@ impl Settings {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
+            device_cache_entries: 100_000,
             login: LoginLimitSettings::default(),
             blob_store: BlobStoreSettings::File,
         }
@@ -631,6 +637,9 @@ impl Settings {
         if let Some(v) = pick("max_connections", &args.max_connections) {
             settings.max_connections = parse_number("max_connections", &v, 1, 1_000_000)? as usize;
         }
+        if let Some(v) = pick("device_cache_entries", &args.device_cache_entries) {
+            settings.device_cache_entries = parse_number("device_cache_entries", &v, 0, 100_000_000)? as usize;
+        }
         // hyper watches a busy connection for EOF, so the idle timer also runs while a handler
         // works (bounded by the request timeout) and between an event stream's keep-alives.
         // Without a setting of its own it follows a long request timeout.
@@ -740,6 +749,7 @@ const KNOWN_KEYS: &[&str] = &[
     "header_read_timeout",
     "idle_timeout",
     "max_connections",
+    "device_cache_entries",
     "login_hash_concurrency",
     "login_hash_queue",
     "login_rate_per_address",

@@ -121,7 +121,7 @@ pub fn spawn_all(state: &AppState, shutdown: &CancellationToken) -> Vec<JoinHand
             }
         },
     ));
-    jobs.push(tokio::spawn(crate::commands::waiters::listen(
+    jobs.push(tokio::spawn(crate::listen::follow_other_instances(
         state.db.clone(),
         state.command_waiters.clone(),
         shutdown.clone(),

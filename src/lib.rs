@@ -27,6 +27,7 @@ mod files;
 mod health;
 mod http;
 pub mod jobs;
+mod listen;
 pub mod monitoring;
 mod openapi;
 mod packages;

@@ -53,6 +53,11 @@ struct StatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabels {
     job: String,
 }
@@ -101,6 +106,10 @@ pub struct HttpMetrics {
     pool_connections: Family<PoolStateLabels, Gauge>,
     pool_max: Family<PoolLabels, Gauge>,
     certificates_expiring: Gauge,
+    device_cache_lookups: Family<ResultLabels, Counter>,
+    device_cache_entries: Gauge,
+    /// Held while the cache's running totals are copied into `device_cache_lookups`.
+    device_cache_sync: Mutex<()>,
 }
 
 impl std::fmt::Debug for HttpMetrics {
@@ -133,6 +142,14 @@ impl Default for HttpMetrics {
         let webhook_failures = Counter::default();
         let event_backlog = Gauge::default();
         let command_polls_waiting = Gauge::default();
+        let device_cache_lookups = Family::<ResultLabels, Counter>::default();
+        let device_cache_entries = Gauge::default();
+        registry.register(
+            "device_cache_lookups",
+            "Device token lookups by the credential cache's answer (hit, miss)",
+            device_cache_lookups.clone(),
+        );
+        registry.register("device_cache_entries", "Device credentials held by the cache", device_cache_entries.clone());
         registry.register("presence_sweep_duration_seconds", "Duration of presence sweeps", sweep_duration.clone());
         registry.register("presence_marked_offline", "Devices marked offline by the sweep", marked_offline.clone());
         registry.register("heartbeats_buffered", "Heartbeats waiting to be written", heartbeats_buffered.clone());
@@ -202,6 +219,9 @@ impl Default for HttpMetrics {
             pool_connections,
             pool_max,
             certificates_expiring,
+            device_cache_lookups,
+            device_cache_entries,
+            device_cache_sync: Mutex::new(()),
         }
     }
 }
@@ -247,6 +267,16 @@ impl HttpMetrics {
         }
     }
 
+    /// Copies the device cache's running totals into the lookup counters.
+    fn observe_device_cache(&self, stats: herd_store::cache::CacheStats) {
+        let _sync = self.device_cache_sync.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (result, total) in [("hit", stats.hits), ("miss", stats.misses)] {
+            let counter = self.device_cache_lookups.get_or_create(&ResultLabels { result });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        self.device_cache_entries.set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
+    }
+
     fn encode(&self) -> Result<String, std::fmt::Error> {
         let registry = self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut text = String::new();
@@ -290,6 +320,7 @@ pub(crate) async fn serve(State(state): State<AppState>, headers: HeaderMap) -> 
         crate::certificates::store::count_expiring(&state.db, now, now.saturating_add(EXPIRING_WINDOW_MS)).await?;
     metrics.certificates_expiring.set(expiring);
     metrics.observe_pools(&state.db.pool_stats());
+    metrics.observe_device_cache(state.db.device_cache_stats());
     let text = metrics.encode().map_err(|e| ApiError::internal(anyhow::anyhow!("cannot encode metrics: {e}")))?;
     let response = if wants_openmetrics(&headers) {
         ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response()

@@ -6,21 +6,15 @@
 //! [`Notify`]; whatever queues a command wakes the device (or, for a bulk command, every
 //! waiter of the tenant), and the poll checks again. The instance that queued the command wakes
 //! its own waiters at once; on PostgreSQL the same commit sends `NOTIFY herd_commands` with
-//! `origin tenant device-or-*`, and every other instance's [`listen`] loop wakes its waiters.
+//! `origin tenant device-or-*`, and every other instance's [`crate::listen`] loop wakes its waiters.
 //! When the listening connection drops, notifications may have been missed, so every waiter is
 //! woken (each re-checks; nothing is lost, a few reads are spent).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 
 use herd_domain::ids::{DeviceId, TenantId};
-use herd_store::commands::Listener;
-use herd_store::Db;
-
-use crate::shutdown::CancellationToken;
 
 struct Slot {
     tenant: TenantId,
@@ -112,7 +106,7 @@ impl Waiters {
         }
     }
 
-    fn wake_all(&self) {
+    pub(crate) fn wake_all(&self) {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         for slot in slots.values() {
             slot.notify.notify_waiters();
@@ -120,7 +114,7 @@ impl Waiters {
     }
 
     /// Acts on a notification `origin tenant device-or-*` from another instance.
-    fn on_notification(&self, payload: &str) {
+    pub(crate) fn on_notification(&self, payload: &str) {
         let mut parts = payload.split(' ');
         let (Some(origin), Some(tenant), Some(target)) = (parts.next(), parts.next(), parts.next()) else {
             tracing::warn!(payload, "malformed command notification; waking every poll");
@@ -136,47 +130,6 @@ impl Waiters {
                 Err(_) => self.wake_all(),
             },
             (Err(_), _) => self.wake_all(),
-        }
-    }
-}
-
-/// Listens for other instances' command notifications until `shutdown` (PostgreSQL only; on
-/// SQLite it returns at once). Reconnects after a failure, waking every waiter each time.
-pub async fn listen(db: Db, waiters: Arc<Waiters>, shutdown: CancellationToken) {
-    loop {
-        let connected = tokio::select! {
-            () = shutdown.cancelled() => return,
-            connected = Listener::connect(&db) => connected,
-        };
-        let mut listener = match connected {
-            Ok(Some(listener)) => listener,
-            Ok(None) => return,
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for command notifications; retrying in 1 s");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        // Whatever was sent before this connection listened is unknown: every poll re-checks.
-        waiters.wake_all();
-        loop {
-            let received = tokio::select! {
-                () = shutdown.cancelled() => return,
-                received = listener.recv() => received,
-            };
-            match received {
-                Ok(Some(payload)) => waiters.on_notification(&payload),
-                Ok(None) => {
-                    tracing::warn!("the command notification connection was lost; reconnecting");
-                    waiters.wake_all();
-                }
-                Err(error) => {
-                    tracing::error!(%error, "command notifications failed; reconnecting");
-                    break;
-                }
-            }
         }
     }
 }

@@ -10,7 +10,93 @@ fn id(device: &Value) -> String {
     device["id"].as_str().expect("device id").to_string()
 }
 
+/// `herd_device_cache_lookups_total{result="hit"}` on `app`.
+async fn cache_hits(app: &crate::helpers::TestApp) -> u64 {
+    let text = app.request(Method::GET, "/metrics", None, None).await.text().await.unwrap();
+    text.lines()
+        .find(|line| line.starts_with("herd_device_cache_lookups_total{result=\"hit\"}"))
+        .and_then(|line| line.rsplit(' ').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// Heartbeats with `token` until the answer came from the device cache (on PostgreSQL the cache
+/// answers once the instance listens for other instances' changes); answers that heartbeat.
+async fn heartbeat_from_the_cache(app: &crate::helpers::TestApp, token: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let before = cache_hits(app).await;
+        let body = expect_json(app.post("/devices/connect", token, json!({})).await, StatusCode::OK).await;
+        if cache_hits(app).await > before {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "the device cache never answered");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 engine_tests! {
+    async fn a_warm_cache_follows_every_change_to_the_device(app) {
+        let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
+        let (device, token) = app.register(&enroll, json!({ "serialNumber": "CACHE-1" })).await;
+        let device = id(&device);
+        expect_json(app.post("/devices/connect", &token, json!({})).await, StatusCode::OK).await;
+        let warm = heartbeat_from_the_cache(&app, &token).await;
+        assert_eq!((warm["device"]["name"].as_str(), warm["pendingCommands"].as_i64()), (Some("CACHE-1"), Some(0)));
+
+        // An operator's change is in the next heartbeat's answer.
+        let path = format!("/devices/{device}");
+        expect_json(app.patch(&path, ADMIN_TOKEN, json!({ "name": "Lobby", "tags": ["a"] })).await, StatusCode::OK).await;
+        let body = expect_json(app.post("/devices/connect", &token, json!({})).await, StatusCode::OK).await;
+        assert_eq!((body["device"]["name"].as_str(), body["device"]["tags"].clone()), (Some("Lobby"), json!(["a"])));
+
+        // A queued command is announced at once; fetched, it is no longer waiting.
+        heartbeat_from_the_cache(&app, &token).await;
+        let sent = app.post(&format!("/devices/{device}/commands"), ADMIN_TOKEN, json!({ "type": "reboot" })).await;
+        expect_json(sent, StatusCode::CREATED).await;
+        let body = expect_json(app.post("/devices/connect", &token, json!({})).await, StatusCode::OK).await;
+        assert_eq!(body["pendingCommands"], 1, "{body}");
+        heartbeat_from_the_cache(&app, &token).await;
+        expect_json(app.get("/devices/self/commands", &token).await, StatusCode::OK).await;
+        let body = expect_json(app.post("/devices/connect", &token, json!({})).await, StatusCode::OK).await;
+        assert_eq!(body["pendingCommands"], 0, "{body}");
+
+        // A command to the whole tenant, then cancelled for everyone.
+        heartbeat_from_the_cache(&app, &token).await;
+        let bulk = app.post("/commands", ADMIN_TOKEN, json!({ "type": "screenshot", "target": { "all": true } })).await;
+        let bulk = expect_json(bulk, StatusCode::CREATED).await;
+        let body = expect_json(app.post("/devices/connect", &token, json!({})).await, StatusCode::OK).await;
+        assert_eq!(body["pendingCommands"], 1, "{body}");
+        heartbeat_from_the_cache(&app, &token).await;
+        let cancel = app.post(&format!("/commands/{}/cancel", bulk["id"].as_str().unwrap()), ADMIN_TOKEN, json!({})).await;
+        assert!(cancel.status().is_success(), "{}", cancel.status());
+        let body = expect_json(app.post("/devices/connect", &token, json!({})).await, StatusCode::OK).await;
+        assert_eq!(body["pendingCommands"], 0, "{body}");
+
+        // Swept offline: the next heartbeat brings it online at once, with its event (not from a
+        // cached "online" through the buffer, which would leave it offline until a flush).
+        heartbeat_from_the_cache(&app, &token).await;
+        app.clock.advance(Duration::minutes(10));
+        assert_eq!(herd::presence::run_sweep(&app.state).await.unwrap().marked_offline, 1);
+        let offline_then = expect_json(app.get(&path, ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(offline_then["status"], "offline");
+        expect_json(app.post("/devices/connect", &token, json!({})).await, StatusCode::OK).await;
+        let events = expect_json(app.get("/events?type=device.status_changed&limit=100", ADMIN_TOKEN).await, StatusCode::OK).await;
+        let last = events["items"].as_array().unwrap().last().cloned().unwrap();
+        assert_eq!((last["data"]["from"].as_str(), last["data"]["to"].as_str()), (Some("offline"), Some("online")), "{events}");
+
+        // Re-registered: the old token is refused on the very next request.
+        heartbeat_from_the_cache(&app, &token).await;
+        let again = app.post("/devices/auto-register", &enroll, json!({ "serialNumber": "CACHE-1", "deviceToken": token })).await;
+        let again = expect_json(again, StatusCode::OK).await;
+        let new_token = again["deviceToken"].as_str().unwrap().to_string();
+        expect_problem(app.post("/devices/connect", &token, json!({})).await, StatusCode::UNAUTHORIZED).await;
+
+        // Deleted: its token is refused on the very next request.
+        heartbeat_from_the_cache(&app, &new_token).await;
+        assert_eq!(app.delete(&path, ADMIN_TOKEN).await.status(), StatusCode::NO_CONTENT);
+        expect_problem(app.post("/devices/connect", &new_token, json!({})).await, StatusCode::UNAUTHORIZED).await;
+    }
+
     async fn re_registering_with_the_device_token_rotates_it(app) {
         let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
         let body = json!({ "serialNumber": "SN-1", "macAddress": "AA-BB-CC-00-11-22", "androidId": "a1b2c3", "model": "X96", "manufacturer": "Amlogic", "osVersion": "11", "appVersion": "1.0.0" });
@@ -267,4 +353,45 @@ engine_tests! {
         let (again, _) = app.register(&enroll, json!({ "serialNumber": "KEEP-1", "deviceToken": token })).await;
         assert_eq!(again["id"], device["id"]);
     }
+}
+
+/// With two instances on one PostgreSQL, a change made through one reaches the other's device
+/// cache by `NOTIFY herd_cache`: a deleted device's token, warm in the other's cache, is refused
+/// there too, and a command queued through one is announced by the other's next heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_instance_reaches_the_device_cache_of_another() {
+    if !crate::helpers::postgres_variant_runs() {
+        return;
+    }
+    let first = crate::helpers::spawn_app(crate::helpers::Engine::Postgres).await;
+    let second = first.second_instance().await;
+    let enroll = first.enrollment_token(ADMIN_TOKEN, json!({})).await;
+    let (device, token) = first.register(&enroll, json!({ "serialNumber": "TWO-1" })).await;
+    let device = id(&device);
+    expect_json(second.post("/devices/connect", &token, json!({})).await, StatusCode::OK).await;
+    heartbeat_from_the_cache(&second, &token).await;
+
+    // Within five seconds (the notification's delivery takes well under one here): without it,
+    // the second instance would answer from its cache for as long as the entry lives.
+    let eventually = |check: fn(&Value) -> bool| {
+        let (client, url, token) = (second.client.clone(), second.url("/devices/connect"), token.clone());
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                let response = client.post(url.clone()).bearer_auth(&token).json(&json!({})).send().await.unwrap();
+                let status = response.status();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                if check(&json!({ "status": status.as_u16(), "body": body })) {
+                    return;
+                }
+                assert!(std::time::Instant::now() < deadline, "the second instance still answers {status}: {body}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let sent = first.post(&format!("/devices/{device}/commands"), ADMIN_TOKEN, json!({ "type": "reboot" })).await;
+    expect_json(sent, StatusCode::CREATED).await;
+    eventually(|answer| answer["body"]["pendingCommands"] == 1).await;
+    assert_eq!(first.delete(&format!("/devices/{device}"), ADMIN_TOKEN).await.status(), StatusCode::NO_CONTENT);
+    eventually(|answer| answer["status"] == 401).await;
 }

@@ -156,3 +156,57 @@ fn the_cli_client_reaches_herd_only_over_http() {
     }
     assert!(found.is_empty(), "the client must use only the HTTP API (and crate::files):\n{}", found.join("\n"));
 }
+
+/// ARCHITECTURE.md: the device credential cache never outlives a write. Every store function
+/// whose SQL writes `devices` or `command_executions` touches the cache (`tx.touch`,
+/// `tx.touch_here`, `db.touched`), or says why it need not with a `cache: untouched — ` comment.
+#[test]
+fn every_device_write_in_the_store_touches_the_credential_cache() {
+    const WRITES: [&str; 6] = [
+        "INSERT INTO devices (",
+        "UPDATE devices ",
+        "DELETE FROM devices ",
+        "INSERT INTO command_executions ",
+        "UPDATE command_executions ",
+        "DELETE FROM command_executions ",
+    ];
+    const TOUCHES: [&str; 4] = [".touch(", ".touch_here(", ".touched(", "cache: untouched — "];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut untouched = Vec::new();
+    let mut writes = 0;
+    for file in rust_files(&root.join("crates/herd-store/src")) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = text.lines().take_while(|line| !line.trim_start().starts_with("#[cfg(test)]")).collect();
+        for (number, line) in lines.iter().enumerate() {
+            if !WRITES.iter().any(|write| line.contains(write)) {
+                continue;
+            }
+            writes += 1;
+            // The enclosing function: the nearest `fn` above, to the `}` at its indentation.
+            let is_fn = |l: &str| {
+                let t = l.trim_start();
+                ["fn ", "pub fn ", "async fn ", "pub async fn ", "pub(crate) async fn ", "pub(crate) fn "]
+                    .iter()
+                    .any(|start| t.starts_with(start))
+            };
+            let Some(start) = (0..=number).rev().find(|&i| is_fn(lines[i])) else {
+                untouched.push(format!("{}:{}: outside any function", file.display(), number + 1));
+                continue;
+            };
+            let indent = lines[start].len() - lines[start].trim_start().len();
+            let closing = format!("{}}}", " ".repeat(indent));
+            let end = (start + 1..lines.len()).find(|&i| lines[i] == closing).unwrap_or(lines.len());
+            let body = &lines[start..end];
+            if !body.iter().any(|l| TOUCHES.iter().any(|touch| l.contains(touch))) {
+                let relative = file.strip_prefix(root).unwrap().display().to_string();
+                untouched.push(format!("{relative}:{}: {}", number + 1, line.trim()));
+            }
+        }
+    }
+    assert!(writes >= 15, "the scan found only {writes} writes: has the SQL's spelling changed?");
+    assert!(
+        untouched.is_empty(),
+        "these writes leave the device cache stale (touch it after the write, or say why not):\n{}",
+        untouched.join("\n")
+    );
+}

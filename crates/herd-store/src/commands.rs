@@ -10,6 +10,7 @@ use herd_domain::ids::{CommandId, DeviceId, TenantId};
 use herd_domain::status::{CommandState, CommandType, DeviceStatus};
 use herd_domain::Event;
 
+use crate::cache::Touch;
 use crate::{classify, with_reader, with_tx, Db, Engine, Page, StoreError, System, TenantScope, Tx};
 
 /// The PostgreSQL notification channel that wakes devices' long polls on every instance.
@@ -222,6 +223,7 @@ pub(crate) async fn create_in(
         &Event::CommandQueued { command_id: id, command_type: command.command_type, device_id: single, total },
         now,
     );
+    tx.touch(single.map_or(Touch::Tenant(tenant), Touch::Device));
     let woken = single.map_or_else(|| "*".to_string(), |device| device.to_string());
     notify(tx, &format!("{origin} {tenant} {woken}")).await?;
     Ok(Some(row))
@@ -419,6 +421,9 @@ pub async fn deliver(
         .fetch_all(&mut *conn)
         .await)
     .map_err(classify)?;
+    if !handed.is_empty() {
+        tx.touch(Touch::Device(device_id));
+    }
     let mut rows = Vec::with_capacity(handed.len());
     for (command_id, deliveries) in handed {
         let Some(row) = execution_in(&mut tx, scope, command_id, device_id).await? else { continue };
@@ -456,6 +461,8 @@ pub async fn report(
 ) -> Result<Transition, StoreError> {
     let tenant = scope.tenant_id();
     let mut tx = scope.db().begin().await?;
+    // cache: untouched — a report moves only delivered or running executions, and the cache
+    // keeps the count of queued ones.
     let (changed, event) = match report {
         Report::Progress { progress, message } => {
             let started = with_tx!(&mut tx, |conn| sqlx::query(
@@ -546,6 +553,7 @@ pub async fn attach(
 ) -> Result<(Transition, Option<String>), StoreError> {
     let previous = execution(scope, id, device_id).await?.and_then(|row| row.attachment_key);
     let mut tx = scope.db().begin().await?;
+    // cache: untouched — an attachment changes no execution's state.
     let changed = with_tx!(&mut tx, |conn| sqlx::query(
         "UPDATE command_executions SET attachment_key = $1, attachment_type = $2, attachment_size = $3, updated_at = $4 \
          WHERE tenant_id = $5 AND command_id = $6 AND device_id = $7 AND state IN ('delivered', 'running')"
@@ -598,6 +606,7 @@ pub async fn cancel_one(
     if changed == 0 {
         return Ok(Transition::Conflict(row.state));
     }
+    tx.touch(Touch::Device(device_id));
     tx.record(
         scope.tenant_id(),
         &Event::CommandCancelled {
@@ -640,6 +649,7 @@ pub async fn cancel_all(scope: &TenantScope, id: CommandId, now: i64) -> Result<
     .map_err(classify)?;
     let cancelled = i64::try_from(cancelled).unwrap_or(i64::MAX);
     if cancelled > 0 {
+        tx.touch(Touch::Tenant(scope.tenant_id()));
         tx.record(
             scope.tenant_id(),
             &Event::CommandCancelled { command_id: id, command_type: command.command_type, device_id: None, cancelled },
@@ -665,6 +675,7 @@ pub(crate) async fn cancel_queued_in(tx: &mut Tx, tenant: TenantId, id: CommandI
     .map(|r| r.rows_affected()))
     .map_err(classify)?;
     if cancelled > 0 {
+        tx.touch(Touch::Tenant(tenant));
         let cancelled = i64::try_from(cancelled).unwrap_or(i64::MAX);
         tx.record(
             tenant,
@@ -703,6 +714,7 @@ pub(crate) async fn finish_notification_in(
     .map(|r| r.rows_affected()))
     .map_err(classify)?;
     if ended > 0 {
+        tx.touch(Touch::Device(device_id));
         tx.record(
             tenant,
             &Event::CommandTransition {
@@ -721,6 +733,7 @@ pub(crate) async fn finish_notification_in(
 /// Deletes a deleted device's executions, in the transaction that deletes the device. (Their
 /// commands keep their `total`; an uploaded screenshot's blob is not deleted.)
 pub(crate) async fn delete_for_device(tx: &mut Tx, scope: &TenantScope, device_id: DeviceId) -> Result<(), StoreError> {
+    tx.touch(Touch::Device(device_id));
     with_tx!(tx, |conn| sqlx::query("DELETE FROM command_executions WHERE tenant_id = $1 AND device_id = $2")
         .bind(scope.tenant_id())
         .bind(device_id)
@@ -781,6 +794,7 @@ pub async fn expire_due(db: &Db, _system: &System, now: i64) -> Result<ExpiryOut
         }
         let mut types: Vec<(CommandId, CommandType)> = Vec::new();
         for (command_id, device_id, tenant, state) in &ended {
+            tx.touch(Touch::Device(*device_id));
             let command_type = match types.iter().find(|(id, _)| id == command_id) {
                 Some((_, command_type)) => *command_type,
                 None => {
@@ -815,27 +829,5 @@ pub async fn expire_due(db: &Db, _system: &System, now: i64) -> Result<ExpiryOut
         if ended.len() < crate::presence::BATCH {
             return Ok(outcome);
         }
-    }
-}
-
-/// Waits for command notifications from every instance (PostgreSQL `LISTEN` on [`CHANNEL`]).
-pub struct Listener {
-    inner: sqlx::postgres::PgListener,
-}
-
-impl Listener {
-    /// Listens on [`CHANNEL`]; `None` on SQLite, where one process owns the database and its
-    /// in-process wake-ups reach every waiter.
-    pub async fn connect(db: &Db) -> Result<Option<Listener>, StoreError> {
-        let crate::Pools::Postgres(pool) = &db.pools else { return Ok(None) };
-        let mut inner = sqlx::postgres::PgListener::connect_with(pool).await?;
-        inner.listen(CHANNEL).await?;
-        Ok(Some(Listener { inner }))
-    }
-
-    /// The next notification's payload; `Ok(None)` when the connection was lost (the next call
-    /// reconnects): notifications sent meanwhile are lost, so the caller wakes every waiter.
-    pub async fn recv(&mut self) -> Result<Option<String>, StoreError> {
-        Ok(self.inner.try_recv().await?.map(|n| n.payload().to_string()))
     }
 }

@@ -7,6 +7,7 @@ use sqlx::FromRow;
 use crate::Json;
 use herd_domain::status::DeviceStatus;
 
+use crate::cache::{Cached, Touch};
 use crate::claims::{ClaimRow, Claimant};
 use crate::credentials::consume_enrollment_use;
 use crate::Page;
@@ -411,6 +412,7 @@ impl<'s> DeviceStore<'s> {
         public_key: Option<&str>,
         now: i64,
     ) -> Result<(), StoreError> {
+        // cache: untouched — a new row has no entry to kill: lookups that find nothing are not kept.
         const SQL: &str =
             "INSERT INTO devices (id, tenant_id, name, serial_number, mac_address, android_id, model, manufacturer, \
             os_version, app_version, location, tags, status, last_seen, token_hash, created_at, updated_at, public_key) \
@@ -517,6 +519,7 @@ impl<'s> DeviceStore<'s> {
         if affected == 0 {
             return Ok(false);
         }
+        tx.touch(Touch::Device(id));
         if let Some(tags) = &patch.tags {
             self.write_tags(tx, id, tags).await?;
         }
@@ -537,6 +540,7 @@ impl<'s> DeviceStore<'s> {
             return Ok(false);
         }
         tx.record(self.scope.tenant_id(), &Event::DeviceDeleted { device_id: id }, now);
+        tx.touch(Touch::Device(id));
         // Its certificates die with it: revoked (cessationOfOperation) in the same transaction.
         crate::certificates::revoke_for_deleted_device(&mut tx, self.scope, id, now).await?;
         // Its commands go with it (command_executions has no foreign key to cascade).
@@ -581,6 +585,7 @@ impl<'s> DeviceStore<'s> {
         .map_err(classify)?;
         match row {
             Some(row) => {
+                tx.touch(Touch::Device(id));
                 let event = Event::DeviceStatusChanged {
                     device_id: id,
                     from: DeviceStatus::Offline,
@@ -607,7 +612,7 @@ impl<'s> DeviceStore<'s> {
         id: DeviceId,
         now: i64,
     ) -> Result<Option<DeviceRow>, StoreError> {
-        with_writer!(self.db(), |pool| sqlx::query_as::<_, DeviceRow>(sql)
+        let row = with_writer!(self.db(), |pool| sqlx::query_as::<_, DeviceRow>(sql)
             .bind(now)
             .bind(&report.ip_address)
             .bind(&report.app_version)
@@ -617,7 +622,11 @@ impl<'s> DeviceStore<'s> {
             .bind(id)
             .fetch_optional(pool)
             .await)
-        .map_err(classify)
+        .map_err(classify)?;
+        if row.is_some() {
+            self.db().touched(&[Touch::Device(id)]).await?;
+        }
+        Ok(row)
     }
 }
 
@@ -658,6 +667,8 @@ pub(crate) async fn reregister_in(
         .await
         .map(|r| r.rows_affected()))
     .map_err(classify)?;
+    // The old token must stop working at once, here and on every instance.
+    tx.touch(Touch::Device(device_id));
     DeviceStore::new(scope).get_in(tx, device_id).await?.ok_or(StoreError::Other(sqlx::Error::RowNotFound))
 }
 
@@ -694,6 +705,16 @@ pub struct TokenOwner {
 /// lookup is one of the places that make a [`TenantScope`]. Returns the whole row, so that a
 /// heartbeat needs no second read.
 pub async fn find_by_token_hash(db: &Db, hash: &str) -> Result<Option<TokenOwner>, StoreError> {
+    if let Some(cached) = db.cache.get(hash) {
+        return Ok(Some(TokenOwner {
+            scope: TenantScope::new(db.clone(), cached.tenant),
+            device: cached.device,
+            pending_commands: cached.pending_commands,
+        }));
+    }
+    // Read before the database is (see `cache`): a write that commits after this point
+    // touches a newer epoch, and what is read below is not kept.
+    let epoch = db.cache.epoch();
     // The waiting count is a probe of a partial index that holds only live commands, so the
     // heartbeat can say "fetch your commands" without a second round trip.
     let sql = format!(
@@ -703,10 +724,13 @@ pub async fn find_by_token_hash(db: &Db, hash: &str) -> Result<Option<TokenOwner
     );
     let row = with_reader!(db, |pool| sqlx::query_as::<_, TokenOwnerRow>(&sql).bind(hash).fetch_optional(pool).await)
         .map_err(classify)?;
-    Ok(row.map(|row| TokenOwner {
-        scope: TenantScope::new(db.clone(), row.tenant_id),
-        device: row.device,
-        pending_commands: row.pending_commands,
+    let Some(row) = row else { return Ok(None) };
+    let cached = Cached { tenant: row.tenant_id, device: row.device, pending_commands: row.pending_commands };
+    db.cache.put(hash, cached.clone(), epoch);
+    Ok(Some(TokenOwner {
+        scope: TenantScope::new(db.clone(), cached.tenant),
+        device: cached.device,
+        pending_commands: cached.pending_commands,
     }))
 }
 

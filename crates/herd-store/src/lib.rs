@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backup;
+pub mod cache;
 pub mod certificates;
 pub mod claims;
 pub mod commands;
@@ -26,6 +27,7 @@ pub mod configurations;
 pub mod credentials;
 pub mod devices;
 pub mod events;
+pub mod listen;
 pub mod monitoring;
 pub mod packages;
 pub mod presence;
@@ -45,6 +47,7 @@ pub use scope::{System, TenantScope};
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -53,6 +56,8 @@ use sqlx::{PgPool, Postgres, Sqlite, SqlitePool};
 
 use herd_domain::ids::{EventId, TenantId};
 use herd_domain::Event;
+
+use cache::{DeviceCache, Touch};
 
 /// Which SQL engine a [`Db`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +74,10 @@ pub enum Engine {
 pub struct Db {
     /// Private: code outside this crate cannot reach a connection, so it cannot run SQL.
     pools: Pools,
+    /// Private: only this crate's writes touch it, so none can skip the touch ([`cache`]).
+    cache: Arc<DeviceCache>,
+    /// This instance's name in cache notifications, so that it skips its own.
+    origin: Arc<str>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +99,13 @@ pub struct Tx {
     /// Events recorded in this transaction (`events::record`). [`Tx::commit`] writes them as
     /// the transaction's last statement; a dropped `Tx` rolls back and forgets them.
     outbox: Vec<OutboxRow>,
+    /// What this transaction changed, for the device cache: sent to other instances inside
+    /// the transaction and applied here after the commit ([`Tx::touch`]).
+    touches: Vec<Touch>,
+    /// Touches that only this instance's cache needs ([`Tx::touch_here`]).
+    touches_here: Vec<Touch>,
+    cache: Arc<DeviceCache>,
+    origin: Arc<str>,
 }
 
 /// The engine-specific transaction inside a [`Tx`].
@@ -269,7 +285,7 @@ impl Db {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(options)
                 .await?;
-            return Ok(Db { pools: Pools::Postgres(pool) });
+            return Ok(Db::new(Pools::Postgres(pool)));
         }
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -295,7 +311,63 @@ impl Db {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.create_if_missing(false))
             .await?;
-        Ok(Db { pools: Pools::Sqlite { writer, reader } })
+        Ok(Db::new(Pools::Sqlite { writer, reader }))
+    }
+
+    /// The cache starts off; [`Db::with_device_cache`] turns it on for a serving instance.
+    fn new(pools: Pools) -> Db {
+        Db {
+            pools,
+            cache: Arc::new(DeviceCache::new(0, true)),
+            origin: uuid::Uuid::new_v4().simple().to_string().into(),
+        }
+    }
+
+    /// This handle with a device credential cache of `capacity` entries (0: none), for the
+    /// serving process (see [`cache`]). On SQLite it answers at once, as this process makes
+    /// every write; on PostgreSQL only once [`Db::follow_other_instances`] listens.
+    pub fn with_device_cache(mut self, capacity: usize) -> Db {
+        self.cache = Arc::new(DeviceCache::new(capacity, self.engine() == Engine::Sqlite));
+        self
+    }
+
+    /// The device cache's lookups and size (for `/metrics`).
+    pub fn device_cache_stats(&self) -> cache::CacheStats {
+        self.cache.stats()
+    }
+
+    /// Applies `touches` after an autocommit write: here at once, and on PostgreSQL to the
+    /// other instances by notification (after the write committed, so the window in which
+    /// another instance may answer from its cache is the notification's delivery).
+    pub(crate) async fn touched(&self, touches: &[Touch]) -> Result<(), StoreError> {
+        for touch in touches {
+            self.cache.touch(*touch);
+        }
+        if let Pools::Postgres(pool) = &self.pools {
+            let payloads = cache::payloads(&self.origin, touches);
+            if !payloads.is_empty() {
+                sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::TEXT[]) AS p")
+                    .bind(cache::CHANNEL)
+                    .bind(payloads)
+                    .execute(pool)
+                    .await
+                    .map_err(classify)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies another instance's notification on [`cache::CHANNEL`].
+    pub fn apply_cache_notification(&self, payload: &str) {
+        for touch in cache::parse_payload(&self.origin, payload) {
+            self.cache.touch(touch);
+        }
+    }
+
+    /// Says whether this instance receives other instances' cache notifications (see
+    /// [`cache`]): the cache answers only while it does.
+    pub fn follow_other_instances(&self, following: bool) {
+        self.cache.follow(following);
     }
 
     /// Connections of each pool, for the `/metrics` scrape: (`writer`, `reader`) on SQLite,
@@ -337,7 +409,14 @@ impl Db {
             Pools::Sqlite { writer, .. } => TxConn::Sqlite(writer.begin().await?),
             Pools::Postgres(pool) => TxConn::Postgres(pool.begin().await?),
         };
-        Ok(Tx { conn, outbox: Vec::new() })
+        Ok(Tx {
+            conn,
+            outbox: Vec::new(),
+            touches: Vec::new(),
+            touches_here: Vec::new(),
+            cache: self.cache.clone(),
+            origin: self.origin.clone(),
+        })
     }
 
     /// Closes every connection (waits for checked-out ones to come back).
@@ -368,6 +447,19 @@ impl Tx {
         id
     }
 
+    /// Notes that this transaction changes what the device cache may hold for `touch`: other
+    /// instances learn it at the commit (PostgreSQL `NOTIFY` is transactional), this one right
+    /// after it.
+    pub(crate) fn touch(&mut self, touch: Touch) {
+        self.touches.push(touch);
+    }
+
+    /// As [`Tx::touch`], for a change another instance's stale entry cannot misreport: this
+    /// instance's cache is updated, others are not told (the caller says why it is safe).
+    pub(crate) fn touch_here(&mut self, touch: Touch) {
+        self.touches_here.push(touch);
+    }
+
     /// Writes the recorded events, then commits.
     ///
     /// Events go last so that `seq` order is commit order: a sequence hands out numbers before
@@ -377,6 +469,30 @@ impl Tx {
     /// as it is the last statement, the lock is held for the insert and the commit only, and
     /// no row lock is ever awaited while holding it. SQLite has one writer already.
     pub async fn commit(mut self) -> Result<(), StoreError> {
+        let touches = std::mem::take(&mut self.touches);
+        let touches_here = std::mem::take(&mut self.touches_here);
+        let cache = self.cache.clone();
+        let result = self.commit_touching(&touches).await;
+        // Also after a failed commit: it may have committed before the error, and a spurious
+        // touch costs only a miss.
+        for touch in touches.iter().chain(&touches_here) {
+            cache.touch(*touch);
+        }
+        result
+    }
+
+    async fn commit_touching(mut self, touches: &[Touch]) -> Result<(), StoreError> {
+        if let TxConn::Postgres(tx) = &mut self.conn {
+            let payloads = cache::payloads(&self.origin, touches);
+            if !payloads.is_empty() {
+                sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::TEXT[]) AS p")
+                    .bind(cache::CHANNEL)
+                    .bind(payloads)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(classify)?;
+            }
+        }
         let outbox = std::mem::take(&mut self.outbox);
         let single_tenant =
             outbox.first().is_some_and(|first| outbox.iter().all(|row| row.tenant_id == first.tenant_id));

@@ -9,6 +9,7 @@ use herd_domain::ids::{DeviceId, TenantId};
 use herd_domain::status::DeviceStatus;
 use herd_domain::Event;
 
+use crate::cache::Touch;
 use crate::{classify, with_tx, with_writer, Db, Engine, StoreError, System};
 
 /// Rows per statement when flushing heartbeats or sweeping.
@@ -38,6 +39,8 @@ pub async fn write_last_seen(
     _system: &System,
     chunk: &[(DeviceId, (TenantId, i64))],
 ) -> Result<FlushOutcome, StoreError> {
+    // cache: untouched — only `last_seen` moves, and a cached `last_seen` is never answered as
+    // is: the heartbeat answers the later of it and its own time.
     let values: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
     let sql = match db.engine() {
         Engine::Sqlite => format!(
@@ -90,6 +93,7 @@ async fn revive(db: &Db, device: DeviceId, tenant: TenantId, at: i64) -> Result<
     if changed == 0 {
         return Ok(false);
     }
+    tx.touch(Touch::Device(device));
     let event = Event::DeviceStatusChanged {
         device_id: device,
         from: DeviceStatus::Offline,
@@ -135,6 +139,11 @@ pub async fn sweep(db: &Db, _system: &System, threshold: Duration, now: i64) -> 
             break;
         }
         for (device_id, tenant_id, last_seen) in &rows {
+            // Here only: another instance that still holds the device as online answers its
+            // next heartbeat from the buffer, and that heartbeat's flush finds it offline and
+            // revives it (with its event), as for a heartbeat that raced the sweep. So a stale
+            // `online` there is never wrong for long, and a sweep sends no notifications.
+            tx.touch_here(Touch::Device(*device_id));
             let event = Event::DeviceStatusChanged {
                 device_id: *device_id,
                 from: DeviceStatus::Online,
