@@ -45,6 +45,48 @@ fn close(actual: &Value, expected: f64) {
 }
 
 engine_tests! {
+    async fn concurrent_single_samples_are_each_answered_for_their_own_rows(app) {
+        // Requests in flight together are written as one group: each still learns what *it*
+        // stored, a request repeated concurrently stores its sample once, and a device deleted
+        // while its samples are in flight fails only its own requests.
+        let (kept, kept_token) = device(&app, ADMIN_TOKEN, "G-1").await;
+        let (doomed, doomed_token) = device(&app, ADMIN_TOKEN, "G-2").await;
+        let post = |token: &str, minutes: i64| {
+            let (client, url, token) = (app.client.clone(), app.url("/devices/metrics"), token.to_string());
+            let body = json!({ "cpu": 1, "ram": 2, "storage": 3, "recordedAt": rfc3339(now(&app) - Duration::minutes(minutes)) });
+            tokio::spawn(async move {
+                let response = client.post(url).bearer_auth(token).json(&body).send().await.unwrap();
+                let status = response.status();
+                (status, response.json::<Value>().await.unwrap_or(Value::Null))
+            })
+        };
+        let mut kept_requests = Vec::new();
+        let mut doomed_requests = Vec::new();
+        for minute in 1..=40 {
+            // Every sample of the kept device twice, at once.
+            kept_requests.push(post(&kept_token, minute));
+            kept_requests.push(post(&kept_token, minute));
+            doomed_requests.push(post(&doomed_token, minute));
+        }
+        let deleted = app.delete(&format!("/devices/{doomed}"), ADMIN_TOKEN).await;
+        assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+        let (mut accepted, mut duplicates) = (0, 0);
+        for request in kept_requests {
+            let (status, body) = request.await.unwrap();
+            assert_eq!(status, StatusCode::OK, "{body}");
+            accepted += body["accepted"].as_i64().unwrap();
+            duplicates += body["duplicates"].as_i64().unwrap();
+        }
+        assert_eq!((accepted, duplicates), (40, 40), "each sample stored once and reported once as stored");
+        for request in doomed_requests {
+            let (status, body) = request.await.unwrap();
+            assert!(status == StatusCode::OK || status == StatusCode::UNAUTHORIZED, "{status}: {body}");
+        }
+        let stored = history(&app, ADMIN_TOKEN, &kept, "bucket=1h").await;
+        let samples: i64 = stored["buckets"].as_array().unwrap().iter().map(|b| b["samples"].as_i64().unwrap()).sum();
+        assert_eq!(samples, 40, "{stored}");
+    }
+
     async fn one_sample_or_a_batch_is_stored_once(app) {
         let (id, token) = device(&app, ADMIN_TOKEN, "T-1").await;
         let one = expect_json(app.post("/devices/metrics", &token, json!({ "cpu": 12.5, "ram": 40, "storage": 70, "temperature": 45 })).await, StatusCode::OK).await;

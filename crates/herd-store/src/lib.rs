@@ -39,6 +39,7 @@ pub mod webhooks;
 
 mod json;
 mod page;
+mod samples;
 mod scope;
 
 pub use json::Json;
@@ -78,6 +79,8 @@ pub struct Db {
     cache: Arc<DeviceCache>,
     /// This instance's name in cache notifications, so that it skips its own.
     origin: Arc<str>,
+    /// Group commit of small metric ingests ([`samples`]).
+    samples: samples::SampleQueue,
 }
 
 #[derive(Debug, Clone)]
@@ -317,6 +320,7 @@ impl Db {
     /// The cache starts off; [`Db::with_device_cache`] turns it on for a serving instance.
     fn new(pools: Pools) -> Db {
         Db {
+            samples: samples::SampleQueue::start(pools.clone()),
             pools,
             cache: Arc::new(DeviceCache::new(0, true)),
             origin: uuid::Uuid::new_v4().simple().to_string().into(),

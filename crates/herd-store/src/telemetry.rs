@@ -121,7 +121,11 @@ impl<'s> TelemetryStore<'s> {
         }
         let total = readings.len() as u64;
         if decisions.is_empty() {
-            let stored = self.insert(None, &device, readings).await?;
+            let stored = if readings.len() <= crate::samples::GROUPED_AT_MOST {
+                self.db().samples.write(&device, &self.tenant, readings).await?
+            } else {
+                self.insert(None, &device, readings).await?
+            };
             return Ok(Ingested { stored, duplicates: total - stored });
         }
         let mut tx = self.db().begin().await?;

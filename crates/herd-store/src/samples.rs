@@ -1,0 +1,186 @@
+//! Group commit for metric samples: concurrent ingests of a few samples each are written by one
+//! statement, so that a fleet posting one sample per device per minute costs one commit per
+//! batch of requests instead of one per request.
+//!
+//! Each request hands its rows to [`SampleQueue::write`] and waits. One task per [`crate::Db`]
+//! takes every request queued at that moment (up to [`GROUP_ROWS`] rows), writes them with one
+//! `INSERT … ON CONFLICT DO NOTHING RETURNING device_id, recorded_at`, and answers each request
+//! with how many of *its* rows were new, after the statement committed: a 2xx still means
+//! stored. A group that fails (a device deleted meanwhile fails its foreign key, say) is written
+//! again one request at a time, so each request gets its own answer or error and no request
+//! fails for another's row.
+
+use std::collections::HashSet;
+
+use tokio::sync::{mpsc, oneshot};
+
+use herd_domain::monitoring::Reading;
+
+use crate::{classify, Pools, StoreError};
+
+/// The most rows one group writes (7 parameters a row on SQLite, well under its 32,766 limit).
+pub(crate) const GROUP_ROWS: usize = 1000;
+
+/// Requests with more rows than this are written on their own (they are a batch already).
+pub(crate) const GROUPED_AT_MOST: usize = 100;
+
+struct Job {
+    device: String,
+    tenant: String,
+    readings: Vec<Reading>,
+    done: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+/// The queue of one database's sample writes; the writing task ends when the last
+/// [`crate::Db`] handle is dropped.
+#[derive(Debug, Clone)]
+pub(crate) struct SampleQueue {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("device", &self.device).field("rows", &self.readings.len()).finish()
+    }
+}
+
+impl SampleQueue {
+    /// Starts the writing task on `pools` (needs a tokio runtime).
+    pub(crate) fn start(pools: Pools) -> SampleQueue {
+        let (jobs, queue) = mpsc::unbounded_channel();
+        tokio::spawn(run(pools, queue));
+        SampleQueue { jobs }
+    }
+
+    /// Writes `readings` of `device` in the next group; answers how many were new, once they
+    /// are committed.
+    pub(crate) async fn write(&self, device: &str, tenant: &str, readings: &[Reading]) -> Result<u64, StoreError> {
+        let (done, answer) = oneshot::channel();
+        let job = Job { device: device.to_string(), tenant: tenant.to_string(), readings: readings.to_vec(), done };
+        self.jobs.send(job).map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::Other(sqlx::Error::PoolClosed)
+}
+
+async fn run(pools: Pools, mut queue: mpsc::UnboundedReceiver<Job>) {
+    let mut group: Vec<Job> = Vec::new();
+    // A job that did not fit the previous group opens the next one.
+    let mut held: Option<Job> = None;
+    loop {
+        let first = match held.take() {
+            Some(job) => job,
+            None => match queue.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let mut rows = first.readings.len();
+        group.push(first);
+        while let Ok(job) = queue.try_recv() {
+            if rows + job.readings.len() > GROUP_ROWS {
+                held = Some(job);
+                break;
+            }
+            rows += job.readings.len();
+            group.push(job);
+        }
+        write_group(&pools, std::mem::take(&mut group)).await;
+    }
+}
+
+/// Writes one group and answers its requests.
+async fn write_group(pools: &Pools, group: Vec<Job>) {
+    let written = match group.len() {
+        1 => insert(pools, &group).await,
+        _ => match insert(pools, &group).await {
+            Ok(written) => Ok(written),
+            Err(_) => {
+                // One request's rows failed the statement: each is written (and answered) alone.
+                for job in group {
+                    let result = insert(pools, std::slice::from_ref(&job)).await;
+                    let _ = job.done.send(result.map(|written| written.len() as u64));
+                }
+                return;
+            }
+        },
+    };
+    match written {
+        Ok(mut written) => {
+            for job in group {
+                // A row written once counts for the first request that sent it.
+                let new = job.readings.iter().filter(|r| written.remove(&(job.device.clone(), r.recorded_at))).count();
+                let _ = job.done.send(Ok(new as u64));
+            }
+        }
+        Err(error) => {
+            if let Some(job) = group.into_iter().next() {
+                let _ = job.done.send(Err(error));
+            }
+        }
+    }
+}
+
+/// One statement for every row of `jobs`; answers the `(device, recorded_at)` of the rows that
+/// were new.
+async fn insert(pools: &Pools, jobs: &[Job]) -> Result<HashSet<(String, i64)>, StoreError> {
+    let rows: Vec<(&Job, &Reading)> = jobs.iter().flat_map(|job| job.readings.iter().map(move |r| (job, r))).collect();
+    let written: Vec<(String, i64)> = match pools {
+        Pools::Sqlite { writer, .. } => {
+            let mut sql = String::with_capacity(120 + rows.len() * 40);
+            sql.push_str(
+                "INSERT INTO metric_samples (device_id, tenant_id, recorded_at, cpu, ram, storage, temperature) VALUES ",
+            );
+            for i in 0..rows.len() {
+                let b = 7 * i;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7
+                ));
+            }
+            sql.push_str(" ON CONFLICT DO NOTHING RETURNING device_id, recorded_at");
+            let mut query = sqlx::query_as(&sql);
+            for (job, r) in &rows {
+                query = query
+                    .bind(&job.device)
+                    .bind(&job.tenant)
+                    .bind(r.recorded_at)
+                    .bind(r.cpu)
+                    .bind(r.ram)
+                    .bind(r.storage)
+                    .bind(r.temperature);
+            }
+            query.fetch_all(writer).await
+        }
+        Pools::Postgres(pool) => {
+            const SQL: &str = "INSERT INTO metric_samples (device_id, tenant_id, recorded_at, cpu, ram, storage, temperature) \
+                SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::DOUBLE PRECISION[], \
+                $5::DOUBLE PRECISION[], $6::DOUBLE PRECISION[], $7::DOUBLE PRECISION[]) \
+                ON CONFLICT DO NOTHING RETURNING device_id, recorded_at";
+            sqlx::query_as(SQL)
+                .bind(rows.iter().map(|(job, _)| job.device.as_str()).collect::<Vec<&str>>())
+                .bind(rows.iter().map(|(job, _)| job.tenant.as_str()).collect::<Vec<&str>>())
+                .bind(rows.iter().map(|(_, r)| r.recorded_at).collect::<Vec<i64>>())
+                .bind(rows.iter().map(|(_, r)| r.cpu).collect::<Vec<f64>>())
+                .bind(rows.iter().map(|(_, r)| r.ram).collect::<Vec<f64>>())
+                .bind(rows.iter().map(|(_, r)| r.storage).collect::<Vec<f64>>())
+                .bind(rows.iter().map(|(_, r)| r.temperature).collect::<Vec<Option<f64>>>())
+                .fetch_all(pool)
+                .await
+        }
+    }
+    .map_err(classify)?;
+    Ok(written.into_iter().collect())
+}
