@@ -8,8 +8,10 @@
 //!
 //! **Durability contract of ingest.** A `2xx` answer means every sample of the request is
 //! committed (one multi-row `INSERT` — on PostgreSQL one `INSERT … SELECT FROM UNNEST` — in
-//! the same transaction as any alert it opened, updated or resolved and that alert's event).
-//! Nothing is buffered in memory: a crash loses only requests that were not answered, and a
+//! the same transaction as any alert it opened, updated or resolved and that alert's event; a
+//! request of at most 100 samples that changes no alert shares its `INSERT` with the other such
+//! requests in flight, `herd_store::samples`, and is answered after that statement committed).
+//! Nothing is buffered beyond the answer: a crash loses only requests that were not answered, and a
 //! device that retries re-sends samples that are then ignored (the `(device, recordedAt)`
 //! primary key makes ingest idempotent; duplicates are counted, not stored twice). A `4xx`
 //! answer means nothing of the request was stored: a batch is accepted or rejected whole.
@@ -18,7 +20,8 @@
 //! the extractor), the tenant's rules from an in-memory cache (see
 //! [`crate::monitoring::RULE_CACHE_TTL`]), one primary-key probe for the device's newest stored
 //! sample and one index probe for its open alerts (both skipped when no rule applies, and the
-//! second when all samples are late), then the single insert. Alert rows and events are written
+//! second when all samples are late), then the single insert (shared with the requests in flight,
+//! so a commit serves many). Alert rows and events are written
 //! only when an alert opens, changes or resolves.
 
 pub(crate) mod routes;
