@@ -203,19 +203,19 @@ async fn insert(pools: &Pools, jobs: &[Job]) -> Result<Vec<u64>, StoreError> {
     }
 }
 
-/// `head` then `rows` tuples of `width` numbered placeholders, then `tail`.
+/// `head` then `rows` tuples of `width` placeholders, then `tail`. Anonymous `?`, bound in
+/// order: sqlx binds a parameter by asking SQLite its name, which SQLite finds by a linear walk
+/// of the statement's names, so thousands of numbered `$N` cost time quadratic in their number
+/// (measured: a group of 1,000 rows wrote ~8,000 samples/s with `$N`).
 fn sqlite_values_sql(head: &str, width: usize, rows: usize, tail: &str) -> String {
-    let mut sql = String::with_capacity(head.len() + tail.len() + rows * width * 7);
+    let tuple = format!("({})", vec!["?"; width].join(", "));
+    let mut sql = String::with_capacity(head.len() + tail.len() + rows * (tuple.len() + 2));
     sql.push_str(head);
     for i in 0..rows {
-        sql.push_str(if i == 0 { "(" } else { ", (" });
-        for j in 0..width {
-            if j > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("${}", width * i + j + 1));
+        if i > 0 {
+            sql.push_str(", ");
         }
-        sql.push(')');
+        sql.push_str(&tuple);
     }
     sql.push_str(tail);
     sql
