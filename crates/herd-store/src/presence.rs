@@ -38,7 +38,13 @@ pub async fn write_last_seen(
     _system: &System,
     chunk: &[(DeviceId, (TenantId, i64))],
 ) -> Result<FlushOutcome, StoreError> {
-    let values: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
+    // SQLite gets anonymous `?` placeholders, bound in order: sqlx looks each numbered `$N` up by
+    // name, a linear search over the statement's names, quadratic in the parameters (see
+    // `Tx::commit`).
+    let values: Vec<String> = match db.engine() {
+        Engine::Sqlite => vec!["(?, ?)".to_string(); chunk.len()],
+        Engine::Postgres => (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect(),
+    };
     let sql = match db.engine() {
         Engine::Sqlite => format!(
             "UPDATE devices SET last_seen = v.column2 FROM (VALUES {}) AS v WHERE devices.id = v.column1 \
