@@ -169,6 +169,20 @@ engine_tests! {
         let app = quiet(app).await;
         let devices = online_devices(&app, 120, "X").await;
         let other = app.second_instance().await;
+        // The second instance's sweep job runs once as it starts. Wait for that run: on a loaded
+        // machine it can otherwise come after the clock moves and take every device first.
+        let mut started = false;
+        for _ in 0..500 {
+            let metrics = other.request(reqwest::Method::GET, "/metrics", None, None).await.text().await.unwrap();
+            started = metrics.lines().any(|line| {
+                line.starts_with("herd_presence_sweep_duration_seconds_count ") && !line.ends_with(" 0")
+            });
+            if started {
+                break;
+            }
+            tokio::time::sleep(StdDuration::from_millis(20)).await;
+        }
+        assert!(started, "the second instance's start-up sweep ran");
         app.clock.advance(Duration::minutes(6));
         let now = to_millis(app.clock.now_plus(Duration::zero()));
         let threshold = app.settings.presence_threshold;
