@@ -169,6 +169,20 @@ engine_tests! {
         let app = quiet(app).await;
         let devices = online_devices(&app, 120, "X").await;
         let other = app.second_instance().await;
+        // The second instance's sweep job runs once as it starts. Wait for that run: on a loaded
+        // machine it can otherwise come after the clock moves and take every device first.
+        let mut started = false;
+        for _ in 0..500 {
+            let metrics = other.request(reqwest::Method::GET, "/metrics", None, None).await.text().await.unwrap();
+            started = metrics.lines().any(|line| {
+                line.starts_with("herd_presence_sweep_duration_seconds_count ") && !line.ends_with(" 0")
+            });
+            if started {
+                break;
+            }
+            tokio::time::sleep(StdDuration::from_millis(20)).await;
+        }
+        assert!(started, "the second instance's start-up sweep ran");
         app.clock.advance(Duration::minutes(6));
         let now = to_millis(app.clock.now_plus(Duration::zero()));
         let threshold = app.settings.presence_threshold;
@@ -214,6 +228,81 @@ engine_tests! {
         assert_eq!(listed["items"].as_array().unwrap().len(), 2, "the counters agree with the rows");
         let theirs: Value = app.client.get(app.url("/devices/stats/overview")).bearer_auth(&other_admin).send().await.unwrap().json().await.unwrap();
         assert_eq!((theirs["total"].as_i64(), theirs["offline"].as_i64()), (Some(1), Some(1)));
+    }
+
+    async fn device_counts_stay_exact_over_a_sweep_of_several_batches(app) {
+        let app = quiet(app).await;
+        let (other_tenant, other_admin) = app.create_tenant("other").await;
+        let mut raw = app.raw().await;
+        let default_tenant = raw.scalar_text("SELECT id FROM tenants WHERE name = 'default'", &[]).await;
+        let now = to_millis(app.clock.now_plus(Duration::zero()));
+        let stale = now - 10 * 60 * 1000;
+        // More than two sweep batches of stale devices, the two tenants interleaved, so batches
+        // span tenants; plus devices the sweep must leave alone (fresh, or offline already).
+        // Inserted directly: registering thousands of devices through the API takes minutes,
+        // and the insert trigger counts them like any other insert.
+        let n_stale = 2 * herd::store::presence::sweep_batch(app.state.db.engine()) + 321;
+        let mut rows = Vec::new();
+        let mut expected = [(0_i64, 0_i64, 0_i64); 2]; // per tenant: (total, online, offline)
+        for i in 0..n_stale + 150 {
+            let tenant = i % 2;
+            let (status, last_seen) = match i {
+                i if i < n_stale => ("online", stale + i as i64),
+                i if i < n_stale + 100 => ("online", now),
+                _ => ("offline", stale),
+            };
+            let tenant_id = if tenant == 0 { &default_tenant } else { &other_tenant };
+            rows.push(format!(
+                "('{}', '{tenant_id}', 'd{i}', '{status}', {last_seen}, {now}, {now})",
+                uuid::Uuid::now_v7()
+            ));
+            expected[tenant].0 += 1;
+            if status == "online" && last_seen == now {
+                expected[tenant].1 += 1;
+            } else {
+                expected[tenant].2 += 1;
+            }
+        }
+        for chunk in rows.chunks(1000) {
+            let sql = format!(
+                "INSERT INTO devices (id, tenant_id, name, status, last_seen, created_at, updated_at) VALUES {}",
+                chunk.join(", ")
+            );
+            raw.execute(&sql, &[]).await;
+        }
+        let overview = |admin: String| {
+            let url = app.url("/devices/stats/overview");
+            let client = app.client.clone();
+            async move {
+                let body: Value = client.get(url).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
+                (body["total"].as_i64().unwrap(), body["active"].as_i64().unwrap(), body["offline"].as_i64().unwrap())
+            }
+        };
+
+        let outcome =
+            herd::store::presence::sweep(&app.state.db, &app.state.system, app.settings.presence_threshold, now).await.unwrap();
+        assert_eq!(outcome.marked_offline, n_stale);
+        assert_eq!(overview(ADMIN_TOKEN.to_string()).await, expected[0]);
+        assert_eq!(overview(other_admin.clone()).await, expected[1]);
+        // The counters agree with the rows, and each flipped device has exactly one event.
+        for (tenant, (total, online, offline)) in [(&default_tenant, expected[0]), (&other_tenant, expected[1])] {
+            let count = |status: &'static str| {
+                format!("SELECT COUNT(*) FROM devices WHERE tenant_id = $1 AND status = '{status}'")
+            };
+            assert_eq!(raw.scalar_i64(&count("online"), &[tenant.as_str()]).await, online);
+            assert_eq!(raw.scalar_i64(&count("offline"), &[tenant.as_str()]).await, offline);
+            assert_eq!(online + offline, total);
+        }
+        let events = "SELECT COUNT(*) FROM events WHERE type = 'device.status_changed'";
+        assert_eq!(raw.scalar_i64(events, &[]).await, n_stale as i64);
+        let distinct = "SELECT COUNT(DISTINCT data) FROM events WHERE type = 'device.status_changed'";
+        assert_eq!(raw.scalar_i64(distinct, &[]).await, n_stale as i64);
+        raw.close().await;
+
+        let again =
+            herd::store::presence::sweep(&app.state.db, &app.state.system, app.settings.presence_threshold, now).await.unwrap();
+        assert_eq!(again.marked_offline, 0);
+        assert_eq!(overview(ADMIN_TOKEN.to_string()).await, expected[0]);
     }
 
     async fn admins_can_run_the_sweep_now(app) {

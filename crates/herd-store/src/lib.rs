@@ -544,11 +544,20 @@ impl Tx {
                 }
             }
             // Six parameters a row keeps a chunk well under SQLite's 32,766-parameter limit.
+            // SQLite gets anonymous `?` placeholders, bound in order: sqlx binds a statement by
+            // asking SQLite each parameter's name, a linear search over the statement's names, so
+            // 6,000 numbered `$N` cost ~18M steps per chunk (two thirds of a 100,000-device
+            // sweep's time, BENCHMARKS.md); unnamed ones have no name to search for.
+            let sqlite = matches!(self.conn, TxConn::Sqlite(_));
             for chunk in numbered.chunks(1000) {
                 let rows: Vec<String> = (0..chunk.len())
                     .map(|i| {
                         let b = 6 * i;
-                        format!("(${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6)
+                        if sqlite {
+                            "(?, ?, ?, ?, ?, ?)".to_string()
+                        } else {
+                            format!("(${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6)
+                        }
                     })
                     .collect();
                 let sql = format!(

@@ -754,10 +754,13 @@ pub async fn enabled_offline_rules(db: &Db, _system: &System) -> Result<Vec<(Ten
 
 /// Cross-tenant (the offline sweep, as the system principal): resolves every open `offline`
 /// alert whose device is online again, with one `alert.resolved` event each. A conditional
-/// `UPDATE … RETURNING`, so concurrent sweeps resolve (and announce) each alert once.
+/// `UPDATE … RETURNING`, so concurrent sweeps resolve (and announce) each alert once. Each open
+/// alert looks its own device up by id: the presence index covers online devices only
+/// (migration 0015), and `device_id IN (all online devices)` would read every device's entry.
 pub async fn resolve_offline_alerts_of_online_devices(db: &Db, _system: &System, now: i64) -> Result<u64, StoreError> {
     const SQL: &str = "UPDATE alerts SET status = 'resolved', resolved_at = $1, updated_at = $1 \
-        WHERE metric = 'offline' AND status = 'open' AND device_id IN (SELECT id FROM devices WHERE status = 'online') \
+        WHERE metric = 'offline' AND status = 'open' \
+        AND EXISTS (SELECT 1 FROM devices WHERE devices.id = alerts.device_id AND devices.status = 'online') \
         RETURNING id, tenant_id, device_id, severity";
     let mut tx = db.begin().await?;
     let rows: Vec<(AlertId, TenantId, DeviceId, Severity)> =
