@@ -159,7 +159,8 @@ fn the_cli_client_reaches_herd_only_over_http() {
 
 /// ARCHITECTURE.md: the device credential cache never outlives a write. Every store function
 /// whose SQL writes `devices` or `command_executions` touches the cache (`tx.touch`,
-/// `tx.touch_here`, `db.touched`), or says why it need not with a `cache: untouched — ` comment.
+/// `tx.touch_here`; `Tx::commit` applies them however its future ends), or says why it need not
+/// with a `cache: untouched — ` comment.
 #[test]
 fn every_device_write_in_the_store_touches_the_credential_cache() {
     const WRITES: [&str; 6] = [
@@ -170,7 +171,7 @@ fn every_device_write_in_the_store_touches_the_credential_cache() {
         "UPDATE command_executions ",
         "DELETE FROM command_executions ",
     ];
-    const TOUCHES: [&str; 4] = [".touch(", ".touch_here(", ".touched(", "cache: untouched — "];
+    const TOUCHES: [&str; 3] = [".touch(", ".touch_here(", "cache: untouched — "];
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut untouched = Vec::new();
     let mut writes = 0;

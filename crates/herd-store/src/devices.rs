@@ -13,7 +13,7 @@ use crate::credentials::consume_enrollment_use;
 use crate::Page;
 use crate::TenantScope;
 use crate::{classify, Db, Engine, StoreError, Tx};
-use crate::{with_reader, with_tx, with_writer};
+use crate::{with_reader, with_tx};
 use herd_domain::ids::{DeviceId, TenantId};
 use herd_domain::status::{ClaimPolicy, ClaimStatus};
 use herd_domain::Event;
@@ -604,7 +604,9 @@ impl<'s> DeviceStore<'s> {
         }
     }
 
-    /// Runs `connect`'s update of an already-online device (its parameters are `$1..$7`).
+    /// Runs `connect`'s update of an already-online device (its parameters are `$1..$7`), in a
+    /// transaction of its own so that the cache touch (and on PostgreSQL its notification to the
+    /// other instances) goes with the commit, whatever happens to the request.
     async fn update_online(
         &self,
         sql: &str,
@@ -612,7 +614,8 @@ impl<'s> DeviceStore<'s> {
         id: DeviceId,
         now: i64,
     ) -> Result<Option<DeviceRow>, StoreError> {
-        let row = with_writer!(self.db(), |pool| sqlx::query_as::<_, DeviceRow>(sql)
+        let mut tx = self.db().begin().await?;
+        let row = with_tx!(&mut tx, |conn| sqlx::query_as::<_, DeviceRow>(sql)
             .bind(now)
             .bind(&report.ip_address)
             .bind(&report.app_version)
@@ -620,11 +623,12 @@ impl<'s> DeviceStore<'s> {
             .bind(&report.firmware_version)
             .bind(self.tenant)
             .bind(id)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await)
         .map_err(classify)?;
         if row.is_some() {
-            self.db().touched(&[Touch::Device(id)]).await?;
+            tx.touch(Touch::Device(id));
+            tx.commit().await?;
         }
         Ok(row)
     }

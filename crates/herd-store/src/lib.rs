@@ -164,6 +164,20 @@ impl Tx {
     }
 }
 
+/// Touches a device cache when dropped (see [`Tx::commit`]).
+struct TouchOnDrop {
+    cache: Arc<DeviceCache>,
+    touches: Vec<Touch>,
+}
+
+impl Drop for TouchOnDrop {
+    fn drop(&mut self) {
+        for touch in &self.touches {
+            self.cache.touch(*touch);
+        }
+    }
+}
+
 /// The advisory lock that orders event writers on PostgreSQL ("herdevts").
 const EVENT_ORDER_LOCK: i64 = 0x6865_7264_6576_7473;
 
@@ -340,27 +354,6 @@ impl Db {
         self.cache.stats()
     }
 
-    /// Applies `touches` after an autocommit write: here at once, and on PostgreSQL to the
-    /// other instances by notification (after the write committed, so the window in which
-    /// another instance may answer from its cache is the notification's delivery).
-    pub(crate) async fn touched(&self, touches: &[Touch]) -> Result<(), StoreError> {
-        for touch in touches {
-            self.cache.touch(*touch);
-        }
-        if let Pools::Postgres(pool) = &self.pools {
-            let payloads = cache::payloads(&self.origin, touches);
-            if !payloads.is_empty() {
-                sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::TEXT[]) AS p")
-                    .bind(cache::CHANNEL)
-                    .bind(payloads)
-                    .execute(pool)
-                    .await
-                    .map_err(classify)?;
-            }
-        }
-        Ok(())
-    }
-
     /// Applies another instance's notification on [`cache::CHANNEL`].
     pub fn apply_cache_notification(&self, payload: &str) {
         for touch in cache::parse_payload(&self.origin, payload) {
@@ -474,15 +467,12 @@ impl Tx {
     /// no row lock is ever awaited while holding it. SQLite has one writer already.
     pub async fn commit(mut self) -> Result<(), StoreError> {
         let touches = std::mem::take(&mut self.touches);
-        let touches_here = std::mem::take(&mut self.touches_here);
-        let cache = self.cache.clone();
-        let result = self.commit_touching(&touches).await;
-        // Also after a failed commit: it may have committed before the error, and a spurious
-        // touch costs only a miss.
-        for touch in touches.iter().chain(&touches_here) {
-            cache.touch(*touch);
-        }
-        result
+        let mut local = TouchOnDrop { cache: self.cache.clone(), touches: touches.clone() };
+        local.touches.append(&mut self.touches_here);
+        // `local` touches when this future ends, however it ends: after the commit, after a
+        // failed one (it may have committed before the error; a spurious touch costs a miss),
+        // or dropped mid-commit by a cancelled request, when the commit may have happened.
+        self.commit_touching(&touches).await
     }
 
     async fn commit_touching(mut self, touches: &[Touch]) -> Result<(), StoreError> {
