@@ -247,27 +247,18 @@ pub(crate) fn payloads(origin: &str, touches: &[Touch]) -> Vec<String> {
     if touches.contains(&Touch::All) {
         return vec![format!("{origin} *")];
     }
-    let mut out = Vec::new();
-    let devices: Vec<String> = touches
-        .iter()
-        .filter_map(|t| match t {
-            Touch::Device(id) => Some(id.to_string()),
-            _ => None,
-        })
-        .collect();
-    let tenants: Vec<String> = touches
-        .iter()
-        .filter_map(|t| match t {
-            Touch::Tenant(id) => Some(id.to_string()),
-            _ => None,
-        })
-        .collect();
-    for chunk in devices.chunks(IDS_PER_NOTIFICATION) {
-        out.push(format!("{origin} d {}", chunk.join(" ")));
-    }
-    for chunk in tenants.chunks(IDS_PER_NOTIFICATION) {
-        out.push(format!("{origin} t {}", chunk.join(" ")));
-    }
+    let ids = |kind: &str, id_of: fn(&Touch) -> Option<String>| -> Vec<String> {
+        let ids: Vec<String> = touches.iter().filter_map(id_of).collect();
+        ids.chunks(IDS_PER_NOTIFICATION).map(|chunk| format!("{origin} {kind} {}", chunk.join(" "))).collect()
+    };
+    let mut out = ids("d", |t| match t {
+        Touch::Device(id) => Some(id.to_string()),
+        _ => None,
+    });
+    out.extend(ids("t", |t| match t {
+        Touch::Tenant(id) => Some(id.to_string()),
+        _ => None,
+    }));
     out
 }
 
