@@ -220,3 +220,49 @@ fn sqlite_values_sql(head: &str, width: usize, rows: usize, tail: &str) -> Strin
     sql.push_str(tail);
     sql
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(recorded_at: i64) -> Reading {
+        Reading { recorded_at, cpu: 1.0, ram: 2.0, storage: 3.0, temperature: None }
+    }
+
+    fn job(device: &str, tenant: &str, times: &[i64]) -> (Job, oneshot::Receiver<Result<u64, StoreError>>) {
+        let (done, answer) = oneshot::channel();
+        let readings = times.iter().copied().map(reading).collect();
+        (Job { device: device.into(), tenant: tenant.into(), readings, done }, answer)
+    }
+
+    /// A group with a row that fails the statement (its device does not exist) is written again
+    /// request by request: the other requests are stored and answered, only that one fails; and
+    /// a row sent by two requests of one group counts for the first only.
+    #[tokio::test]
+    async fn a_failing_row_fails_only_its_own_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("herd.db").display());
+        let (db, _system) = crate::Db::open(&url).await.unwrap();
+        db.migrate().await.unwrap();
+        let crate::Pools::Sqlite { writer, .. } = &db.pools else { unreachable!("an SQLite url") };
+        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ('t', 't', 0)").execute(writer).await.unwrap();
+        sqlx::query("INSERT INTO devices (id, tenant_id, name, created_at, updated_at) VALUES ('d', 't', 'd', 0, 0)")
+            .execute(writer)
+            .await
+            .unwrap();
+
+        let (first, first_answer) = job("d", "t", &[1, 2]);
+        let (again, again_answer) = job("d", "t", &[2, 3]);
+        write_group(&db.pools, vec![first, again]).await;
+        assert_eq!(first_answer.await.unwrap().unwrap(), 2);
+        assert_eq!(again_answer.await.unwrap().unwrap(), 1, "the row both sent counts for the first");
+
+        let (kept, kept_answer) = job("d", "t", &[4]);
+        let (gone, gone_answer) = job("no-such-device", "t", &[4]);
+        write_group(&db.pools, vec![kept, gone]).await;
+        assert_eq!(kept_answer.await.unwrap().unwrap(), 1);
+        assert!(gone_answer.await.unwrap().is_err(), "the missing device's request fails");
+        let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM metric_samples").fetch_one(writer).await.unwrap();
+        assert_eq!(stored, 4);
+    }
+}
