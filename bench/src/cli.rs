@@ -91,6 +91,11 @@ pub struct Args {
     /// Keep the server's data directory (and its log) instead of deleting it at the end.
     #[arg(long)]
     pub keep_data: bool,
+
+    /// Skip the seed's stack as a heartbeat peer (`bench/nest-peer`, NestJS + Prisma), which
+    /// otherwise runs in the heartbeat phase on PostgreSQL without --quick and needs Node.js and npm.
+    #[arg(long)]
+    pub no_peer: bool,
 }
 
 /// What runs instead of the benchmark: the crash check, and the download phase's static server.
@@ -228,6 +233,9 @@ pub struct Settings {
     pub commit: Option<String>,
     /// Keep the data directory afterwards.
     pub keep_data: bool,
+    /// Whether the heartbeat phase measures the seed's stack too: on PostgreSQL, without
+    /// `--quick` (CI runs quick and must not need npm) and without `--no-peer`.
+    pub heartbeat_peer: bool,
     /// Devices in the tenant whose stats overview is measured.
     pub overview_devices: u64,
     /// Metric samples stored before the stats overview is measured.
@@ -278,6 +286,7 @@ impl Settings {
 
         let results = workspace_root().join("bench").join("results");
         let out = args.out.unwrap_or_else(|| results.join(if quick { "quick.json" } else { "latest.json" }));
+        let heartbeat_peer = !args.no_peer && !quick && args.database_url.is_some();
         Ok(Settings {
             quick,
             database_url: args.database_url,
@@ -291,6 +300,7 @@ impl Settings {
             herd_bin: args.herd_bin,
             commit: args.commit,
             keep_data: args.keep_data,
+            heartbeat_peer,
             // Quick mode measures the overview and the sweep on the fleet it already has, so the
             // harness is exercised end to end without the minutes that 100k devices take.
             overview_devices: args.overview_devices.unwrap_or(if quick { n_devices } else { 100_000.max(n_devices) }),
@@ -352,6 +362,15 @@ mod tests {
         assert_eq!((quick.download_bytes, quick.download_clients), (16 * 1024 * 1024, 10));
         let small = parse(&["--download-mib", "1", "--download-clients", "3"]);
         assert_eq!((small.download_bytes, small.download_clients), (1024 * 1024, 3));
+    }
+
+    #[test]
+    fn the_heartbeat_peer_runs_only_on_postgresql_without_quick() {
+        let url = "postgres://postgres@127.0.0.1:5432/postgres";
+        assert!(parse(&["--database-url", url]).heartbeat_peer);
+        assert!(!parse(&["--database-url", url, "--quick"]).heartbeat_peer);
+        assert!(!parse(&["--database-url", url, "--no-peer"]).heartbeat_peer);
+        assert!(!parse(&[]).heartbeat_peer);
     }
 
     #[test]

@@ -11,9 +11,10 @@
 //!
 //! Code map: `cli` (flags), `server` (the process under test), `postgres` (fresh database),
 //! `http` + `load` (client and load generator), `fleet` (registered devices), `context` (what
-//! phases share), `phases::*` (one module per measured area), `node_peer` (the seed's stack),
-//! `report` (figures, table, JSON), `machine` (where it ran), `static_serve` (the download
-//! phase's ceiling, `herd-bench static-serve`, and its streaming client).
+//! phases share), `phases::*` (one module per measured area), `node_peer` and `nest_peer` (the
+//! seed's stack as peers: certificates, heartbeats), `report` (figures, table, JSON), `machine`
+//! (where it ran), `static_serve` (the download phase's ceiling, `herd-bench static-serve`, and
+//! its streaming client).
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,7 @@ pub mod fleet;
 pub mod http;
 pub mod load;
 pub mod machine;
+pub mod nest_peer;
 pub mod node_peer;
 pub mod phases;
 pub mod postgres;

@@ -1,9 +1,11 @@
 //! A fresh PostgreSQL database per run, created and dropped through an admin URL with `psql`.
 //!
 //! The harness compiles no database driver: `psql` ships with every PostgreSQL install, and the
-//! two statements here are all it needs. [`FreshDatabase`] is a guard; dropping it drops the
-//! database (after the server has been stopped, which the caller guarantees by drop order).
+//! few statements here are all it needs (the heartbeat peer's table and seed go through
+//! [`FreshDatabase::execute`] too). [`FreshDatabase`] is a guard; dropping it drops the database
+//! (after the server has been stopped, which the caller guarantees by drop order).
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
@@ -38,6 +40,17 @@ impl FreshDatabase {
     /// The URL herd connects to.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Runs `statements` (one or more, `;`-separated) in this database.
+    pub fn execute(&self, statements: &str) -> Result<()> {
+        psql(&self.url, statements)
+    }
+
+    /// Runs the SQL file at `path` in this database.
+    pub fn execute_file(&self, path: &Path) -> Result<()> {
+        let statements = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        psql(&self.url, &statements).with_context(|| format!("running {}", path.display()))
     }
 }
 

@@ -336,7 +336,7 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-/// Samples a process's VmRSS every 100 ms and keeps the largest value.
+/// Samples a process's VmRSS (or any RSS reading) every 100 ms and keeps the largest value.
 pub struct RssSampler {
     peak_kib: Arc<AtomicU64>,
     task: JoinHandle<()>,
@@ -345,13 +345,19 @@ pub struct RssSampler {
 impl RssSampler {
     /// Starts sampling the process `pid`.
     pub fn start(pid: u32) -> RssSampler {
-        let peak_kib = Arc::new(AtomicU64::new(read_status_kib(pid, "VmRSS:").unwrap_or(0)));
+        RssSampler::start_with(move || read_status_kib(pid, "VmRSS:"))
+    }
+
+    /// Starts sampling whatever `read_kib` reads (an RSS in KiB; the heartbeat peer sums its
+    /// processes').
+    pub fn start_with(read_kib: impl Fn() -> Option<u64> + Send + 'static) -> RssSampler {
+        let peak_kib = Arc::new(AtomicU64::new(read_kib().unwrap_or(0)));
         let peak = Arc::clone(&peak_kib);
         let task = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(Duration::from_millis(100));
             loop {
                 ticker.tick().await;
-                if let Some(rss) = read_status_kib(pid, "VmRSS:") {
+                if let Some(rss) = read_kib() {
                     peak.fetch_max(rss, Ordering::Relaxed);
                 }
             }

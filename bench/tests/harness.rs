@@ -25,6 +25,7 @@ fn settings(out: PathBuf) -> Settings {
         herd_bin: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fake-herd/herd.js")),
         commit: None,
         keep_data: false,
+        heartbeat_peer: false,
         overview_devices: 60,
         overview_samples: 1_000,
         sweep_sizes: vec![30],

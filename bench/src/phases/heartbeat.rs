@@ -6,15 +6,21 @@
 //! devices, after a warm-up that has connected each of them once. Runs alternate echo /
 //! heartbeat so drift in the machine hits both alike, and the ratio heartbeat/ceiling is computed
 //! per run pair.
+//!
+//! On PostgreSQL (without `--quick` or `--no-peer`) the seed's own stack is measured too: each
+//! run's herd heartbeat is followed by the same load (generator, concurrency, device count,
+//! duration) against `bench/nest-peer`, the seed's `POST /devices/connect` in NestJS + Prisma on
+//! the same PostgreSQL server (see `nest_peer`), and the ratio herd/peer is computed per run.
 
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 
 use crate::context::Bench;
 use crate::http::{send_once, Method, Request, StatusCode};
 use crate::load::{LoadPlan, Stop};
+use crate::nest_peer::{self, NestPeer};
 use crate::phases::{observe, DeviceRequests};
 use crate::probe::is_missing_route;
 use crate::report::{format_count, Aim, Figure, PhaseReport};
@@ -22,7 +28,10 @@ use crate::report::{format_count, Aim, Figure, PhaseReport};
 /// A heartbeat as a real device sends it; the echo gets the same bytes.
 const HEARTBEAT_BODY: &str = r#"{"ipAddress":"10.0.0.1","appVersion":"1.2.3"}"#;
 
-/// Runs the ceiling and heartbeat phases.
+/// The peer's row in the results.
+const PEER_PHASE: &str = "heartbeat (seed peer)";
+
+/// Runs the ceiling and heartbeat phases, and the seed's stack as a peer where settings allow.
 pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
     let n_devices = bench.settings.n_devices;
     let concurrency = bench.settings.concurrency;
@@ -78,6 +87,28 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
     let mut beat_p99 = Figure::new("connect p99", "ms").aim(Aim::Below(20.0));
     let mut ratio = Figure::new("heartbeat / ceiling", "x").aim(Aim::AtLeast(0.5));
 
+    // The peer is built, seeded and warmed up first, so that herd's warm-up stays right before
+    // herd's measured runs, as without the peer.
+    let mut peer_phase = None;
+    let mut peer = None;
+    if bench.settings.heartbeat_peer && heartbeat.is_some() {
+        match start_peer(bench, concurrency).await {
+            Ok((started, description)) => {
+                let mut phase = PhaseReport::new(PEER_PHASE);
+                phase.notes.push(description);
+                peer_phase = Some(phase);
+                peer = Some(started);
+            }
+            Err(error) => peer_phase = Some(PhaseReport::failed(PEER_PHASE, &error)),
+        }
+    }
+    let peer_heartbeats = peer.as_ref().map(NestPeer::heartbeats);
+    let mut peer_rate =
+        Figure::new(format!("seed stack connect (c={concurrency}, {} devices)", format_count(n_devices)), "req/s");
+    let mut peer_p50 = Figure::new("seed stack connect p50", "ms");
+    let mut peer_p99 = Figure::new("seed stack connect p99", "ms");
+    let mut herd_over_peer = Figure::new("herd / seed stack", "x");
+
     if echo_available {
         bench.measure(Arc::clone(&echo), &bench.warmup_plan("echo warm-up", concurrency)).await?;
     }
@@ -117,8 +148,36 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
             if let Some(ceiling) = echo_per_second.filter(|rate| *rate > 0.0) {
                 ratio.push(outcome.per_second() / ceiling);
             }
+            let herd_per_second = outcome.per_second();
+            if let (Some(running), Some(workload), Some(phase)) = (&mut peer, &peer_heartbeats, &mut peer_phase) {
+                let plan = bench.timed_plan(format!("seed peer heartbeat run {run}/{runs}"), concurrency);
+                let measured = match running.check_running() {
+                    Ok(()) => running.measure(Arc::clone(workload), &plan).await,
+                    Err(error) => Err(error),
+                };
+                match measured {
+                    Ok(measured) => {
+                        observe(phase, &measured);
+                        let outcome = &measured.outcome;
+                        peer_rate.push(outcome.per_second());
+                        peer_p50.push(outcome.latency_ms(0.5));
+                        peer_p99.push(outcome.latency_ms(0.99));
+                        if outcome.per_second() > 0.0 {
+                            herd_over_peer.push(herd_per_second / outcome.per_second());
+                        }
+                    }
+                    Err(error) => {
+                        // herd's figures stand; the peer's row says what went wrong.
+                        eprintln!("the heartbeat peer failed: {error:#}");
+                        *phase = PhaseReport::failed(PEER_PHASE, &error);
+                        peer = None;
+                    }
+                }
+            }
         }
     }
+    // Stops the peer's processes and drops its database before the report is assembled.
+    drop(peer);
     if echo_available {
         ceiling_phase.figures = vec![echo_rate, echo_p50, echo_p99];
         ceiling_phase.notes.push(format!(
@@ -131,8 +190,48 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
         if echo_available {
             heartbeat_phase.figures.push(ratio);
         }
+        if !herd_over_peer.runs.is_empty() {
+            heartbeat_phase.figures.push(herd_over_peer);
+        }
     }
-    Ok(vec![ceiling_phase, heartbeat_phase])
+    let mut phases = vec![ceiling_phase, heartbeat_phase];
+    if let Some(mut phase) = peer_phase {
+        if !phase.failed {
+            phase.figures = vec![peer_rate, peer_p50, peer_p99];
+        }
+        phases.push(phase);
+    }
+    Ok(phases)
+}
+
+/// Installs, builds and starts the seed's stack on a fresh database of the same PostgreSQL
+/// server, then connects each of its devices once (the warm-up herd's fleet had). Returns the
+/// peer and a note saying what ran.
+async fn start_peer(bench: &Bench, concurrency: usize) -> Result<(NestPeer, String)> {
+    let admin_url = bench.settings.database_url.clone().context("the heartbeat peer needs --database-url")?;
+    let directory = nest_peer::directory(&crate::cli::workspace_root());
+    tokio::task::spawn_blocking({
+        let directory = directory.clone();
+        move || nest_peer::prepare(&directory)
+    })
+    .await
+    .context("heartbeat peer build task")??;
+    let n_devices = bench.settings.n_devices;
+    let peer = NestPeer::start(&directory, &admin_url, n_devices).await?;
+    let plan = LoadPlan {
+        label: "seed peer warm-up: every device once".to_string(),
+        concurrency,
+        stop: Stop::Jobs(n_devices),
+    };
+    let warm_up = peer.measure(peer.heartbeats(), &plan).await?;
+    if warm_up.outcome.failed > 0 {
+        bail!(
+            "the heartbeat peer failed {} of {n_devices} warm-up heartbeats: {}",
+            warm_up.outcome.failed,
+            warm_up.outcome.first_error.unwrap_or_default()
+        );
+    }
+    Ok((peer, nest_peer::describe(&directory)))
 }
 
 /// Whether `POST /bench/echo` exists and really echoes.
