@@ -253,28 +253,7 @@ impl CertificateService {
             replaced_by_id: None,
             created_at: now,
         };
-        let new = NewCertificate { record: &record, certificate_pem: &issued.pem, key: &key_columns };
-
-        let mut tx = self.db.begin().await?;
         let tenant_id = scope.tenant_id();
-        // Proven again in the transaction: a delete since `prove_device` must not leave an
-        // active certificate for a device that no longer exists.
-        if !store::lock_device(&mut tx, scope, device_id).await? {
-            return Err(CertificateError::NotFound("device"));
-        }
-        store::insert(&mut tx, &new).await?;
-        if let Some(old) = replaces {
-            if !store::mark_replaced(&mut tx, scope, old, id).await? {
-                return Err(CertificateError::Conflict(
-                    "the certificate was already renewed or revoked; renew its successor instead".into(),
-                ));
-            }
-            tx.record(
-                tenant_id,
-                &Event::CertificateRenewed { certificate_id: old, replaced_by_id: id, device_id },
-                now,
-            );
-        }
         let issued_event = Event::CertificateIssued {
             certificate_id: id,
             device_id,
@@ -282,8 +261,44 @@ impl CertificateService {
             not_after: record.not_after,
             key_source,
         };
-        tx.record(tenant_id, &issued_event, now);
-        tx.commit().await?;
+        match replaces {
+            None => {
+                // A first certificate: written with whatever other issuances are waiting, in one
+                // transaction that proves the device still exists (a delete since
+                // `prove_device` must not leave an active certificate for a device that no
+                // longer exists).
+                let issuance = store::Issuance {
+                    record: record.clone(),
+                    certificate_pem: issued.pem.clone(),
+                    key: key_columns,
+                    events: vec![issued_event],
+                };
+                if !store::record_issued(scope, issuance).await? {
+                    return Err(CertificateError::NotFound("device"));
+                }
+            }
+            Some(old) => {
+                let new = NewCertificate { record: &record, certificate_pem: &issued.pem, key: &key_columns };
+                let mut tx = self.db.begin().await?;
+                // Proven again in the transaction, as above.
+                if !store::lock_device(&mut tx, scope, device_id).await? {
+                    return Err(CertificateError::NotFound("device"));
+                }
+                store::insert(&mut tx, &new).await?;
+                if !store::mark_replaced(&mut tx, scope, old, id).await? {
+                    return Err(CertificateError::Conflict(
+                        "the certificate was already renewed or revoked; renew its successor instead".into(),
+                    ));
+                }
+                tx.record(
+                    tenant_id,
+                    &Event::CertificateRenewed { certificate_id: old, replaced_by_id: id, device_id },
+                    now,
+                );
+                tx.record(tenant_id, &issued_event, now);
+                tx.commit().await?;
+            }
+        }
 
         // Files are written once the record is committed, so a failed transaction never leaves
         // the seed's paths pointing at a certificate herd has no record of.

@@ -472,6 +472,45 @@ certificate_tests! {
         assert_eq!(certificates, 0, "no certificate for a deleted device");
     }
 
+    async fn concurrent_issuances_each_get_their_own_answer(app) {
+        // Issued at once, they share transactions (group commit): each answer is still its
+        // own, a deleted device's issue fails alone, and every certificate has its event.
+        let mut ids = Vec::new();
+        for n in 0..24 {
+            ids.push(device(&app, ADMIN_TOKEN, &format!("G{n}")).await.0);
+        }
+        let deleted: Vec<String> = ids.iter().step_by(6).cloned().collect();
+        for id in &deleted {
+            assert_eq!(app.delete(&format!("/devices/{id}"), ADMIN_TOKEN).await.status(), StatusCode::NO_CONTENT);
+        }
+        let (_, pem) = csr(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let paths: Vec<String> = ids.iter().map(|id| format!("/devices/{id}/certificates")).collect();
+        let requests =
+            paths.iter().map(|path| app.request(Method::POST, path, Some(ADMIN_TOKEN), Some(json!({ "csr": pem }))));
+        let responses = futures::future::join_all(requests).await;
+        let mut issued = std::collections::HashMap::new();
+        for (id, response) in ids.iter().zip(responses) {
+            if deleted.contains(id) {
+                expect_problem(response, StatusCode::NOT_FOUND).await;
+            } else {
+                let body = expect_json(response, StatusCode::CREATED).await;
+                assert_eq!(body["certificate"]["deviceId"], id.as_str());
+                issued.insert(s(&body["certificate"]["id"]), id.clone());
+            }
+        }
+        assert_eq!(issued.len(), ids.len() - deleted.len());
+        let announced = events(&app, "certificate.issued", issued.len()).await;
+        assert_eq!(announced.len(), issued.len());
+        for event in &announced {
+            let certificate = s(&event["data"]["certificateId"]);
+            assert_eq!(issued.get(&certificate), Some(&s(&event["data"]["deviceId"])), "{event}");
+        }
+        let mut check = app.raw().await;
+        let stored = check.scalar_i64("SELECT count(*) FROM certificates", &[]).await;
+        check.close().await;
+        assert_eq!(stored, issued.len() as i64);
+    }
+
     async fn validation_reports_every_failed_check(app) {
         let (device_id, _) = device(&app, ADMIN_TOKEN, "V").await;
         let body = issue(&app, ADMIN_TOKEN, &device_id, None).await;

@@ -37,6 +37,7 @@ pub mod telemetry;
 pub mod tenants;
 pub mod webhooks;
 
+mod group;
 mod json;
 mod page;
 mod samples;
@@ -81,6 +82,8 @@ pub struct Db {
     origin: Arc<str>,
     /// Group commit of small metric ingests ([`samples`]).
     samples: samples::SampleQueue,
+    /// Group commit of certificate issuance ([`certificates::record_issued`]).
+    issues: Arc<certificates::IssueGroup>,
 }
 
 #[derive(Debug, Clone)]
@@ -335,6 +338,7 @@ impl Db {
     fn new(pools: Pools) -> Db {
         Db {
             samples: samples::SampleQueue::start(pools.clone()),
+            issues: Arc::new(certificates::issue_group()),
             pools,
             cache: Arc::new(DeviceCache::new(0, true)),
             origin: uuid::Uuid::new_v4().simple().to_string().into(),

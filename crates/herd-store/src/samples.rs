@@ -207,7 +207,7 @@ async fn insert(pools: &Pools, jobs: &[Job]) -> Result<Vec<u64>, StoreError> {
 /// order: sqlx binds a parameter by asking SQLite its name, which SQLite finds by a linear walk
 /// of the statement's names, so thousands of numbered `$N` cost time quadratic in their number
 /// (measured: a group of 1,000 rows wrote ~8,000 samples/s with `$N`).
-fn sqlite_values_sql(head: &str, width: usize, rows: usize, tail: &str) -> String {
+pub(crate) fn sqlite_values_sql(head: &str, width: usize, rows: usize, tail: &str) -> String {
     let tuple = format!("({})", vec!["?"; width].join(", "));
     let mut sql = String::with_capacity(head.len() + tail.len() + rows * (tuple.len() + 2));
     sql.push_str(head);
