@@ -13,6 +13,7 @@
 //! [`vault::Vault`]: this module does not know whether keys live in files or in the database.
 
 pub mod authority;
+mod file_writer;
 pub mod keypool;
 pub mod monitor;
 pub(crate) mod routes;

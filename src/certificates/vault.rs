@@ -2,7 +2,8 @@
 //! interface (`HERD_CERT_STORE`).
 //!
 //! - `file` (DeviceCertificatesService): `<data-dir>/certificates/devices/private/{deviceId}-key.pem`
-//!   (0600) and `devices/public/{deviceId}-cert.pem`, written atomically (temp file + rename).
+//!   (0600) and `devices/public/{deviceId}-cert.pem`, written atomically (temp file + rename) by
+//!   one thread a group at a time ([`super::file_writer`]).
 //!   The record keeps the SHA-256 of the key file, so a file later overwritten by the device's
 //!   next certificate is recognised instead of being handed out as the wrong key.
 //! - `database` (CertificateManagementService): the key sealed with AES-256-GCM under the
@@ -19,10 +20,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use base64::Engine as _;
 
+use super::file_writer::FileWriter;
 use super::sha256_hex;
 use super::store::{self, CertificateMaterial, KeyColumns};
 use crate::config::{CertStoreKind, Settings};
-use crate::files::write_atomically;
 use crate::ids::{CertificateId, DeviceId};
 use crate::store::Db;
 
@@ -37,6 +38,8 @@ pub(crate) struct Vault {
     root: PathBuf,
     /// The key-encryption key, when configured or present (always in `database` mode).
     kek: Option<[u8; 32]>,
+    /// Writes the seed's files in `file` mode.
+    files: Option<FileWriter>,
 }
 
 /// What `herd certificates migrate-store` did.
@@ -72,7 +75,11 @@ impl Vault {
             }
             None => None,
         };
-        Ok(Vault { kind: settings.cert_store, root, kek })
+        let files = match settings.cert_store {
+            CertStoreKind::File => Some(FileWriter::start()?),
+            CertStoreKind::Database => None,
+        };
+        Ok(Vault { kind: settings.cert_store, root, kek, files })
     }
 
     /// The key-encryption key, when one is configured or present in the data directory.
@@ -114,30 +121,19 @@ impl Vault {
         certificate_pem: &str,
         private_key_pem: Option<&str>,
     ) -> anyhow::Result<()> {
-        if self.kind != CertStoreKind::File {
+        let Some(files) = &self.files else {
             return Ok(());
-        }
-        let (cert_path, key_path) = (self.cert_path(device_id), self.key_path(device_id));
-        let (certificate, key) = (certificate_pem.to_string(), private_key_pem.map(str::to_string));
-        tokio::task::spawn_blocking(move || {
-            match key {
-                Some(key) => write_atomically(&key_path, key.as_bytes(), 0o600)?,
-                // A certificate for the device's own key (CSR): the previous server key no
-                // longer belongs to the certificate file, so it goes first. The files are a
-                // matching pair or there is no key file, at every moment.
-                None => match std::fs::remove_file(&key_path) {
-                    Ok(()) => {}
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(error) => {
-                        return Err(anyhow::Error::new(error)
-                            .context(format!("cannot remove the superseded key {}", key_path.display())))
-                    }
-                },
-            }
-            write_atomically(&cert_path, certificate.as_bytes(), 0o644)
-        })
-        .await
-        .context("the file writer stopped")?
+        };
+        // A certificate for the device's own key (CSR) removes the key file a previous server
+        // key left: the files are a matching pair or there is no key file, at every moment.
+        files
+            .write(
+                self.cert_path(device_id),
+                self.key_path(device_id),
+                certificate_pem.to_string(),
+                private_key_pem.map(str::to_string),
+            )
+            .await
     }
 
     /// The private key of a record, from wherever the record says it is. `None` for a CSR
