@@ -34,7 +34,7 @@ use crate::http::error::ApiError;
 use crate::ids::{CertificateId, DeviceId};
 use crate::store::{Db, StoreError};
 use keypool::KeyPool;
-use store::{CertificateRow, CertificateStore, NewCertificate};
+use store::{CertificateRow, CertificateStore, Recorded};
 use vault::Vault;
 
 pub use herd_domain::status::{CertificateStatus, KeySource};
@@ -254,7 +254,6 @@ impl CertificateService {
             replaced_by_id: None,
             created_at: now,
         };
-        let tenant_id = scope.tenant_id();
         let issued_event = Event::CertificateIssued {
             certificate_id: id,
             device_id,
@@ -262,42 +261,30 @@ impl CertificateService {
             not_after: record.not_after,
             key_source,
         };
-        match replaces {
-            None => {
-                // A first certificate: written with whatever other issuances are waiting, in one
-                // transaction that proves the device still exists (a delete since
-                // `prove_device` must not leave an active certificate for a device that no
-                // longer exists).
-                let issuance = store::Issuance {
-                    record: record.clone(),
-                    certificate_pem: issued.pem.clone(),
-                    key: key_columns,
-                    events: vec![issued_event],
-                };
-                if !store::record_issued(scope, issuance).await? {
-                    return Err(CertificateError::NotFound("device"));
-                }
-            }
+        // Written in one transaction that proves the device still exists (a delete since
+        // `prove_device` must not leave an active certificate for a device that no longer
+        // exists); a first certificate shares it with whatever other issuances are waiting.
+        let mut issuance = store::Issuance {
+            record: record.clone(),
+            certificate_pem: issued.pem.clone(),
+            key: key_columns,
+            events: vec![issued_event],
+        };
+        let recorded = match replaces {
+            None => store::record_issued(scope, issuance).await?,
             Some(old) => {
-                let new = NewCertificate { record: &record, certificate_pem: &issued.pem, key: &key_columns };
-                let mut tx = self.db.begin().await?;
-                // Proven again in the transaction, as above.
-                if !store::lock_device(&mut tx, scope, device_id).await? {
-                    return Err(CertificateError::NotFound("device"));
-                }
-                store::insert(&mut tx, &new).await?;
-                if !store::mark_replaced(&mut tx, scope, old, id).await? {
-                    return Err(CertificateError::Conflict(
-                        "the certificate was already renewed or revoked; renew its successor instead".into(),
-                    ));
-                }
-                tx.record(
-                    tenant_id,
-                    &Event::CertificateRenewed { certificate_id: old, replaced_by_id: id, device_id },
-                    now,
-                );
-                tx.record(tenant_id, &issued_event, now);
-                tx.commit().await?;
+                let renewed = Event::CertificateRenewed { certificate_id: old, replaced_by_id: id, device_id };
+                issuance.events.insert(0, renewed);
+                store::record_renewal(scope, issuance, old).await?
+            }
+        };
+        match recorded {
+            Recorded::Done => {}
+            Recorded::NoDevice => return Err(CertificateError::NotFound("device")),
+            Recorded::AlreadyReplaced => {
+                return Err(CertificateError::Conflict(
+                    "the certificate was already renewed or revoked; renew its successor instead".into(),
+                ))
             }
         }
 

@@ -67,13 +67,6 @@ pub struct KeyColumns {
     pub private_key_digest: Option<String>,
 }
 
-/// A record to insert.
-pub struct NewCertificate<'a> {
-    pub record: &'a CertificateRow,
-    pub certificate_pem: &'a str,
-    pub key: &'a KeyColumns,
-}
-
 /// Filters of `GET /certificates`.
 #[derive(Debug, Clone, Default)]
 pub struct CertificateFilter {
@@ -242,7 +235,7 @@ impl<'s> CertificateStore<'s> {
 /// PostgreSQL locks its row `FOR SHARE` until `tx` ends: a concurrent delete either waits for
 /// `tx` and then revokes what it issued, or commits first and this answers false. On SQLite the
 /// one writer connection already keeps a delete out of `tx`.
-pub async fn lock_device(tx: &mut Tx, scope: &TenantScope, device_id: DeviceId) -> Result<bool, StoreError> {
+async fn lock_device(tx: &mut Tx, scope: &TenantScope, device_id: DeviceId) -> Result<bool, StoreError> {
     let lock = match scope.db().engine() {
         Engine::Sqlite => "",
         Engine::Postgres => " FOR SHARE",
@@ -257,35 +250,41 @@ pub async fn lock_device(tx: &mut Tx, scope: &TenantScope, device_id: DeviceId) 
     Ok(found.is_some())
 }
 
-/// Inserts a record. A duplicate serial or fingerprint (a 2^-126 event) is a unique violation.
-pub async fn insert(tx: &mut Tx, new: &NewCertificate<'_>) -> Result<(), StoreError> {
-    const SQL: &str =
-        "INSERT INTO certificates (id, tenant_id, device_id, serial_number, fingerprint, subject, issuer, \
-        not_before, not_after, status, key_source, certificate_pem, key_storage, private_key_sealed, \
-        private_key_digest, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
-    let r = new.record;
-    with_tx!(tx, |conn| sqlx::query(SQL)
-        .bind(r.id)
-        .bind(r.tenant_id)
-        .bind(r.device_id)
-        .bind(&r.serial_number)
-        .bind(&r.fingerprint)
-        .bind(&r.subject)
-        .bind(&r.issuer)
-        .bind(r.not_before)
-        .bind(r.not_after)
-        .bind(r.status)
-        .bind(r.key_source)
-        .bind(new.certificate_pem)
-        .bind(new.key.key_storage)
-        .bind(&new.key.private_key_sealed)
-        .bind(&new.key.private_key_digest)
-        .bind(r.created_at)
-        .execute(&mut *conn)
-        .await
-        .map(|r| r.rows_affected()))
-    .map_err(classify)?;
-    Ok(())
+/// The columns an issuance writes, in the order [`bind_issuance!`] binds them.
+const INSERT_INTO: &str = "INSERT INTO certificates (id, tenant_id, device_id, serial_number, fingerprint, subject, \
+    issuer, not_before, not_after, status, key_source, certificate_pem, key_storage, private_key_sealed, \
+    private_key_digest, created_at) ";
+
+/// Binds an [`Issuance`]'s [`INSERT_INTO`] columns to `$query`, in order (either engine).
+macro_rules! bind_issuance {
+    ($query:expr, $issuance:expr) => {{
+        let issuance: &Issuance = $issuance;
+        let r = &issuance.record;
+        $query
+            .bind(r.id)
+            .bind(r.tenant_id)
+            .bind(r.device_id)
+            .bind(&r.serial_number)
+            .bind(&r.fingerprint)
+            .bind(&r.subject)
+            .bind(&r.issuer)
+            .bind(r.not_before)
+            .bind(r.not_after)
+            .bind(r.status)
+            .bind(r.key_source)
+            .bind(&issuance.certificate_pem)
+            .bind(issuance.key.key_storage)
+            .bind(&issuance.key.private_key_sealed)
+            .bind(&issuance.key.private_key_digest)
+            .bind(r.created_at)
+    }};
+}
+
+/// Inserts one record. A duplicate serial or fingerprint (a 2^-126 event) is a unique violation.
+async fn insert(tx: &mut Tx, issuance: &Issuance) -> Result<(), StoreError> {
+    let sql = format!("{INSERT_INTO}VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)");
+    with_tx!(tx, |conn| bind_issuance!(sqlx::query(&sql), issuance).execute(&mut *conn).await.map(|_| ()))
+        .map_err(classify)
 }
 
 /// A new certificate to record with the events that announce it ([`record_issued`]).
@@ -302,95 +301,102 @@ pub struct Issuance {
 const ISSUE_GROUP: usize = 256;
 
 /// The group commit of [`record_issued`].
-pub(crate) type IssueGroup = Group<Issuance, bool>;
+pub(crate) type IssueGroup = Group<Issuance, Recorded>;
 
 pub(crate) fn issue_group() -> IssueGroup {
     Group::new(ISSUE_GROUP)
 }
 
 /// Records a new certificate (not a renewal) of a device of the scope's tenant and its events,
-/// committed before this returns; false, and nothing written, if the device is not in the
-/// tenant (any more).
+/// committed before this returns; [`Recorded::NoDevice`], and nothing written, if the device
+/// is not in the tenant (any more).
 ///
 /// Concurrent issuances share a transaction ([`crate::group`]): at c=64 the one SQLite writer
 /// was held ~0.9 ms a certificate for six round trips (BENCHMARKS.md, "CSR signing"); a group
 /// pays them once. If a group's device check finds a device missing, or a row fails, the
 /// group is rolled back and each issuance is written alone, so each gets its own answer.
-pub async fn record_issued(scope: &TenantScope, mut issuance: Issuance) -> Result<bool, StoreError> {
+pub async fn record_issued(scope: &TenantScope, mut issuance: Issuance) -> Result<Recorded, StoreError> {
     issuance.record.tenant_id = scope.tenant_id();
     let db = scope.db().clone();
     scope.db().issues.submit(issuance, move |jobs| write_issued(db.clone(), jobs)).await
 }
 
-async fn write_issued(db: Db, jobs: Vec<Pending<Issuance, bool>>) {
+/// What recording one issuance came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Done,
+    /// The device is not in the tenant (any more); nothing was written.
+    NoDevice,
+    /// The certificate a renewal replaces was already renewed or revoked; nothing was written.
+    AlreadyReplaced,
+}
+
+/// Records a renewal: `issuance` replaces `old` (of the same device), committed with its
+/// events before this returns, or nothing written. Renewals are rare and not grouped.
+pub async fn record_renewal(
+    scope: &TenantScope,
+    mut issuance: Issuance,
+    old: CertificateId,
+) -> Result<Recorded, StoreError> {
+    issuance.record.tenant_id = scope.tenant_id();
+    insert_one(scope.db(), &issuance, Some(old)).await
+}
+
+async fn write_issued(db: Db, jobs: Vec<Pending<Issuance, Recorded>>) {
     if jobs.len() > 1 {
         let issuances: Vec<&Issuance> = jobs.iter().map(|pending| &pending.job).collect();
         if let Ok(true) = insert_group(&db, &issuances).await {
             for pending in jobs {
-                pending.answer(Ok(true));
+                pending.answer(Ok(Recorded::Done));
             }
             return;
         }
     }
     for pending in jobs {
-        let result = insert_one(&db, &pending.job).await;
+        let result = insert_one(&db, &pending.job, None).await;
         pending.answer(result);
     }
 }
 
-async fn insert_one(db: &Db, issuance: &Issuance) -> Result<bool, StoreError> {
+/// One issuance in its own transaction: the device proven (and on PostgreSQL locked) inside
+/// it, the record, `replaces` marked replaced by it, its events, one commit.
+async fn insert_one(db: &Db, issuance: &Issuance, replaces: Option<CertificateId>) -> Result<Recorded, StoreError> {
     let record = &issuance.record;
     let scope = TenantScope::new(db.clone(), record.tenant_id);
     let mut tx = db.begin().await?;
     if !lock_device(&mut tx, &scope, record.device_id).await? {
-        return Ok(false);
+        return Ok(Recorded::NoDevice);
     }
-    let new = NewCertificate { record, certificate_pem: &issuance.certificate_pem, key: &issuance.key };
-    insert(&mut tx, &new).await?;
+    insert(&mut tx, issuance).await?;
+    if let Some(old) = replaces {
+        if !mark_replaced(&mut tx, &scope, old, record.id).await? {
+            return Ok(Recorded::AlreadyReplaced);
+        }
+    }
     for event in &issuance.events {
         tx.record(record.tenant_id, event, record.created_at);
     }
     tx.commit().await?;
-    Ok(true)
+    Ok(Recorded::Done)
 }
 
 /// Writes every issuance in one transaction if every device is (still) there; Ok(false), with
 /// nothing written, if one is not.
 async fn insert_group(db: &Db, issuances: &[&Issuance]) -> Result<bool, StoreError> {
-    const INTO: &str = "INSERT INTO certificates (id, tenant_id, device_id, serial_number, fingerprint, subject, \
-        issuer, not_before, not_after, status, key_source, certificate_pem, key_storage, private_key_sealed, \
-        private_key_digest, created_at) ";
     let mut tx = db.begin().await?;
     let all_there = match &mut tx.conn {
         TxConn::Sqlite(conn) => {
             // The device check is in the insert: a row whose device is gone is not inserted, and
             // a count short of the rows sent says so without returning rows across threads.
             let sql = sqlite_values_sql(
-                &format!("{INTO}SELECT * FROM (VALUES "),
+                &format!("{INSERT_INTO}SELECT * FROM (VALUES "),
                 16,
                 issuances.len(),
                 ") AS v WHERE EXISTS (SELECT 1 FROM devices d WHERE d.tenant_id = v.column2 AND d.id = v.column3)",
             );
             let mut query = sqlx::query(&sql);
             for issuance in issuances {
-                let r = &issuance.record;
-                query = query
-                    .bind(r.id)
-                    .bind(r.tenant_id)
-                    .bind(r.device_id)
-                    .bind(&r.serial_number)
-                    .bind(&r.fingerprint)
-                    .bind(&r.subject)
-                    .bind(&r.issuer)
-                    .bind(r.not_before)
-                    .bind(r.not_after)
-                    .bind(r.status)
-                    .bind(r.key_source)
-                    .bind(&issuance.certificate_pem)
-                    .bind(issuance.key.key_storage)
-                    .bind(&issuance.key.private_key_sealed)
-                    .bind(&issuance.key.private_key_digest)
-                    .bind(r.created_at);
+                query = bind_issuance!(query, issuance);
             }
             let written = query.execute(&mut **conn).await.map_err(classify)?.rows_affected();
             written == issuances.len() as u64
@@ -420,7 +426,7 @@ async fn insert_group(db: &Db, issuances: &[&Issuance]) -> Result<bool, StoreErr
             let number =
                 |f: &dyn Fn(&CertificateRow) -> i64| issuances.iter().map(|i| f(&i.record)).collect::<Vec<i64>>();
             sqlx::query(&format!(
-                "{INTO}SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], \
+                "{INSERT_INTO}SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], \
                  $7::TEXT[], $8::BIGINT[], $9::BIGINT[], $10::TEXT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], \
                  $14::TEXT[], $15::TEXT[], $16::BIGINT[])"
             ))
@@ -460,7 +466,7 @@ async fn insert_group(db: &Db, issuances: &[&Issuance]) -> Result<bool, StoreErr
 
 /// Marks `old` as replaced by `new`, only if it is not revoked and not already replaced: the
 /// one statement that makes every renewal happen once, whichever instance or request races.
-pub async fn mark_replaced(
+async fn mark_replaced(
     tx: &mut Tx,
     scope: &TenantScope,
     old: CertificateId,
@@ -820,7 +826,9 @@ mod tests {
         }
     }
 
-    fn pending(issuance: Issuance) -> (Pending<Issuance, bool>, oneshot::Receiver<Result<bool, StoreError>>) {
+    type Answer = oneshot::Receiver<Result<Recorded, StoreError>>;
+
+    fn pending(issuance: Issuance) -> (Pending<Issuance, Recorded>, Answer) {
         let (answer, answered) = oneshot::channel();
         (Pending { job: issuance, answer }, answered)
     }
@@ -829,32 +837,33 @@ mod tests {
     /// is written one by one: that issuance alone answers false, the others are stored, and
     /// every stored certificate has its event.
     #[tokio::test]
-    async fn a_group_with_a_missing_device_answers_each_issuance_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("herd.db").display());
-        let (db, _system) = crate::Db::open(&url).await.unwrap();
-        db.migrate().await.unwrap();
-        let crate::Pools::Sqlite { writer, .. } = &db.pools else { unreachable!("an SQLite url") };
+    async fn a_group_with_a_missing_device_answers_each_issuance_alone_on_sqlite() {
+        a_group_with_a_missing_device_answers_each_issuance_alone(&crate::test_db::sqlite().await.db).await;
+    }
+
+    #[tokio::test]
+    async fn a_group_with_a_missing_device_answers_each_issuance_alone_on_postgres() {
+        if let Some(test_db) = crate::test_db::postgres().await {
+            a_group_with_a_missing_device_answers_each_issuance_alone(&test_db.db).await;
+        }
+    }
+
+    async fn a_group_with_a_missing_device_answers_each_issuance_alone(db: &Db) {
         let tenants = [TenantId::new(), TenantId::new()];
         let devices = [DeviceId::new(), DeviceId::new(), DeviceId::new()];
         for tenant in tenants {
-            sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $1, 0)")
-                .bind(tenant)
-                .execute(writer)
-                .await
-                .unwrap();
+            let sql = "INSERT INTO tenants (id, name, created_at) VALUES ($1, $1, 0)";
+            with_writer!(db, |pool| sqlx::query(sql).bind(tenant).execute(pool).await.map(|_| ())).unwrap();
         }
         // Devices 0 and 1 in tenant 0, device 2 in tenant 1.
         for (device, tenant) in devices.iter().zip([tenants[0], tenants[0], tenants[1]]) {
-            sqlx::query("INSERT INTO devices (id, tenant_id, name, created_at, updated_at) VALUES ($1, $2, 'd', 0, 0)")
-                .bind(device)
-                .bind(tenant)
-                .execute(writer)
-                .await
+            let sql = "INSERT INTO devices (id, tenant_id, name, created_at, updated_at) VALUES ($1, $2, 'd', 0, 0)";
+            with_writer!(db, |pool| sqlx::query(sql).bind(device).bind(tenant).execute(pool).await.map(|_| ()))
                 .unwrap();
         }
-        let count =
-            |sql: &'static str| async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(writer).await.unwrap() };
+        let count = |sql: &'static str| async move {
+            with_writer!(db, |pool| sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await).unwrap()
+        };
 
         // All there, two tenants: one group.
         let (a, a_answer) = pending(issuance(tenants[0], devices[0], 1));
@@ -862,7 +871,7 @@ mod tests {
         let (c, c_answer) = pending(issuance(tenants[1], devices[2], 3));
         write_issued(db.clone(), vec![a, b, c]).await;
         for answer in [a_answer, b_answer, c_answer] {
-            assert!(answer.await.unwrap().unwrap());
+            assert_eq!(answer.await.unwrap().unwrap(), Recorded::Done);
         }
         assert_eq!(count("SELECT COUNT(*) FROM certificates").await, 3);
         assert_eq!(count("SELECT COUNT(*) FROM events WHERE type = 'certificate.issued'").await, 3);
@@ -874,18 +883,18 @@ mod tests {
         let (gone, gone_answer) = pending(issuance(tenants[1], DeviceId::new(), 6));
         let (also_kept, also_kept_answer) = pending(issuance(tenants[1], devices[2], 7));
         write_issued(db.clone(), vec![kept, wrong_tenant, gone, also_kept]).await;
-        assert!(kept_answer.await.unwrap().unwrap());
-        assert!(!wrong_tenant_answer.await.unwrap().unwrap(), "another tenant's device is not there");
-        assert!(!gone_answer.await.unwrap().unwrap());
-        assert!(also_kept_answer.await.unwrap().unwrap());
+        assert_eq!(kept_answer.await.unwrap().unwrap(), Recorded::Done);
+        assert_eq!(wrong_tenant_answer.await.unwrap().unwrap(), Recorded::NoDevice, "another tenant's device");
+        assert_eq!(gone_answer.await.unwrap().unwrap(), Recorded::NoDevice);
+        assert_eq!(also_kept_answer.await.unwrap().unwrap(), Recorded::Done);
         assert_eq!(count("SELECT COUNT(*) FROM certificates").await, 5);
         assert_eq!(count("SELECT COUNT(*) FROM events WHERE type = 'certificate.issued'").await, 5);
 
         // The group statement itself (not only the one-by-one fallback) writes and checks.
         let (x, y) = (issuance(tenants[0], devices[1], 8), issuance(tenants[1], devices[2], 9));
-        assert!(insert_group(&db, &[&x, &y]).await.unwrap(), "a group whose devices are all there");
+        assert!(insert_group(db, &[&x, &y]).await.unwrap(), "a group whose devices are all there");
         let (z, missing) = (issuance(tenants[0], devices[0], 10), issuance(tenants[0], devices[2], 11));
-        assert!(!insert_group(&db, &[&z, &missing]).await.unwrap(), "device 2 is not tenant 0's");
+        assert!(!insert_group(db, &[&z, &missing]).await.unwrap(), "device 2 is not tenant 0's");
         assert_eq!(count("SELECT COUNT(*) FROM certificates").await, 7, "the failed group wrote nothing");
         assert_eq!(count("SELECT COUNT(*) FROM events WHERE type = 'certificate.issued'").await, 7);
         // Each tenant's events are numbered without gaps.

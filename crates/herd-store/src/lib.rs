@@ -42,6 +42,8 @@ mod json;
 mod page;
 mod samples;
 mod scope;
+#[cfg(test)]
+mod test_db;
 
 pub use json::Json;
 pub use page::Page;
