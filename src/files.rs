@@ -3,8 +3,9 @@
 //! modes of the data directory and the SQLite files, which hold webhook secrets and sealed
 //! keys: directories herd creates are 0700, the database files 0600, key files 0600.
 
+use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
@@ -26,20 +27,31 @@ pub(crate) fn create_new(path: &Path, mode: u32) -> anyhow::Result<std::fs::File
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
 /// reader sees the old file or the new one, never a half-written one.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    create_private_dir(dir)?;
-    let file_name = path.file_name().and_then(|name| name.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-    let result = (|| {
-        let mut file = create_new(&tmp, mode)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
-    })();
+    create_private_dir(path.parent().unwrap_or(Path::new(".")))?;
+    let (tmp, file) = write_temporary(path, bytes, mode)?;
+    let result = file
+        .sync_all()
+        .map_err(anyhow::Error::new)
+        .and_then(|()| std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display())));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Writes `bytes` to a new, uniquely named temporary file beside `path` (whose directory must
+/// exist) with `mode`, not yet synced: the first half of an atomic replace, for callers that
+/// sync several files at once. Nothing is left behind if the write fails.
+pub(crate) fn write_temporary(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<(PathBuf, File)> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path.file_name().and_then(|name| name.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let mut file = create_new(&tmp, mode)?;
+    if let Err(error) = file.write_all(bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow::Error::new(error).context(format!("cannot write {}", tmp.display())));
+    }
+    Ok((tmp, file))
 }
 
 /// Creates `dir` (and any missing parents) readable by herd's user only (0700). A directory that

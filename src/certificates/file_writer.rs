@@ -12,14 +12,13 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use anyhow::Context;
 use tokio::sync::oneshot;
 
-use crate::files::{create_new, create_private_dir};
+use crate::files::{create_private_dir, write_temporary};
 
 /// The most jobs one group takes.
 const GROUP: usize = 256;
@@ -144,14 +143,7 @@ fn temporary(
         create_private_dir(dir)?;
         directories.insert(dir.to_path_buf());
     }
-    let file_name = path.file_name().and_then(|name| name.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-    let mut file = create_new(&tmp, mode)?;
-    if let Err(error) = file.write_all(bytes) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(anyhow::Error::new(error).context(format!("cannot write {}", tmp.display())));
-    }
-    Ok((tmp, file))
+    write_temporary(path, bytes, mode)
 }
 
 /// Makes every dirty file of the filesystem holding `path` durable: true if it did.
