@@ -26,11 +26,11 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 use crate::context::Measured;
-use crate::http::{send_once, Method, Request, StatusCode};
+use crate::http::{Method, Request};
 use crate::load::{run_load, LoadPlan, Workload};
 use crate::phases::pick;
 use crate::postgres::FreshDatabase;
-use crate::server::RssSampler;
+use crate::server::{log_tail, wait_ready, RssSampler};
 
 /// Node cluster workers: the benchmark machine's two cores, which herd uses too.
 pub const WORKERS: usize = 2;
@@ -226,35 +226,14 @@ impl PeerProcess {
 
     /// Waits until the primary has printed `ready` (every worker listens) and `/readyz` answers.
     async fn wait_ready(&mut self) -> Result<()> {
-        let started = Instant::now();
-        let probe = Request::new(Method::GET, "/readyz");
-        loop {
-            if let Some(status) = self.child.try_wait().context("checking on the peer")? {
-                bail!("the heartbeat peer exited during startup ({status}); its log ends:\n{}", self.log_tail());
-            }
-            let all_listening = std::fs::read_to_string(&self.log_path).is_ok_and(|log| log.contains("ready "));
-            if all_listening {
-                if let Ok(response) = send_once(self.addr, &probe).await {
-                    if response.status == StatusCode::OK {
-                        return Ok(());
-                    }
-                }
-            }
-            if started.elapsed() > STARTUP_TIMEOUT {
-                bail!(
-                    "the heartbeat peer was not ready within {} s; its log ends:\n{}",
-                    STARTUP_TIMEOUT.as_secs(),
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let log_path = self.log_path.clone();
+        let all_listening = || std::fs::read_to_string(&log_path).is_ok_and(|log| log.contains("ready "));
+        wait_ready("the heartbeat peer", &mut self.child, self.addr, &self.log_path, STARTUP_TIMEOUT, all_listening)
+            .await
     }
 
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        log_tail(&self.log_path)
     }
 
     /// SIGTERM to the group, a grace period for the primary, then SIGKILL to whatever of the

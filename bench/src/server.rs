@@ -165,7 +165,7 @@ impl HerdServer {
             keep_data: true,
             stopped: false,
         };
-        server.wait_ready(Duration::from_secs(60)).await?;
+        wait_ready("herd", &mut server.child, server.addr, &server.log_path, Duration::from_secs(60), || true).await?;
         Ok(server)
     }
 
@@ -207,29 +207,6 @@ impl HerdServer {
     /// The last lines of the server log, for error messages.
     pub fn log_tail(&self) -> String {
         log_tail(&self.log_path)
-    }
-
-    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let started = Instant::now();
-        let probe = Request::new(Method::GET, "/readyz");
-        loop {
-            if let Some(status) = self.child.try_wait().context("checking on herd")? {
-                bail!("herd exited during startup ({status}); its log ends:\n{}", self.log_tail());
-            }
-            if let Ok(response) = send_once(self.addr, &probe).await {
-                if response.status == StatusCode::OK {
-                    return Ok(());
-                }
-            }
-            if started.elapsed() > timeout {
-                bail!(
-                    "herd did not answer GET /readyz with 200 within {} s; its log ends:\n{}",
-                    timeout.as_secs(),
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 
     /// Stops the server (SIGTERM, then SIGKILL after 10 s) and removes the data directory.
@@ -330,7 +307,37 @@ fn kib_to_mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-fn log_tail(path: &Path) -> String {
+/// Waits until `child` (called `name` in errors) answers `GET /readyz` at `addr` with 200 once
+/// `also_ready` holds; fails early, with the end of its log, if it exits or `timeout` passes.
+pub(crate) async fn wait_ready(
+    name: &str,
+    child: &mut Child,
+    addr: SocketAddr,
+    log_path: &Path,
+    timeout: Duration,
+    also_ready: impl Fn() -> bool,
+) -> Result<()> {
+    let started = Instant::now();
+    let probe = Request::new(Method::GET, "/readyz");
+    loop {
+        if let Some(status) = child.try_wait().with_context(|| format!("checking on {name}"))? {
+            bail!("{name} exited during startup ({status}); its log ends:\n{}", log_tail(log_path));
+        }
+        if also_ready() {
+            if let Ok(response) = send_once(addr, &probe).await {
+                if response.status == StatusCode::OK {
+                    return Ok(());
+                }
+            }
+        }
+        if started.elapsed() > timeout {
+            bail!("{name} was not ready within {} s; its log ends:\n{}", timeout.as_secs(), log_tail(log_path));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub(crate) fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
