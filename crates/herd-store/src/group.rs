@@ -95,72 +95,104 @@ fn closed() -> StoreError {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
-    /// Every job is answered with its own result, and concurrent jobs share groups.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_jobs_are_written_in_fewer_groups_and_each_gets_its_answer() {
-        let group: Arc<Group<u32, u32>> = Arc::new(Group::new(16));
-        let groups = Arc::new(AtomicUsize::new(0));
-        let mut requests = Vec::new();
-        for n in 0..200u32 {
-            let group = Arc::clone(&group);
-            let groups = Arc::clone(&groups);
-            requests.push(tokio::spawn(async move {
-                group
-                    .submit(n, move |jobs| {
-                        let groups = Arc::clone(&groups);
-                        async move {
-                            groups.fetch_add(1, Ordering::SeqCst);
-                            assert!(jobs.len() <= 16, "a group took {} jobs", jobs.len());
-                            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-                            for pending in jobs {
-                                let n = pending.job;
-                                pending.answer(Ok(n * 2));
-                            }
-                        }
-                    })
-                    .await
-            }));
-        }
-        for (n, request) in requests.into_iter().enumerate() {
-            assert_eq!(request.await.unwrap().unwrap(), n as u32 * 2);
-        }
-        let groups = groups.load(Ordering::SeqCst);
-        assert!(groups < 200, "200 concurrent jobs took {groups} groups: nothing was grouped");
-    }
+    type Writing = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+    type Write = Box<dyn Fn(Vec<Pending<u32, u32>>) -> Writing + Send + Sync>;
 
-    /// A leader whose request is dropped mid-write still answers the rest of its group.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_cancelled_leader_does_not_abandon_its_group() {
-        let group: Arc<Group<u32, u32>> = Arc::new(Group::new(16));
-        let (release, released) = tokio::sync::watch::channel(false);
-        let write = move |jobs: Vec<Pending<u32, u32>>| {
-            let mut released = released.clone();
-            async move {
-                let _ = released.wait_for(|go| *go).await;
+    /// A test write: reports each group's jobs on `groups`, waits for `release`, then answers
+    /// every job with its number plus one.
+    fn gated_write(
+        groups: tokio::sync::mpsc::UnboundedSender<Vec<u32>>,
+        release: tokio::sync::watch::Receiver<bool>,
+    ) -> Write {
+        Box::new(move |jobs: Vec<Pending<u32, u32>>| {
+            let (groups, mut release) = (groups.clone(), release.clone());
+            Box::pin(async move {
+                let _ = groups.send(jobs.iter().map(|pending| pending.job).collect());
+                let _ = release.wait_for(|go| *go).await;
                 for pending in jobs {
                     let n = pending.job;
                     pending.answer(Ok(n + 1));
                 }
-            }
+            })
+        })
+    }
+
+    async fn queued_reaches(group: &Group<u32, u32>, n: usize) {
+        while group.queued.lock().unwrap().len() < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Jobs queued while a group is being written are taken by the next leaders, at most
+    /// `limit` at a time, and every job gets its own answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_queued_behind_a_group_are_written_in_groups_of_at_most_the_limit() {
+        let group: Arc<Group<u32, u32>> = Arc::new(Group::new(16));
+        let (groups_tx, mut groups) = tokio::sync::mpsc::unbounded_channel();
+        let (release, released) = tokio::sync::watch::channel(false);
+        let write = Arc::new(gated_write(groups_tx, released));
+        let submit = |n: u32| {
+            let (group, write) = (Arc::clone(&group), Arc::clone(&write));
+            tokio::spawn(async move { group.submit(n, |jobs| write(jobs)).await })
         };
-        // The first request leads a group of one and blocks in the write.
-        let leader = {
-            let group = Arc::clone(&group);
-            let write = write.clone();
-            tokio::spawn(async move { group.submit(1, write).await })
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        // The second queues behind it; then the first request goes away.
-        let follower = {
-            let group = Arc::clone(&group);
-            tokio::spawn(async move { group.submit(2, write).await })
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        leader.abort();
-        let _ = leader.await;
+        // Job 0 leads a group of its own and is held in its write...
+        let first = submit(0);
+        assert_eq!(groups.recv().await.unwrap(), vec![0]);
+        // ...while 199 more queue behind it.
+        let rest: Vec<_> = (1..200).map(submit).collect();
+        tokio::time::timeout(Duration::from_secs(10), queued_reaches(&group, 199)).await.expect("all queued");
         release.send(true).unwrap();
-        let answer = tokio::time::timeout(std::time::Duration::from_secs(5), follower).await;
+
+        assert_eq!(first.await.unwrap().unwrap(), 1);
+        for (n, request) in (1..200u32).zip(rest) {
+            assert_eq!(request.await.unwrap().unwrap(), n + 1);
+        }
+        let mut sizes = Vec::new();
+        while let Ok(jobs) = groups.try_recv() {
+            sizes.push(jobs.len());
+        }
+        // 199 = 12 × 16 + 7: thirteen groups, none above the limit.
+        assert_eq!(sizes.len(), 13, "group sizes: {sizes:?}");
+        assert!(sizes.iter().all(|&size| size <= 16), "group sizes: {sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 199);
+    }
+
+    /// A leader whose request is dropped mid-write still answers the rest of its group, and no
+    /// second group starts beside the first while it is written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_leader_does_not_abandon_its_group() {
+        let group: Arc<Group<u32, u32>> = Arc::new(Group::new(16));
+        let (groups_tx, mut groups) = tokio::sync::mpsc::unbounded_channel();
+        let (release, released) = tokio::sync::watch::channel(false);
+        let write = Arc::new(gated_write(groups_tx, released));
+        let writes = Arc::new(AtomicUsize::new(0));
+        let submit = |n: u32| {
+            let (group, write, writes) = (Arc::clone(&group), Arc::clone(&write), Arc::clone(&writes));
+            tokio::spawn(async move {
+                group
+                    .submit(n, |jobs| {
+                        writes.fetch_add(1, Ordering::SeqCst);
+                        write(jobs)
+                    })
+                    .await
+            })
+        };
+        // The first request leads a group of one and is held in the write.
+        let leader = submit(1);
+        assert_eq!(groups.recv().await.unwrap(), vec![1]);
+        // The second queues behind it; then the first request goes away, mid-write.
+        let follower = submit(2);
+        tokio::time::timeout(Duration::from_secs(10), queued_reaches(&group, 1)).await.expect("queued");
+        leader.abort();
+        assert!(leader.await.unwrap_err().is_cancelled());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(writes.load(Ordering::SeqCst), 1, "a second group started beside the first");
+
+        release.send(true).unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), follower).await;
         assert_eq!(answer.expect("the follower was answered").unwrap().unwrap(), 3);
+        assert_eq!(groups.recv().await.unwrap(), vec![2], "the follower was written in a group of its own");
     }
 }
