@@ -143,7 +143,7 @@ async fn member_by_hash(state: &AppState, hash: &str, now: i64) -> Result<Member
     let credential = store::find_member_token(db, hash, now).await?.ok_or_else(rejected)?;
     // Recording use is advisory: at most one write a minute per token.
     if credential.last_used_at.is_none_or(|last| now - last > 60_000) {
-        store::touch_member_token(db, credential.id, now).await?;
+        store::touch_member_token(db, hash, credential.id, now).await?;
     }
     Ok(Member {
         scope: credential.scope,

@@ -145,6 +145,8 @@ engine_tests! {
         let token = expect_json(ok, StatusCode::OK).await["token"].as_str().unwrap().to_string();
         let users = expect_json(app.get("/users", ADMIN_TOKEN).await, StatusCode::OK).await;
         assert!(!users.to_string().contains("argon2"), "password hashes must not be served");
+        // Used once, so the credential cache holds the session when its user goes.
+        expect_json(app.get("/auth/me", &token).await, StatusCode::OK).await;
         assert_eq!(app.delete(&format!("/users/{id}"), ADMIN_TOKEN).await.status(), StatusCode::NO_CONTENT);
         expect_problem(app.get("/auth/me", &token).await, StatusCode::UNAUTHORIZED).await;
     }
@@ -363,4 +365,37 @@ async fn lock_scenario(engine: Engine) {
     // The lock expires.
     app.clock.advance(Duration::minutes(16));
     expect_json(login(&app, "locky", "the right one").await, StatusCode::OK).await;
+}
+
+/// With two instances on one PostgreSQL, a token revoked through one is refused by the other,
+/// whose credential cache held it, once `NOTIFY herd_cache` arrives (well under the 5 s allowed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refused_by_another_instance() {
+    if !crate::helpers::postgres_variant_runs() {
+        return;
+    }
+    let first = crate::helpers::spawn_app(Engine::Postgres).await;
+    let second = first.second_instance().await;
+    let response = first.post("/tokens", ADMIN_TOKEN, json!({ "name": "shared", "role": "viewer" })).await;
+    let created = expect_json(response, StatusCode::CREATED).await;
+    let (secret, id) = (created["secret"].as_str().unwrap(), created["token"]["id"].as_str().unwrap());
+    // Once the second instance follows the others (a device's heartbeat is answered from its
+    // cache), the token's lookup there is kept in the cache too.
+    let enroll = first.enrollment_token(ADMIN_TOKEN, json!({})).await;
+    let (_, device_token) = first.register(&enroll, json!({ "serialNumber": "FOLLOW-1" })).await;
+    expect_json(second.post("/devices/connect", &device_token, json!({})).await, StatusCode::OK).await;
+    crate::devices::heartbeat_from_the_cache(&second, &device_token).await;
+    expect_json(second.get("/auth/me", secret).await, StatusCode::OK).await;
+    expect_json(second.get("/auth/me", secret).await, StatusCode::OK).await;
+    assert_eq!(first.delete(&format!("/tokens/{id}"), ADMIN_TOKEN).await.status(), StatusCode::NO_CONTENT);
+    expect_problem(first.get("/auth/me", secret).await, StatusCode::UNAUTHORIZED).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let status = second.get("/auth/me", secret).await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the second instance still answers {status}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

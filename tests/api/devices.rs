@@ -21,7 +21,7 @@ async fn cache_hits(app: &crate::helpers::TestApp) -> u64 {
 
 /// Heartbeats with `token` until the answer came from the device cache (on PostgreSQL the cache
 /// answers once the instance listens for other instances' changes); answers that heartbeat.
-async fn heartbeat_from_the_cache(app: &crate::helpers::TestApp, token: &str) -> Value {
+pub(crate) async fn heartbeat_from_the_cache(app: &crate::helpers::TestApp, token: &str) -> Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let before = cache_hits(app).await;

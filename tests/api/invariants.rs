@@ -157,19 +157,28 @@ fn the_cli_client_reaches_herd_only_over_http() {
     assert!(found.is_empty(), "the client must use only the HTTP API (and crate::files):\n{}", found.join("\n"));
 }
 
-/// ARCHITECTURE.md: the device credential cache never outlives a write. Every store function
-/// whose SQL writes `devices` or `command_executions` touches the cache (`tx.touch`,
+/// ARCHITECTURE.md: the credential cache never outlives a write. Every store function whose SQL
+/// writes `devices`, `command_executions` or what a member token's lookup depends on
+/// (`api_tokens`, `users`, `tenants`) touches the cache (`tx.touch`,
 /// `tx.touch_here`; `Tx::commit` applies them however its future ends), or says why it need not
 /// with a `cache: untouched — ` comment.
 #[test]
-fn every_device_write_in_the_store_touches_the_credential_cache() {
-    const WRITES: [&str; 6] = [
+fn every_credential_write_in_the_store_touches_the_credential_cache() {
+    const WRITES: [&str; 13] = [
         "INSERT INTO devices (",
         "UPDATE devices ",
         "DELETE FROM devices ",
         "INSERT INTO command_executions ",
         "UPDATE command_executions ",
         "DELETE FROM command_executions ",
+        // Member tokens: API tokens and sessions, the users sessions belong to, their tenants.
+        "INSERT INTO api_tokens ",
+        "UPDATE api_tokens ",
+        "DELETE FROM api_tokens ",
+        "UPDATE users ",
+        "DELETE FROM users ",
+        "UPDATE tenants ",
+        "DELETE FROM tenants ",
     ];
     const TOUCHES: [&str; 3] = [".touch(", ".touch_here(", "cache: untouched — "];
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -204,10 +213,10 @@ fn every_device_write_in_the_store_touches_the_credential_cache() {
             }
         }
     }
-    assert!(writes >= 15, "the scan found only {writes} writes: has the SQL's spelling changed?");
+    assert!(writes >= 19, "the scan found only {writes} writes: has the SQL's spelling changed?");
     assert!(
         untouched.is_empty(),
-        "these writes leave the device cache stale (touch it after the write, or say why not):\n{}",
+        "these writes leave the credential cache stale (touch it after the write, or say why not):\n{}",
         untouched.join("\n")
     );
 }

@@ -1,16 +1,21 @@
-//! The device credential cache: what [`crate::devices::find_by_token_hash`] answered for a
-//! token, kept in memory so that a heartbeat costs no database read.
+//! The credential cache: what [`crate::devices::find_by_token_hash`] answered for a device
+//! token, and what [`crate::credentials::find_member_token`] answered for a member's (API token
+//! or login session), kept in memory so that a heartbeat or an API call costs no database read.
 //!
 //! **It can never answer what the database no longer says.** Every store write to `devices`
 //! or `command_executions` *touches* what it changed (one device, a tenant, or everything)
-//! after its commit, and a touch kills every entry that depends on it:
+//! after its commit, and so does every write that can end a member token (a revocation, a
+//! logout, a user's deletion: [`Touch::Tenant`] of its tenant, which also costs that tenant's
+//! devices one miss each); a touch kills every entry that depends on it:
 //!
 //! - A touch takes a new stamp from one counter (the epoch) and raises one *stripe* to it:
 //!   the device's (one of [`DEVICE_STRIPES`]), the tenant's (one of [`TENANT_STRIPES`]) or
 //!   the global one.
 //! - A lookup that misses reads the epoch *before* it reads the database, and stores what it
-//!   read with that epoch. An entry is answered only while none of its three stripes is newer
-//!   than its epoch.
+//!   read with that epoch. An entry is answered only while none of its stripes (a device
+//!   entry's device, tenant and global stripes; a member entry's tenant and global ones) is
+//!   newer than its epoch.
+//! - A member token's expiry cannot change, so an entry keeps it and a hit checks it.
 //! - So a write that committed before the lookup's read was touched before or after the epoch
 //!   was read: before, and the read saw the write; after, and the entry is dead at birth. A
 //!   write that commits after the read touches after it, and kills the entry then. No
@@ -26,7 +31,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use herd_domain::ids::{DeviceId, TenantId};
+use herd_domain::ids::{DeviceId, TenantId, TokenId, UserId};
+use herd_domain::status::{MemberTokenKind, Role};
 
 use crate::devices::DeviceRow;
 
@@ -62,13 +68,51 @@ pub(crate) struct Cached {
     pub pending_commands: i64,
 }
 
-struct Entry {
-    value: Cached,
+/// What a member lookup answers: a live token of a tenant, with its (fixed) expiry.
+#[derive(Debug, Clone)]
+pub(crate) struct CachedMember {
+    pub tenant: TenantId,
+    pub id: TokenId,
+    pub kind: MemberTokenKind,
+    pub role: Role,
+    pub platform_admin: bool,
+    pub user_id: Option<UserId>,
+    pub expires_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+}
+
+/// What an entry depends on: the stripes whose touches kill it.
+trait Depends {
+    fn tenant(&self) -> TenantId;
+    fn device(&self) -> Option<DeviceId>;
+}
+
+impl Depends for Cached {
+    fn tenant(&self) -> TenantId {
+        self.tenant
+    }
+    fn device(&self) -> Option<DeviceId> {
+        Some(self.device.id)
+    }
+}
+
+impl Depends for CachedMember {
+    fn tenant(&self) -> TenantId {
+        self.tenant
+    }
+    fn device(&self) -> Option<DeviceId> {
+        None
+    }
+}
+
+struct Entry<V> {
+    value: V,
     epoch: u64,
 }
 
 /// Entries by token hash (as bytes).
-type Shard = HashMap<[u8; 32], Entry>;
+type Shard<V> = HashMap<[u8; 32], Entry<V>>;
+type Shards<V> = Box<[Mutex<Shard<V>>]>;
 
 /// Lookups since start, by result (for `/metrics`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +127,8 @@ pub struct CacheStats {
 pub(crate) struct DeviceCache {
     /// The most entries per shard; 0 turns the cache off.
     per_shard: usize,
-    shards: Box<[Mutex<Shard>]>,
+    shards: Shards<Cached>,
+    members: Shards<CachedMember>,
     epoch: AtomicU64,
     devices: Box<[AtomicU64]>,
     tenants: Box<[AtomicU64]>,
@@ -126,6 +171,10 @@ fn key(hash: &str) -> Option<[u8; 32]> {
     Some(key)
 }
 
+fn lock<'a, V>(shards: &'a Shards<V>, key: &[u8; 32]) -> std::sync::MutexGuard<'a, Shard<V>> {
+    shards[usize::from(key[0]) % SHARDS].lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn zeroed(n: usize) -> Box<[AtomicU64]> {
     (0..n).map(|_| AtomicU64::new(0)).collect()
 }
@@ -139,6 +188,7 @@ impl DeviceCache {
         Self {
             per_shard,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            members: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             epoch: AtomicU64::new(1),
             devices: zeroed(if per_shard == 0 { 1 } else { DEVICE_STRIPES }),
             tenants: zeroed(if per_shard == 0 { 1 } else { TENANT_STRIPES }),
@@ -153,61 +203,96 @@ impl DeviceCache {
         self.per_shard > 0 && self.following.load(Ordering::SeqCst)
     }
 
-    fn shard(&self, key: &[u8; 32]) -> std::sync::MutexGuard<'_, Shard> {
-        self.shards[usize::from(key[0]) % SHARDS].lock().unwrap_or_else(|e| e.into_inner())
+    fn alive<V: Depends>(&self, entry: &Entry<V>) -> bool {
+        let fresh = |stripes: &[AtomicU64], uuid: &uuid::Uuid| {
+            stripes[stripe(uuid, stripes.len())].load(Ordering::SeqCst) <= entry.epoch
+        };
+        entry.value.device().is_none_or(|device| fresh(&self.devices, &device.0))
+            && fresh(&self.tenants, &entry.value.tenant().0)
+            && self.global.load(Ordering::SeqCst) <= entry.epoch
     }
 
-    fn alive(&self, entry: &Entry) -> bool {
-        let device = self.devices[stripe(&entry.value.device.id.0, self.devices.len())].load(Ordering::SeqCst);
-        let tenant = self.tenants[stripe(&entry.value.tenant.0, self.tenants.len())].load(Ordering::SeqCst);
-        device <= entry.epoch && tenant <= entry.epoch && self.global.load(Ordering::SeqCst) <= entry.epoch
-    }
-
-    /// The entry for `hash`, if one is alive.
-    pub(crate) fn get(&self, hash: &str) -> Option<Cached> {
-        if !self.enabled() {
-            return None;
-        }
-        let key = key(hash)?;
-        let mut shard = self.shard(&key);
-        let found = match shard.get(&key) {
+    /// The live entry for `key` in `shards`, if any (a dead one is dropped).
+    fn lookup<V: Depends + Clone>(&self, shards: &Shards<V>, key: &[u8; 32]) -> Option<V> {
+        let mut shard = lock(shards, key);
+        match shard.get(key) {
             Some(entry) if self.alive(entry) => Some(entry.value.clone()),
             Some(_) => {
-                shard.remove(&key);
+                shard.remove(key);
                 None
             }
             None => None,
-        };
-        drop(shard);
-        let counter = if found.is_some() { &self.hits } else { &self.misses };
-        counter.fetch_add(1, Ordering::Relaxed);
-        found
-    }
-
-    /// The epoch to read the database under: call it *before* the read whose answer
-    /// [`DeviceCache::put`] stores.
-    pub(crate) fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
-    }
-
-    /// Keeps what a read begun at `epoch` answered for `hash` (dead at once if a touch came
-    /// since). A full shard drops an arbitrary entry.
-    pub(crate) fn put(&self, hash: &str, value: Cached, epoch: u64) {
-        if !self.enabled() {
-            return;
         }
-        let Some(key) = key(hash) else { return };
-        let entry = Entry { value, epoch };
+    }
+
+    /// Keeps `entry` for `key` in `shards` unless it is dead already; a full shard drops an
+    /// arbitrary entry.
+    fn keep<V: Depends>(&self, shards: &Shards<V>, key: [u8; 32], entry: Entry<V>) {
         if !self.alive(&entry) {
             return;
         }
-        let mut shard = self.shard(&key);
+        let mut shard = lock(shards, &key);
         if shard.len() >= self.per_shard && !shard.contains_key(&key) {
             if let Some(victim) = shard.keys().next().copied() {
                 shard.remove(&victim);
             }
         }
         shard.insert(key, entry);
+    }
+
+    /// The entry for device token `hash`, if one is alive.
+    pub(crate) fn get(&self, hash: &str) -> Option<Cached> {
+        if !self.enabled() {
+            return None;
+        }
+        let key = key(hash)?;
+        let found = self.lookup(&self.shards, &key);
+        let counter = if found.is_some() { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// The epoch to read the database under: call it *before* the read whose answer
+    /// [`DeviceCache::put`] or [`DeviceCache::put_member`] stores.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Keeps what a read begun at `epoch` answered for device token `hash` (dead at once if a
+    /// touch came since).
+    pub(crate) fn put(&self, hash: &str, value: Cached, epoch: u64) {
+        if !self.enabled() {
+            return;
+        }
+        let Some(key) = key(hash) else { return };
+        self.keep(&self.shards, key, Entry { value, epoch });
+    }
+
+    /// The entry for member token `hash`, if one is alive (expired or not: the caller checks
+    /// the expiry against its clock).
+    pub(crate) fn member(&self, hash: &str) -> Option<CachedMember> {
+        if !self.enabled() {
+            return None;
+        }
+        self.lookup(&self.members, &key(hash)?)
+    }
+
+    /// As [`DeviceCache::put`], for a member token.
+    pub(crate) fn put_member(&self, hash: &str, value: CachedMember, epoch: u64) {
+        if !self.enabled() {
+            return;
+        }
+        let Some(key) = key(hash) else { return };
+        self.keep(&self.members, key, Entry { value, epoch });
+    }
+
+    /// Notes in a member token's entry (if any) that its use was recorded at `at`, so that the
+    /// next hits do not record it again within the minute.
+    pub(crate) fn member_used(&self, hash: &str, at: i64) {
+        let Some(key) = key(hash) else { return };
+        if let Some(entry) = lock(&self.members, &key).get_mut(&key) {
+            entry.value.last_used_at = Some(at);
+        }
     }
 
     /// Kills every entry that depends on `touch`.
@@ -228,6 +313,9 @@ impl DeviceCache {
         if following {
             self.touch(Touch::All);
             for shard in self.shards.iter() {
+                shard.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            }
+            for shard in self.members.iter() {
                 shard.lock().unwrap_or_else(|e| e.into_inner()).clear();
             }
         }
@@ -381,6 +469,49 @@ mod tests {
         off.put(HASH, cached(TenantId::new(), DeviceId::new()), off.epoch());
         assert!(off.get(HASH).is_none());
         assert!(key("not-a-hash").is_none() && key(&HASH.to_uppercase()).is_none());
+    }
+
+    fn member(tenant: TenantId) -> CachedMember {
+        CachedMember {
+            tenant,
+            id: TokenId::new(),
+            kind: MemberTokenKind::Api,
+            role: Role::Viewer,
+            platform_admin: false,
+            user_id: None,
+            expires_at: None,
+            last_used_at: None,
+        }
+    }
+
+    #[test]
+    fn a_member_entry_dies_with_its_tenant_and_everything_but_not_with_a_device() {
+        let cache = DeviceCache::new(100, true);
+        let tenant = TenantId::new();
+        // The epoch race, as for devices: a revocation between the read and the put wins.
+        let epoch = cache.epoch();
+        cache.touch(Touch::Tenant(tenant));
+        cache.put_member(HASH, member(tenant), epoch);
+        assert!(cache.member(HASH).is_none(), "an answer older than a revocation is never kept");
+
+        cache.put_member(HASH, member(tenant), cache.epoch());
+        cache.touch(Touch::Device(DeviceId::new()));
+        assert!(cache.member(HASH).is_some(), "a device's change does not touch member tokens");
+        cache.member_used(HASH, 42);
+        assert_eq!(cache.member(HASH).and_then(|m| m.last_used_at), Some(42));
+        // A device token with the same hash is another map: no answer crosses over.
+        assert!(cache.get(HASH).is_none());
+        cache.touch(Touch::Tenant(tenant));
+        assert!(cache.member(HASH).is_none(), "a revocation in the tenant kills its tokens' entries");
+
+        cache.put_member(HASH, member(tenant), cache.epoch());
+        cache.touch(Touch::All);
+        assert!(cache.member(HASH).is_none());
+        cache.put_member(HASH, member(tenant), cache.epoch());
+        cache.follow(false);
+        assert!(cache.member(HASH).is_none(), "not following: nothing answered");
+        cache.follow(true);
+        assert!(cache.member(HASH).is_none(), "what was kept before a gap is gone");
     }
 
     #[test]

@@ -283,6 +283,7 @@ pub async fn pending_for_token_hash(db: &Db, hash: &str) -> Result<Option<ClaimI
 
 /// Sets the tenant's claim policy.
 pub async fn set_policy(scope: &TenantScope, policy: ClaimPolicy) -> Result<(), StoreError> {
+    // cache: untouched — no cached credential holds or depends on the claim policy.
     with_writer!(scope.db(), |pool| sqlx::query("UPDATE tenants SET claim_policy = $1 WHERE id = $2")
         .bind(policy)
         .bind(scope.tenant_id())

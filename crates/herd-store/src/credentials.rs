@@ -8,6 +8,7 @@ use sqlx::FromRow;
 use herd_domain::ids::{EnrollmentTokenId, TenantId, TokenId, UserId};
 use herd_domain::status::{MemberTokenKind, Role};
 
+use crate::cache::{CachedMember, Touch};
 use crate::TenantScope;
 use crate::{classify, Db, StoreError, Tx};
 use crate::{with_reader, with_tx, with_writer};
@@ -20,6 +21,7 @@ struct MemberTokenRow {
     role: Role,
     platform_admin: bool,
     user_id: Option<UserId>,
+    expires_at: Option<i64>,
     last_used_at: Option<i64>,
 }
 
@@ -38,30 +40,60 @@ pub struct MemberCredential {
 
 /// Looks up a member token by its hash: one of the places that make a [`TenantScope`]. A
 /// stored role or kind herd does not know fails the lookup (an error, never a weaker role).
+///
+/// Answered from the credential cache when it can ([`crate::cache`]): every write that can end
+/// a member token touches its tenant, so a revoked token is refused on the very next request.
 pub async fn find_member_token(db: &Db, hash: &str, now: i64) -> Result<Option<MemberCredential>, StoreError> {
-    const SQL: &str = "SELECT id, tenant_id, kind, role, platform_admin, user_id, last_used_at FROM api_tokens \
+    const SQL: &str = "SELECT id, tenant_id, kind, role, platform_admin, user_id, expires_at, last_used_at \
+                       FROM api_tokens \
                        WHERE token_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)";
+    let usable = |member: &CachedMember| member.expires_at.is_none_or(|at| at > now);
+    if let Some(member) = db.cache.member(hash) {
+        return Ok(usable(&member).then(|| credential(db, member)));
+    }
+    // Read before the database is (see `cache`).
+    let epoch = db.cache.epoch();
     let row = with_reader!(db, |pool| sqlx::query_as::<_, MemberTokenRow>(SQL)
         .bind(hash)
         .bind(now)
         .fetch_optional(pool)
         .await)
     .map_err(classify)?;
-    Ok(row.map(|row| MemberCredential {
-        scope: TenantScope::new(db.clone(), row.tenant_id),
+    let Some(row) = row else { return Ok(None) };
+    let member = CachedMember {
+        tenant: row.tenant_id,
         id: row.id,
         kind: row.kind,
         role: row.role,
         platform_admin: row.platform_admin,
         user_id: row.user_id,
+        expires_at: row.expires_at,
         last_used_at: row.last_used_at,
-    }))
+    };
+    db.cache.put_member(hash, member.clone(), epoch);
+    Ok(Some(credential(db, member)))
 }
 
-pub async fn touch_member_token(db: &Db, id: TokenId, now: i64) -> Result<(), StoreError> {
+fn credential(db: &Db, member: CachedMember) -> MemberCredential {
+    MemberCredential {
+        scope: TenantScope::new(db.clone(), member.tenant),
+        id: member.id,
+        kind: member.kind,
+        role: member.role,
+        platform_admin: member.platform_admin,
+        user_id: member.user_id,
+        last_used_at: member.last_used_at,
+    }
+}
+
+/// Records that the token with `hash` (and `id`) was used at `now` (advisory: callers do it at
+/// most once a minute).
+pub async fn touch_member_token(db: &Db, hash: &str, id: TokenId, now: i64) -> Result<(), StoreError> {
+    // cache: untouched — `last_used_at` is advisory; the entry is updated in place below.
     const SQL: &str = "UPDATE api_tokens SET last_used_at = $1 WHERE id = $2";
     with_writer!(db, |pool| sqlx::query(SQL).bind(now).bind(id).execute(pool).await.map(|r| r.rows_affected()))
         .map_err(classify)?;
+    db.cache.member_used(hash, now);
     Ok(())
 }
 
@@ -135,6 +167,7 @@ pub(crate) async fn insert_token(
     hash: &str,
     now: i64,
 ) -> Result<TokenId, StoreError> {
+    // cache: untouched — a new token has no entry to kill: lookups that find nothing are not kept.
     const SQL: &str = "INSERT INTO api_tokens (id, tenant_id, kind, name, role, platform_admin, user_id, token_hash, expires_at, created_at) \
                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
     let id = TokenId::new();
@@ -220,15 +253,21 @@ pub async fn revoke_token(
     const SQL: &str =
         "UPDATE api_tokens SET revoked_at = $1 WHERE tenant_id = $2 AND id = $3 AND kind = $4 AND revoked_at IS NULL";
     let (tenant, id) = (scope.tenant_id.to_string(), id.to_string());
-    let result = with_writer!(&scope.db, |pool| sqlx::query(SQL)
+    let mut tx = scope.db.begin().await?;
+    let revoked = with_tx!(tx, |conn| sqlx::query(SQL)
         .bind(now)
         .bind(&tenant)
         .bind(&id)
         .bind(kind)
-        .execute(pool)
+        .execute(&mut *conn)
         .await
-        .map(|r| r.rows_affected()));
-    Ok(result.map_err(classify)? == 1)
+        .map(|r| r.rows_affected()))
+    .map_err(classify)?
+        == 1;
+    // The credential cache may hold the token (on this instance and others).
+    tx.touch(Touch::Tenant(scope.tenant_id));
+    tx.commit().await?;
+    Ok(revoked)
 }
 
 #[derive(Debug, FromRow)]
@@ -385,13 +424,19 @@ pub async fn list_users(scope: &TenantScope, after: Option<&str>, limit: u32) ->
 pub async fn delete_user(scope: &TenantScope, id: UserId) -> Result<bool, StoreError> {
     const SQL: &str = "DELETE FROM users WHERE tenant_id = $1 AND id = $2";
     let (tenant, id) = (scope.tenant_id.to_string(), id.to_string());
-    let result = with_writer!(&scope.db, |pool| sqlx::query(SQL)
+    let mut tx = scope.db.begin().await?;
+    let deleted = with_tx!(tx, |conn| sqlx::query(SQL)
         .bind(&tenant)
         .bind(&id)
-        .execute(pool)
+        .execute(&mut *conn)
         .await
-        .map(|r| r.rows_affected()));
-    Ok(result.map_err(classify)? == 1)
+        .map(|r| r.rows_affected()))
+    .map_err(classify)?
+        == 1;
+    // The credential cache may hold the user's sessions (on this instance and others).
+    tx.touch(Touch::Tenant(scope.tenant_id));
+    tx.commit().await?;
+    Ok(deleted)
 }
 
 /// Login looks a user up by the tenant's name and the username before any credential is
