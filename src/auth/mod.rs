@@ -63,6 +63,9 @@ pub(crate) struct DeviceAuth {
     pub device: devices::store::DeviceRow,
     /// Its queued commands, counted in the same read (the heartbeat answer says it).
     pub pending_commands: i64,
+    /// Whether it has an open alert of a sampled metric, from the same read (metrics ingest
+    /// skips alert evaluation without one when no sample breaches a rule).
+    pub alerting: bool,
 }
 
 /// Who may auto-register a device: an enrollment token or a member with at least `operator`.
@@ -133,6 +136,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
                 device_id: owner.device.id,
                 device: owner.device,
                 pending_commands: owner.pending_commands,
+                alerting: owner.alerting,
             })))
         }
     }

@@ -15,11 +15,13 @@
 //! (late uploads, backfills) are kept for history but neither open nor resolve alerts: they
 //! describe a past the alert state has already moved beyond. `offline` rules are evaluated by
 //! the sweep ([`evaluate_offline`]), which also resolves them once the device is online again.
+//! A device with no open alert of a sampled metric (known from its credential lookup) whose
+//! samples breach no rule skips evaluation: it could write nothing ([`may_change_alerts`]).
 
 pub(crate) mod alerts;
 pub(crate) mod overview;
 pub(crate) mod rules;
-pub use herd_domain::monitoring::{evaluate, Reading, Rule};
+pub use herd_domain::monitoring::{evaluate, may_change_alerts, Reading, Rule};
 pub use herd_domain::status::{Metric, Operator, Severity};
 pub use herd_store::monitoring as store;
 pub use herd_store::monitoring::tenant_rules;

@@ -158,13 +158,13 @@ fn the_cli_client_reaches_herd_only_over_http() {
 }
 
 /// ARCHITECTURE.md: the credential cache never outlives a write. Every store function whose SQL
-/// writes `devices`, `command_executions` or what a member token's lookup depends on
+/// writes `devices`, `command_executions`, `alerts` or what a member token's lookup depends on
 /// (`api_tokens`, `users`, `tenants`) touches the cache (`tx.touch`,
 /// `tx.touch_here`; `Tx::commit` applies them however its future ends), or says why it need not
 /// with a `cache: untouched — ` comment.
 #[test]
 fn every_credential_write_in_the_store_touches_the_credential_cache() {
-    const WRITES: [&str; 13] = [
+    const WRITES: [&str; 16] = [
         "INSERT INTO devices (",
         "UPDATE devices ",
         "DELETE FROM devices ",
@@ -179,6 +179,10 @@ fn every_credential_write_in_the_store_touches_the_credential_cache() {
         "DELETE FROM users ",
         "UPDATE tenants ",
         "DELETE FROM tenants ",
+        // Whether a device has an open alert of a sampled metric (`alerting`).
+        "INSERT INTO alerts ",
+        "UPDATE alerts ",
+        "DELETE FROM alerts ",
     ];
     const TOUCHES: [&str; 3] = [".touch(", ".touch_here(", "cache: untouched — "];
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -213,7 +217,7 @@ fn every_credential_write_in_the_store_touches_the_credential_cache() {
             }
         }
     }
-    assert!(writes >= 19, "the scan found only {writes} writes: has the SQL's spelling changed?");
+    assert!(writes >= 24, "the scan found only {writes} writes: has the SQL's spelling changed?");
     assert!(
         untouched.is_empty(),
         "these writes leave the credential cache stale (touch it after the write, or say why not):\n{}",

@@ -125,6 +125,19 @@ pub fn evaluate(rule: &Rule, open: Option<OpenAlert>, fresh: &[Reading]) -> Vec<
     episodes
 }
 
+/// Whether evaluating `rules` over `readings` could write anything for a device: only if a
+/// reading breaches one of them, or the device has an open alert (`alerting`) that a reading
+/// could continue or resolve. When false, [`evaluate`] answers no episode for any of the rules
+/// whatever is stored, so the ingest path need not read the device's alert state at all.
+pub fn may_change_alerts(rules: &[&Rule], alerting: bool, readings: &[Reading]) -> bool {
+    alerting
+        || rules.iter().any(|rule| {
+            readings.iter().any(|reading| {
+                reading.value(rule.metric).is_some_and(|value| rule.operator.breached(value, rule.threshold))
+            })
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +192,28 @@ mod tests {
         assert_eq!(episodes[1].existing, None);
         assert_eq!(episodes[1].first, Some((92.0, 5)));
         assert!(evaluate(&r, Some(open), &[]).is_empty());
+    }
+
+    /// When `may_change_alerts` says no, `evaluate` answers nothing for any rule and any stored
+    /// state a device without an open alert can be in (any subset of the readings fresh).
+    #[test]
+    fn only_a_breach_or_an_open_alert_may_change_alerts() {
+        let (gt, lt) = (rule(Operator::Gt, 90.0), rule(Operator::Lt, 5.0));
+        let mut temperature = rule(Operator::Gte, 70.0);
+        temperature.metric = Metric::Temperature;
+        let rules = [&gt, &lt, &temperature];
+        let healthy = [cpu(1, 50.0), cpu(2, 90.0), cpu(3, 5.0)];
+        assert!(!may_change_alerts(&rules, false, &healthy));
+        for fresh_from in 0..=healthy.len() {
+            for rule in rules {
+                assert!(evaluate(rule, None, &healthy[fresh_from..]).is_empty());
+            }
+        }
+        assert!(may_change_alerts(&rules, true, &healthy), "an open alert may be resolved");
+        assert!(may_change_alerts(&rules, false, &[cpu(1, 50.0), cpu(2, 4.0)]), "below the Lt rule");
+        let hot = Reading { temperature: Some(71.0), ..cpu(1, 50.0) };
+        assert!(may_change_alerts(&rules, false, &[hot]));
+        assert!(!may_change_alerts(&[], false, &[cpu(1, 99.0)]), "no rule, nothing to evaluate");
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! The credential cache: what [`crate::devices::find_by_token_hash`] answered for a device
-//! token, and what [`crate::credentials::find_member_token`] answered for a member's (API token
+//! token (its row, queued commands and whether it has an open alert), and what [`crate::credentials::find_member_token`] answered for a member's (API token
 //! or login session), kept in memory so that a heartbeat or an API call costs no database read.
 //!
-//! **It can never answer what the database no longer says.** Every store write to `devices`
-//! or `command_executions` *touches* what it changed (one device, a tenant, or everything)
-//! after its commit, and so does every write that can end a member token (a revocation, a
+//! **It can never answer what the database no longer says.** Every store write to `devices`,
+//! `command_executions` or a sampled metric's `alerts` *touches* what it changed (one device, a
+//! tenant, or everything) after its commit, and so does every write that can end a member token (a revocation, a
 //! logout, a user's deletion: [`Touch::Tenant`] of its tenant, which also costs that tenant's
 //! devices one miss each); a touch kills every entry that depends on it:
 //!
@@ -66,6 +66,8 @@ pub(crate) struct Cached {
     pub tenant: TenantId,
     pub device: DeviceRow,
     pub pending_commands: i64,
+    /// An open alert of a sampled metric (not `offline`).
+    pub alerting: bool,
 }
 
 /// What a member lookup answers: a live token of a tenant, with its (fixed) expiry.
@@ -378,6 +380,7 @@ mod tests {
         Cached {
             tenant,
             pending_commands: 0,
+            alerting: false,
             device: DeviceRow {
                 id: device,
                 name: "d".into(),

@@ -694,6 +694,7 @@ struct TokenOwnerRow {
     #[sqlx(flatten)]
     device: DeviceRow,
     pending_commands: i64,
+    alerting: bool,
 }
 
 /// A device authenticated by its token: the scope of its tenant and its whole row.
@@ -703,6 +704,9 @@ pub struct TokenOwner {
     pub device: DeviceRow,
     /// Its commands waiting to be fetched (queued), counted in the same read.
     pub pending_commands: i64,
+    /// Whether it has an open alert of a sampled metric (any but `offline`), read in the same
+    /// read: without one, samples that breach no rule need no alert evaluation.
+    pub alerting: bool,
 }
 
 /// Cross-tenant by necessity: a device token is how a request's tenant becomes known, so this
@@ -714,27 +718,37 @@ pub async fn find_by_token_hash(db: &Db, hash: &str) -> Result<Option<TokenOwner
             scope: TenantScope::new(db.clone(), cached.tenant),
             device: cached.device,
             pending_commands: cached.pending_commands,
+            alerting: cached.alerting,
         }));
     }
     // Read before the database is (see `cache`): a write that commits after this point
     // touches a newer epoch, and what is read below is not kept.
     let epoch = db.cache.epoch();
     // The waiting count is a probe of a partial index that holds only live commands, so the
-    // heartbeat can say "fetch your commands" without a second round trip.
+    // heartbeat can say "fetch your commands" without a second round trip; `alerting` a probe
+    // of the partial index of open alerts.
     let sql = format!(
         "SELECT tenant_id, {COLUMNS}, (SELECT COUNT(*) FROM command_executions c WHERE c.device_id = devices.id \
-         AND c.state IN ('queued', 'delivered') AND c.state = 'queued') AS pending_commands \
+         AND c.state IN ('queued', 'delivered') AND c.state = 'queued') AS pending_commands, \
+         EXISTS (SELECT 1 FROM alerts a WHERE a.device_id = devices.id AND a.status = 'open' \
+         AND a.metric <> 'offline') AS alerting \
          FROM devices WHERE token_hash = $1"
     );
     let row = with_reader!(db, |pool| sqlx::query_as::<_, TokenOwnerRow>(&sql).bind(hash).fetch_optional(pool).await)
         .map_err(classify)?;
     let Some(row) = row else { return Ok(None) };
-    let cached = Cached { tenant: row.tenant_id, device: row.device, pending_commands: row.pending_commands };
+    let cached = Cached {
+        tenant: row.tenant_id,
+        device: row.device,
+        pending_commands: row.pending_commands,
+        alerting: row.alerting,
+    };
     db.cache.put(hash, cached.clone(), epoch);
     Ok(Some(TokenOwner {
         scope: TenantScope::new(db.clone(), cached.tenant),
         device: cached.device,
         pending_commands: cached.pending_commands,
+        alerting: cached.alerting,
     }))
 }
 

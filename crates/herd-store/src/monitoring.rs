@@ -19,6 +19,7 @@ use herd_domain::monitoring::{Episode, OpenAlert, Rule, DEFAULT_RULES};
 use herd_domain::status::{AlertStatus, DeviceStatus, Metric, Operator, Severity};
 use herd_domain::Event;
 
+use crate::cache::Touch;
 use crate::Page;
 use crate::TenantScope;
 use crate::{classify, Db, StoreError, System, Tx};
@@ -349,6 +350,9 @@ impl<'s> MonitoringStore<'s> {
     ) -> Result<(), StoreError> {
         const SQL: &str = "UPDATE alerts SET status = 'resolved', resolved_at = $1, updated_at = $1 \
             WHERE tenant_id = $2 AND rule_id = $3 AND status = 'open' RETURNING id, device_id, metric, severity";
+        // A resolved alert would only leave a cached `alerting` true, which costs evaluations,
+        // never a missed one; the tenant is touched so that they stop.
+        tx.touch(Touch::Tenant(self.scope.tenant_id()));
         let rows: Vec<(AlertId, DeviceId, Metric, Severity)> = with_tx!(tx, |conn| sqlx::query_as(SQL)
             .bind(now)
             .bind(&self.tenant)
@@ -387,6 +391,10 @@ impl<'s> MonitoringStore<'s> {
         now: i64,
     ) -> Result<(), StoreError> {
         let device = device_id.to_string();
+        if !episodes.is_empty() {
+            // The credential cache keeps whether the device is alerting (see `cache`).
+            tx.touch(Touch::Device(device_id));
+        }
         for episode in episodes {
             let alert_id = match episode.existing {
                 Some(alert_id) => {
@@ -477,6 +485,8 @@ impl<'s> MonitoringStore<'s> {
         now: i64,
         skip_duplicate: bool,
     ) -> Result<bool, StoreError> {
+        // cache: untouched — here; `apply_episodes` touches the device, and `open_offline_alerts`
+        // opens `offline` alerts, which the cache's `alerting` leaves out.
         let sql = format!(
             "INSERT INTO alerts (id, tenant_id, device_id, rule_id, rule_name, metric, operator, threshold, severity, \
              status, value, last_value, breach_count, breached_at, last_breach_at, created_at, updated_at) \
@@ -561,6 +571,7 @@ impl<'s> MonitoringStore<'s> {
     /// Marks an alert acknowledged by `by` (the first acknowledgement is kept). `None` if there
     /// is no such alert in this tenant.
     pub async fn acknowledge(&self, id: AlertId, by: &str, now: i64) -> Result<Option<AlertRow>, StoreError> {
+        // cache: untouched — acknowledging leaves the alert open.
         const SQL: &str = "UPDATE alerts SET acknowledged_at = $1, acknowledged_by = $2, updated_at = $1 \
             WHERE tenant_id = $3 AND id = $4 AND acknowledged_at IS NULL";
         let id_text = id.to_string();
@@ -758,6 +769,7 @@ pub async fn enabled_offline_rules(db: &Db, _system: &System) -> Result<Vec<(Ten
 /// alert looks its own device up by id: the presence index covers online devices only
 /// (migration 0015), and `device_id IN (all online devices)` would read every device's entry.
 pub async fn resolve_offline_alerts_of_online_devices(db: &Db, _system: &System, now: i64) -> Result<u64, StoreError> {
+    // cache: untouched — these are `offline` alerts, which the cache's `alerting` leaves out.
     const SQL: &str = "UPDATE alerts SET status = 'resolved', resolved_at = $1, updated_at = $1 \
         WHERE metric = 'offline' AND status = 'open' \
         AND EXISTS (SELECT 1 FROM devices WHERE devices.id = alerts.device_id AND devices.status = 'online') \
