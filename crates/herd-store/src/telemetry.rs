@@ -216,20 +216,16 @@ impl<'s> TelemetryStore<'s> {
 
 /// `(device_id, tenant_id, recorded_at, cpu, ram, storage, temperature)` rows; the device and
 /// tenant are `$1` and `$2` in every row. Placeholders first appear in ascending order.
+/// Anonymous `?` placeholders, seven a row: sqlx binds a numbered `$N` by asking SQLite its
+/// name, which SQLite finds by a linear walk, so a 1,000-sample batch with numbered parameters
+/// cost ~12M steps to bind (BENCHMARKS.md, "Overview and sweep").
 fn sqlite_insert_sql(rows: usize) -> String {
-    let mut sql = String::with_capacity(120 + rows * 40);
-    sql.push_str(
+    crate::samples::sqlite_values_sql(
         "INSERT INTO metric_samples (device_id, tenant_id, recorded_at, cpu, ram, storage, temperature) VALUES ",
-    );
-    for i in 0..rows {
-        let base = 3 + 5 * i;
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!("($1, $2, ${}, ${}, ${}, ${}, ${})", base, base + 1, base + 2, base + 3, base + 4));
-    }
-    sql.push_str(" ON CONFLICT DO NOTHING");
-    sql
+        7,
+        rows,
+        " ON CONFLICT DO NOTHING",
+    )
 }
 
 fn sqlite_insert<'q>(
@@ -238,9 +234,11 @@ fn sqlite_insert<'q>(
     tenant: &'q str,
     readings: &'q [Reading],
 ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-    let mut query = sqlx::query(sql).bind(device).bind(tenant);
+    let mut query = sqlx::query(sql);
     for reading in readings {
         query = query
+            .bind(device)
+            .bind(tenant)
             .bind(reading.recorded_at)
             .bind(reading.cpu)
             .bind(reading.ram)
