@@ -57,6 +57,11 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub overview_devices: Option<u64>,
 
+    /// Samples per request of the metrics phase's batched rows (1–1000, the API's limit)
+    /// [default: 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub metrics_batch: Option<u16>,
+
     /// Metric samples stored before the overview is measured [default: 10000000; quick: 50000].
     #[arg(long, value_name = "N")]
     pub overview_samples: Option<u64>,
@@ -312,7 +317,7 @@ impl Settings {
                     vec![100_000, 1_000_000]
                 }
             }),
-            metrics_batch: 100,
+            metrics_batch: args.metrics_batch.map_or(100, usize::from),
             download_bytes: download_mib.saturating_mul(1024 * 1024),
             download_clients,
             static_server: None,
