@@ -211,7 +211,13 @@ impl CertificateService {
         replaces: Option<CertificateId>,
         now: i64,
     ) -> Result<Issued, CertificateError> {
-        prove_device(scope, device_id).await?;
+        // The write below proves the device in its own transaction (a missing device answers
+        // 404 there, and the signed certificate is dropped unseen). A server-generated key is
+        // taken from the pool only for a device proven first, so that requests for missing
+        // devices cannot drain it.
+        if matches!(key, NewKey::Generated) {
+            prove_device(scope, device_id).await?;
+        }
         let (key_source, generated) = match &key {
             NewKey::Generated => (KeySource::Server, Some(self.keys.take().await.map_err(CertificateError::Internal)?)),
             NewKey::Csr(_) => (KeySource::Csr, None),
@@ -261,9 +267,9 @@ impl CertificateService {
             not_after: record.not_after,
             key_source,
         };
-        // Written in one transaction that proves the device still exists (a delete since
-        // `prove_device` must not leave an active certificate for a device that no longer
-        // exists); a first certificate shares it with whatever other issuances are waiting.
+        // Written in one transaction that proves the device exists (a device deleted since any
+        // earlier check must not be left with an active certificate); a first certificate
+        // shares it with whatever other issuances are waiting.
         let mut issuance = store::Issuance {
             record: record.clone(),
             certificate_pem: issued.pem.clone(),
