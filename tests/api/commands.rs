@@ -255,7 +255,11 @@ engine_tests! {
         send_ok(&app, &fleet[1].0, json!({ "type": "reboot" })).await;
         until_waiting(&app, 1).await;
         assert!(!waiting.is_finished(), "another device's command does not end this poll");
-        let command = send_ok(&app, &device, json!({ "type": "open_url", "payload": { "url": "https://example.com/lobby" } })).await;
+        let sent = send(&app, ADMIN_TOKEN, &device, json!({ "type": "open_url", "payload": { "url": "https://example.com/lobby" } })).await;
+        let sent = expect_json(sent, StatusCode::CREATED).await;
+        // The waiting poll may take the command before its answer is read back.
+        assert!(sent["state"] == "queued" || sent["state"] == "delivered", "{sent}");
+        let command = sent["commandId"].as_str().unwrap().to_string();
         let (status, body, elapsed) = waiting.await.unwrap();
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["items"][0]["id"], command.as_str(), "{body}");
