@@ -203,15 +203,12 @@ async fn ingest(
     readings.sort_by_key(|r| r.recorded_at);
 
     let all_rules = monitoring::tenant_rules(&device.scope, now).await?;
-    let tags = if all_rules.iter().any(|rule| rule.enabled && rule.tags.is_some()) {
-        let row = DeviceStore::new(&device.scope).get(device.device_id).await?.ok_or_else(gone)?;
-        row.tags.0
-    } else {
-        Vec::new()
-    };
+    // The tags come with the device's row from authentication: a tag change touches the
+    // device in the credential cache, so they are never older than the last edit.
+    let tags = &device.device.tags.0;
     let mut rules: Vec<&Rule> = all_rules
         .iter()
-        .filter(|rule| rule.enabled && rule.metric != Metric::Offline && rule.applies_to(device.device_id, &tags))
+        .filter(|rule| rule.enabled && rule.metric != Metric::Offline && rule.applies_to(device.device_id, tags))
         .collect();
     // Most samples breach nothing on a device with no open alert: then no rule can write, and
     // the store is spared reading the device's newest sample and open alerts.

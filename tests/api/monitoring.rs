@@ -250,6 +250,15 @@ engine_tests! {
         let b_alerts = alerts(&app, ADMIN_TOKEN, &format!("deviceId={b}")).await;
         assert_eq!(b_alerts.len(), 1);
         assert_eq!(b_alerts[0]["ruleName"], "Lobby storage");
+
+        // Tags given after the device's credential was cached (by its first sample) count at once.
+        let (c, c_token) = device(&app, ADMIN_TOKEN, "M-10").await;
+        sample(&app, &c_token, reading(&app, 20, json!({ "storage": 10 }))).await;
+        app.patch(&format!("/devices/{c}"), ADMIN_TOKEN, json!({ "tags": ["lobby"] })).await;
+        sample(&app, &c_token, reading(&app, 10, json!({ "storage": 70 }))).await;
+        let c_alerts = alerts(&app, ADMIN_TOKEN, &format!("deviceId={c}")).await;
+        assert_eq!(c_alerts.len(), 1, "{c_alerts:?}");
+        assert_eq!(c_alerts[0]["ruleName"], "Lobby storage");
     }
 
     async fn alerts_filter_page_and_acknowledge(app) {
