@@ -84,6 +84,48 @@ engine_tests! {
         assert_eq!(events_of(&app, "device.claim_rejected").await.len(), 1);
     }
 
+    // Registrations that arrive together are written in groups (herd_store::registrations);
+    // each still gets its own answer: new identifiers 201, known ones a claim, a token's last
+    // use to exactly one of the racers, and every written device its one event.
+    async fn registrations_at_once_get_each_their_own_answer(app) {
+        let open = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
+        app.register(&open, json!({ "serialNumber": "AT-ONCE-KNOWN" })).await;
+        let serials: Vec<String> = (0..30)
+            .map(|i| format!("AT-ONCE-{i}"))
+            .chain(["AT-ONCE-KNOWN".to_string(), "AT-ONCE-TWICE".to_string(), "AT-ONCE-TWICE".to_string()])
+            .collect();
+        let posts = serials.iter().map(|serial| {
+            let (app, open) = (&app, &open);
+            async move { app.post("/devices/auto-register", open, json!({ "serialNumber": serial })).await.status() }
+        });
+        let statuses = futures::future::join_all(posts).await;
+        assert!(statuses[..30].iter().all(|s| *s == StatusCode::CREATED), "{statuses:?}");
+        assert_eq!(statuses[30], StatusCode::ACCEPTED, "known identifiers without proof make a claim");
+        let mut twice = statuses[31..].to_vec();
+        twice.sort();
+        assert_eq!(twice, [StatusCode::CREATED, StatusCode::ACCEPTED], "one of two racers for one serial wins");
+        let devices = expect_json(app.get("/devices?limit=100&q=AT-ONCE", ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(devices["items"].as_array().unwrap().len(), 32);
+        assert_eq!(events_of(&app, "device.registered").await.len(), 32);
+        let tokens = expect_json(app.get("/enrollment-tokens", ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(tokens["items"][0]["uses"], 34, "every registration and claim counts one use");
+
+        let limited = app.enrollment_token(ADMIN_TOKEN, json!({ "maxUses": 5 })).await;
+        let posts = (0..20).map(|i| {
+            let (app, limited) = (&app, &limited);
+            async move {
+                app.post("/devices/auto-register", limited, json!({ "serialNumber": format!("LIMIT-{i}") })).await.status()
+            }
+        });
+        let statuses = futures::future::join_all(posts).await;
+        let created = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+        let refused = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
+        assert_eq!((created, refused), (5, 15), "{statuses:?}");
+        let devices = expect_json(app.get("/devices?limit=100&q=LIMIT-", ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(devices["items"].as_array().unwrap().len(), 5);
+        assert_eq!(events_of(&app, "device.registered").await.len(), 37);
+    }
+
     async fn an_approved_claim_hands_the_device_to_the_claimant(app) {
         let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
         let (device, old_token) = app.register(&enroll, json!({ "serialNumber": "RESET-1" })).await;

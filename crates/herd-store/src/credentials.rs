@@ -140,11 +140,27 @@ pub async fn release_enrollment_use(db: &Db, id: EnrollmentTokenId) -> Result<()
 /// Counts one use of an enrollment token inside the registration's transaction. False if the
 /// token ran out (or expired, or was revoked) since it was authenticated.
 pub async fn consume_enrollment_use(tx: &mut Tx, id: EnrollmentTokenId, now: i64) -> Result<bool, StoreError> {
-    const SQL: &str = "UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = $1 AND revoked_at IS NULL \
-                       AND (expires_at IS NULL OR expires_at > $2) AND (max_uses IS NULL OR uses < max_uses)";
+    consume_enrollment_uses(tx, id, 1, now).await
+}
+
+/// Counts `n` uses of an enrollment token inside a transaction, all or none: false, and
+/// nothing counted, if the token has fewer than `n` left (or expired, or was revoked).
+pub(crate) async fn consume_enrollment_uses(
+    tx: &mut Tx,
+    id: EnrollmentTokenId,
+    n: i64,
+    now: i64,
+) -> Result<bool, StoreError> {
+    const SQL: &str = "UPDATE enrollment_tokens SET uses = uses + $3 WHERE id = $1 AND revoked_at IS NULL \
+                       AND (expires_at IS NULL OR expires_at > $2) AND (max_uses IS NULL OR uses + $3 <= max_uses)";
     let id = id.to_string();
-    let result =
-        with_tx!(tx, |conn| sqlx::query(SQL).bind(&id).bind(now).execute(&mut *conn).await.map(|r| r.rows_affected()));
+    let result = with_tx!(tx, |conn| sqlx::query(SQL)
+        .bind(&id)
+        .bind(now)
+        .bind(n)
+        .execute(&mut *conn)
+        .await
+        .map(|r| r.rows_affected()));
     Ok(result.map_err(classify)? == 1)
 }
 

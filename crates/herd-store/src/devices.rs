@@ -132,6 +132,116 @@ struct Known {
     last_seen: Option<i64>,
 }
 
+/// The registration probe: the devices of tenant `$1` that any of the identifiers `$2`–`$4`
+/// match. One indexed probe per identifier: an OR across the three columns cannot use their
+/// unique indexes and scans the tenant (registration slowed to ~60/s at 50,000 devices).
+/// UNION also folds a device found by two identifiers into one row.
+///
+/// On PostgreSQL it runs unprepared (`persistent(false)`), so it is planned with its values each
+/// time: a prepared statement switches to a generic plan after five runs, and one made while
+/// `devices` was empty is a sequential scan that the connection keeps until the next ANALYZE
+/// (measured: 10–25 ms a probe at 15,000 devices, registrations falling from ~1,100/s to ~650/s
+/// within a 20-second run on a fresh database; BENCHMARKS.md, "Registrations in groups").
+fn probe_sql() -> String {
+    const PROBE: &str = "id, token_hash, public_key, last_seen";
+    format!(
+        "SELECT {PROBE} FROM devices WHERE tenant_id = $1 AND serial_number = $2 \
+         UNION SELECT {PROBE} FROM devices WHERE tenant_id = $1 AND mac_address = $3 \
+         UNION SELECT {PROBE} FROM devices WHERE tenant_id = $1 AND android_id = $4 LIMIT 3"
+    )
+}
+
+/// A device about to be inserted: its row exactly as it will read back (offline, never seen),
+/// and the credentials only the store keeps.
+#[derive(Debug)]
+pub(crate) struct NewDevice {
+    pub(crate) tenant: TenantId,
+    pub(crate) row: DeviceRow,
+    pub(crate) token_hash: String,
+    pub(crate) public_key: Option<String>,
+}
+
+/// The columns [`bind_new_device!`] binds, in its order (`last_seen` stays NULL).
+pub(crate) const INSERT_COLUMNS: &str = "id, tenant_id, name, serial_number, mac_address, android_id, model, \
+     manufacturer, os_version, app_version, location, tags, status, token_hash, created_at, updated_at, public_key";
+
+/// Binds a [`NewDevice`]'s 17 [`INSERT_COLUMNS`] to `$query`, in order.
+macro_rules! bind_new_device {
+    ($query:expr, $new:expr) => {{
+        let new: &NewDevice = $new;
+        let row = &new.row;
+        $query
+            .bind(row.id)
+            .bind(new.tenant)
+            .bind(&row.name)
+            .bind(&row.serial_number)
+            .bind(&row.mac_address)
+            .bind(&row.android_id)
+            .bind(&row.model)
+            .bind(&row.manufacturer)
+            .bind(&row.os_version)
+            .bind(&row.app_version)
+            .bind(&row.location)
+            .bind(&row.tags)
+            .bind(row.status)
+            .bind(&new.token_hash)
+            .bind(row.created_at)
+            .bind(row.updated_at)
+            .bind(&new.public_key)
+    }};
+}
+pub(crate) use bind_new_device;
+
+impl NewDevice {
+    pub(crate) fn new(
+        tenant: TenantId,
+        ids: &Identifiers,
+        info: &DeviceInfo,
+        name: String,
+        token_hash: &str,
+        public_key: Option<&str>,
+        now: i64,
+    ) -> NewDevice {
+        let row = DeviceRow {
+            id: DeviceId::new(),
+            name,
+            serial_number: ids.serial_number.clone(),
+            mac_address: ids.mac_address.clone(),
+            android_id: ids.android_id.clone(),
+            model: info.model.clone(),
+            manufacturer: info.manufacturer.clone(),
+            os_version: info.os_version.clone(),
+            app_version: info.app_version.clone(),
+            firmware_version: None,
+            ip_address: None,
+            location: info.location.clone(),
+            tags: Json(info.tags.clone()),
+            status: DeviceStatus::Offline,
+            last_seen: None,
+            created_at: now,
+            updated_at: now,
+        };
+        NewDevice { tenant, row, token_hash: token_hash.to_string(), public_key: public_key.map(str::to_string) }
+    }
+
+    /// A first auto-registration: named by the device, or else by its first identifier.
+    fn registering(tenant: TenantId, claimant: &Claimant<'_>, now: i64) -> NewDevice {
+        let (ids, info) = (claimant.ids, claimant.info);
+        let name = info
+            .name
+            .clone()
+            .or_else(|| ids.serial_number.clone())
+            .or_else(|| ids.android_id.clone())
+            .or_else(|| ids.mac_address.clone())
+            .unwrap_or_else(|| "device".into());
+        NewDevice::new(tenant, ids, info, name, claimant.token_hash, claimant.public_key, now)
+    }
+
+    pub(crate) fn registered_event(&self) -> Event {
+        Event::DeviceRegistered { device_id: self.row.id, name: self.row.name.clone(), via: "auto-register" }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
     #[error("the identifiers match more than one device")]
@@ -232,16 +342,15 @@ impl<'s> DeviceStore<'s> {
         now: i64,
     ) -> Result<DeviceRow, StoreError> {
         let mut tx = self.db().begin().await?;
-        let id = DeviceId::new();
-        self.insert(&mut tx, id, ids, info, name, token_hash, None, now).await?;
+        let new = NewDevice::new(self.tenant, ids, info, name.to_string(), token_hash, None, now);
+        self.insert(&mut tx, &new).await?;
         tx.record(
             self.scope.tenant_id(),
-            &Event::DeviceRegistered { device_id: id, name: name.to_string(), via: "admin" },
+            &Event::DeviceRegistered { device_id: new.row.id, name: name.to_string(), via: "admin" },
             now,
         );
-        let row = self.get_in(&mut tx, id).await?.ok_or(StoreError::Other(sqlx::Error::RowNotFound))?;
         tx.commit().await?;
-        Ok(row)
+        Ok(new.row)
     }
 
     /// Auto-registration (`POST /devices/auto-register`). New identifiers make a new device.
@@ -251,8 +360,8 @@ impl<'s> DeviceStore<'s> {
     /// seen online). A proof that is presented but fails changes nothing, not even the
     /// enrollment token's use count. Consumes one use of the enrollment token otherwise.
     ///
-    /// On PostgreSQL the use is reserved before the transaction, in a statement of its own, and
-    /// given back if the registration fails: the token's row is every registration's one shared
+    /// Outside a group, on PostgreSQL, the use is reserved before the transaction, in a
+    /// statement of its own, and given back if the registration fails: the token's row is every registration's one shared
     /// row, and holding its lock from the update to the commit (with the event write between)
     /// serialised them (wait events in BENCHMARKS.md). On SQLite, whose one writer serialises
     /// anyway, the use is counted inside the transaction, just before the commit.
@@ -262,6 +371,16 @@ impl<'s> DeviceStore<'s> {
         proof: Proof<'_>,
         now: i64,
     ) -> Result<Registration, RegisterError> {
+        // Every registration first tries to be a new device in the group commit of first
+        // registrations ([`crate::registrations`]), which counts the token's uses itself: its
+        // insert skips a row whose identifiers a device has, so it changes no existing device.
+        // One it did not write (known identifiers, a token used up) takes the path below.
+        if claimant.info.tags.is_empty() {
+            let new = NewDevice::registering(self.tenant, claimant, now);
+            if let Some(row) = crate::registrations::register(self.db(), new, claimant.enrollment).await? {
+                return Ok(Registration::Created(row));
+            }
+        }
         let reserved = match claimant.enrollment {
             Some(token) if self.db().engine() == Engine::Postgres => {
                 if !crate::credentials::reserve_enrollment_use(self.db(), token, now).await? {
@@ -292,16 +411,9 @@ impl<'s> DeviceStore<'s> {
         // The enrollment token's use is counted last, just before each commit: its row lock
         // serialises every registration through that token, so it is held for the commit only,
         // not across the probe, the insert and the reads.
-        // One indexed probe per identifier: an OR across the three columns cannot use their
-        // unique indexes and scans the tenant (registration slowed to ~60/s at 50,000 devices).
-        // UNION also folds a device found by two identifiers into one row.
-        const PROBE: &str = "id, token_hash, public_key, last_seen";
-        let sql = format!(
-            "SELECT {PROBE} FROM devices WHERE tenant_id = $1 AND serial_number = $2 \
-             UNION SELECT {PROBE} FROM devices WHERE tenant_id = $1 AND mac_address = $3 \
-             UNION SELECT {PROBE} FROM devices WHERE tenant_id = $1 AND android_id = $4 LIMIT 3"
-        );
+        let sql = probe_sql();
         let found = with_tx!(&mut tx, |conn| sqlx::query_as::<_, Known>(&sql)
+            .persistent(self.db().engine() == Engine::Sqlite)
             .bind(self.tenant)
             .bind(&ids.serial_number)
             .bind(&ids.mac_address)
@@ -311,23 +423,14 @@ impl<'s> DeviceStore<'s> {
         .map_err(classify)?;
         let existing = match found.as_slice() {
             [] => {
-                let id = DeviceId::new();
-                let name = info
-                    .name
-                    .clone()
-                    .or_else(|| ids.serial_number.clone())
-                    .or_else(|| ids.android_id.clone())
-                    .or_else(|| ids.mac_address.clone())
-                    .unwrap_or_else(|| "device".into());
-                self.insert(&mut tx, id, ids, info, &name, claimant.token_hash, claimant.public_key, now).await?;
-                let event = Event::DeviceRegistered { device_id: id, name, via: "auto-register" };
-                tx.record(self.scope.tenant_id(), &event, now);
-                let row = self.get_in(&mut tx, id).await?.ok_or(StoreError::Other(sqlx::Error::RowNotFound))?;
+                let new = NewDevice::registering(self.tenant, claimant, now);
+                self.insert(&mut tx, &new).await?;
+                tx.record(self.scope.tenant_id(), &new.registered_event(), now);
                 if spend_use {
                     spend_enrollment_use(&mut tx, claimant, now).await?;
                 }
                 tx.commit().await?;
-                return Ok(Registration::Created(row));
+                return Ok(Registration::Created(new.row));
             }
             [existing] => existing,
             _ => return Err(RegisterError::Ambiguous),
@@ -400,49 +503,23 @@ impl<'s> DeviceStore<'s> {
         Ok(Registration::Existing(row))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn insert(
-        &self,
-        tx: &mut Tx,
-        id: DeviceId,
-        ids: &Identifiers,
-        info: &DeviceInfo,
-        name: &str,
-        token_hash: &str,
-        public_key: Option<&str>,
-        now: i64,
-    ) -> Result<(), StoreError> {
+    /// Inserts `new`, and its tags if it has any.
+    async fn insert(&self, tx: &mut Tx, new: &NewDevice) -> Result<(), StoreError> {
         // cache: untouched — a new row has no entry to kill: lookups that find nothing are not kept.
-        const SQL: &str =
-            "INSERT INTO devices (id, tenant_id, name, serial_number, mac_address, android_id, model, manufacturer, \
-            os_version, app_version, location, tags, status, last_seen, token_hash, created_at, updated_at, public_key) \
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, $14, $15, $15, $16)";
-        with_tx!(tx, |conn| sqlx::query(SQL)
-            .bind(id)
-            .bind(self.tenant)
-            .bind(name)
-            .bind(&ids.serial_number)
-            .bind(&ids.mac_address)
-            .bind(&ids.android_id)
-            .bind(&info.model)
-            .bind(&info.manufacturer)
-            .bind(&info.os_version)
-            .bind(&info.app_version)
-            .bind(&info.location)
-            .bind(Json(&info.tags))
-            .bind(DeviceStatus::Offline)
-            .bind(token_hash)
-            .bind(now)
-            .bind(public_key)
+        let sql = format!(
+            "INSERT INTO devices ({INSERT_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+        );
+        with_tx!(tx, |conn| bind_new_device!(sqlx::query(&sql), new)
             .execute(&mut *conn)
             .await
             .map(|r| r.rows_affected()))
         .map_err(classify)?;
-        if info.tags.is_empty() {
+        if new.row.tags.0.is_empty() {
             // A new device has no tag rows to replace; auto-registration never sends tags.
             return Ok(());
         }
-        self.write_tags(tx, id, &info.tags).await
+        self.write_tags(tx, new.row.id, &new.row.tags.0).await
     }
 
     async fn write_tags(&self, tx: &mut Tx, device_id: DeviceId, tags: &[String]) -> Result<(), StoreError> {

@@ -40,6 +40,7 @@ pub mod webhooks;
 mod group;
 mod json;
 mod page;
+mod registrations;
 mod samples;
 mod scope;
 #[cfg(test)]
@@ -86,6 +87,8 @@ pub struct Db {
     samples: samples::SampleQueue,
     /// Group commit of certificate issuance ([`certificates::record_issued`]).
     issues: Arc<certificates::IssueGroup>,
+    /// Group commit of first registrations ([`registrations`]).
+    registrations: Arc<registrations::RegistrationGroup>,
 }
 
 #[derive(Debug, Clone)]
@@ -341,6 +344,7 @@ impl Db {
         Db {
             samples: samples::SampleQueue::start(pools.clone()),
             issues: Arc::new(certificates::issue_group()),
+            registrations: Arc::new(registrations::registration_group()),
             pools,
             cache: Arc::new(DeviceCache::new(0, true)),
             origin: uuid::Uuid::new_v4().simple().to_string().into(),
