@@ -264,5 +264,21 @@ mod tests {
         assert_eq!(count("SELECT COUNT(*) FROM devices").await, 3);
         assert_eq!(count("SELECT COUNT(*) FROM events").await, 2);
         assert_eq!(count("SELECT uses FROM enrollment_tokens").await, 2);
+
+        // Two tenants in one group: identifiers are unique per tenant, so another tenant's
+        // KNOWN is a new device there, and each tenant's events are numbered by its own counter.
+        let other = TenantId::new();
+        let sql = "INSERT INTO tenants (id, name, created_at) VALUES ($1, $1, 0)";
+        with_writer!(db, |pool| sqlx::query(sql).bind(other).execute(pool).await.map(drop)).unwrap();
+        let (jobs, answers): (Vec<_>, Vec<_>) =
+            [(other, "KNOWN"), (tenant, "F")].into_iter().map(|(t, serial)| job(t, serial, token)).unzip();
+        write(db.clone(), jobs).await;
+        for answer in answers {
+            assert!(answer.await.unwrap().unwrap().is_some());
+        }
+        assert_eq!(count("SELECT COUNT(*) FROM devices WHERE serial_number = 'KNOWN'").await, 2);
+        assert_eq!(count("SELECT MAX(tenant_seq) FROM events").await, 3, "tenant 0's third event");
+        assert_eq!(count("SELECT MIN(tenant_seq) FROM events").await, 1);
+        assert_eq!(count("SELECT uses FROM enrollment_tokens").await, 4);
     }
 }
