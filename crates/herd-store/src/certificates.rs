@@ -849,12 +849,8 @@ mod tests {
     }
 
     async fn a_group_with_a_missing_device_answers_each_issuance_alone(db: &Db) {
-        let tenants = [TenantId::new(), TenantId::new()];
+        let tenants = [crate::test_db::tenant(db).await, crate::test_db::tenant(db).await];
         let devices = [DeviceId::new(), DeviceId::new(), DeviceId::new()];
-        for tenant in tenants {
-            let sql = "INSERT INTO tenants (id, name, created_at) VALUES ($1, $1, 0)";
-            with_writer!(db, |pool| sqlx::query(sql).bind(tenant).execute(pool).await.map(|_| ())).unwrap();
-        }
         // Devices 0 and 1 in tenant 0, device 2 in tenant 1.
         for (device, tenant) in devices.iter().zip([tenants[0], tenants[0], tenants[1]]) {
             let sql = "INSERT INTO devices (id, tenant_id, name, created_at, updated_at) VALUES ($1, $2, 'd', 0, 0)";

@@ -228,10 +228,8 @@ mod tests {
     /// written with one event and one token use each; a token with fewer uses left than the
     /// group needs writes nothing at all.
     async fn a_group_writes_its_new_devices_and_leaves_known_identifiers_alone(db: &Db) {
-        let tenant = TenantId::new();
+        let tenant = crate::test_db::tenant(db).await;
         let token = EnrollmentTokenId::new();
-        let sql = "INSERT INTO tenants (id, name, created_at) VALUES ($1, $1, 0)";
-        with_writer!(db, |pool| sqlx::query(sql).bind(tenant).execute(pool).await.map(drop)).unwrap();
         let sql = "INSERT INTO enrollment_tokens (id, tenant_id, name, token_hash, max_uses, created_at) \
                    VALUES ($1, $2, 'e', 'h', 4, 0)";
         with_writer!(db, |pool| sqlx::query(sql).bind(token).bind(tenant).execute(pool).await.map(drop)).unwrap();
@@ -267,9 +265,7 @@ mod tests {
 
         // Two tenants in one group: identifiers are unique per tenant, so another tenant's
         // KNOWN is a new device there, and each tenant's events are numbered by its own counter.
-        let other = TenantId::new();
-        let sql = "INSERT INTO tenants (id, name, created_at) VALUES ($1, $1, 0)";
-        with_writer!(db, |pool| sqlx::query(sql).bind(other).execute(pool).await.map(drop)).unwrap();
+        let other = crate::test_db::tenant(db).await;
         let (jobs, answers): (Vec<_>, Vec<_>) =
             [(other, "KNOWN"), (tenant, "F")].into_iter().map(|(t, serial)| job(t, serial, token)).unzip();
         write(db.clone(), jobs).await;
@@ -280,5 +276,81 @@ mod tests {
         assert_eq!(count("SELECT MAX(tenant_seq) FROM events").await, 3, "tenant 0's third event");
         assert_eq!(count("SELECT MIN(tenant_seq) FROM events").await, 1);
         assert_eq!(count("SELECT uses FROM enrollment_tokens").await, 4);
+    }
+
+    async fn token_with_uses(db: &Db, tenant: TenantId, max_uses: i64) -> EnrollmentTokenId {
+        let token = EnrollmentTokenId::new();
+        let sql = "INSERT INTO enrollment_tokens (id, tenant_id, name, token_hash, max_uses, created_at) \
+                   VALUES ($1, $2, 'e', $1, $3, 0)";
+        with_writer!(db, |pool| sqlx::query(sql).bind(token).bind(tenant).bind(max_uses).execute(pool).await.map(drop))
+            .unwrap();
+        token
+    }
+
+    async fn count(db: &Db, sql: &str) -> i64 {
+        with_writer!(db, |pool| sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_group_failing_before_its_commit_writes_nothing_and_sends_each_job_alone_on_sqlite() {
+        a_group_failing_before_its_commit_writes_nothing_and_sends_each_job_alone(&crate::test_db::sqlite().await.db)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_group_failing_before_its_commit_writes_nothing_and_sends_each_job_alone_on_postgres() {
+        if let Some(test_db) = crate::test_db::postgres().await {
+            a_group_failing_before_its_commit_writes_nothing_and_sends_each_job_alone(&test_db.db).await;
+        }
+    }
+
+    /// A statement of the group fails (here the insert: one job names a tenant that does not
+    /// exist): the transaction is dropped with nothing of any job in it, and every job is
+    /// answered "not written", so each caller registers alone and meets its own outcome.
+    async fn a_group_failing_before_its_commit_writes_nothing_and_sends_each_job_alone(db: &Db) {
+        let tenant = crate::test_db::tenant(db).await;
+        let token = token_with_uses(db, tenant, 10).await;
+        let (jobs, answers): (Vec<_>, Vec<_>) = [(tenant, "G"), (TenantId::new(), "ORPHAN"), (tenant, "H")]
+            .into_iter()
+            .map(|(t, s)| job(t, s, token))
+            .unzip();
+        write(db.clone(), jobs).await;
+        for answer in answers {
+            assert!(answer.await.unwrap().unwrap().is_none(), "every job goes alone");
+        }
+        assert_eq!(count(db, "SELECT COUNT(*) FROM devices").await, 0);
+        assert_eq!(count(db, "SELECT COUNT(*) FROM events").await, 0);
+        assert_eq!(count(db, "SELECT uses FROM enrollment_tokens").await, 0);
+    }
+
+    /// The commit itself fails (a deferred constraint trigger, checked at commit, rejects one
+    /// row; PostgreSQL only, SQLite has no deferred check a test can add to `devices`): every
+    /// job is answered with the error, none with "not written", since a caller registering
+    /// again after a commit whose outcome it cannot know could find the group's own row and
+    /// answer a claim. Nothing of the group is stored.
+    #[tokio::test]
+    async fn a_group_whose_commit_fails_answers_every_job_with_the_error_on_postgres() {
+        let Some(test_db) = crate::test_db::postgres().await else { return };
+        let db = &test_db.db;
+        let tenant = crate::test_db::tenant(db).await;
+        let token = token_with_uses(db, tenant, 10).await;
+        for sql in [
+            "CREATE FUNCTION reject_doomed() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF NEW.serial_number = 'DOOMED' THEN RAISE EXCEPTION 'doomed at commit'; END IF; RETURN NULL; END $$",
+            "CREATE CONSTRAINT TRIGGER reject_doomed AFTER INSERT ON devices DEFERRABLE INITIALLY DEFERRED \
+             FOR EACH ROW EXECUTE FUNCTION reject_doomed()",
+        ] {
+            with_writer!(db, |pool| sqlx::query(sql).execute(pool).await.map(drop)).unwrap();
+        }
+        let (jobs, answers): (Vec<_>, Vec<_>) =
+            ["I", "DOOMED", "J"].iter().map(|serial| job(tenant, serial, token)).unzip();
+        write(db.clone(), jobs).await;
+        for answer in answers {
+            let error = answer.await.unwrap().expect_err("the commit failed, so every job fails");
+            assert!(error.to_string().contains("doomed at commit"), "{error}");
+        }
+        assert_eq!(count(db, "SELECT COUNT(*) FROM devices").await, 0);
+        assert_eq!(count(db, "SELECT COUNT(*) FROM events").await, 0);
+        assert_eq!(count(db, "SELECT uses FROM enrollment_tokens").await, 0);
     }
 }

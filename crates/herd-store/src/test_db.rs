@@ -4,9 +4,10 @@
 //! its own, dropped afterwards. Unset, a local run skips it with a message but a CI run (`CI`
 //! set) panics, so a pipeline that lost the variable fails rather than passing on SQLite alone.
 
+use herd_domain::ids::TenantId;
 use sqlx::Connection;
 
-use crate::Db;
+use crate::{with_writer, Db};
 
 /// A migrated database and what keeps it alive (its directory or its PostgreSQL database).
 pub(crate) struct TestDb {
@@ -49,6 +50,14 @@ pub(crate) async fn postgres() -> Option<TestDb> {
     let (db, _system) = Db::open(&url).await.unwrap();
     db.migrate().await.unwrap();
     Some(TestDb { db, _sqlite_dir: None, postgres: Some((admin_url, name)) })
+}
+
+/// A new tenant row (no tokens or users): what a store test needs to own rows.
+pub(crate) async fn tenant(db: &Db) -> TenantId {
+    let tenant = TenantId::new();
+    let sql = "INSERT INTO tenants (id, name, created_at) VALUES ($1, $1, 0)";
+    with_writer!(db, |pool| sqlx::query(sql).bind(tenant).execute(pool).await.map(drop)).unwrap();
+    tenant
 }
 
 impl Drop for TestDb {
