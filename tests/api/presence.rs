@@ -241,7 +241,7 @@ engine_tests! {
         // span tenants; plus devices the sweep must leave alone (fresh, or offline already).
         // Inserted directly: registering thousands of devices through the API takes minutes,
         // and the insert trigger counts them like any other insert.
-        let n_stale = 2 * herd::store::presence::sweep_batch(app.state.db.engine()) + 321;
+        let n_stale = 2 * herd::store::presence::SWEEP_BATCH + 321;
         let mut rows = Vec::new();
         let mut expected = [(0_i64, 0_i64, 0_i64); 2]; // per tenant: (total, online, offline)
         for i in 0..n_stale + 150 {

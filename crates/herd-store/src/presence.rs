@@ -10,25 +10,20 @@ use herd_domain::status::DeviceStatus;
 use herd_domain::Event;
 
 use crate::cache::Touch;
-use crate::{classify, with_tx, with_writer, Db, Engine, StoreError, System};
+use crate::{classify, with_tx, Db, Engine, Pools, StoreError, System};
 
 /// Rows per statement when flushing heartbeats.
 pub const BATCH: usize = 1000;
 
-/// Devices the sweep flips (with their events) per transaction on `engine`. Each transaction
-/// costs a commit, a counter-row bump per tenant and a round of statements, so larger batches
-/// amortise more; but a batch holds SQLite's one writer until it commits, so it is bounded to
-/// keep other writers' waits short. On SQLite, 1,000, 4,000 and 10,000 measured the same at
-/// the SQL level (BENCHMARKS.md, "Overview and sweep"); 5,000 keeps the per-transaction costs
-/// at 200 per million devices. On PostgreSQL the batch stays at 1,000: from about 5,000 rows
-/// on, the planner joins the claimed ids back to `devices` with a sequential scan of the whole
-/// table (a hash join) instead of one primary-key lookup each, once per batch.
-pub fn sweep_batch(engine: Engine) -> usize {
-    match engine {
-        Engine::Sqlite => 5_000,
-        Engine::Postgres => 1_000,
-    }
-}
+/// Devices the sweep flips (with their events) per transaction. Each transaction costs a
+/// commit, a counter-row bump per tenant and a round of statements, so larger batches amortise
+/// more; but a batch holds SQLite's one writer until it commits, so it is bounded to keep other
+/// writers' waits short. On SQLite, 1,000, 4,000 and 10,000 measured the same at the SQL level
+/// (BENCHMARKS.md, "Overview and sweep"); 5,000 keeps the per-transaction costs at 200 per
+/// million devices. PostgreSQL takes the same batch since its flip no longer joins (see
+/// [`sweep`]): a join of the claimed ids back to `devices` was planned as a sequential scan of
+/// the whole table once per batch from about 1,000 rows at 100,000 devices.
+pub const SWEEP_BATCH: usize = 5_000;
 
 /// What a flush did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -59,29 +54,35 @@ pub async fn write_last_seen(
     // SQLite gets anonymous `?` placeholders, bound in order: sqlx looks each numbered `$N` up by
     // name, a linear search over the statement's names, quadratic in the parameters (see
     // `Tx::commit`).
-    let values: Vec<String> = match db.engine() {
-        Engine::Sqlite => vec!["(?, ?)".to_string(); chunk.len()],
-        Engine::Postgres => (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect(),
-    };
-    let sql = match db.engine() {
-        Engine::Sqlite => format!(
-            "UPDATE devices SET last_seen = v.column2 FROM (VALUES {}) AS v WHERE devices.id = v.column1 \
-             AND devices.status = 'online' AND (devices.last_seen IS NULL OR devices.last_seen < v.column2) RETURNING devices.id",
-            values.join(", ")
-        ),
-        Engine::Postgres => format!(
-            "UPDATE devices AS d SET last_seen = v.ts FROM (VALUES {}) AS v (id, ts) WHERE d.id = v.id \
-             AND d.status = 'online' AND (d.last_seen IS NULL OR d.last_seen < v.ts) RETURNING d.id",
-            values.join(", ")
-        ),
-    };
-    let written: Vec<(DeviceId,)> = with_writer!(db, |pool| {
-        let mut query = sqlx::query_as::<_, (DeviceId,)>(&sql);
-        for (id, (_, at)) in chunk {
-            query = query.bind(id).bind(at);
+    let written: Vec<(DeviceId,)> = match &db.pools {
+        Pools::Sqlite { writer, .. } => {
+            let sql = format!(
+                "UPDATE devices SET last_seen = v.column2 FROM (VALUES {}) AS v WHERE devices.id = v.column1 \
+                 AND devices.status = 'online' AND (devices.last_seen IS NULL OR devices.last_seen < v.column2) RETURNING devices.id",
+                vec!["(?, ?)"; chunk.len()].join(", ")
+            );
+            let mut query = sqlx::query_as::<_, (DeviceId,)>(&sql);
+            for (id, (_, at)) in chunk {
+                query = query.bind(id).bind(at);
+            }
+            query.fetch_all(writer).await
         }
-        query.fetch_all(pool).await
-    })
+        // Two arrays, one statement text for any chunk size. The planner joins `UNNEST`'s rows
+        // to `devices` by primary key; a `VALUES` list of 1,000 rows was planned as a hash join
+        // over a sequential scan of every device (23 ms at 100,000 devices, each flush).
+        Pools::Postgres(pool) => {
+            let ids: Vec<String> = chunk.iter().map(|(id, _)| id.to_string()).collect();
+            let times: Vec<i64> = chunk.iter().map(|(_, (_, at))| *at).collect();
+            sqlx::query_as::<_, (DeviceId,)>(
+                "UPDATE devices AS d SET last_seen = v.ts FROM UNNEST($1::TEXT[], $2::BIGINT[]) AS v (id, ts) \
+                 WHERE d.id = v.id AND d.status = 'online' AND (d.last_seen IS NULL OR d.last_seen < v.ts) RETURNING d.id"
+            )
+            .bind(ids)
+            .bind(times)
+            .fetch_all(pool)
+            .await
+        }
+    }
     .map_err(classify)?;
     let mut outcome = FlushOutcome { written: written.len(), revived: 0 };
     if written.len() == chunk.len() {
@@ -141,12 +142,15 @@ pub async fn sweep(db: &Db, _system: &System, threshold: Duration, now: i64) -> 
              (SELECT id FROM devices WHERE status = 'online' AND last_seen < $2 LIMIT $3) \
              RETURNING id, tenant_id, last_seen"
             .to_string(),
-        Engine::Postgres => "UPDATE devices AS d SET status = 'offline', updated_at = $1 FROM \
-             (SELECT id FROM devices WHERE status = 'online' AND last_seen < $2 ORDER BY last_seen LIMIT $3 FOR UPDATE SKIP LOCKED) AS s \
-             WHERE d.id = s.id RETURNING d.id, d.tenant_id, d.last_seen"
+        // The claimed ids come back as an array, so the flip finds each row by primary key
+        // whatever the batch and fleet size (a join with the claiming subquery was planned as a
+        // hash join over a sequential scan of `devices`, once per batch).
+        Engine::Postgres => "UPDATE devices SET status = 'offline', updated_at = $1 WHERE id = ANY(ARRAY( \
+             SELECT id FROM devices WHERE status = 'online' AND last_seen < $2 ORDER BY last_seen LIMIT $3 FOR UPDATE SKIP LOCKED)) \
+             RETURNING id, tenant_id, last_seen"
             .to_string(),
     };
-    let batch = sweep_batch(db.engine());
+    let batch = SWEEP_BATCH;
     let mut outcome = SweepOutcome::default();
     loop {
         let mut tx = db.begin().await?;
