@@ -20,7 +20,7 @@ use crate::group::{Group, Pending};
 use crate::samples::sqlite_values_sql;
 use crate::Page;
 use crate::TenantScope;
-use crate::{classify, Db, Engine, StoreError, System, Tx, TxConn};
+use crate::{classify, column, Db, Engine, StoreError, System, Tx, TxConn};
 use crate::{with_reader, with_tx, with_writer};
 use herd_domain::ids::{CertificateId, DeviceId, TenantId};
 
@@ -419,33 +419,27 @@ async fn insert_group(db: &Db, issuances: &[&Issuance]) -> Result<bool, StoreErr
             if locked != devices.len() as i64 {
                 return Ok(false);
             }
-            let column = |f: &dyn Fn(&Issuance) -> String| issuances.iter().map(|i| f(i)).collect::<Vec<String>>();
-            let optional = |f: &dyn Fn(&Issuance) -> Option<String>| {
-                issuances.iter().map(|i| f(i)).collect::<Vec<Option<String>>>()
-            };
-            let number =
-                |f: &dyn Fn(&CertificateRow) -> i64| issuances.iter().map(|i| f(&i.record)).collect::<Vec<i64>>();
             sqlx::query(&format!(
                 "{INSERT_INTO}SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], \
                  $7::TEXT[], $8::BIGINT[], $9::BIGINT[], $10::TEXT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], \
                  $14::TEXT[], $15::TEXT[], $16::BIGINT[])"
             ))
-            .bind(column(&|i| i.record.id.to_string()))
-            .bind(column(&|i| i.record.tenant_id.to_string()))
-            .bind(column(&|i| i.record.device_id.to_string()))
-            .bind(column(&|i| i.record.serial_number.clone()))
-            .bind(column(&|i| i.record.fingerprint.clone()))
-            .bind(column(&|i| i.record.subject.clone()))
-            .bind(column(&|i| i.record.issuer.clone()))
-            .bind(number(&|r| r.not_before))
-            .bind(number(&|r| r.not_after))
-            .bind(column(&|i| i.record.status.as_str().to_string()))
-            .bind(column(&|i| i.record.key_source.as_str().to_string()))
-            .bind(column(&|i| i.certificate_pem.clone()))
-            .bind(optional(&|i| i.key.key_storage.map(str::to_string)))
-            .bind(optional(&|i| i.key.private_key_sealed.clone()))
-            .bind(optional(&|i| i.key.private_key_digest.clone()))
-            .bind(number(&|r| r.created_at))
+            .bind(column(issuances, |i| i.record.id.to_string()))
+            .bind(column(issuances, |i| i.record.tenant_id.to_string()))
+            .bind(column(issuances, |i| i.record.device_id.to_string()))
+            .bind(column(issuances, |i| i.record.serial_number.clone()))
+            .bind(column(issuances, |i| i.record.fingerprint.clone()))
+            .bind(column(issuances, |i| i.record.subject.clone()))
+            .bind(column(issuances, |i| i.record.issuer.clone()))
+            .bind(column(issuances, |i| i.record.not_before))
+            .bind(column(issuances, |i| i.record.not_after))
+            .bind(column(issuances, |i| i.record.status.as_str().to_string()))
+            .bind(column(issuances, |i| i.record.key_source.as_str().to_string()))
+            .bind(column(issuances, |i| i.certificate_pem.clone()))
+            .bind(column(issuances, |i| i.key.key_storage.map(str::to_string)))
+            .bind(column(issuances, |i| i.key.private_key_sealed.clone()))
+            .bind(column(issuances, |i| i.key.private_key_digest.clone()))
+            .bind(column(issuances, |i| i.record.created_at))
             .execute(&mut **conn)
             .await
             .map_err(classify)?;

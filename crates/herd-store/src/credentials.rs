@@ -118,13 +118,21 @@ pub async fn find_usable_enrollment_token(
 /// fails gives the use back with [`release_enrollment_use`]; a server that dies in between has
 /// spent one use too many, never one too few.
 pub async fn reserve_enrollment_use(db: &Db, id: EnrollmentTokenId, now: i64) -> Result<bool, StoreError> {
-    const SQL: &str = "UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = $1 AND revoked_at IS NULL \
-                       AND (expires_at IS NULL OR expires_at > $2) AND (max_uses IS NULL OR uses < max_uses)";
     let id = id.to_string();
-    let result =
-        with_writer!(db, |pool| sqlx::query(SQL).bind(&id).bind(now).execute(pool).await.map(|r| r.rows_affected()));
+    let result = with_writer!(db, |pool| sqlx::query(COUNT_USES)
+        .bind(&id)
+        .bind(now)
+        .bind(1_i64)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()));
     Ok(result.map_err(classify)? == 1)
 }
+
+/// Counts `$3` uses of token `$1` at time `$2`, all or none: no row changes if the token has
+/// fewer than `$3` uses left, expired or was revoked.
+const COUNT_USES: &str = "UPDATE enrollment_tokens SET uses = uses + $3 WHERE id = $1 AND revoked_at IS NULL \
+                          AND (expires_at IS NULL OR expires_at > $2) AND (max_uses IS NULL OR uses + $3 <= max_uses)";
 
 /// Gives back a use [`reserve_enrollment_use`] took for a registration that did not happen.
 pub async fn release_enrollment_use(db: &Db, id: EnrollmentTokenId) -> Result<(), StoreError> {
@@ -151,10 +159,8 @@ pub(crate) async fn consume_enrollment_uses(
     n: i64,
     now: i64,
 ) -> Result<bool, StoreError> {
-    const SQL: &str = "UPDATE enrollment_tokens SET uses = uses + $3 WHERE id = $1 AND revoked_at IS NULL \
-                       AND (expires_at IS NULL OR expires_at > $2) AND (max_uses IS NULL OR uses + $3 <= max_uses)";
     let id = id.to_string();
-    let result = with_tx!(tx, |conn| sqlx::query(SQL)
+    let result = with_tx!(tx, |conn| sqlx::query(COUNT_USES)
         .bind(&id)
         .bind(now)
         .bind(n)

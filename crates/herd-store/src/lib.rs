@@ -244,6 +244,12 @@ macro_rules! with_writer {
     };
 }
 
+/// One column of a PostgreSQL multi-row write as an array (`UNNEST($n::TYPE[])`): the value
+/// `f` gives for each row.
+pub(crate) fn column<T, V>(rows: &[T], f: impl Fn(&T) -> V) -> Vec<V> {
+    rows.iter().map(f).collect()
+}
+
 /// Runs `$body` with `$conn` bound to a pool for reads.
 macro_rules! with_reader {
     ($db:expr, |$conn:ident| $body:expr) => {

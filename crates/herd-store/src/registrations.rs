@@ -19,7 +19,7 @@ use herd_domain::ids::EnrollmentTokenId;
 use crate::devices::{bind_new_device, DeviceRow, NewDevice, INSERT_COLUMNS};
 use crate::group::{Group, Pending};
 use crate::samples::sqlite_values_sql;
-use crate::{classify, Db, StoreError, Tx, TxConn};
+use crate::{classify, column, Db, StoreError, Tx, TxConn};
 
 /// The most registrations one group writes (17 parameters a row on SQLite, well under its limit;
 /// its events fit one outbox statement on PostgreSQL).
@@ -113,39 +113,33 @@ async fn write_in_tx(db: &Db, jobs: &[Pending<Job, Option<DeviceRow>>]) -> Resul
             }
             query.execute(&mut **conn).await.map_err(classify)?.rows_affected()
         }
-        TxConn::Postgres(conn) => {
-            let text = |f: &dyn Fn(&NewDevice) -> String| news.iter().map(|n| f(n)).collect::<Vec<String>>();
-            let optional =
-                |f: &dyn Fn(&NewDevice) -> Option<String>| news.iter().map(|n| f(n)).collect::<Vec<Option<String>>>();
-            let number = |f: &dyn Fn(&DeviceRow) -> i64| news.iter().map(|n| f(&n.row)).collect::<Vec<i64>>();
-            sqlx::query(&format!(
-                "INSERT INTO devices ({INSERT_COLUMNS}) SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], \
+        TxConn::Postgres(conn) => sqlx::query(&format!(
+            "INSERT INTO devices ({INSERT_COLUMNS}) SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], \
                  $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], \
                  $12::TEXT[], $13::TEXT[], $14::TEXT[], $15::BIGINT[], $16::BIGINT[], $17::TEXT[]) \
                  ON CONFLICT DO NOTHING"
-            ))
-            .bind(text(&|n| n.row.id.to_string()))
-            .bind(text(&|n| n.tenant.to_string()))
-            .bind(text(&|n| n.row.name.clone()))
-            .bind(optional(&|n| n.row.serial_number.clone()))
-            .bind(optional(&|n| n.row.mac_address.clone()))
-            .bind(optional(&|n| n.row.android_id.clone()))
-            .bind(optional(&|n| n.row.model.clone()))
-            .bind(optional(&|n| n.row.manufacturer.clone()))
-            .bind(optional(&|n| n.row.os_version.clone()))
-            .bind(optional(&|n| n.row.app_version.clone()))
-            .bind(optional(&|n| n.row.location.clone()))
-            .bind(text(&|n| serde_json::to_string(&n.row.tags.0).unwrap_or_else(|_| "[]".into())))
-            .bind(text(&|n| n.row.status.as_str().to_string()))
-            .bind(text(&|n| n.token_hash.clone()))
-            .bind(number(&|row| row.created_at))
-            .bind(number(&|row| row.updated_at))
-            .bind(optional(&|n| n.public_key.clone()))
-            .execute(&mut **conn)
-            .await
-            .map_err(classify)?
-            .rows_affected()
-        }
+        ))
+        .bind(column(&news, |n| n.row.id.to_string()))
+        .bind(column(&news, |n| n.tenant.to_string()))
+        .bind(column(&news, |n| n.row.name.clone()))
+        .bind(column(&news, |n| n.row.serial_number.clone()))
+        .bind(column(&news, |n| n.row.mac_address.clone()))
+        .bind(column(&news, |n| n.row.android_id.clone()))
+        .bind(column(&news, |n| n.row.model.clone()))
+        .bind(column(&news, |n| n.row.manufacturer.clone()))
+        .bind(column(&news, |n| n.row.os_version.clone()))
+        .bind(column(&news, |n| n.row.app_version.clone()))
+        .bind(column(&news, |n| n.row.location.clone()))
+        .bind(column(&news, |n| serde_json::to_string(&n.row.tags.0).unwrap_or_else(|_| "[]".into())))
+        .bind(column(&news, |n| n.row.status.as_str().to_string()))
+        .bind(column(&news, |n| n.token_hash.clone()))
+        .bind(column(&news, |n| n.row.created_at))
+        .bind(column(&news, |n| n.row.updated_at))
+        .bind(column(&news, |n| n.public_key.clone()))
+        .execute(&mut **conn)
+        .await
+        .map_err(classify)?
+        .rows_affected(),
     };
     let written = if inserted == news.len() as u64 {
         vec![true; news.len()]
