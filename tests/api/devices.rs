@@ -11,7 +11,7 @@ fn id(device: &Value) -> String {
 }
 
 /// `herd_device_cache_lookups_total{result="hit"}` on `app`.
-async fn cache_hits(app: &crate::helpers::TestApp) -> u64 {
+pub(crate) async fn cache_hits(app: &crate::helpers::TestApp) -> u64 {
     let text = app.request(Method::GET, "/metrics", None, None).await.text().await.unwrap();
     text.lines()
         .find(|line| line.starts_with("herd_device_cache_lookups_total{result=\"hit\"}"))

@@ -120,10 +120,16 @@ engine_tests! {
         let (id, token) = device(&app, ADMIN_TOKEN, "M-2").await;
         sample(&app, &token, reading(&app, 300, json!({ "ram": 86 }))).await;
         sample(&app, &token, reading(&app, 240, json!({ "ram": 88 }))).await;
+        // Breaches that only continue the open alert leave the device's cached credential
+        // alone (its `alerting` stays true): the next heartbeat is still answered from the cache.
+        crate::devices::heartbeat_from_the_cache(&app, &token).await;
         sample(&app, &token, json!({ "samples": [
             reading(&app, 200, json!({ "ram": 87 })),
             reading(&app, 180, json!({ "ram": 89 })),
         ]})).await;
+        let hits = crate::devices::cache_hits(&app).await;
+        expect_json(app.post("/devices/connect", &token, json!({})).await, StatusCode::OK).await;
+        assert_eq!(crate::devices::cache_hits(&app).await, hits + 1, "a continuing alert evicted the device");
         let all = alerts(&app, ADMIN_TOKEN, "").await;
         assert_eq!(all.len(), 1, "one alert per (device, rule): {all:?}");
         let alert = &all[0];

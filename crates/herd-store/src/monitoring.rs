@@ -391,8 +391,10 @@ impl<'s> MonitoringStore<'s> {
         now: i64,
     ) -> Result<(), StoreError> {
         let device = device_id.to_string();
-        if !episodes.is_empty() {
-            // The credential cache keeps whether the device is alerting (see `cache`).
+        // The credential cache keeps whether the device is alerting (see `cache`): only an alert
+        // opened or resolved can change that, not one that goes on breaching (every sample of a
+        // device in a long alert would otherwise evict its cached credential).
+        if episodes.iter().any(|episode| episode.existing.is_none() || episode.resolved_by.is_some()) {
             tx.touch(Touch::Device(device_id));
         }
         for episode in episodes {
