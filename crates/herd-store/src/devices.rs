@@ -41,7 +41,7 @@ pub struct DeviceRow {
     pub updated_at: i64,
 }
 
-const COLUMNS: &str =
+pub(crate) const COLUMNS: &str =
     "id, name, serial_number, mac_address, android_id, model, manufacturer, os_version, app_version, \
                        firmware_version, ip_address, location, tags, status, last_seen, created_at, updated_at";
 
@@ -644,6 +644,14 @@ impl<'s> DeviceStore<'s> {
         let row = self.update_online(&still_online, report, id, now).await?;
         if row.is_some() {
             return Ok(row);
+        }
+        // Offline until now: flipped in a group with other devices coming online (one commit,
+        // one turn at the event-order lock); alone if the group failed.
+        match crate::arrivals::come_online(self.db(), self.scope.tenant_id(), id, report, now).await {
+            Ok(Some(row)) => return Ok(Some(row)),
+            // Not offline as the group wrote (another request brought it online) or missing.
+            Ok(None) => return self.update_online(&still_online, report, id, now).await,
+            Err(error) => tracing::debug!(%error, "a group of devices coming online failed; this one flips alone"),
         }
         let coming_online = format!(
             "UPDATE devices SET {sets}, status = 'online', updated_at = $1 WHERE tenant_id = $6 AND id = $7 AND status <> 'online' RETURNING {COLUMNS}"

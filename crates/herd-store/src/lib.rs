@@ -37,6 +37,7 @@ pub mod telemetry;
 pub mod tenants;
 pub mod webhooks;
 
+mod arrivals;
 mod group;
 mod json;
 mod page;
@@ -87,6 +88,8 @@ pub struct Db {
     samples: samples::SampleQueue,
     /// Group commit of certificate issuance ([`certificates::record_issued`]).
     issues: Arc<certificates::IssueGroup>,
+    /// Group commit of devices coming online ([`arrivals`]).
+    arrivals: Arc<arrivals::ArrivalGroup>,
     /// Group commit of first registrations ([`registrations`]).
     registrations: Arc<registrations::RegistrationGroup>,
 }
@@ -350,6 +353,7 @@ impl Db {
         Db {
             samples: samples::SampleQueue::start(pools.clone()),
             issues: Arc::new(certificates::issue_group()),
+            arrivals: Arc::new(arrivals::arrival_group()),
             registrations: Arc::new(registrations::registration_group()),
             pools,
             cache: Arc::new(DeviceCache::new(0, true)),
