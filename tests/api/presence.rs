@@ -238,19 +238,24 @@ engine_tests! {
         let now = to_millis(app.clock.now_plus(Duration::zero()));
         let stale = now - 10 * 60 * 1000;
         // More than two sweep batches of stale devices, the two tenants interleaved, so batches
-        // span tenants; plus devices the sweep must leave alone (fresh, or offline already).
-        // Inserted directly: registering thousands of devices through the API takes minutes,
-        // and the insert trigger counts them like any other insert.
-        let n_stale = 2 * herd::store::presence::SWEEP_BATCH + 321;
+        // span tenants; among them devices the sweep must leave alone (fresh, or offline
+        // already), between the stale ones in row order and in `lastSeen` order. Inserted
+        // directly: registering thousands of devices through the API takes minutes, and the
+        // insert trigger counts them like any other insert.
+        let mut n_stale = 0;
         let mut rows = Vec::new();
         let mut expected = [(0_i64, 0_i64, 0_i64); 2]; // per tenant: (total, online, offline)
-        for i in 0..n_stale + 150 {
+        for i in 0..2 * herd::store::presence::SWEEP_BATCH + 1000 {
             let tenant = i % 2;
-            let (status, last_seen) = match i {
-                i if i < n_stale => ("online", stale + i as i64),
-                i if i < n_stale + 100 => ("online", now),
-                _ => ("offline", stale),
+            let (status, last_seen) = match i % 50 {
+                7 => ("online", now),
+                13 => ("offline", stale),
+                // Last seen in an order unrelated to the rows' (as after an outage).
+                _ => ("online", stale + (i as i64 * 7_919) % 100_003),
             };
+            if status == "online" && last_seen < now {
+                n_stale += 1;
+            }
             let tenant_id = if tenant == 0 { &default_tenant } else { &other_tenant };
             rows.push(format!(
                 "('{}', '{tenant_id}', 'd{i}', '{status}', {last_seen}, {now}, {now})",
