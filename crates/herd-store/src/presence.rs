@@ -193,6 +193,8 @@ async fn flip_sqlite(db: &Db, rowids: &[i64], cutoff: i64, now: i64) -> Result<u
                         RETURNING id, tenant_id, last_seen";
     // One JSON array parameter rather than 5,000 bound ones.
     let rowids = format!("[{}]", rowids.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
+    // cache: untouched — not here: `record_offline` touches every flipped device (`touch_here`)
+    // before it commits.
     let mut tx = db.begin().await?;
     let rows: Vec<Flipped> =
         with_tx!(&mut tx, |conn| sqlx::query_as(FLIP).bind(now).bind(rowids).bind(cutoff).fetch_all(&mut *conn).await)
@@ -208,6 +210,8 @@ async fn sweep_postgres(db: &Db, cutoff: i64, now: i64, outcome: &mut SweepOutco
     const FLIP: &str = "UPDATE devices SET status = 'offline', updated_at = $1 WHERE id = ANY(ARRAY( \
                         SELECT id FROM devices WHERE status = 'online' AND last_seen < $2 ORDER BY last_seen LIMIT $3 FOR UPDATE SKIP LOCKED)) \
                         RETURNING id, tenant_id, last_seen";
+    // cache: untouched — not here: `record_offline` touches every flipped device (`touch_here`)
+    // before it commits.
     loop {
         let mut tx = db.begin().await?;
         let rows: Vec<Flipped> = with_tx!(&mut tx, |conn| sqlx::query_as(FLIP)
