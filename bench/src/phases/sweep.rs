@@ -69,7 +69,7 @@ pub async fn run(bench: &mut Bench) -> Result<Vec<PhaseReport>> {
             // devices heartbeat whenever their own timers fire. Brought online in registration
             // order, the stale devices come out of the presence index in row order, and the
             // sweep's batches rewrote neighbouring rows (17.7 s for a million on SQLite against
-            // ~100 s replayed in a shuffled order; BENCHMARKS.md, "The sweep in row order").
+            // ~120 s replayed in a shuffled order; BENCHMARKS.md, "The sweep in row order").
             let mut order = tokens.to_vec();
             order.shuffle(&mut StdRng::seed_from_u64(run as u64));
             let connect = Arc::new(DeviceRequests {

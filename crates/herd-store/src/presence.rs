@@ -193,12 +193,14 @@ async fn flip_sqlite(db: &Db, rowids: &[i64], cutoff: i64, now: i64) -> Result<u
                         RETURNING id, tenant_id, last_seen";
     // One JSON array parameter rather than 5,000 bound ones.
     let rowids = format!("[{}]", rowids.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
-    // cache: untouched — not here: `record_offline` touches every flipped device (`touch_here`)
-    // before it commits.
     let mut tx = db.begin().await?;
     let rows: Vec<Flipped> =
         with_tx!(&mut tx, |conn| sqlx::query_as(FLIP).bind(now).bind(rowids).bind(cutoff).fetch_all(&mut *conn).await)
             .map_err(classify)?;
+    // Here only: see `record_offline`.
+    for (device_id, _, _) in &rows {
+        tx.touch_here(Touch::Device(*device_id));
+    }
     record_offline(tx, &rows, now).await
 }
 
@@ -210,8 +212,6 @@ async fn sweep_postgres(db: &Db, cutoff: i64, now: i64, outcome: &mut SweepOutco
     const FLIP: &str = "UPDATE devices SET status = 'offline', updated_at = $1 WHERE id = ANY(ARRAY( \
                         SELECT id FROM devices WHERE status = 'online' AND last_seen < $2 ORDER BY last_seen LIMIT $3 FOR UPDATE SKIP LOCKED)) \
                         RETURNING id, tenant_id, last_seen";
-    // cache: untouched — not here: `record_offline` touches every flipped device (`touch_here`)
-    // before it commits.
     loop {
         let mut tx = db.begin().await?;
         let rows: Vec<Flipped> = with_tx!(&mut tx, |conn| sqlx::query_as(FLIP)
@@ -221,6 +221,10 @@ async fn sweep_postgres(db: &Db, cutoff: i64, now: i64, outcome: &mut SweepOutco
             .fetch_all(&mut *conn)
             .await)
         .map_err(classify)?;
+        // Here only: see `record_offline`.
+        for (device_id, _, _) in &rows {
+            tx.touch_here(Touch::Device(*device_id));
+        }
         let flipped = record_offline(tx, &rows, now).await?;
         outcome.marked_offline += flipped;
         if flipped < SWEEP_BATCH {
@@ -233,17 +237,17 @@ async fn sweep_postgres(db: &Db, cutoff: i64, now: i64, outcome: &mut SweepOutco
 type Flipped = (DeviceId, TenantId, Option<i64>);
 
 /// Writes one `device.status_changed` event per flipped device and commits the batch; returns
-/// how many devices it flipped.
+/// how many devices it flipped. The callers evict each flipped device's cached credential with
+/// `touch_here` next to their `UPDATE` (where the credential-cache invariant test looks), in
+/// this instance only: another instance that still holds the device as online answers its next
+/// heartbeat from the buffer, and that heartbeat's flush finds it offline and revives it (with
+/// its event), as for a heartbeat that raced the sweep. So a stale `online` there is never wrong
+/// for long, and a sweep sends no notifications.
 async fn record_offline(mut tx: crate::Tx, rows: &[Flipped], now: i64) -> Result<usize, StoreError> {
     if rows.is_empty() {
         return Ok(0);
     }
     for (device_id, tenant_id, last_seen) in rows {
-        // Here only: another instance that still holds the device as online answers its next
-        // heartbeat from the buffer, and that heartbeat's flush finds it offline and revives it
-        // (with its event), as for a heartbeat that raced the sweep. So a stale `online` there is
-        // never wrong for long, and a sweep sends no notifications.
-        tx.touch_here(Touch::Device(*device_id));
         let event = Event::DeviceStatusChanged {
             device_id: *device_id,
             from: DeviceStatus::Online,
