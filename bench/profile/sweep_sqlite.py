@@ -33,10 +33,13 @@ VARIANTS = {
     "as-is": [],
     "no-count-trigger": ["DROP TRIGGER devices_count_status"],
     "no-tenant-status-index": ["DROP INDEX devices_tenant_status_idx"],
-    "no-events-tenant-seq-index": ["DROP INDEX events_tenant_seq_idx"],
     "no-events": [],
     "flip-only-no-trigger": ["DROP TRIGGER devices_count_status"],
     "rowid-order": [],
+    "no-events-secondary-indexes": [
+        "DROP INDEX events_id_uq", "DROP INDEX events_tenant_type_tenant_seq_idx", "DROP INDEX events_occurred_idx",
+    ],
+    "no-presence-index": ["DROP INDEX devices_presence_idx"],
 }
 
 
@@ -174,6 +177,8 @@ def main():
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS))
     parser.add_argument("--dir", default="/tmp/herd-sweep-profile")
     parser.add_argument("--batch", type=int, action="append", help=f"devices per transaction (default {SWEEP_BATCH})")
+    parser.add_argument("--rowid-order", action="store_true",
+                        help="every variant flips in row order, as presence::sweep does on SQLite since 3a8f7ff")
     parser.add_argument("--autocheckpoint", type=int, help="PRAGMA wal_autocheckpoint in pages (SQLite's default 1000)")
     args = parser.parse_args()
     os.makedirs(args.dir, exist_ok=True)
@@ -193,7 +198,7 @@ def main():
             conn.execute(statement)
         t = time.perf_counter()
         flipped, parts = sweep(conn, batch, events=(name not in ("no-events", "flip-only-no-trigger")),
-                               rowid_order=(name == "rowid-order"))
+                               rowid_order=(args.rowid_order or name == "rowid-order"))
         took = time.perf_counter() - t
         counts = dict(conn.execute("SELECT status, SUM(n) FROM device_counts GROUP BY status").fetchall())
         conn.close()

@@ -78,7 +78,7 @@ pub async fn fan_out(db: &Db, system: &System, now: i64) -> Result<usize, StoreE
         };
         let scope = TenantScope::for_system(system, db, webhook.tenant_id);
         let rows = crate::events::store::list(&scope, webhook.last_seq, &webhook.events.0, 500).await?;
-        let Some(last) = rows.last().map(|r| r.seq) else { continue };
+        let Some(last) = rows.last().map(|r| r.tenant_seq) else { continue };
         for row in &rows {
             store::insert_delivery(&mut tx, &webhook, row.seq, row.id, &row.event_type, now).await?;
             created += 1;

@@ -272,7 +272,49 @@ macro_rules! receiver_tests {
     )*};
 }
 
-receiver_tests!(an_event_filter_that_does_not_parse_delivers_nothing, deliveries_are_stamped_with_the_injected_clock);
+receiver_tests!(
+    an_event_filter_that_does_not_parse_delivers_nothing,
+    deliveries_are_stamped_with_the_injected_clock,
+    a_hook_of_a_tenant_behind_the_others_gets_every_event
+);
+
+/// A tenant whose own count of events (`tenant_seq`) is far behind the global `seq`, because
+/// another tenant was busier, still gets each of its events delivered, once, in order.
+async fn a_hook_of_a_tenant_behind_the_others_gets_every_event(app: &TestApp) {
+    let (_, busy_admin) = app.create_tenant("busy").await;
+    let theirs = app.enrollment_token(&busy_admin, json!({})).await;
+    for i in 0..12 {
+        app.register(&theirs, json!({ "serialNumber": format!("BUSY-{i}") })).await;
+    }
+    let receiver = receiver(0).await;
+    let body = json!({ "url": receiver.url, "events": ["device.registered"] });
+    let created = expect_json(app.post("/webhooks", ADMIN_TOKEN, body).await, StatusCode::CREATED).await;
+    let webhook = created["webhook"]["id"].as_str().unwrap().to_string();
+    let enroll = app.enrollment_token(ADMIN_TOKEN, json!({})).await;
+    let mut ours = Vec::new();
+    for i in 0..3 {
+        let (device, _) = app.register(&enroll, json!({ "serialNumber": format!("BEHIND-{i}") })).await;
+        ours.push(device["id"].clone());
+        // The hook takes each of ours before the busy tenant goes on.
+        deliver(app).await;
+        for j in 0..5 {
+            app.register(&theirs, json!({ "serialNumber": format!("BUSY-MORE-{i}-{j}") })).await;
+        }
+    }
+    let deliveries =
+        wait_for(app, &webhook, |items| items.len() >= 3 && items.iter().all(|d| d["status"] == "succeeded")).await;
+    assert_eq!(deliveries.len(), 3, "{deliveries:?}");
+    let mut delivered: Vec<Value> = receiver
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, body)| serde_json::from_slice::<Value>(body).unwrap()["data"]["deviceId"].clone())
+        .collect();
+    delivered.sort_by_key(|id| id.to_string());
+    ours.sort_by_key(|id| id.to_string());
+    assert_eq!(delivered, ours);
+}
 
 async fn deliveries_are_stamped_with_the_injected_clock(app: &TestApp) {
     let receiver = receiver(0).await;

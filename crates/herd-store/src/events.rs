@@ -48,7 +48,7 @@ pub async fn list(scope: &TenantScope, after: i64, types: &[String], limit: u32)
 }
 
 /// The newest `tenant_seq` of the scope's tenant (0 if none): where a stream without
-/// `Last-Event-ID` starts.
+/// `Last-Event-ID` starts, and where a new webhook does.
 pub async fn latest_tenant_seq(scope: &TenantScope) -> Result<i64, StoreError> {
     let (seq,): (Option<i64>,) =
         with_reader!(scope.db(), |pool| sqlx::query_as("SELECT seq FROM event_counters WHERE tenant_id = $1")
@@ -56,17 +56,6 @@ pub async fn latest_tenant_seq(scope: &TenantScope) -> Result<i64, StoreError> {
             .fetch_optional(pool)
             .await
             .map(|row| row.unwrap_or((None,))))
-        .map_err(classify)?;
-    Ok(seq.unwrap_or(0))
-}
-
-/// The newest global `seq` of the scope's tenant (0 if none): where a new webhook starts.
-pub(crate) async fn latest_seq(scope: &TenantScope) -> Result<i64, StoreError> {
-    let (seq,): (Option<i64>,) =
-        with_reader!(scope.db(), |pool| sqlx::query_as("SELECT MAX(seq) FROM events WHERE tenant_id = $1")
-            .bind(scope.tenant_id())
-            .fetch_one(pool)
-            .await)
         .map_err(classify)?;
     Ok(seq.unwrap_or(0))
 }

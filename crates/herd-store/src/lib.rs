@@ -415,6 +415,22 @@ impl Db {
         Ok(())
     }
 
+    /// Applies the engine's migrations up to and including `last` only: a test writes the
+    /// state an older herd left, then [`Db::migrate`] applies the rest.
+    #[cfg(test)]
+    pub(crate) async fn migrate_to(&self, last: i64) -> Result<(), StoreError> {
+        fn up_to(mut migrator: sqlx::migrate::Migrator, last: i64) -> sqlx::migrate::Migrator {
+            migrator.migrations =
+                migrator.migrations.iter().filter(|m| m.version <= last).cloned().collect::<Vec<_>>().into();
+            migrator
+        }
+        match &self.pools {
+            Pools::Sqlite { writer, .. } => up_to(sqlx::migrate!("./migrations/sqlite"), last).run(writer).await?,
+            Pools::Postgres(pool) => up_to(sqlx::migrate!("./migrations/postgres"), last).run(pool).await?,
+        }
+        Ok(())
+    }
+
     /// True if the database answers a trivial query.
     pub async fn ping(&self) -> bool {
         with_reader!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.is_ok())

@@ -17,15 +17,32 @@ pub(crate) struct TestDb {
 }
 
 pub(crate) async fn sqlite() -> TestDb {
+    sqlite_migrated_to(None).await
+}
+
+/// [`sqlite`] with the migrations up to `last` only (all with `None`).
+pub(crate) async fn sqlite_migrated_to(last: Option<i64>) -> TestDb {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("herd.db").display());
     let (db, _system) = Db::open(&url).await.unwrap();
-    db.migrate().await.unwrap();
+    migrate(&db, last).await;
     TestDb { db, _sqlite_dir: Some(dir), postgres: None }
+}
+
+async fn migrate(db: &Db, last: Option<i64>) {
+    match last {
+        Some(last) => db.migrate_to(last).await.unwrap(),
+        None => db.migrate().await.unwrap(),
+    }
 }
 
 /// None (with a message) when `HERD_TEST_DATABASE_URL` is unset outside CI.
 pub(crate) async fn postgres() -> Option<TestDb> {
+    postgres_migrated_to(None).await
+}
+
+/// [`postgres`] with the migrations up to `last` only (all with `None`).
+pub(crate) async fn postgres_migrated_to(last: Option<i64>) -> Option<TestDb> {
     let admin_url = match std::env::var("HERD_TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => url,
         _ => {
@@ -48,7 +65,7 @@ pub(crate) async fn postgres() -> Option<TestDb> {
         _ => format!("{base}/{name}"),
     };
     let (db, _system) = Db::open(&url).await.unwrap();
-    db.migrate().await.unwrap();
+    migrate(&db, last).await;
     Some(TestDb { db, _sqlite_dir: None, postgres: Some((admin_url, name)) })
 }
 

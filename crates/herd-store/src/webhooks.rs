@@ -23,6 +23,8 @@ pub struct WebhookRow {
     pub secret: String,
     pub enabled: bool,
     pub disabled_reason: Option<String>,
+    /// The `tenant_seq` of the last of its tenant's events it has fanned out: a position among
+    /// the tenant's own events, never the global `seq`.
     pub last_seq: i64,
     pub consecutive_failures: i64,
     pub created_at: i64,
@@ -82,7 +84,7 @@ pub async fn create(
 ) -> Result<WebhookRow, StoreError> {
     let id = WebhookId::new();
     let tenant = scope.tenant_id().to_string();
-    let latest = crate::events::latest_seq(scope).await?;
+    let latest = crate::events::latest_tenant_seq(scope).await?;
     let events_json = serde_json::to_string(events).unwrap_or_else(|_| "[]".into());
     let id_text = id.to_string();
     with_writer!(scope.db(), |pool| sqlx::query(
@@ -271,6 +273,7 @@ pub async fn insert_delivery(
     Ok(())
 }
 
+/// Moves the webhook's cursor forward to `last_seq`, a `tenant_seq`.
 pub async fn advance(tx: &mut Tx, webhook_id: WebhookId, last_seq: i64) -> Result<(), StoreError> {
     with_tx!(tx, |conn| sqlx::query("UPDATE webhooks SET last_seq = $1 WHERE id = $2 AND last_seq < $1")
         .bind(last_seq)
@@ -376,4 +379,91 @@ pub async fn disable(tx: &mut Tx, webhook_id: WebhookId, reason: &str, now: i64)
     .map(|r| r.rows_affected()))
     .map_err(classify)?;
     Ok(affected == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use herd_domain::ids::{EventId, TenantId, WebhookId};
+
+    use crate::test_db::{self, TestDb};
+    use crate::{with_reader, with_writer, Db};
+
+    /// Migration 0016 moves cursors an older herd left as global `seq`s to `tenant_seq`s.
+    async fn cursors_become_positions_among_the_tenants_events(test: TestDb) {
+        let db = &test.db;
+        let (a, b, c) = (test_db::tenant(db).await, test_db::tenant(db).await, test_db::tenant(db).await);
+        // Global seq 1..=10 are b's, 11..=13 a's first three, 14..=18 b's, 19..=20 a's last two.
+        for (tenant, n) in [(b, 10), (a, 3), (b, 5), (a, 2)] {
+            for _ in 0..n {
+                event(db, tenant).await;
+            }
+        }
+        // a's first event (seq 11) is purged by retention.
+        let purge = "DELETE FROM events WHERE seq = 11";
+        with_writer!(db, |pool| sqlx::query(purge).execute(pool).await.map(drop)).unwrap();
+        counter(db, c, 7).await;
+        let hooks = [
+            (a, 13, 3), // fanned out a's first three, advanced to the third's global seq
+            (a, 0, 1),  // made before any event: a's first is gone, so just before a's oldest left
+            (a, 20, 5), // made last: the old start was the tenant's MAX(seq)
+            (a, 11, 1), // its last event (a's first) was purged: just before a's oldest left
+            (b, 18, 15),
+            (c, 50, 7), // no events left at all: the tenant's counter
+        ];
+        let mut ids = Vec::new();
+        for (tenant, old, _) in hooks {
+            ids.push(webhook(db, tenant, old).await);
+        }
+        db.migrate().await.unwrap();
+        for (id, (_, old, expected)) in ids.into_iter().zip(hooks) {
+            let sql = "SELECT last_seq FROM webhooks WHERE id = $1";
+            let (now,): (i64,) = with_reader!(db, |pool| sqlx::query_as(sql).bind(id).fetch_one(pool).await).unwrap();
+            assert_eq!(now, expected, "a cursor at global seq {old}");
+        }
+    }
+
+    async fn event(db: &Db, tenant: TenantId) {
+        let bump = "INSERT INTO event_counters (tenant_id, seq) VALUES ($1, 1) \
+                    ON CONFLICT (tenant_id) DO UPDATE SET seq = event_counters.seq + 1 RETURNING seq";
+        let insert = "INSERT INTO events (id, tenant_id, tenant_seq, type, occurred_at, data) \
+                      VALUES ($1, $2, $3, 'device.registered', 0, '{}')";
+        let mut tx = db.begin().await.unwrap();
+        let (seq,): (i64,) =
+            crate::with_tx!(&mut tx, |conn| sqlx::query_as(bump).bind(tenant).fetch_one(&mut *conn).await).unwrap();
+        crate::with_tx!(&mut tx, |conn| sqlx::query(insert)
+            .bind(EventId::new())
+            .bind(tenant)
+            .bind(seq)
+            .execute(&mut *conn)
+            .await
+            .map(drop))
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    async fn counter(db: &Db, tenant: TenantId, seq: i64) {
+        let sql = "INSERT INTO event_counters (tenant_id, seq) VALUES ($1, $2)";
+        with_writer!(db, |pool| sqlx::query(sql).bind(tenant).bind(seq).execute(pool).await.map(drop)).unwrap();
+    }
+
+    async fn webhook(db: &Db, tenant: TenantId, last_seq: i64) -> WebhookId {
+        let id = WebhookId::new();
+        let sql = "INSERT INTO webhooks (id, tenant_id, url, events, secret, enabled, last_seq, consecutive_failures, \
+                   created_at, updated_at) VALUES ($1, $2, 'https://hooks.example.com/h', '[]', 's', TRUE, $3, 0, 0, 0)";
+        with_writer!(db, |pool| sqlx::query(sql).bind(id).bind(tenant).bind(last_seq).execute(pool).await.map(drop))
+            .unwrap();
+        id
+    }
+
+    #[tokio::test]
+    async fn migrated_cursors_on_sqlite() {
+        cursors_become_positions_among_the_tenants_events(test_db::sqlite_migrated_to(Some(15)).await).await;
+    }
+
+    #[tokio::test]
+    async fn migrated_cursors_on_postgres() {
+        if let Some(test) = test_db::postgres_migrated_to(Some(15)).await {
+            cursors_become_positions_among_the_tenants_events(test).await;
+        }
+    }
 }
