@@ -395,3 +395,57 @@ async fn a_change_on_one_instance_reaches_the_device_cache_of_another() {
     assert_eq!(first.delete(&format!("/devices/{device}"), ADMIN_TOKEN).await.status(), StatusCode::NO_CONTENT);
     eventually(|answer| answer["status"] == 401).await;
 }
+
+/// While an instance's notification connection is down it may miss a touch, so when the
+/// connection is back its whole cache is dropped: a change it never heard of is not answered
+/// from the entry it held. The change here is made by SQL of the test's own, which notifies no
+/// one (as a notification lost with the connection would be), so only the reconnection can clear
+/// the entry; before it, the stale entry is still answered (that is what makes this test able to
+/// fail). Then the cache answers again: the instance follows the others once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_notification_connection_drops_the_cache_when_it_is_back() {
+    if !crate::helpers::postgres_variant_runs() {
+        return;
+    }
+    let first = crate::helpers::spawn_app(crate::helpers::Engine::Postgres).await;
+    let second = first.second_instance().await;
+    let enroll = first.enrollment_token(ADMIN_TOKEN, json!({})).await;
+    let (device, token) = first.register(&enroll, json!({ "serialNumber": "LOST-1" })).await;
+    let device = id(&device);
+    expect_json(second.post("/devices/connect", &token, json!({})).await, StatusCode::OK).await;
+    heartbeat_from_the_cache(&second, &token).await;
+
+    let mut sql = first.raw().await;
+    let changed = sql.execute("UPDATE devices SET token_hash = 'x' || token_hash WHERE id = $1", &[&device]).await;
+    assert_eq!(changed, 1);
+    // Nobody was told: the second instance still answers the old token from its cache, and the
+    // first, which reads the database for a token it has not cached, refuses it.
+    heartbeat_from_the_cache(&second, &token).await;
+
+    const LISTENERS: &str = "FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    let before = sql.scalar_i64(&format!("SELECT COUNT(*) {LISTENERS}"), &[]).await;
+    assert_eq!(before, 2, "one notification connection per instance");
+    let terminated =
+        sql.scalar_i64(&format!("SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) {LISTENERS}) AS t"), &[]).await;
+    assert_eq!(terminated, 2);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = second.post("/devices/connect", &token, json!({})).await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the second instance still answers the old token: {status}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Both instances listen again, and the second's cache answers again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sql.scalar_i64(&format!("SELECT COUNT(*) {LISTENERS}"), &[]).await < 2 {
+        assert!(std::time::Instant::now() < deadline, "the notification connections never came back");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    sql.close().await;
+    let (_, other) = first.register(&enroll, json!({ "serialNumber": "LOST-2" })).await;
+    expect_json(second.post("/devices/connect", &other, json!({})).await, StatusCode::OK).await;
+    heartbeat_from_the_cache(&second, &other).await;
+}
