@@ -206,6 +206,8 @@ engine_tests! {
         assert_eq!(offline["items"].as_array().unwrap().len(), 3);
         let search = expect_json(app.get("/devices?q=screen%203", ADMIN_TOKEN).await, StatusCode::OK).await;
         assert_eq!(search["items"].as_array().unwrap().len(), 1);
+        let shouted = expect_json(app.get("/devices?q=SCREEN%203", ADMIN_TOKEN).await, StatusCode::OK).await;
+        assert_eq!(shouted["items"], search["items"], "search ignores case");
         let by_serial = expect_json(app.get("/devices?q=list-4", ADMIN_TOKEN).await, StatusCode::OK).await;
         assert_eq!(by_serial["items"][0]["id"], ids[4].as_str());
         let wildcard = expect_json(app.get("/devices?q=100%25", ADMIN_TOKEN).await, StatusCode::OK).await;
