@@ -189,6 +189,12 @@ impl Drop for TouchOnDrop {
     }
 }
 
+/// Each SQLite reader connection's page cache, as `PRAGMA cache_size` (negative: KiB). The
+/// writer keeps 32 MiB; four readers at 32 MiB each held up to 128 MiB of pages that the
+/// kernel's page cache holds too, since every reader that scanned the device table (a console
+/// search) kept its own copy of it.
+const READER_CACHE_KIB: &str = "-8192";
+
 /// The advisory lock that orders event writers on PostgreSQL ("herdevts").
 const EVENT_ORDER_LOCK: i64 = 0x6865_7264_6576_7473;
 
@@ -352,7 +358,7 @@ impl Db {
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.create_if_missing(false))
+            .connect_with(options.create_if_missing(false).pragma("cache_size", READER_CACHE_KIB))
             .await?;
         Ok(Db::new(Pools::Sqlite { writer, reader }))
     }
@@ -620,5 +626,28 @@ impl Tx {
             TxConn::Postgres(tx) => tx.commit().await?,
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::test_db;
+
+    /// The SQLite connections open with the page caches and WAL settings `Db::connect` names:
+    /// a pragma that sqlx dropped or a later option that overrode it would leave SQLite's
+    /// defaults (2 MiB caches, checkpoints every 1,000 pages) in place without a sign.
+    #[tokio::test]
+    async fn sqlite_connections_open_with_their_pragmas() {
+        let test = test_db::sqlite().await;
+        let db = &test.db;
+        let pragma = |name: &'static str| async move {
+            let sql = format!("PRAGMA {name}");
+            let reader: i64 = with_reader!(db, |pool| sqlx::query_scalar(&sql).fetch_one(pool).await).unwrap();
+            let writer: i64 = with_writer!(db, |pool| sqlx::query_scalar(&sql).fetch_one(pool).await).unwrap();
+            (reader, writer)
+        };
+        assert_eq!(pragma("cache_size").await, (-8192, -32768));
+        assert_eq!(pragma("wal_autocheckpoint").await.1, 10_000);
+        assert_eq!(pragma("journal_size_limit").await.1, 64 << 20);
     }
 }
