@@ -383,25 +383,30 @@ pub async fn disable(tx: &mut Tx, webhook_id: WebhookId, reason: &str, now: i64)
 
 #[cfg(test)]
 mod tests {
-    use herd_domain::ids::{EventId, TenantId, WebhookId};
+    use herd_domain::ids::{DeviceId, TenantId, WebhookId};
+    use herd_domain::Event;
 
     use crate::test_db::{self, TestDb};
     use crate::{with_reader, with_writer, Db};
+
+    /// When events occurred: the ones retention purges before the migration at 0, the rest at 1.
+    const PURGED: i64 = 0;
+    const KEPT: i64 = 1;
 
     /// Migration 0016 moves cursors an older herd left as global `seq`s to `tenant_seq`s.
     async fn cursors_become_positions_among_the_tenants_events(test: TestDb) {
         let db = &test.db;
         let (a, b, c) = (test_db::tenant(db).await, test_db::tenant(db).await, test_db::tenant(db).await);
-        // Global seq 1..=10 are b's, 11..=13 a's first three, 14..=18 b's, 19..=20 a's last two.
-        for (tenant, n) in [(b, 10), (a, 3), (b, 5), (a, 2)] {
+        // Global seq 1..=10 are b's, 11 a's first (purged), 12..=13 a's next two, 14..=18 b's,
+        // 19..=20 a's last two, 21..=27 c's (all purged).
+        for (tenant, n, occurred) in
+            [(b, 10, KEPT), (a, 1, PURGED), (a, 2, KEPT), (b, 5, KEPT), (a, 2, KEPT), (c, 7, PURGED)]
+        {
             for _ in 0..n {
-                event(db, tenant).await;
+                event(db, tenant, occurred).await;
             }
         }
-        // a's first event (seq 11) is purged by retention.
-        let purge = "DELETE FROM events WHERE seq = 11";
-        with_writer!(db, |pool| sqlx::query(purge).execute(pool).await.map(drop)).unwrap();
-        counter(db, c, 7).await;
+        assert_eq!(crate::events::purge(db, KEPT).await.unwrap(), 8);
         let hooks = [
             (a, 13, 3), // fanned out a's first three, advanced to the third's global seq
             (a, 0, 1),  // made before any event: a's first is gone, so just before a's oldest left
@@ -422,30 +427,15 @@ mod tests {
         }
     }
 
-    async fn event(db: &Db, tenant: TenantId) {
-        let bump = "INSERT INTO event_counters (tenant_id, seq) VALUES ($1, 1) \
-                    ON CONFLICT (tenant_id) DO UPDATE SET seq = event_counters.seq + 1 RETURNING seq";
-        let insert = "INSERT INTO events (id, tenant_id, tenant_seq, type, occurred_at, data) \
-                      VALUES ($1, $2, $3, 'device.registered', 0, '{}')";
+    /// One event of `tenant`, written the way every event is (`Tx::record`, `Tx::commit`).
+    async fn event(db: &Db, tenant: TenantId, occurred: i64) {
         let mut tx = db.begin().await.unwrap();
-        let (seq,): (i64,) =
-            crate::with_tx!(&mut tx, |conn| sqlx::query_as(bump).bind(tenant).fetch_one(&mut *conn).await).unwrap();
-        crate::with_tx!(&mut tx, |conn| sqlx::query(insert)
-            .bind(EventId::new())
-            .bind(tenant)
-            .bind(seq)
-            .execute(&mut *conn)
-            .await
-            .map(drop))
-        .unwrap();
+        let event = Event::DeviceRegistered { device_id: DeviceId::new(), name: "migrated".into(), via: "admin" };
+        tx.record(tenant, &event, occurred);
         tx.commit().await.unwrap();
     }
 
-    async fn counter(db: &Db, tenant: TenantId, seq: i64) {
-        let sql = "INSERT INTO event_counters (tenant_id, seq) VALUES ($1, $2)";
-        with_writer!(db, |pool| sqlx::query(sql).bind(tenant).bind(seq).execute(pool).await.map(drop)).unwrap();
-    }
-
+    /// A webhook row as an older herd left it, its cursor at global `seq` `last_seq`.
     async fn webhook(db: &Db, tenant: TenantId, last_seq: i64) -> WebhookId {
         let id = WebhookId::new();
         let sql = "INSERT INTO webhooks (id, tenant_id, url, events, secret, enabled, last_seq, consecutive_failures, \
