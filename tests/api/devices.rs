@@ -368,10 +368,7 @@ async fn a_change_on_one_instance_reaches_the_device_cache_of_another() {
     let first = crate::helpers::spawn_app(crate::helpers::Engine::Postgres).await;
     let second = first.second_instance().await;
     let enroll = first.enrollment_token(ADMIN_TOKEN, json!({})).await;
-    let (device, token) = first.register(&enroll, json!({ "serialNumber": "TWO-1" })).await;
-    let device = id(&device);
-    expect_json(second.post("/devices/connect", &token, json!({})).await, StatusCode::OK).await;
-    heartbeat_from_the_cache(&second, &token).await;
+    let (device, token) = cached_on(&first, &second, &enroll, "TWO-1").await;
 
     // Within five seconds (the notification's delivery takes well under one here): without it,
     // the second instance would answer from its cache for as long as the entry lives.
@@ -412,42 +409,51 @@ async fn a_lost_notification_connection_drops_the_cache_when_it_is_back() {
     let first = crate::helpers::spawn_app(crate::helpers::Engine::Postgres).await;
     let second = first.second_instance().await;
     let enroll = first.enrollment_token(ADMIN_TOKEN, json!({})).await;
-    let (device, token) = first.register(&enroll, json!({ "serialNumber": "LOST-1" })).await;
-    let device = id(&device);
-    expect_json(second.post("/devices/connect", &token, json!({})).await, StatusCode::OK).await;
-    heartbeat_from_the_cache(&second, &token).await;
+    let (device, token) = cached_on(&first, &second, &enroll, "LOST-1").await;
 
     let mut sql = first.raw().await;
     let changed = sql.execute("UPDATE devices SET token_hash = 'x' || token_hash WHERE id = $1", &[&device]).await;
     assert_eq!(changed, 1);
-    // Nobody was told: the second instance still answers the old token from its cache, and the
-    // first, which reads the database for a token it has not cached, refuses it.
+    // Nobody was told: the second instance still answers the old token from its cache.
     heartbeat_from_the_cache(&second, &token).await;
 
+    // Both instances' listening backends (the first's connects at its start, so wait for it),
+    // then terminate them and wait for two new ones: the old pids may linger for a moment.
     const LISTENERS: &str = "FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'";
-    let before = sql.scalar_i64(&format!("SELECT COUNT(*) {LISTENERS}"), &[]).await;
-    assert_eq!(before, 2, "one notification connection per instance");
+    // Listening backends other than those of `$1`, a comma-separated list of pids.
+    let listening = format!("SELECT COUNT(*) {LISTENERS} AND NOT pid = ANY(string_to_array($1, ',')::INT[])");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sql.scalar_i64(&listening, &[""]).await < 2 {
+        assert!(std::time::Instant::now() < deadline, "the instances never both listened");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let old = sql.scalar_text(&format!("SELECT string_agg(pid::TEXT, ',') {LISTENERS}"), &[]).await;
     let terminated =
         sql.scalar_i64(&format!("SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) {LISTENERS}) AS t"), &[]).await;
     assert_eq!(terminated, 2);
-
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let status = second.post("/devices/connect", &token, json!({})).await.status();
-        if status == StatusCode::UNAUTHORIZED {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the second instance still answers the old token: {status}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    // Both instances listen again, and the second's cache answers again.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while sql.scalar_i64(&format!("SELECT COUNT(*) {LISTENERS}"), &[]).await < 2 {
+    while sql.scalar_i64(&listening, &[&old]).await < 2 {
         assert!(std::time::Instant::now() < deadline, "the notification connections never came back");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     sql.close().await;
-    let (_, other) = first.register(&enroll, json!({ "serialNumber": "LOST-2" })).await;
-    expect_json(second.post("/devices/connect", &other, json!({})).await, StatusCode::OK).await;
-    heartbeat_from_the_cache(&second, &other).await;
+
+    // The second answers from its cache again (so it follows the others once more), and the entry
+    // it held from before the loss is gone: the old token is refused.
+    cached_on(&first, &second, &enroll, "LOST-2").await;
+    expect_problem(second.post("/devices/connect", &token, json!({})).await, StatusCode::UNAUTHORIZED).await;
+}
+
+/// Registers a device through `first` and heartbeats it through `second` until `second`'s
+/// device cache answers it; answers the device's id and token.
+async fn cached_on(
+    first: &crate::helpers::TestApp,
+    second: &crate::helpers::TestApp,
+    enroll: &str,
+    serial: &str,
+) -> (String, String) {
+    let (device, token) = first.register(enroll, json!({ "serialNumber": serial })).await;
+    expect_json(second.post("/devices/connect", &token, json!({})).await, StatusCode::OK).await;
+    heartbeat_from_the_cache(second, &token).await;
+    (id(&device), token)
 }
